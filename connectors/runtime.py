@@ -1,0 +1,332 @@
+"""The connector: serves its region's RPC subject and answers through local adapters.
+
+For each request (DESIGN.md "The flow of one request", steps 4-5) it verifies the signature against
+the trust registry, checks that it is the recipient, that the request is fresh and not past its
+deadline, opens the seal, checks the registry's access rules again (never trusting the sending
+gateway alone), validates the form against the catalogue, calls the adapter within the deadline,
+keeps only the declared response fields, seals and signs the answer for the sender, commits
+RECEIVED+PROCESSED to the ledger and only then replies. Anything refused is answered with a signed
+Problem and a REJECTED ledger entry.
+
+Replicas of one region subscribe in one queue group, so NATS spreads requests across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.protobuf.struct_pb2 import Struct
+from grpc import StatusCode
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode as SpanStatus
+
+from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
+from connectors.errors import Refused
+from ledger import EntryDraft, Event, LedgerStore
+from tongban import envelope, messages, subjects, telemetry
+from tongban.catalogue import Catalogue, response_projection, validate_request
+from tongban.config import Config
+from tongban.envelope import EnvelopeRejected, Reason
+from tongban.errors import InvalidRequest, NotFound, TongbanError
+from tongban.ids import new_message_id
+from tongban.node import RegionSecrets, connect_nats
+from tongban.registry import Registry
+from tongban.v1 import envelope_pb2, exchange_pb2
+
+log = structlog.get_logger("tongban.connector")
+
+_KIND_NAMES = {
+    exchange_pb2.APPLICANT_KIND_PERSON: "person",
+    exchange_pb2.APPLICANT_KIND_ENTERPRISE: "enterprise",
+}
+
+
+class Connector:
+    """One connector process of a region. ``async with Connector(...)`` starts and stops it."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        registry: Registry,
+        secrets: RegionSecrets,
+        catalogue: Catalogue,
+        adapters: Mapping[str, Adapter],
+        ledger: LedgerStore,
+        nc: NATS | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.region = cfg.region.code
+        self.registry = registry
+        self.secrets = secrets
+        self.catalogue = catalogue
+        self.adapters = dict(adapters)
+        self.ledger = ledger
+        self.nc = nc
+        self._owns_nc = nc is None
+        self.tracer = tracer or trace.get_tracer("tongban.connector")
+        self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Any] = []
+        self._started = False
+        self.handled = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (unless given a connection) and subscribe. Idempotent."""
+        if self._started:
+            return
+        if self.nc is None:
+            self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
+        queue = subjects.connector_queue(self.region)
+        self._subs.append(await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg))
+        self._subs.append(await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping))
+        await self.nc.flush(timeout=self.cfg.nats.connect_timeout_s)
+        self._started = True
+        log.info("connector.started", region=self.region, subject=subjects.rpc_wildcard(self.region))
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish the in-flight ones, close. Idempotent."""
+        if not self._started:
+            return
+        self._started = False
+        for sub in self._subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection may already be gone
+                log.debug("connector.unsubscribe_failed", error=type(exc).__name__)
+        self._subs.clear()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
+        if self._owns_nc and self.nc is not None:
+            try:
+                await self.nc.drain()
+            except Exception as exc:
+                log.debug("connector.drain_failed", error=type(exc).__name__)
+            self.nc = None
+        log.info("connector.stopped", region=self.region, handled=self.handled)
+
+    async def __aenter__(self) -> Connector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- message handling ----------------------------------------------------------------------
+
+    async def _on_ping(self, msg: Msg) -> None:
+        if msg.reply:
+            await msg.respond(self.region.encode())
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # nats-py runs a subscription's callbacks one at a time; hand each request to its own task
+        # so slow back ends do not block the subscription, bounded by max_in_flight.
+        await self._sem.acquire()
+        task = asyncio.create_task(self._run(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, msg: Msg) -> None:
+        try:
+            reply = await self.handle(msg.subject, msg.data)
+            if msg.reply:
+                await msg.respond(reply)
+        except Exception:
+            log.exception("connector.unhandled")
+        finally:
+            self._sem.release()
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        """Answer one request envelope; returns the reply envelope (response or rejection)."""
+        received_ns = time.time_ns()
+        now = received_ns / 1e9
+        header: envelope_pb2.Header | None = None
+        try:
+            _, header = envelope.parse(data)
+        except EnvelopeRejected:
+            header = None
+        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
+        with structlog.contextvars.bound_contextvars(
+            region=self.region,
+            message_id=header.message_id if header else "",
+            service_code=header.service_code if header else "",
+            peer_region=header.from_region if header else "",
+        ), self.tracer.start_as_current_span(
+            "connector.receive",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": subject,
+                "tongban.region": self.region,
+                "tongban.message_id": header.message_id if header else "",
+                "tongban.service_code": header.service_code if header else "",
+                "tongban.peer_region": header.from_region if header else "",
+            },
+        ) as span:
+            try:
+                return await self._process(subject, data, now, received_ns)
+            except TongbanError as exc:
+                span.set_status(Status(SpanStatus.ERROR, exc.reason))
+                return await self._refuse(data, header, exc)
+
+    async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
+        with self.tracer.start_as_current_span("connector.verify"):
+            verified = envelope.verify(data, self.registry, now_s=now)
+            h = verified.header
+            if h.kind != envelope_pb2.MESSAGE_KIND_REQUEST:
+                raise EnvelopeRejected(Reason.MALFORMED, "not a request", code=StatusCode.INVALID_ARGUMENT)
+            if h.to_region != self.region:
+                raise EnvelopeRejected(
+                    Reason.WRONG_RECIPIENT, f"request is addressed to {h.to_region}, not {self.region}",
+                    code=StatusCode.FAILED_PRECONDITION,
+                )
+            if subject != subjects.rpc_subject(self.region, h.service_code):
+                raise EnvelopeRejected(
+                    "SUBJECT_MISMATCH", "request arrived on a subject that does not match its header",
+                    code=StatusCode.FAILED_PRECONDITION,
+                )
+            created = messages.seconds(h.created_at)
+            window = self.cfg.connector
+            if created < now - window.freshness_window_s:
+                raise EnvelopeRejected(Reason.STALE, "request is older than the freshness window")
+            if created > now + window.clock_skew_s:
+                raise EnvelopeRejected(Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew")
+            deadline = messages.seconds(h.deadline)
+            if deadline <= now:
+                raise EnvelopeRejected(Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED)
+        with self.tracer.start_as_current_span("connector.open"):
+            plaintext = messages.open_body(verified, self.secrets.sealing)
+            try:
+                request = exchange_pb2.RequestBody.FromString(plaintext).request
+            except DecodeError as exc:
+                raise EnvelopeRejected(
+                    Reason.MALFORMED, "sealed body does not decode", code=StatusCode.INVALID_ARGUMENT
+                ) from exc
+            if request.service_code != h.service_code or request.target_region != h.to_region:
+                raise Refused("HEADER_BODY_MISMATCH", "sealed request does not match its header",
+                              StatusCode.INVALID_ARGUMENT)
+        svc = h.service_code
+        if not self.registry.provides(self.region, svc) or not self.registry.allows(
+            h.from_region, h.origin_system, svc, self.region
+        ):
+            raise Refused("NOT_AUTHORISED", f"region {h.from_region} may not call {svc} here",
+                          StatusCode.PERMISSION_DENIED)
+        item = validate_request(self.catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
+        adapter = self.adapters.get(svc)
+        if adapter is None:
+            raise Refused("SERVICE_NOT_SERVED", f"no back end serves {svc} in {self.region}",
+                          StatusCode.UNIMPLEMENTED)
+
+        allowed = response_projection(item, tuple(request.governance.declared_fields))
+        body = exchange_pb2.ResponseBody()
+        outcome = "OK"
+        with self.tracer.start_as_current_span("connector.adapter", attributes={"tongban.service_code": svc}) as sp:
+            try:
+                async with asyncio.timeout(max(deadline - time.time(), 0.001)):
+                    answer = await adapter.call(AdapterRequest(
+                        message_id=h.message_id,
+                        service_code=svc,
+                        requester_region=h.from_region,
+                        applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
+                        applicant_id=request.applicant.id_no,
+                        applicant_name=request.applicant.name,
+                        fields=dict(request.fields),
+                        declared_fields=tuple(request.governance.declared_fields),
+                    ))
+                data_struct = Struct()
+                json_format.ParseDict({k: v for k, v in answer.items() if k in allowed}, data_struct)
+                body.data.CopyFrom(data_struct)
+            except (NotFound, AdapterFailure) as exc:
+                outcome = exc.reason
+                body.problem.CopyFrom(exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0]))
+            except TimeoutError:
+                outcome = "DEADLINE_EXCEEDED"
+                body.problem.CopyFrom(exchange_pb2.Problem(
+                    reason="BACKEND_TIMEOUT", message="back end did not answer within the deadline",
+                    code=StatusCode.DEADLINE_EXCEEDED.value[0]))
+            sp.set_attribute("tongban.outcome", outcome)
+        body.responded_at.CopyFrom(messages.timestamp(time.time()))
+
+        with self.tracer.start_as_current_span("connector.reply"):
+            recipient_kid, recipient = self.registry.sealing_key_for(h.from_region)
+            reply_header = envelope_pb2.Header(
+                message_id=new_message_id(),
+                kind=envelope_pb2.MESSAGE_KIND_RESPONSE,
+                service_code=svc,
+                from_region=self.region,
+                to_region=h.from_region,
+                created_at=messages.timestamp(time.time()),
+                deadline=h.deadline,
+                traceparent=telemetry.current_traceparent(),
+                subject_digest=h.subject_digest,
+                subject_masked=h.subject_masked,
+                purpose=h.purpose,
+                content_type=messages.RESPONSE_CONTENT_TYPE,
+                in_reply_to=h.message_id,
+                request_digest=verified.digest,
+            )
+            built = messages.build_sealed(
+                reply_header, body.SerializeToString(), recipient_key_id=recipient_kid, recipient=recipient,
+                signer=self.secrets.signing,
+            )
+            trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
+            await self.ledger.append(
+                EntryDraft(Event.RECEIVED, h.message_id, h.from_region, svc, verified.digest, trace_id,
+                           "", received_ns),
+                EntryDraft(Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome),
+            )
+        self.handled += 1
+        log.info("request.processed", outcome=outcome, ms=round((time.time() - now) * 1000, 2))
+        return built.data
+
+    async def _refuse(self, data: bytes, header: envelope_pb2.Header | None, exc: TongbanError) -> bytes:
+        """Record REJECTED and answer with a signed Problem naming the reason."""
+        problem = exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
+        if isinstance(exc, InvalidRequest):
+            for v in exc.violations:
+                problem.field_violations.add(field=v.field, description=v.description)
+        req_digest = envelope.digest(data)
+        # An unparseable request has no message id of its own: name it by its digest.
+        message_id = _safe(header.message_id) if header else ""
+        if message_id in ("", "?"):
+            message_id = "sha256:" + req_digest[:8].hex()
+        peer = header.from_region if header else ""
+        svc = header.service_code if header else ""
+        trace_id = telemetry.trace_id_of(header.traceparent) if header else ""  # validated format
+        reply_header = envelope_pb2.Header(
+            message_id=new_message_id(),
+            service_code=svc,
+            from_region=self.region,
+            to_region=peer,
+            created_at=messages.timestamp(time.time()),
+            traceparent=telemetry.current_traceparent(),
+            in_reply_to=message_id,
+            request_digest=req_digest,
+        )
+        built = messages.build_problem(reply_header, problem, signer=self.secrets.signing)
+        # Ledger fields come from an unverified header here: keep them to safe, bounded tokens.
+        await self.ledger.append(EntryDraft(
+            Event.REJECTED, message_id, _safe(peer), _safe(svc), req_digest, trace_id, exc.reason
+        ))
+        log.warning("request.rejected", reason=exc.reason, code=exc.code.name)
+        return built.data
+
+
+def _safe(value: str, limit: int = 64) -> str:
+    """A header value fit for the ledger: short and plain ASCII token characters only."""
+    if len(value) <= limit and all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+        return value
+    return "?"

@@ -1,0 +1,263 @@
+"""``Exchange.Query``: validate, sign and seal, send to the providing region, verify the answer.
+
+DESIGN.md "The flow of one request", steps 1-3 and 6. Every outcome lands in the region's ledger:
+SUBMITTED before the request leaves, then RESPONDED, REJECTED (bad input here, or a refusal from
+the other side) or EXPIRED (no answer within the deadline).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import grpc
+import nats.errors
+import structlog
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from gateway.interceptors import Caller, current_caller
+from ledger import EntryDraft, Event, LedgerStore
+from tongban import envelope, messages, subjects, telemetry
+from tongban.catalogue import Catalogue, validate_request
+from tongban.config import Config
+from tongban.envelope import EnvelopeRejected
+from tongban.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    PermissionDenied,
+    RemoteProblem,
+    TongbanError,
+    Unavailable,
+    Violation,
+)
+from tongban.ids import new_message_id
+from tongban.node import RegionSecrets
+from tongban.privacy import mask_subject
+from tongban.registry import Registry
+from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
+
+log = structlog.get_logger("tongban.gateway")
+_SAFE_PATH = re.compile(r"^request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?$")
+
+
+class ReplyInvalid(TongbanError):
+    """The answer from the other region failed verification: it is discarded, never returned."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    reason = "REPLY_INVALID"
+
+
+def _ledger_detail(exc: TongbanError) -> str:
+    """Reason plus offending field paths; a path that could carry caller text is replaced by '?'."""
+    paths = [v.field if _SAFE_PATH.match(v.field) else "?" for v in getattr(exc, "violations", [])]
+    return exc.reason + (": " + ",".join(paths) if paths else "")
+
+
+class ExchangeCore:
+    """The gateway's request logic, independent of gRPC plumbing."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        registry: Registry,
+        secrets: RegionSecrets,
+        catalogue: Catalogue,
+        ledger: LedgerStore,
+        nc: NATS,
+        tracer: trace.Tracer,
+    ) -> None:
+        self.cfg = cfg
+        self.region = cfg.region.code
+        self.registry = registry
+        self.secrets = secrets
+        self.catalogue = catalogue
+        self.ledger = ledger
+        self.nc = nc
+        self.tracer = tracer
+
+    def _check(self, req: exchange_pb2.ServiceRequest, caller: Caller) -> None:
+        """Catalogue validation plus the registry's view of region, service and caller."""
+        violations: list[Violation] = []
+        try:
+            validate_request(self.catalogue, req, max_field_length=self.cfg.gateway.max_field_length)
+        except InvalidRequest as exc:
+            violations.extend(exc.violations)
+        bad_fields = {v.field for v in violations}
+        if "request.target_region" not in bad_fields and self.registry.region(req.target_region) is None:
+            violations.append(Violation("request.target_region", "region is not in the trust registry"))
+        elif (
+            "request.target_region" not in bad_fields
+            and "request.service_code" not in bad_fields
+            and not self.registry.provides(req.target_region, req.service_code)
+        ):
+            violations.append(Violation("request.service_code", "the target region does not provide this service"))
+        if violations:
+            raise InvalidRequest("request does not match the catalogue", violations)
+        if not self.registry.allows(caller.region, caller.system_id, req.service_code, req.target_region):
+            raise PermissionDenied(
+                f"the registry does not allow {caller.system_id} of {caller.region} to call "
+                f"{req.service_code} in {req.target_region}"
+            )
+
+    async def query(self, req: exchange_pb2.ServiceRequest, *, timeout_s: float) -> exchange_pb2.QueryResponse:
+        caller = current_caller.get()
+        if caller is None:
+            raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
+        deadline = time.time() + timeout_s
+        message_id = new_message_id()
+        trace_id = telemetry.current_trace_id()
+        svc, to = req.service_code, req.target_region
+        structlog.contextvars.bind_contextvars(message_id=message_id, service_code=svc[:64], peer_region=to[:12])
+        with self.tracer.start_as_current_span("gateway.validate"):
+            try:
+                self._check(req, caller)
+            except TongbanError as exc:
+                await self.ledger.append(EntryDraft(
+                    Event.REJECTED, message_id, to if to.isdigit() and len(to) <= 12 else "?",
+                    svc if svc.isalnum() and len(svc) <= 36 else "?", b"", trace_id, _ledger_detail(exc),
+                ))
+                raise
+
+        with self.tracer.start_as_current_span("gateway.seal_sign"):
+            kid, recipient = self.registry.sealing_key_for(to)
+            id_no = req.applicant.id_no
+            header = envelope_pb2.Header(
+                message_id=message_id,
+                kind=envelope_pb2.MESSAGE_KIND_REQUEST,
+                service_code=svc,
+                from_region=self.region,
+                to_region=to,
+                created_at=messages.timestamp(time.time()),
+                deadline=messages.timestamp(deadline),
+                traceparent=telemetry.current_traceparent(),
+                subject_digest=self.secrets.correlator.digest(id_no),
+                subject_masked=mask_subject(req.applicant.kind, id_no),
+                purpose=req.governance.purpose_code,
+                content_type=messages.REQUEST_CONTENT_TYPE,
+                origin_system=caller.system_id,
+            )
+            built = messages.build_sealed(
+                header, exchange_pb2.RequestBody(request=req).SerializeToString(),
+                recipient_key_id=kid, recipient=recipient, signer=self.secrets.signing,
+            )
+        await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
+
+        subject = subjects.rpc_subject(to, svc)
+        with self.tracer.start_as_current_span(
+            f"send {subjects.rpc_subject(to, '*')}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.operation.type": "send",
+                        "messaging.destination.name": subject, "tongban.message_id": message_id},
+        ):
+            reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
+        with self.tracer.start_as_current_span("gateway.verify_reply"):
+            return await self._accept_reply(reply, built, to, svc, trace_id)
+
+    async def _request(
+        self, subject: str, data: bytes, message_id: str, deadline: float, to: str, svc: str, trace_id: str
+    ) -> bytes:
+        remaining = deadline - time.time()
+        headers = {
+            subjects.Header.MESSAGE_ID: message_id,
+            subjects.Header.FROM_REGION: self.region,
+            subjects.Header.TRACEPARENT: telemetry.current_traceparent(),
+        }
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            msg = await self.nc.request(subject, data, timeout=remaining, headers=headers)
+            return msg.data
+        except nats.errors.NoRespondersError as exc:
+            await self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NO_RESPONDERS"))
+            raise Unavailable(f"region {to} has no connector serving {svc} right now", reason="NO_RESPONDERS") from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            await self.ledger.append(EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "NO_REPLY_IN_DEADLINE"))
+            raise DeadlineExceeded(f"no answer from region {to} within the deadline") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError) as exc:
+            await self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE"))
+            raise Unavailable("the region's NATS connection is down", reason="NATS_UNAVAILABLE") from exc
+
+    async def _accept_reply(
+        self, data: bytes, sent: messages.Built, to: str, svc: str, trace_id: str
+    ) -> exchange_pb2.QueryResponse:
+        message_id = sent.header.message_id
+        try:
+            verified = envelope.verify(data, self.registry, now_s=time.time())
+            h = verified.header
+            if h.from_region != to or h.to_region != self.region or h.in_reply_to != message_id:
+                raise ReplyInvalid("answer is not addressed as a reply to this request")
+            if h.request_digest != sent.digest:
+                raise ReplyInvalid("answer names another request digest")
+        except (EnvelopeRejected, ReplyInvalid) as exc:
+            await self.ledger.append(EntryDraft(
+                Event.REJECTED, message_id, to, svc, envelope.digest(data), trace_id, f"REPLY_INVALID: {exc.reason}"
+            ))
+            log.error("reply.invalid", reason=exc.reason)
+            raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
+
+        if h.kind == envelope_pb2.MESSAGE_KIND_REJECTION:
+            problem = exchange_pb2.Problem.FromString(verified.body)
+            await self.ledger.append(EntryDraft(
+                Event.REJECTED, message_id, to, svc, verified.digest, trace_id, f"REMOTE: {problem.reason}"[:200]
+            ))
+            raise _remote(problem, to)
+        try:
+            body = exchange_pb2.ResponseBody.FromString(messages.open_body(verified, self.secrets.sealing))
+        except (EnvelopeRejected, DecodeError) as exc:
+            await self.ledger.append(EntryDraft(
+                Event.REJECTED, message_id, to, svc, verified.digest, trace_id, "REPLY_INVALID: SEAL"
+            ))
+            raise ReplyInvalid(f"the answer from {to} does not open") from exc
+        if body.WhichOneof("outcome") == "problem":
+            await self.ledger.append(EntryDraft(
+                Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, body.problem.reason[:64]
+            ))
+            raise _remote(body.problem, to)
+        await self.ledger.append(EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, "OK"))
+        log.info("query.answered")
+        return exchange_pb2.QueryResponse(
+            message_id=message_id,
+            service_code=svc,
+            responder_region=to,
+            data=body.data,
+            responded_at=body.responded_at,
+            request_digest=sent.digest,
+            response_digest=verified.digest,
+            responder_key_id=verified.signer_key_id,
+            trace_id=trace_id,
+        )
+
+
+def _remote(problem: exchange_pb2.Problem, region: str) -> RemoteProblem:
+    try:
+        code = next(c for c in grpc.StatusCode if c.value[0] == problem.code)
+    except StopIteration:
+        code = grpc.StatusCode.UNKNOWN
+    if code == grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN
+    return RemoteProblem(
+        message=f"region {region} refused: {problem.message}",
+        reason=problem.reason or "REMOTE_PROBLEM",
+        code=code,
+        violations=[Violation(v.field, v.description) for v in problem.field_violations],
+    )
+
+
+class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
+    """gRPC binding of :class:`ExchangeCore` (deadline handling only; errors map in the interceptor)."""
+
+    def __init__(self, core: ExchangeCore) -> None:
+        self.core = core
+
+    async def Query(  # noqa: N802 - gRPC method name
+        self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> exchange_pb2.QueryResponse:
+        gw = self.core.cfg.gateway
+        remaining = context.time_remaining()
+        timeout = gw.default_deadline_s if remaining is None else min(remaining, gw.max_deadline_s)
+        return await self.core.query(request.request, timeout_s=timeout)

@@ -1,0 +1,98 @@
+"""Cross-cutting concerns of the gateway: per-RPC span, log context, caller identity, error mapping."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode as SpanStatus
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.errors import internal_status, to_status
+from tongban.errors import TongbanError
+
+log = structlog.get_logger("tongban.gateway")
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated partner system behind an RPC."""
+
+    region: str
+    system_id: str
+
+
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("tongban_caller", default=None)
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary tongban RPC: identity, span, log context, error mapping, access log.
+
+    Health and reflection RPCs pass through untouched.
+    """
+
+    def __init__(self, *, region: str, dev_mode: bool, dev_system_id: str, tracer: trace.Tracer) -> None:
+        self._region = region
+        self._dev_mode = dev_mode
+        self._dev_system_id = dev_system_id
+        self._tracer = tracer
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method  # type: ignore[attr-defined]
+        if handler is None or handler.unary_unary is None or not method.startswith("/tongban."):
+            return handler
+        inner = handler.unary_unary
+        service, _, rpc = method.lstrip("/").partition("/")
+        metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            parent = _PROPAGATOR.extract({"traceparent": metadata["traceparent"]}) if "traceparent" in metadata else None
+            caller = Caller(region=self._region, system_id=self._dev_system_id) if self._dev_mode else None
+            token = current_caller.set(caller)
+            with structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region), \
+                    self._tracer.start_as_current_span(
+                        f"{service}/{rpc}",
+                        context=parent,
+                        kind=SpanKind.SERVER,
+                        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc,
+                                    "tongban.region": self._region},
+                    ) as span:
+                try:
+                    response = await inner(request, context)
+                    log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
+                    return response
+                except TongbanError as exc:
+                    span.set_status(Status(SpanStatus.ERROR, exc.reason))
+                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                    log.info("rpc.refused", code=exc.code.name, reason=exc.reason,
+                             ms=round((time.perf_counter() - start) * 1000, 2))
+                    status = to_status(exc, region=self._region)
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:
+                    span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
+                    log.exception("rpc.internal_error")
+                    status = internal_status()
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                finally:
+                    current_caller.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapper,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

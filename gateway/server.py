@@ -1,0 +1,142 @@
+"""The regional gateway process: grpc.aio server with Exchange, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+
+from gateway.exchange import ExchangeCore, ExchangeService
+from gateway.interceptors import GatewayInterceptor
+from ledger import LedgerStore
+from tongban.catalogue import Catalogue
+from tongban.config import Config
+from tongban.errors import ConfigError
+from tongban.node import RegionSecrets, connect_nats
+from tongban.registry import Registry
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+
+log = structlog.get_logger("tongban.gateway")
+EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
+
+
+class Gateway:
+    """One gateway process of a region. ``async with Gateway(...)`` starts and stops it.
+
+    Health: the overall and Exchange statuses are SERVING only once NATS is connected, and go
+    NOT_SERVING while the NATS connection is down.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        registry: Registry,
+        secrets: RegionSecrets,
+        catalogue: Catalogue,
+        ledger: LedgerStore,
+        nc: NATS | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        if not cfg.gateway.dev_mode:
+            raise ConfigError(
+                "partner authentication (mTLS) is not available in this build: set [gateway] dev_mode = true "
+                "for a development stack"
+            )
+        self.cfg = cfg
+        self.registry = registry
+        self.secrets = secrets
+        self.catalogue = catalogue
+        self.ledger = ledger
+        self.nc = nc
+        self._owns_nc = nc is None
+        self.tracer = tracer or trace.get_tracer("tongban.gateway")
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(EXCHANGE, status)
+
+    async def start(self) -> None:
+        if self.server is not None:
+            return
+        gw = self.cfg.gateway
+        await self._set_health(False)
+        if self.nc is None:
+            async def _down() -> None:
+                log.warning("nats.disconnected")
+                await self._set_health(False)
+
+            async def _up() -> None:
+                log.info("nats.reconnected")
+                await self._set_health(True)
+
+            self.nc = await connect_nats(
+                self.cfg, name=f"tongban-gateway-{self.cfg.region.code}",
+                disconnected_cb=_down, reconnected_cb=_up,
+            )
+        core = ExchangeCore(
+            self.cfg, registry=self.registry, secrets=self.secrets, catalogue=self.catalogue,
+            ledger=self.ledger, nc=self.nc, tracer=self.tracer,
+        )
+        server = grpc.aio.server(
+            interceptors=[GatewayInterceptor(
+                region=self.cfg.region.code, dev_mode=gw.dev_mode, dev_system_id=gw.system_id, tracer=self.tracer
+            )],
+            maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", gw.max_message_bytes),
+                ("grpc.max_send_message_length", gw.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (EXCHANGE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        # Dev mode serves plaintext; mTLS credentials arrive with partner authentication.
+        self.port = server.add_insecure_port(gw.listen)
+        if not self.port:
+            raise ConfigError(f"cannot listen on {gw.listen}")
+        await server.start()
+        self.server = server
+        await self._set_health(self.nc.is_connected)
+        if gw.port_file:
+            p = self.cfg.path(gw.port_file)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(str(p) + ".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(p)
+        log.info("gateway.started", region=self.cfg.region.code, port=self.port, dev_mode=gw.dev_mode)
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING first, let in-flight RPCs finish within the grace, drain NATS."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        await self._set_health(False)
+        await server.stop(self.cfg.gateway.grace_s)
+        if self._owns_nc and self.nc is not None:
+            try:
+                await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)
+            except Exception as exc:
+                log.debug("gateway.drain_failed", error=type(exc).__name__)
+            self.nc = None
+        log.info("gateway.stopped", region=self.cfg.region.code)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

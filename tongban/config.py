@@ -1,0 +1,233 @@
+"""Typed configuration, loaded once at start-up from a TOML file plus environment overrides.
+
+Environment variables override file values: ``TONGBAN_<SECTION>__<KEY>`` (e.g.
+``TONGBAN_GATEWAY__LISTEN=0.0.0.0:7443``). Relative paths are resolved against the directory of the
+config file, so a state directory can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from tongban.errors import ConfigError
+
+
+@dataclass
+class RegionConfig:
+    code: str = ""
+    """GB/T 2260 code of the region this node serves, e.g. ``440300``."""
+    name: str = ""
+    """Display name, e.g. 深圳市."""
+
+
+@dataclass
+class NatsConfig:
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    """URLs of the region's own (leaf) nats-server(s)."""
+    connect_timeout_s: float = 2.0
+    """Deadline of one connection attempt."""
+    max_reconnect_attempts: int = -1
+    """Reconnect forever by default: a region outage must not need a restart."""
+    drain_timeout_s: float = 5.0
+    """How long a graceful stop waits for in-flight messages."""
+
+
+@dataclass
+class KeysConfig:
+    signing_key: str = "keys/signing.pem"
+    """PEM file of the region's Ed25519 signing key."""
+    sealing_key: str = "keys/sealing.pem"
+    """PEM file of the region's X25519 sealing (HPKE) key."""
+    correlation_key: str = "keys/correlation.key"
+    """Secret for keyed digests of identifiers (headers and logs carry only those)."""
+
+
+@dataclass
+class RegistryConfig:
+    file: str = "registry.signed"
+    """Signed trust registry document."""
+    root_keys: list[str] = field(default_factory=lambda: ["root.pub"])
+    """Pinned root public keys (raw Ed25519, hex or files holding hex)."""
+
+
+@dataclass
+class GatewayConfig:
+    listen: str = "127.0.0.1:0"
+    """gRPC listen address; port 0 picks a free port (written to ``port_file``)."""
+    port_file: str = ""
+    """If set, the bound port is written here once the gateway serves."""
+    default_deadline_s: float = 10.0
+    """Deadline applied when a caller sets none."""
+    max_deadline_s: float = 60.0
+    """Longer caller deadlines are capped to this."""
+    max_message_bytes: int = 1 << 20
+    """Largest gRPC message accepted."""
+    max_field_length: int = 256
+    """Default upper bound on a form field's length."""
+    max_concurrent_rpcs: int = 1024
+    """Bound on in-flight RPCs; beyond it callers get RESOURCE_EXHAUSTED."""
+    dev_mode: bool = False
+    """Plaintext gRPC without partner authentication. Never in production."""
+    system_id: str = "dev-partner"
+    """Partner system id assumed for calls in dev mode (mTLS maps certificates in production)."""
+    grace_s: float = 5.0
+    """Graceful-stop grace period for in-flight RPCs."""
+
+
+@dataclass
+class ConnectorConfig:
+    freshness_window_s: float = 300.0
+    """Requests created longer ago than this are refused as stale."""
+    clock_skew_s: float = 30.0
+    """Requests created further in the future than this are refused."""
+    max_in_flight: int = 256
+    """Requests processed concurrently by one connector process."""
+    adapters: str = "demo"
+    """``demo`` (the shipped demo back ends) or ``module:function`` returning {code: Adapter}."""
+    demo_db: str = "demo-backend.sqlite"
+    """SQLite file of the demo back ends."""
+
+
+@dataclass
+class LedgerConfig:
+    path: str = "ledger.sqlite"
+    """SQLite ledger file of this region."""
+    synchronous: str = "FULL"
+    """SQLite synchronous mode; FULL survives power loss, NORMAL only process crashes."""
+
+
+@dataclass
+class LogConfig:
+    format: str = "json"
+    """``json`` (one JSON object per line) or ``console`` (human-friendly, dev)."""
+    level: str = "info"
+
+
+@dataclass
+class TelemetryConfig:
+    otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint for traces; empty exports nothing."""
+    service_name: str = ""
+    """OpenTelemetry service.name; defaults to tongban-<role>."""
+
+
+@dataclass
+class Config:
+    region: RegionConfig = field(default_factory=RegionConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    base_dir: Path = field(default_factory=Path.cwd)
+    """Directory relative paths are resolved against (the config file's directory)."""
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+        """Load ``path`` and apply ``TONGBAN_*`` overrides from ``env`` (default: os.environ)."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=p.resolve().parent, env=os.environ if env is None else env)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: Path, env: dict[str, str] | os._Environ[str]) -> Config:
+        cfg = cls(base_dir=base_dir)
+        hints = get_type_hints(cls)
+        for name, section in data.items():
+            if name not in hints or not is_dataclass(getattr(cfg, name)):
+                raise ConfigError(f"unknown config section [{name}]")
+            if not isinstance(section, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            _apply(getattr(cfg, name), section, name)
+        for key, value in env.items():
+            if not key.startswith("TONGBAN_") or "__" not in key:
+                continue
+            sec, _, attr = key[len("TONGBAN_"):].lower().partition("__")
+            target = getattr(cfg, sec, None)
+            if target is None or not is_dataclass(target):
+                raise ConfigError(f"{key}: unknown config section {sec}")
+            _apply(target, {attr: _from_env(target, attr, value, key)}, sec)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.region.code and not (len(self.region.code) == 6 and self.region.code.isdigit()):
+            raise ConfigError("[region] code must be a 6-digit GB/T 2260 code")
+        if self.log.format not in ("json", "console"):
+            raise ConfigError("[log] format must be json or console")
+        if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigError("[ledger] synchronous must be FULL, NORMAL or EXTRA")
+        if self.gateway.default_deadline_s <= 0 or self.gateway.max_deadline_s < self.gateway.default_deadline_s:
+            raise ConfigError("[gateway] deadlines must satisfy 0 < default_deadline_s <= max_deadline_s")
+
+
+def _apply(target: Any, values: dict[str, Any], section: str) -> None:
+    known = {f.name: f for f in fields(target)}
+    hints = get_type_hints(type(target))
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r} in [{section}]")
+        expected = hints[key]
+        origin = getattr(expected, "__origin__", expected)
+        ok = isinstance(value, origin) or (origin is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"[{section}] {key} must be {getattr(origin, '__name__', origin)}")
+        setattr(target, key, float(value) if origin is float else value)
+
+
+def _from_env(target: Any, attr: str, raw: str, key: str) -> Any:
+    hints = get_type_hints(type(target))
+    if attr not in hints:
+        raise ConfigError(f"{key}: unknown setting {attr}")
+    t = hints[attr]
+    origin = getattr(t, "__origin__", t)
+    try:
+        if origin is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if origin is int:
+            return int(raw)
+        if origin is float:
+            return float(raw)
+        if origin is list:
+            return [s.strip() for s in raw.split(",") if s.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{key}: not a valid {origin.__name__}") from exc
+    return raw
+
+
+def dump_toml(cfg: dict[str, dict[str, Any]]) -> str:
+    """Render a two-level dict as TOML (enough for the configs tongban writes itself)."""
+    out: list[str] = []
+    for section, values in cfg.items():
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            out.append(f"{k} = {_toml_value(v)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'

@@ -1,0 +1,110 @@
+"""Logging (structlog) and tracing (OpenTelemetry) set-up shared by every tongban process.
+
+* Log lines are key-value events; every line of a request carries region, message id, trace id and
+  span id (bound through contextvars and the current span), never personal data.
+* One trace spans regions: the sender's W3C ``traceparent`` travels inside the signed header (and in
+  a NATS header for tools), the receiver continues the trace from the signed copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
+
+
+def configure_logging(*, fmt: str = "json", level: str = "info", stream: Any = None, **static: Any) -> None:
+    """Configure structlog for this process; ``static`` keys (e.g. region, role) go on every line."""
+    lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+
+    def _static(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for k, v in static.items():
+            event.setdefault(k, v)
+        return event
+
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _static,
+            _add_trace_ids,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def configure_tracing(
+    service_name: str, *, region: str, otlp_endpoint: str = "", processors: list[SpanProcessor] | None = None
+) -> TracerProvider:
+    """Install a tracer provider; export by OTLP/gRPC if an endpoint is given, else nowhere.
+
+    Tests pass their own ``processors`` (e.g. a SimpleSpanProcessor over an InMemorySpanExporter).
+    """
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name, "tongban.region": region}))
+    for p in processors or []:
+        provider.add_span_processor(p)
+    if otlp_endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:  # optional dependency
+            raise RuntimeError(
+                "OTLP export needs opentelemetry-exporter-otlp-proto-grpc installed"
+            ) from exc
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+    return provider
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ('' when there is none)."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def context_from_traceparent(traceparent: str) -> otel_context.Context:
+    """An OpenTelemetry context whose remote parent is ``traceparent``."""
+    return _PROPAGATOR.extract({"traceparent": traceparent} if traceparent else {})
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The 32-hex trace id inside a traceparent ('' if malformed)."""
+    parts = traceparent.split("-")
+    if len(parts) == 4 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
+        return parts[1]
+    return ""
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
