@@ -148,7 +148,7 @@ class ExchangeCore:
 
         subject = subjects.rpc_subject(to, svc)
         with self.tracer.start_as_current_span(
-            f"send {subjects.rpc_subject(to, '*')}",
+            f"send {subjects.rpc_wildcard(to)}",
             kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.operation.type": "send",
                         "messaging.destination.name": subject, "tongban.message_id": message_id},

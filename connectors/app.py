@@ -1,0 +1,60 @@
+"""Entry point of a connector process: config file in, serving connector out, graceful stop on signal."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+from opentelemetry import trace
+
+from connectors.adapters import Adapter
+from connectors.runtime import Connector
+from ledger import SQLiteLedger
+from tongban.catalogue import Catalogue
+from tongban.config import Config
+from tongban.errors import ConfigError
+from tongban.node import load_registry, load_secrets
+from tongban.process import serve_until_signal
+from tongban.telemetry import configure_tracing
+
+
+def load_adapters(cfg: Config) -> Mapping[str, Adapter]:
+    """``demo`` → the shipped demo back ends; ``module:function`` → function(cfg) → {code: Adapter}."""
+    spec = cfg.connector.adapters
+    if spec == "demo":
+        from connectors.demo.backends import DemoBackend, demo_adapters
+
+        return demo_adapters(DemoBackend(cfg.path(cfg.connector.demo_db)))
+    module, _, func = spec.partition(":")
+    if not module or not func:
+        raise ConfigError("[connector] adapters must be 'demo' or 'module:function'")
+    try:
+        factory = getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"[connector] adapters: cannot load {spec}") from exc
+    adapters: Mapping[str, Adapter] = factory(cfg)
+    return adapters
+
+
+async def run(cfg: Config) -> None:
+    provider = configure_tracing(
+        cfg.telemetry.service_name or "tongban-connector", region=cfg.region.code,
+        otlp_endpoint=cfg.telemetry.otlp_endpoint,
+    )
+    trace.set_tracer_provider(provider)
+    ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
+    connector = Connector(
+        cfg, registry=load_registry(cfg), secrets=load_secrets(cfg), catalogue=Catalogue.load(),
+        adapters=load_adapters(cfg), ledger=ledger, tracer=provider.get_tracer("tongban.connector"),
+    )
+
+    async def start() -> None:
+        await ledger.open()
+        await connector.start()
+
+    async def stop() -> None:
+        await connector.stop()
+        await ledger.close()
+        provider.shutdown()
+
+    await serve_until_signal(start, stop)

@@ -1,0 +1,42 @@
+"""Entry point of a gateway process: config file in, serving gateway out, graceful stop on signal."""
+
+from __future__ import annotations
+
+import structlog
+from opentelemetry import trace
+
+from gateway.server import Gateway
+from ledger import SQLiteLedger
+from tongban.catalogue import Catalogue
+from tongban.config import Config
+from tongban.node import load_registry, load_secrets
+from tongban.process import serve_until_signal
+from tongban.telemetry import configure_tracing
+
+log = structlog.get_logger("tongban.gateway")
+
+
+async def run(cfg: Config) -> None:
+    provider = configure_tracing(
+        cfg.telemetry.service_name or "tongban-gateway", region=cfg.region.code,
+        otlp_endpoint=cfg.telemetry.otlp_endpoint,
+    )
+    trace.set_tracer_provider(provider)
+    if cfg.gateway.dev_mode:
+        log.warning("gateway.dev_mode", detail="DEV MODE: plaintext gRPC, no partner authentication. Never in production.")
+    ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
+    gateway = Gateway(
+        cfg, registry=load_registry(cfg), secrets=load_secrets(cfg), catalogue=Catalogue.load(), ledger=ledger,
+        tracer=provider.get_tracer("tongban.gateway"),
+    )
+
+    async def start() -> None:
+        await ledger.open()
+        await gateway.start()
+
+    async def stop() -> None:
+        await gateway.stop()
+        await ledger.close()
+        provider.shutdown()
+
+    await serve_until_signal(start, stop)

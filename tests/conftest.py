@@ -1,0 +1,155 @@
+"""Fixture chain for tests that run real parts: nats-server topology → dev trust domain → stack.
+
+``topology`` starts a real hub and one leaf nats-server per region on random loopback ports;
+``state`` writes keys, a root-signed registry and configs into a temp dir; ``stack`` runs, in this
+process, one gateway (real grpc.aio server on port 0) and one connector per serving region, each
+with its own SQLite ledger file, and waits until requests cross between regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from connectors.adapters import Adapter
+from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
+from connectors.runtime import Connector
+from gateway.server import Gateway
+from ledger import SQLiteLedger
+from tests.helpers import eventually
+from tongban import subjects
+from tongban.catalogue import Catalogue
+from tongban.config import Config
+from tongban.devstate import DevState, init_state
+from tongban.natsserver import Topology
+from tongban.node import load_registry, load_secrets
+from tongban.v1 import exchange_pb2_grpc
+
+SZ, WX, QD = "440300", "320200", "370200"
+REGIONS = {SZ: "深圳市", WX: "无锡市", QD: "青岛市"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracer_provider() -> Iterator[TracerProvider]:
+    """A real SDK provider (no exporter) so spans carry trace ids through the whole flow."""
+    provider = TracerProvider()
+    trace.set_tracer_provider(provider)
+    yield provider
+
+
+@pytest.fixture
+async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
+    async with Topology(tmp_path / "nats", list(REGIONS)) as topo:
+        yield topo
+
+
+@pytest.fixture
+def state(tmp_path: Path, topology: Topology) -> DevState:
+    return init_state(tmp_path / "state", REGIONS, nats_urls={r: topology.url(r) for r in REGIONS})
+
+
+@dataclass
+class Node:
+    """One region's in-process gateway and connector with their ledger."""
+
+    region: str
+    cfg: Config
+    ledger: SQLiteLedger
+    gateway: Gateway | None = None
+    connector: Connector | None = None
+    adapters: dict[str, CountingAdapter] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        assert self.gateway is not None
+        return f"127.0.0.1:{self.gateway.port}"
+
+    def backend_calls(self) -> int:
+        return sum(a.total for a in self.adapters.values())
+
+
+@dataclass
+class Stack:
+    nodes: dict[str, Node]
+    topology: Topology
+    state: DevState
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def stub(self, region: str) -> exchange_pb2_grpc.ExchangeStub:
+        ch = grpc.aio.insecure_channel(self.nodes[region].address)
+        self.channels.append(ch)
+        return exchange_pb2_grpc.ExchangeStub(ch)
+
+    async def nats(self, region: str) -> NATS:
+        return await nats.connect(self.topology.url(region), inbox_prefix=subjects.inbox_prefix(region).encode())
+
+
+async def start_stack(
+    topology: Topology,
+    state: DevState,
+    *,
+    serving: tuple[str, ...] = (SZ, WX),
+    adapters: dict[str, dict[str, Adapter]] | None = None,
+) -> Stack:
+    """Gateway + connector for every region in ``serving`` (other regions are in the registry only)."""
+    catalogue = Catalogue.load()
+    nodes: dict[str, Node] = {}
+    for region in serving:
+        cfg = Config.load(state.config_path(region))
+        ledger = SQLiteLedger(cfg.path(cfg.ledger.path), region)
+        await ledger.open()
+        node = Node(region, cfg, ledger)
+        nodes[region] = node
+        base = (adapters or {}).get(region) or demo_adapters(DemoBackend(cfg.path(cfg.connector.demo_db)))
+        node.adapters = {code: CountingAdapter(a) for code, a in base.items()}
+        registry, secrets = load_registry(cfg), load_secrets(cfg)
+        node.connector = Connector(
+            cfg, registry=registry, secrets=secrets, catalogue=catalogue, adapters=node.adapters, ledger=ledger
+        )
+        await node.connector.start()
+        node.gateway = Gateway(cfg, registry=registry, secrets=secrets, catalogue=catalogue, ledger=ledger)
+        await node.gateway.start()
+    stack = Stack(nodes, topology, state)
+    # Subscription interest propagates through the hub asynchronously: wait until it has.
+    for src in serving:
+        nc = await stack.nats(src)
+        try:
+            for dst in serving:
+                async def reachable(dst: str = dst) -> bool:
+                    try:
+                        await nc.request(subjects.ping_subject(dst), b"", timeout=0.5)
+                        return True
+                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                        return False
+                await eventually(reachable, what=f"{dst} reachable from {src}")
+        finally:
+            await nc.close()
+    return stack
+
+
+async def stop_stack(stack: Stack) -> None:
+    for ch in stack.channels:
+        await ch.close()
+    for node in stack.nodes.values():
+        if node.gateway:
+            await node.gateway.stop()
+        if node.connector:
+            await node.connector.stop()
+        await node.ledger.close()
+
+
+@pytest.fixture
+async def stack(topology: Topology, state: DevState) -> AsyncIterator[Stack]:
+    s = await start_stack(topology, state)
+    try:
+        yield s
+    finally:
+        await stop_stack(s)

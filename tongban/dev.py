@@ -1,0 +1,187 @@
+"""``tongban dev``: a complete two-region stack on this machine, for trying tongban out.
+
+Starts the NATS topology (hub + one leaf per region), writes the dev trust domain, then one gateway
+and one connector process per region; waits until a request can really cross (gateway health
+SERVING, every region's connector reachable from every other region's leaf), prints what runs
+where and a command to paste. Ctrl-C stops gateways first, then connectors, then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+import nats
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tongban import subjects
+from tongban.catalogue import Catalogue
+from tongban.devstate import DEV_REGIONS, DevState, init_state
+from tongban.natsserver import Topology
+from tongban.process import wait_for_signal
+
+DEMO_PERSON = "320213198511200025"
+
+
+@dataclass
+class Child:
+    role: str
+    region: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class DevStack:
+    """The running dev stack: topology, state and child processes."""
+
+    root: Path
+    regions: Mapping[str, str] = field(default_factory=lambda: dict(DEV_REGIONS))
+    otlp_endpoint: str = ""
+    log_format: str = "json"
+    topology: Topology | None = None
+    state: DevState | None = None
+    children: list[Child] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.topology = Topology(self.root / "nats", list(self.regions))
+        await self.topology.start()
+        extra = {"telemetry": {"otlp_endpoint": self.otlp_endpoint}} if self.otlp_endpoint else None
+        self.state = init_state(
+            self.root, self.regions, nats_urls={r: self.topology.url(r) for r in self.regions},
+            log_format=self.log_format, extra=extra,
+        )
+        for region in self.regions:
+            self.state.port_file(region).unlink(missing_ok=True)
+        for role in ("connector", "gateway"):
+            for region in self.regions:
+                self._spawn(role, region)
+        deadline = time.monotonic() + timeout
+        await self._wait_ready(deadline)
+
+    def _spawn(self, role: str, region: str) -> None:
+        assert self.state is not None
+        logp = self.root / region / f"{role}.log"
+        with open(logp, "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tongban.cli", role, "--config", str(self.state.config_path(region))],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.children.append(Child(role, region, proc, logp))
+
+    def _check_children(self) -> None:
+        for c in self.children:
+            if c.proc.poll() is not None:
+                raise RuntimeError(f"{c.role} of {c.region} exited with {c.proc.returncode}; see {c.log}")
+
+    async def _wait_ready(self, deadline: float) -> None:
+        assert self.state is not None and self.topology is not None
+        for region in self.regions:
+            pf = self.state.port_file(region)
+            while not pf.exists():
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"gateway of {region} did not start; see {self.root / region / 'gateway.log'}")
+                await asyncio.sleep(0.05)
+            self.ports[region] = int(pf.read_text())
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[region]}") as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                while True:
+                    self._check_children()
+                    try:
+                        r = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                        if r.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"gateway of {region} is not SERVING")
+                    await asyncio.sleep(0.05)
+        # Interest propagates hub → leaves asynchronously: prove every path with a real request.
+        for src in self.regions:
+            nc = await nats.connect(self.topology.url(src), inbox_prefix=subjects.inbox_prefix(src).encode())
+            try:
+                for dst in self.regions:
+                    while True:
+                        self._check_children()
+                        try:
+                            await nc.request(subjects.ping_subject(dst), b"", timeout=0.5)
+                            break
+                        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
+                            if time.monotonic() > deadline:
+                                raise TimeoutError(f"connector of {dst} unreachable from {src}") from None
+                            await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+    async def stop(self) -> None:
+        """Gateways, then connectors (SIGTERM, graceful), then NATS. Idempotent."""
+        for role in ("gateway", "connector"):
+            group = [c for c in self.children if c.role == role and c.proc.poll() is None]
+            for c in group:
+                c.proc.send_signal(signal.SIGTERM)
+            for c in group:
+                try:
+                    await asyncio.to_thread(c.proc.wait, 15)
+                except subprocess.TimeoutExpired:
+                    c.proc.kill()
+                    await asyncio.to_thread(c.proc.wait)
+        self.children.clear()
+        if self.topology is not None:
+            await self.topology.stop()
+
+    def describe(self, out: TextIO) -> None:
+        assert self.topology is not None and self.state is not None
+        cat = Catalogue.load()
+        pension = next((i for i in cat.items.values() if "参保缴费记录" in i.name), next(iter(cat.items.values())))
+        w = out.write
+        w("tongban dev stack is up  (DEV MODE: plaintext gRPC, dev keys, no partner authentication)\n\n")
+        w(f"  state directory  {self.root}\n")
+        w(f"  nats hub         {self.topology.hub.client_url}  (leafnodes {self.topology.hub.leaf_url})\n")
+        for region, name in self.regions.items():
+            w(f"  region {region} {name}\n")
+            w(f"    nats leaf      {self.topology.url(region)}  (JetStream domain {region})\n")
+            w(f"    gateway        127.0.0.1:{self.ports[region]}  (gRPC: Exchange, health, reflection)\n")
+            w(f"    connector      demo back ends, log {self.root / region / 'connector.log'}\n")
+            w(f"    ledger         {self.state.ledger_path(region)}\n")
+        src, dst = list(self.regions)[0], list(self.regions)[1] if len(self.regions) > 1 else list(self.regions)[0]
+        exe = Path(sys.executable).parent / "tongban"
+        w(f"\nAsk {dst} for a {pension.name} record from {src}:\n\n")
+        w(f"  {exe} query --gateway 127.0.0.1:{self.ports[src]} --to {dst} --service {pension.code} "
+          f"--field id_no={DEMO_PERSON} --purpose KSTB_CASE_HANDLING\n\n")
+        w(f"Check a ledger:  {exe} ledger verify --region {src} --state-dir {self.root}\n")
+        w("Ctrl-C stops everything.\n")
+        out.flush()
+
+
+async def run_dev(root: Path, *, otlp_endpoint: str = "", out: TextIO = sys.stdout) -> None:
+    stack = DevStack(root, otlp_endpoint=otlp_endpoint)
+    try:
+        await stack.start()
+        stack.describe(out)
+        waiter = asyncio.create_task(wait_for_signal())
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=0.5)
+            for c in stack.children:
+                if c.proc.poll() is not None:
+                    out.write(f"{c.role} of {c.region} exited ({c.proc.returncode}); stopping. See {c.log}\n")
+                    waiter.cancel()
+                    break
+        out.write("stopping...\n")
+    finally:
+        await stack.stop()
+        out.write("stopped.\n")
+        out.flush()
