@@ -7,6 +7,7 @@ the other side) or EXPIRED (no answer within the deadline).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -160,7 +161,8 @@ class ExchangeCore:
     async def _request(
         self, subject: str, data: bytes, message_id: str, deadline: float, to: str, svc: str, trace_id: str
     ) -> bytes:
-        remaining = deadline - time.time()
+        # Leave a little of the caller's deadline for recording the outcome and answering.
+        remaining = deadline - time.time() - min(0.05, (deadline - time.time()) * 0.05)
         headers = {
             subjects.Header.MESSAGE_ID: message_id,
             subjects.Header.FROM_REGION: self.region,
@@ -177,6 +179,12 @@ class ExchangeCore:
         except (TimeoutError, nats.errors.TimeoutError) as exc:
             await self.ledger.append(EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "NO_REPLY_IN_DEADLINE"))
             raise DeadlineExceeded(f"no answer from region {to} within the deadline") from exc
+        except asyncio.CancelledError:
+            # The caller went away (cancelled, or its deadline fired first): the record must still say so.
+            await asyncio.shield(self.ledger.append(
+                EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "CALLER_CANCELLED")
+            ))
+            raise
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError) as exc:
             await self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE"))

@@ -17,7 +17,6 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import NoReturn
@@ -128,8 +127,7 @@ class Catalogue:
         """
         try:
             if path is None:
-                embedded = resources.files("tongban").joinpath("data").joinpath("catalogue.json")
-                text = embedded.read_text(encoding="utf-8")
+                text = (Path(__file__).parent / "data" / "catalogue.json").read_text(encoding="utf-8")
                 source = "embedded catalogue"
             else:
                 text = Path(path).read_text(encoding="utf-8")

@@ -706,7 +706,7 @@ def _answers() -> dict[str, _Answer]:
     def pension_record(b: DemoBackend, r: AdapterRequest) -> Mapping[str, Any]:
         return b.social_insurance.contribution_record(
             r.applicant_id,
-            r.fields["insurance_type"],
+            r.fields.get("insurance_type") or "110",
             period_start=r.fields.get("period_start", ""),
             period_end=r.fields.get("period_end", ""),
         )
