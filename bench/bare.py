@@ -36,8 +36,12 @@ class BareExchange(exchange_pb2_grpc.ExchangeServicer):
         self.nc = nc
         self.subject = f"bench.bare.{to}"
 
-    async def Query(self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext) -> exchange_pb2.QueryResponse:  # noqa: N802
-        msg = await self.nc.request(self.subject, request.SerializeToString(), timeout=context.time_remaining() or 10)
+    async def Query(
+        self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> exchange_pb2.QueryResponse:
+        msg = await self.nc.request(
+            self.subject, request.SerializeToString(), timeout=context.time_remaining() or 10
+        )
         resp = exchange_pb2.QueryResponse(message_id="bare", service_code=request.request.service_code)
         resp.data.ParseFromString(msg.data)
         return resp

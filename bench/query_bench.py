@@ -124,10 +124,26 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             port_file = Path(tmp) / "bare.port"
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             py = [sys.executable, "-m", "bench.bare"]
-            bare.append(subprocess.Popen([*py, "responder", "--nats", stack.topology.url(WX), "--region", WX], env=env))
-            bare.append(subprocess.Popen(
-                [*py, "gateway", "--nats", stack.topology.url(SZ), "--port-file", str(port_file), "--to", WX], env=env
-            ))
+            bare.append(
+                subprocess.Popen(
+                    [*py, "responder", "--nats", stack.topology.url(WX), "--region", WX], env=env
+                )
+            )
+            bare.append(
+                subprocess.Popen(
+                    [
+                        *py,
+                        "gateway",
+                        "--nats",
+                        stack.topology.url(SZ),
+                        "--port-file",
+                        str(port_file),
+                        "--to",
+                        WX,
+                    ],
+                    env=env,
+                )
+            )
             bare_addr = f"127.0.0.1:{await wait_port(port_file, bare[1])}"
             full_addr = f"127.0.0.1:{stack.ports[SZ]}"
             # Both paths answer before measuring (the bare responder's interest must reach the hub).
@@ -146,9 +162,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         addr = bare_addr if target == "bare" else full_addr
                         res = await load(addr, target, c, args.duration, args.warmup)
                         results.setdefault((target, c), []).append(res)
-                        print(f"  {target:4} c={c:<3} round {rnd + 1}: {res.rps:8.0f} req/s  "
-                              f"p50 {res.pct(50):6.2f} ms  p99 {res.pct(99):6.2f} ms  errors {res.errors}",
-                              file=sys.stderr)
+                        print(
+                            f"  {target:4} c={c:<3} round {rnd + 1}: {res.rps:8.0f} req/s  "
+                            f"p50 {res.pct(50):6.2f} ms  p99 {res.pct(99):6.2f} ms  errors {res.errors}",
+                            file=sys.stderr,
+                        )
             gw = next(ch for ch in stack.children if ch.role == "gateway" and ch.region == SZ)
             cn = next(ch for ch in stack.children if ch.role == "connector" and ch.region == WX)
             rss = {
@@ -169,21 +187,32 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     rows = []
     for c in levels:
-        def best(target: str, c: int = c) -> Result:
-            return max(results[(target, c)], key=lambda r: r.rps)
-        b, f = best("bare"), best("full")
-        rows.append({
-            "concurrency": c,
-            "bare_rps": round(b.rps), "full_rps": round(f.rps),
-            "ratio": round(f.rps / b.rps, 3) if b.rps else None,
-            "bare_p50_ms": round(b.pct(50), 2), "bare_p99_ms": round(b.pct(99), 2),
-            "full_p50_ms": round(f.pct(50), 2), "full_p99_ms": round(f.pct(99), 2),
-            "full_errors": sum(r.errors for r in results[("full", c)]),
-            "rounds_full_rps": [round(r.rps) for r in results[("full", c)]],
-            "rounds_bare_rps": [round(r.rps) for r in results[("bare", c)]],
-        })
-    return {"rows": rows, "rss": rss, "duration_s": args.duration, "rounds": args.rounds,
-            "cpus": os.cpu_count(), "median_ratio": statistics.median(r["ratio"] or 0 for r in rows)}
+
+        b = max(results[("bare", c)], key=lambda r: r.rps)
+        f = max(results[("full", c)], key=lambda r: r.rps)
+        rows.append(
+            {
+                "concurrency": c,
+                "bare_rps": round(b.rps),
+                "full_rps": round(f.rps),
+                "ratio": round(f.rps / b.rps, 3) if b.rps else None,
+                "bare_p50_ms": round(b.pct(50), 2),
+                "bare_p99_ms": round(b.pct(99), 2),
+                "full_p50_ms": round(f.pct(50), 2),
+                "full_p99_ms": round(f.pct(99), 2),
+                "full_errors": sum(r.errors for r in results[("full", c)]),
+                "rounds_full_rps": [round(r.rps) for r in results[("full", c)]],
+                "rounds_bare_rps": [round(r.rps) for r in results[("bare", c)]],
+            }
+        )
+    return {
+        "rows": rows,
+        "rss": rss,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "median_ratio": statistics.median(r["ratio"] or 0 for r in rows),
+    }
 
 
 def main() -> None:
@@ -196,15 +225,21 @@ def main() -> None:
     args = p.parse_args()
     out = asyncio.run(run(args))
     print("\nExchange.Query, Shenzhen 440300 → Wuxi 320200 through hub + leaves (best of rounds)")
-    print(f"{'in flight':>9} | {'bare req/s':>10} | {'full req/s':>10} | {'full/bare':>9} | "
-          f"{'bare p50/p99 ms':>15} | {'full p50/p99 ms':>15}")
+    print(
+        f"{'in flight':>9} | {'bare req/s':>10} | {'full req/s':>10} | {'full/bare':>9} | "
+        f"{'bare p50/p99 ms':>15} | {'full p50/p99 ms':>15}"
+    )
     print("-" * 84)
     for r in out["rows"]:  # type: ignore[attr-defined]
-        print(f"{r['concurrency']:>9} | {r['bare_rps']:>10} | {r['full_rps']:>10} | {r['ratio']:>9} | "
-              f"{r['bare_p50_ms']:>6}/{r['bare_p99_ms']:<8} | {r['full_p50_ms']:>6}/{r['full_p99_ms']:<8}")
-    rss = out["rss"]
-    print(f"\npeak RSS: gateway {rss['gateway_440300_mb']:.0f} MB, connector {rss['connector_320200_mb']:.0f} MB, "  # type: ignore[index]
-          f"bare gateway {rss['bare_gateway_mb']:.0f} MB")  # type: ignore[index]
+        print(
+            f"{r['concurrency']:>9} | {r['bare_rps']:>10} | {r['full_rps']:>10} | {r['ratio']:>9} | "
+            f"{r['bare_p50_ms']:>6}/{r['bare_p99_ms']:<8} | {r['full_p50_ms']:>6}/{r['full_p99_ms']:<8}"
+        )
+    rss: dict[str, float] = out["rss"]  # type: ignore[assignment]
+    print(
+        f"\npeak RSS: gateway {rss['gateway_440300_mb']:.0f} MB, "
+        f"connector {rss['connector_320200_mb']:.0f} MB, bare gateway {rss['bare_gateway_mb']:.0f} MB"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -38,14 +38,20 @@ def load_adapters(cfg: Config) -> Mapping[str, Adapter]:
 
 async def run(cfg: Config) -> None:
     provider = configure_tracing(
-        cfg.telemetry.service_name or "tongban-connector", region=cfg.region.code,
+        cfg.telemetry.service_name or "tongban-connector",
+        region=cfg.region.code,
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
     )
     trace.set_tracer_provider(provider)
     ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
     connector = Connector(
-        cfg, registry=load_registry(cfg), secrets=load_secrets(cfg), catalogue=Catalogue.load(),
-        adapters=load_adapters(cfg), ledger=ledger, tracer=provider.get_tracer("tongban.connector"),
+        cfg,
+        registry=load_registry(cfg),
+        secrets=load_secrets(cfg),
+        catalogue=Catalogue.load(),
+        adapters=load_adapters(cfg),
+        ledger=ledger,
+        tracer=provider.get_tracer("tongban.connector"),
     )
 
     async def start() -> None:

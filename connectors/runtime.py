@@ -26,7 +26,8 @@ from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode as SpanStatus
+from opentelemetry.trace import SpanKind, Status
+from opentelemetry.trace import StatusCode as SpanStatus
 
 from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
 from connectors.errors import Refused
@@ -89,9 +90,13 @@ class Connector:
         if self.nc is None:
             self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
         queue = subjects.connector_queue(self.region)
-        self._subs.append(await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg))
-        self._subs.append(await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping))
-        await self.nc.flush(timeout=self.cfg.nats.connect_timeout_s)
+        self._subs.append(
+            await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg)
+        )
+        self._subs.append(
+            await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping)
+        )
+        await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
         self._started = True
         log.info("connector.started", region=self.region, subject=subjects.rpc_wildcard(self.region))
 
@@ -157,25 +162,28 @@ class Connector:
         except EnvelopeRejected:
             header = None
         parent = telemetry.context_from_traceparent(header.traceparent if header else "")
-        with structlog.contextvars.bound_contextvars(
-            region=self.region,
-            message_id=header.message_id if header else "",
-            service_code=header.service_code if header else "",
-            peer_region=header.from_region if header else "",
-        ), self.tracer.start_as_current_span(
-            "connector.receive",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": subject,
-                "tongban.region": self.region,
-                "tongban.message_id": header.message_id if header else "",
-                "tongban.service_code": header.service_code if header else "",
-                "tongban.peer_region": header.from_region if header else "",
-            },
-        ) as span:
+        with (
+            structlog.contextvars.bound_contextvars(
+                region=self.region,
+                message_id=header.message_id if header else "",
+                service_code=header.service_code if header else "",
+                peer_region=header.from_region if header else "",
+            ),
+            self.tracer.start_as_current_span(
+                "connector.receive",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": subject,
+                    "tongban.region": self.region,
+                    "tongban.message_id": header.message_id if header else "",
+                    "tongban.service_code": header.service_code if header else "",
+                    "tongban.peer_region": header.from_region if header else "",
+                },
+            ) as span,
+        ):
             try:
                 return await self._process(subject, data, now, received_ns)
             except TongbanError as exc:
@@ -190,12 +198,14 @@ class Connector:
                 raise EnvelopeRejected(Reason.MALFORMED, "not a request", code=StatusCode.INVALID_ARGUMENT)
             if h.to_region != self.region:
                 raise EnvelopeRejected(
-                    Reason.WRONG_RECIPIENT, f"request is addressed to {h.to_region}, not {self.region}",
+                    Reason.WRONG_RECIPIENT,
+                    f"request is addressed to {h.to_region}, not {self.region}",
                     code=StatusCode.FAILED_PRECONDITION,
                 )
             if subject != subjects.rpc_subject(self.region, h.service_code):
                 raise EnvelopeRejected(
-                    "SUBJECT_MISMATCH", "request arrived on a subject that does not match its header",
+                    "SUBJECT_MISMATCH",
+                    "request arrived on a subject that does not match its header",
                     code=StatusCode.FAILED_PRECONDITION,
                 )
             created = messages.seconds(h.created_at)
@@ -203,10 +213,14 @@ class Connector:
             if created < now - window.freshness_window_s:
                 raise EnvelopeRejected(Reason.STALE, "request is older than the freshness window")
             if created > now + window.clock_skew_s:
-                raise EnvelopeRejected(Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew")
+                raise EnvelopeRejected(
+                    Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew"
+                )
             deadline = messages.seconds(h.deadline)
             if deadline <= now:
-                raise EnvelopeRejected(Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED)
+                raise EnvelopeRejected(
+                    Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
+                )
         with self.tracer.start_as_current_span("connector.open"):
             plaintext = messages.open_body(verified, self.secrets.sealing)
             try:
@@ -216,47 +230,64 @@ class Connector:
                     Reason.MALFORMED, "sealed body does not decode", code=StatusCode.INVALID_ARGUMENT
                 ) from exc
             if request.service_code != h.service_code or request.target_region != h.to_region:
-                raise Refused("HEADER_BODY_MISMATCH", "sealed request does not match its header",
-                              StatusCode.INVALID_ARGUMENT)
+                raise Refused(
+                    "HEADER_BODY_MISMATCH",
+                    "sealed request does not match its header",
+                    StatusCode.INVALID_ARGUMENT,
+                )
         svc = h.service_code
         if not self.registry.provides(self.region, svc) or not self.registry.allows(
             h.from_region, h.origin_system, svc, self.region
         ):
-            raise Refused("NOT_AUTHORISED", f"region {h.from_region} may not call {svc} here",
-                          StatusCode.PERMISSION_DENIED)
+            raise Refused(
+                "NOT_AUTHORISED",
+                f"region {h.from_region} may not call {svc} here",
+                StatusCode.PERMISSION_DENIED,
+            )
         item = validate_request(self.catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
         adapter = self.adapters.get(svc)
         if adapter is None:
-            raise Refused("SERVICE_NOT_SERVED", f"no back end serves {svc} in {self.region}",
-                          StatusCode.UNIMPLEMENTED)
+            raise Refused(
+                "SERVICE_NOT_SERVED", f"no back end serves {svc} in {self.region}", StatusCode.UNIMPLEMENTED
+            )
 
         allowed = response_projection(item, tuple(request.governance.declared_fields))
         body = exchange_pb2.ResponseBody()
         outcome = "OK"
-        with self.tracer.start_as_current_span("connector.adapter", attributes={"tongban.service_code": svc}) as sp:
+        with self.tracer.start_as_current_span(
+            "connector.adapter", attributes={"tongban.service_code": svc}
+        ) as sp:
             try:
                 async with asyncio.timeout(max(deadline - time.time(), 0.001)):
-                    answer = await adapter.call(AdapterRequest(
-                        message_id=h.message_id,
-                        service_code=svc,
-                        requester_region=h.from_region,
-                        applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
-                        applicant_id=request.applicant.id_no,
-                        applicant_name=request.applicant.name,
-                        fields=dict(request.fields),
-                        declared_fields=tuple(request.governance.declared_fields),
-                    ))
+                    answer = await adapter.call(
+                        AdapterRequest(
+                            message_id=h.message_id,
+                            service_code=svc,
+                            requester_region=h.from_region,
+                            applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
+                            applicant_id=request.applicant.id_no,
+                            applicant_name=request.applicant.name,
+                            fields=dict(request.fields),
+                            declared_fields=tuple(request.governance.declared_fields),
+                        )
+                    )
                 data_struct = Struct()
                 json_format.ParseDict({k: v for k, v in answer.items() if k in allowed}, data_struct)
                 body.data.CopyFrom(data_struct)
             except (NotFound, AdapterFailure) as exc:
                 outcome = exc.reason
-                body.problem.CopyFrom(exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0]))
+                body.problem.CopyFrom(
+                    exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
+                )
             except TimeoutError:
                 outcome = "DEADLINE_EXCEEDED"
-                body.problem.CopyFrom(exchange_pb2.Problem(
-                    reason="BACKEND_TIMEOUT", message="back end did not answer within the deadline",
-                    code=StatusCode.DEADLINE_EXCEEDED.value[0]))
+                body.problem.CopyFrom(
+                    exchange_pb2.Problem(
+                        reason="BACKEND_TIMEOUT",
+                        message="back end did not answer within the deadline",
+                        code=StatusCode.DEADLINE_EXCEEDED.value[0],
+                    )
+                )
             sp.set_attribute("tongban.outcome", outcome)
         body.responded_at.CopyFrom(messages.timestamp(time.time()))
 
@@ -279,14 +310,27 @@ class Connector:
                 request_digest=verified.digest,
             )
             built = messages.build_sealed(
-                reply_header, body.SerializeToString(), recipient_key_id=recipient_kid, recipient=recipient,
+                reply_header,
+                body.SerializeToString(),
+                recipient_key_id=recipient_kid,
+                recipient=recipient,
                 signer=self.secrets.signing,
             )
             trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
             await self.ledger.append(
-                EntryDraft(Event.RECEIVED, h.message_id, h.from_region, svc, verified.digest, trace_id,
-                           "", received_ns),
-                EntryDraft(Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome),
+                EntryDraft(
+                    Event.RECEIVED,
+                    h.message_id,
+                    h.from_region,
+                    svc,
+                    verified.digest,
+                    trace_id,
+                    "",
+                    received_ns,
+                ),
+                EntryDraft(
+                    Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome
+                ),
             )
         self.handled += 1
         log.info("request.processed", outcome=outcome, ms=round((time.time() - now) * 1000, 2))
@@ -318,9 +362,9 @@ class Connector:
         )
         built = messages.build_problem(reply_header, problem, signer=self.secrets.signing)
         # Ledger fields come from an unverified header here: keep them to safe, bounded tokens.
-        await self.ledger.append(EntryDraft(
-            Event.REJECTED, message_id, _safe(peer), _safe(svc), req_digest, trace_id, exc.reason
-        ))
+        await self.ledger.append(
+            EntryDraft(Event.REJECTED, message_id, _safe(peer), _safe(svc), req_digest, trace_id, exc.reason)
+        )
         log.warning("request.rejected", reason=exc.reason, code=exc.code.name)
         return built.data
 

@@ -18,15 +18,23 @@ log = structlog.get_logger("tongban.gateway")
 
 async def run(cfg: Config) -> None:
     provider = configure_tracing(
-        cfg.telemetry.service_name or "tongban-gateway", region=cfg.region.code,
+        cfg.telemetry.service_name or "tongban-gateway",
+        region=cfg.region.code,
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
     )
     trace.set_tracer_provider(provider)
     if cfg.gateway.dev_mode:
-        log.warning("gateway.dev_mode", detail="DEV MODE: plaintext gRPC, no partner authentication. Never in production.")
+        log.warning(
+            "gateway.dev_mode",
+            detail="DEV MODE: plaintext gRPC, no partner authentication. Never in production.",
+        )
     ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
     gateway = Gateway(
-        cfg, registry=load_registry(cfg), secrets=load_secrets(cfg), catalogue=Catalogue.load(), ledger=ledger,
+        cfg,
+        registry=load_registry(cfg),
+        secrets=load_secrets(cfg),
+        catalogue=Catalogue.load(),
+        ledger=ledger,
         tracer=provider.get_tracer("tongban.gateway"),
     )
 

@@ -29,13 +29,24 @@ def to_status(exc: TongbanError, *, region: str = "") -> grpc.Status:
     """Build the gRPC status (code, message, details) for ``exc``."""
     code: grpc.StatusCode = exc.code
     details = [
-        _pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata={"region": region} if region else {}))
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=exc.reason, domain=DOMAIN, metadata={"region": region} if region else {}
+            )
+        )
     ]
     violations = exc.violations if isinstance(exc, InvalidRequest | RemoteProblem) else []
     if violations:
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description) for v in violations
-        ])))
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in violations
+                    ]
+                )
+            )
+        )
     if code in _RETRYABLE:
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))))
     status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
@@ -44,8 +55,10 @@ def to_status(exc: TongbanError, *, region: str = "") -> grpc.Status:
 
 def internal_status() -> grpc.Status:
     """What a caller sees of a bug: a code and a sentence, never a traceback."""
-    return rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.INTERNAL,
-        message="internal error; the gateway logged it",
-        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
-    ))
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=code_pb2.INTERNAL,
+            message="internal error; the gateway logged it",
+            details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
+        )
+    )

@@ -95,7 +95,9 @@ class ExchangeCore:
             and "request.service_code" not in bad_fields
             and not self.registry.provides(req.target_region, req.service_code)
         ):
-            violations.append(Violation("request.service_code", "the target region does not provide this service"))
+            violations.append(
+                Violation("request.service_code", "the target region does not provide this service")
+            )
         if violations:
             raise InvalidRequest("request does not match the catalogue", violations)
         if not self.registry.allows(caller.region, caller.system_id, req.service_code, req.target_region):
@@ -104,7 +106,9 @@ class ExchangeCore:
                 f"{req.service_code} in {req.target_region}"
             )
 
-    async def query(self, req: exchange_pb2.ServiceRequest, *, timeout_s: float) -> exchange_pb2.QueryResponse:
+    async def query(
+        self, req: exchange_pb2.ServiceRequest, *, timeout_s: float
+    ) -> exchange_pb2.QueryResponse:
         caller = current_caller.get()
         if caller is None:
             raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
@@ -112,15 +116,24 @@ class ExchangeCore:
         message_id = new_message_id()
         trace_id = telemetry.current_trace_id()
         svc, to = req.service_code, req.target_region
-        structlog.contextvars.bind_contextvars(message_id=message_id, service_code=svc[:64], peer_region=to[:12])
+        structlog.contextvars.bind_contextvars(
+            message_id=message_id, service_code=svc[:64], peer_region=to[:12]
+        )
         with self.tracer.start_as_current_span("gateway.validate"):
             try:
                 self._check(req, caller)
             except TongbanError as exc:
-                await self.ledger.append(EntryDraft(
-                    Event.REJECTED, message_id, to if to.isdigit() and len(to) <= 12 else "?",
-                    svc if svc.isalnum() and len(svc) <= 36 else "?", b"", trace_id, _ledger_detail(exc),
-                ))
+                await self.ledger.append(
+                    EntryDraft(
+                        Event.REJECTED,
+                        message_id,
+                        to if to.isdigit() and len(to) <= 12 else "?",
+                        svc if svc.isalnum() and len(svc) <= 36 else "?",
+                        b"",
+                        trace_id,
+                        _ledger_detail(exc),
+                    )
+                )
                 raise
 
         with self.tracer.start_as_current_span("gateway.seal_sign"):
@@ -142,8 +155,11 @@ class ExchangeCore:
                 origin_system=caller.system_id,
             )
             built = messages.build_sealed(
-                header, exchange_pb2.RequestBody(request=req).SerializeToString(),
-                recipient_key_id=kid, recipient=recipient, signer=self.secrets.signing,
+                header,
+                exchange_pb2.RequestBody(request=req).SerializeToString(),
+                recipient_key_id=kid,
+                recipient=recipient,
+                signer=self.secrets.signing,
             )
         await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
 
@@ -151,8 +167,12 @@ class ExchangeCore:
         with self.tracer.start_as_current_span(
             f"send {subjects.rpc_wildcard(to)}",
             kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "nats", "messaging.operation.type": "send",
-                        "messaging.destination.name": subject, "tongban.message_id": message_id},
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": subject,
+                "tongban.message_id": message_id,
+            },
         ):
             reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
         with self.tracer.start_as_current_span("gateway.verify_reply"):
@@ -163,7 +183,7 @@ class ExchangeCore:
     ) -> bytes:
         # Leave a little of the caller's deadline for recording the outcome and answering.
         remaining = deadline - time.time() - min(0.05, (deadline - time.time()) * 0.05)
-        headers = {
+        headers: dict[str, str] = {
             subjects.Header.MESSAGE_ID: message_id,
             subjects.Header.FROM_REGION: self.region,
             subjects.Header.TRACEPARENT: telemetry.current_traceparent(),
@@ -174,20 +194,34 @@ class ExchangeCore:
             msg = await self.nc.request(subject, data, timeout=remaining, headers=headers)
             return msg.data
         except nats.errors.NoRespondersError as exc:
-            await self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NO_RESPONDERS"))
-            raise Unavailable(f"region {to} has no connector serving {svc} right now", reason="NO_RESPONDERS") from exc
+            await self.ledger.append(
+                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NO_RESPONDERS")
+            )
+            raise Unavailable(
+                f"region {to} has no connector serving {svc} right now", reason="NO_RESPONDERS"
+            ) from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
-            await self.ledger.append(EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "NO_REPLY_IN_DEADLINE"))
+            await self.ledger.append(
+                EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "NO_REPLY_IN_DEADLINE")
+            )
             raise DeadlineExceeded(f"no answer from region {to} within the deadline") from exc
         except asyncio.CancelledError:
             # The caller went away (cancelled, or its deadline fired first): the record must still say so.
-            await asyncio.shield(self.ledger.append(
-                EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "CALLER_CANCELLED")
-            ))
+            await asyncio.shield(
+                self.ledger.append(
+                    EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "CALLER_CANCELLED")
+                )
+            )
             raise
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.ConnectionDrainingError, nats.errors.OutboundBufferLimitError) as exc:
-            await self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE"))
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError,
+            nats.errors.OutboundBufferLimitError,
+        ) as exc:
+            await self.ledger.append(
+                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
+            )
             raise Unavailable("the region's NATS connection is down", reason="NATS_UNAVAILABLE") from exc
 
     async def _accept_reply(
@@ -202,31 +236,53 @@ class ExchangeCore:
             if h.request_digest != sent.digest:
                 raise ReplyInvalid("answer names another request digest")
         except (EnvelopeRejected, ReplyInvalid) as exc:
-            await self.ledger.append(EntryDraft(
-                Event.REJECTED, message_id, to, svc, envelope.digest(data), trace_id, f"REPLY_INVALID: {exc.reason}"
-            ))
+            await self.ledger.append(
+                EntryDraft(
+                    Event.REJECTED,
+                    message_id,
+                    to,
+                    svc,
+                    envelope.digest(data),
+                    trace_id,
+                    f"REPLY_INVALID: {exc.reason}",
+                )
+            )
             log.error("reply.invalid", reason=exc.reason)
             raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
 
         if h.kind == envelope_pb2.MESSAGE_KIND_REJECTION:
             problem = exchange_pb2.Problem.FromString(verified.body)
-            await self.ledger.append(EntryDraft(
-                Event.REJECTED, message_id, to, svc, verified.digest, trace_id, f"REMOTE: {problem.reason}"[:200]
-            ))
+            await self.ledger.append(
+                EntryDraft(
+                    Event.REJECTED,
+                    message_id,
+                    to,
+                    svc,
+                    verified.digest,
+                    trace_id,
+                    f"REMOTE: {problem.reason}"[:200],
+                )
+            )
             raise _remote(problem, to)
         try:
             body = exchange_pb2.ResponseBody.FromString(messages.open_body(verified, self.secrets.sealing))
         except (EnvelopeRejected, DecodeError) as exc:
-            await self.ledger.append(EntryDraft(
-                Event.REJECTED, message_id, to, svc, verified.digest, trace_id, "REPLY_INVALID: SEAL"
-            ))
+            await self.ledger.append(
+                EntryDraft(
+                    Event.REJECTED, message_id, to, svc, verified.digest, trace_id, "REPLY_INVALID: SEAL"
+                )
+            )
             raise ReplyInvalid(f"the answer from {to} does not open") from exc
         if body.WhichOneof("outcome") == "problem":
-            await self.ledger.append(EntryDraft(
-                Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, body.problem.reason[:64]
-            ))
+            await self.ledger.append(
+                EntryDraft(
+                    Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, body.problem.reason[:64]
+                )
+            )
             raise _remote(body.problem, to)
-        await self.ledger.append(EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, "OK"))
+        await self.ledger.append(
+            EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, "OK")
+        )
         log.info("query.answered")
         return exchange_pb2.QueryResponse(
             message_id=message_id,
@@ -262,7 +318,7 @@ class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
     def __init__(self, core: ExchangeCore) -> None:
         self.core = core
 
-    async def Query(  # noqa: N802 - gRPC method name
+    async def Query(
         self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext
     ) -> exchange_pb2.QueryResponse:
         gw = self.core.cfg.gateway

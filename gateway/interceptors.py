@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 import structlog
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode as SpanStatus
+from opentelemetry.trace import SpanKind, Status
+from opentelemetry.trace import StatusCode as SpanStatus
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import internal_status, to_status
@@ -59,17 +60,27 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
-            parent = _PROPAGATOR.extract({"traceparent": metadata["traceparent"]}) if "traceparent" in metadata else None
+            parent = (
+                _PROPAGATOR.extract({"traceparent": metadata["traceparent"]})
+                if "traceparent" in metadata
+                else None
+            )
             caller = Caller(region=self._region, system_id=self._dev_system_id) if self._dev_mode else None
             token = current_caller.set(caller)
-            with structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region), \
-                    self._tracer.start_as_current_span(
-                        f"{service}/{rpc}",
-                        context=parent,
-                        kind=SpanKind.SERVER,
-                        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc,
-                                    "tongban.region": self._region},
-                    ) as span:
+            with (
+                structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
+                self._tracer.start_as_current_span(
+                    f"{service}/{rpc}",
+                    context=parent,
+                    kind=SpanKind.SERVER,
+                    attributes={
+                        "rpc.system": "grpc",
+                        "rpc.service": service,
+                        "rpc.method": rpc,
+                        "tongban.region": self._region,
+                    },
+                ) as span,
+            ):
                 try:
                     response = await inner(request, context)
                     log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
@@ -77,8 +88,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 except TongbanError as exc:
                     span.set_status(Status(SpanStatus.ERROR, exc.reason))
                     span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
-                    log.info("rpc.refused", code=exc.code.name, reason=exc.reason,
-                             ms=round((time.perf_counter() - start) * 1000, 2))
+                    log.info(
+                        "rpc.refused",
+                        code=exc.code.name,
+                        reason=exc.reason,
+                        ms=round((time.perf_counter() - start) * 1000, 2),
+                    )
                     status = to_status(exc, region=self._region)
                     await context.abort(status.code, status.details, status.trailing_metadata)
                 except grpc.aio.AbortError:

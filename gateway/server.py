@@ -62,7 +62,9 @@ class Gateway:
         self.port = 0
 
     async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self.health.set("", status)
         await self.health.set(EXCHANGE, status)
 
@@ -72,6 +74,7 @@ class Gateway:
         gw = self.cfg.gateway
         await self._set_health(False)
         if self.nc is None:
+
             async def _down() -> None:
                 log.warning("nats.disconnected")
                 await self._set_health(False)
@@ -81,17 +84,29 @@ class Gateway:
                 await self._set_health(True)
 
             self.nc = await connect_nats(
-                self.cfg, name=f"tongban-gateway-{self.cfg.region.code}",
-                disconnected_cb=_down, reconnected_cb=_up,
+                self.cfg,
+                name=f"tongban-gateway-{self.cfg.region.code}",
+                disconnected_cb=_down,
+                reconnected_cb=_up,
             )
         core = ExchangeCore(
-            self.cfg, registry=self.registry, secrets=self.secrets, catalogue=self.catalogue,
-            ledger=self.ledger, nc=self.nc, tracer=self.tracer,
+            self.cfg,
+            registry=self.registry,
+            secrets=self.secrets,
+            catalogue=self.catalogue,
+            ledger=self.ledger,
+            nc=self.nc,
+            tracer=self.tracer,
         )
         server = grpc.aio.server(
-            interceptors=[GatewayInterceptor(
-                region=self.cfg.region.code, dev_mode=gw.dev_mode, dev_system_id=gw.system_id, tracer=self.tracer
-            )],
+            interceptors=[
+                GatewayInterceptor(
+                    region=self.cfg.region.code,
+                    dev_mode=gw.dev_mode,
+                    dev_system_id=gw.system_id,
+                    tracer=self.tracer,
+                )
+            ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", gw.max_message_bytes),
@@ -102,7 +117,8 @@ class Gateway:
         exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (EXCHANGE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+            (EXCHANGE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
         )
         # Dev mode serves plaintext; mTLS credentials arrive with partner authentication.
         self.port = server.add_insecure_port(gw.listen)

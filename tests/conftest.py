@@ -89,7 +89,9 @@ class Stack:
         return exchange_pb2_grpc.ExchangeStub(ch)
 
     async def nats(self, region: str) -> NATS:
-        return await nats.connect(self.topology.url(region), inbox_prefix=subjects.inbox_prefix(region).encode())
+        return await nats.connect(
+            self.topology.url(region), inbox_prefix=subjects.inbox_prefix(region).encode()
+        )
 
 
 async def start_stack(
@@ -112,7 +114,12 @@ async def start_stack(
         node.adapters = {code: CountingAdapter(a) for code, a in base.items()}
         registry, secrets = load_registry(cfg), load_secrets(cfg)
         node.connector = Connector(
-            cfg, registry=registry, secrets=secrets, catalogue=catalogue, adapters=node.adapters, ledger=ledger
+            cfg,
+            registry=registry,
+            secrets=secrets,
+            catalogue=catalogue,
+            adapters=node.adapters,
+            ledger=ledger,
         )
         await node.connector.start()
         node.gateway = Gateway(cfg, registry=registry, secrets=secrets, catalogue=catalogue, ledger=ledger)
@@ -123,12 +130,14 @@ async def start_stack(
         nc = await stack.nats(src)
         try:
             for dst in serving:
-                async def reachable(dst: str = dst) -> bool:
+
+                async def reachable(dst: str = dst, nc: NATS = nc) -> bool:
                     try:
                         await nc.request(subjects.ping_subject(dst), b"", timeout=0.5)
                         return True
                     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                         return False
+
                 await eventually(reachable, what=f"{dst} reachable from {src}")
         finally:
             await nc.close()

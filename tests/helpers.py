@@ -7,7 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0, what: str = "") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0, what: str = ""
+) -> None:
     """Poll ``check`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

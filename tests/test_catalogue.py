@@ -285,8 +285,20 @@ INVALID: list[tuple[str, str, Mutation, str, str | None]] = [
     ("target region 4 digits", P, _set("target_region", "3202"), "request.target_region", "3202"),
     ("target region 9 digits", P, _set("target_region", "320213001"), "request.target_region", "320213001"),
     ("target region province 99", P, _set("target_region", "990000"), "request.target_region", "990000"),
-    ("missing required field", "YDJYDJBA0001", _drop_field("treatment_region"), "request.fields[treatment_region]", None),
-    ("blank required field", "YDJYDJBA0001", _set_field("treatment_region", "   "), "request.fields[treatment_region]", None),
+    (
+        "missing required field",
+        "YDJYDJBA0001",
+        _drop_field("treatment_region"),
+        "request.fields[treatment_region]",
+        None,
+    ),
+    (
+        "blank required field",
+        "YDJYDJBA0001",
+        _set_field("treatment_region", "   "),
+        "request.fields[treatment_region]",
+        None,
+    ),
     ("unknown field", P, _set_field("favourite_colour", "blue"), "request.fields[favourite_colour]", "blue"),
     (
         "oversized field",

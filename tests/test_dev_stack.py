@@ -1,4 +1,4 @@
-"""`tongban dev` as a user runs it: start, paste the printed command, verify a ledger, Ctrl-C, nothing left."""
+"""`tongban dev` as a user runs it: start, paste the printed command, verify ledgers, Ctrl-C, nothing left."""
 
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
     tongban = Path(sys.executable).parent / "tongban"
     proc = subprocess.Popen(
         [str(tongban), "dev", "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     try:
         banner = _wait_output(proc, "Ctrl-C stops everything", timeout=90)
@@ -69,7 +72,9 @@ def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
         for region, at_least in (("440300", 2), ("320200", 2)):
             v = subprocess.run(
                 [str(tongban), "ledger", "verify", "--region", region, "--state-dir", str(state)],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             assert v.returncode == 0, v.stdout + v.stderr
             count = int(re.search(r"(\d+) entries, hash chain OK", v.stdout).group(1))  # type: ignore[union-attr]

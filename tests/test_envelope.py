@@ -32,11 +32,17 @@ def _request(world: dict[str, object], to: str = WX, sealed_for: str | None = No
     assert isinstance(keys, dict) and isinstance(reg, Registry)
     kid, pub = reg.sealing_key_for(sealed_for or to)
     header = envelope_pb2.Header(
-        message_id="01JD0000000000000000000000", kind=envelope_pb2.MESSAGE_KIND_REQUEST,
-        service_code="SBJFJLCX0001", from_region=SZ, to_region=to,
-        created_at=messages.timestamp(time.time()), deadline=messages.timestamp(time.time() + 5),
+        message_id="01JD0000000000000000000000",
+        kind=envelope_pb2.MESSAGE_KIND_REQUEST,
+        service_code="SBJFJLCX0001",
+        from_region=SZ,
+        to_region=to,
+        created_at=messages.timestamp(time.time()),
+        deadline=messages.timestamp(time.time() + 5),
     )
-    return messages.build_sealed(header, b"secret body", recipient_key_id=kid, recipient=pub, signer=keys[SZ][0])
+    return messages.build_sealed(
+        header, b"secret body", recipient_key_id=kid, recipient=pub, signer=keys[SZ][0]
+    )
 
 
 def test_round_trip_verifies_and_opens(world: dict[str, object]) -> None:

@@ -44,7 +44,9 @@ def test_tampered_document_refused() -> None:
     doc, _ = _doc()
     signed = registry_pb2.SignedRegistry.FromString(sign_registry(doc, root))
     tampered = registry_pb2.TrustRegistry.FromString(signed.document)
-    tampered.access_rules.add(caller_region="999999", caller_system="*", service_code="*", provider_region="320200")
+    tampered.access_rules.add(
+        caller_region="999999", caller_system="*", service_code="*", provider_region="320200"
+    )
     signed.document = tampered.SerializeToString()
     with pytest.raises(RegistryError):
         Registry.from_signed(signed.SerializeToString(), [root.public_key()])

@@ -76,7 +76,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     g.purpose_code = args.purpose
     g.purpose_text = args.purpose_text
     g.legal_basis = (
-        exchange_pb2.LEGAL_BASIS_CONSENT if args.legal_basis == "consent" else exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY
+        exchange_pb2.LEGAL_BASIS_CONSENT
+        if args.legal_basis == "consent"
+        else exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY
     )
     g.consent_reference = args.consent_ref
     g.declared_fields.extend(args.declare)
@@ -127,7 +129,8 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if report.ok:
-        print(f"ledger {args.region or path}: {report.count} entries, hash chain OK, head {report.head_hash.hex()}")
+        name = args.region or path
+        print(f"ledger {name}: {report.count} entries, hash chain OK, head {report.head_hash.hex()}")
         return 0
     print(
         f"ledger {args.region or path}: BROKEN at index {report.first_bad_index}: {report.reason} "
@@ -137,11 +140,15 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tongban", description="tongban (通办): cross-province data-exchange gateway")
+    p = argparse.ArgumentParser(
+        prog="tongban", description="tongban (通办): cross-province data-exchange gateway"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("dev", help="run a two-region dev stack (Shenzhen 440300, Wuxi 320200) until Ctrl-C")
-    d.add_argument("--state-dir", default=DEFAULT_STATE, help="keys, registry, configs, ledgers (default .tongban)")
+    d.add_argument(
+        "--state-dir", default=DEFAULT_STATE, help="keys, registry, configs, ledgers (default .tongban)"
+    )
     d.add_argument("--otlp", default="", help="OTLP/gRPC endpoint to export traces to (default: none)")
     d.set_defaults(func=_cmd_dev)
 
@@ -154,12 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--gateway", required=True, help="host:port of the gateway")
     q.add_argument("--to", required=True, help="GB/T 2260 code of the region holding the data")
     q.add_argument("--service", required=True, help="catalogue item code")
-    q.add_argument("--field", action="append", default=[], metavar="NAME=VALUE",
-                   help="form field; id_no/uscc, name and phone fill the applicant")
+    q.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="form field; id_no/uscc, name and phone fill the applicant",
+    )
     q.add_argument("--purpose", required=True, help="purpose code, e.g. KSTB_CASE_HANDLING")
     q.add_argument("--purpose-text", default="", help="申请事由")
     q.add_argument("--legal-basis", choices=("statutory", "consent"), default="statutory")
-    q.add_argument("--consent-ref", default="", help="consent reference (required with --legal-basis consent)")
+    q.add_argument(
+        "--consent-ref", default="", help="consent reference (required with --legal-basis consent)"
+    )
     q.add_argument("--declare", action="append", default=[], metavar="FIELD", help="response field needed")
     q.add_argument("--idempotency-key", default="")
     q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")

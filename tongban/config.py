@@ -146,7 +146,9 @@ class Config:
         return cls.from_dict(data, base_dir=p.resolve().parent, env=os.environ if env is None else env)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, base_dir: Path, env: dict[str, str] | os._Environ[str]) -> Config:
+    def from_dict(
+        cls, data: dict[str, Any], *, base_dir: Path, env: dict[str, str] | os._Environ[str]
+    ) -> Config:
         cfg = cls(base_dir=base_dir)
         hints = get_type_hints(cls)
         for name, section in data.items():
@@ -158,7 +160,7 @@ class Config:
         for key, value in env.items():
             if not key.startswith("TONGBAN_") or "__" not in key:
                 continue
-            sec, _, attr = key[len("TONGBAN_"):].lower().partition("__")
+            sec, _, attr = key[len("TONGBAN_") :].lower().partition("__")
             target = getattr(cfg, sec, None)
             if target is None or not is_dataclass(target):
                 raise ConfigError(f"{key}: unknown config section {sec}")
@@ -173,7 +175,10 @@ class Config:
             raise ConfigError("[log] format must be json or console")
         if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("[ledger] synchronous must be FULL, NORMAL or EXTRA")
-        if self.gateway.default_deadline_s <= 0 or self.gateway.max_deadline_s < self.gateway.default_deadline_s:
+        if (
+            self.gateway.default_deadline_s <= 0
+            or self.gateway.max_deadline_s < self.gateway.default_deadline_s
+        ):
             raise ConfigError("[gateway] deadlines must satisfy 0 < default_deadline_s <= max_deadline_s")
 
 
@@ -185,7 +190,9 @@ def _apply(target: Any, values: dict[str, Any], section: str) -> None:
             raise ConfigError(f"unknown setting {key!r} in [{section}]")
         expected = hints[key]
         origin = getattr(expected, "__origin__", expected)
-        ok = isinstance(value, origin) or (origin is float and isinstance(value, int) and not isinstance(value, bool))
+        ok = isinstance(value, origin) or (
+            origin is float and isinstance(value, int) and not isinstance(value, bool)
+        )
         if not ok:
             raise ConfigError(f"[{section}] {key} must be {getattr(origin, '__name__', origin)}")
         setattr(target, key, float(value) if origin is float else value)

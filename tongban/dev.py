@@ -59,8 +59,11 @@ class DevStack:
         await self.topology.start()
         extra = {"telemetry": {"otlp_endpoint": self.otlp_endpoint}} if self.otlp_endpoint else None
         self.state = init_state(
-            self.root, self.regions, nats_urls={r: self.topology.url(r) for r in self.regions},
-            log_format=self.log_format, extra=extra,
+            self.root,
+            self.regions,
+            nats_urls={r: self.topology.url(r) for r in self.regions},
+            log_format=self.log_format,
+            extra=extra,
         )
         for region in self.regions:
             self.state.port_file(region).unlink(missing_ok=True)
@@ -76,7 +79,9 @@ class DevStack:
         with open(logp, "ab") as logf:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tongban.cli", role, "--config", str(self.state.config_path(region))],
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
@@ -94,7 +99,9 @@ class DevStack:
             while not pf.exists():
                 self._check_children()
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"gateway of {region} did not start; see {self.root / region / 'gateway.log'}")
+                    raise TimeoutError(
+                        f"gateway of {region} did not start; see {self.root / region / 'gateway.log'}"
+                    )
                 await asyncio.sleep(0.05)
             self.ports[region] = int(pf.read_text())
             async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[region]}") as ch:
@@ -120,7 +127,7 @@ class DevStack:
                         try:
                             await nc.request(subjects.ping_subject(dst), b"", timeout=0.5)
                             break
-                        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError):
+                        except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError):
                             if time.monotonic() > deadline:
                                 raise TimeoutError(f"connector of {dst} unreachable from {src}") from None
                             await asyncio.sleep(0.05)
@@ -146,7 +153,9 @@ class DevStack:
     def describe(self, out: TextIO) -> None:
         assert self.topology is not None and self.state is not None
         cat = Catalogue.load()
-        pension = next((i for i in cat.items.values() if "参保缴费记录" in i.name), next(iter(cat.items.values())))
+        pension = next(
+            (i for i in cat.items.values() if "参保缴费记录" in i.name), next(iter(cat.items.values()))
+        )
         w = out.write
         w("tongban dev stack is up  (DEV MODE: plaintext gRPC, dev keys, no partner authentication)\n\n")
         w(f"  state directory  {self.root}\n")
@@ -157,11 +166,14 @@ class DevStack:
             w(f"    gateway        127.0.0.1:{self.ports[region]}  (gRPC: Exchange, health, reflection)\n")
             w(f"    connector      demo back ends, log {self.root / region / 'connector.log'}\n")
             w(f"    ledger         {self.state.ledger_path(region)}\n")
-        src, dst = list(self.regions)[0], list(self.regions)[1] if len(self.regions) > 1 else list(self.regions)[0]
+        codes = list(self.regions)
+        src, dst = codes[0], codes[min(1, len(codes) - 1)]
         exe = Path(sys.executable).parent / "tongban"
         w(f"\nAsk {dst} for a {pension.name} record from {src}:\n\n")
-        w(f"  {exe} query --gateway 127.0.0.1:{self.ports[src]} --to {dst} --service {pension.code} "
-          f"--field id_no={DEMO_PERSON} --purpose KSTB_CASE_HANDLING\n\n")
+        w(
+            f"  {exe} query --gateway 127.0.0.1:{self.ports[src]} --to {dst} --service {pension.code} "
+            f"--field id_no={DEMO_PERSON} --purpose KSTB_CASE_HANDLING\n\n"
+        )
         w(f"Check a ledger:  {exe} ledger verify --region {src} --state-dir {self.root}\n")
         w("Ctrl-C stops everything.\n")
         out.flush()

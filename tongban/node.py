@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ async def connect_nats(cfg: Config, *, name: str, **callbacks: Any) -> NATS:
     The first connection must succeed within ``connect_timeout_s`` (per attempt, a few attempts);
     afterwards the client reconnects forever, and the caller's health reflects the state.
     """
+
     async def _error_cb(exc: Exception) -> None:
         log.warning("nats.error", error=type(exc).__name__, detail=str(exc)[:200])
 
@@ -101,5 +101,5 @@ async def connect_nats(cfg: Config, *, name: str, **callbacks: Any) -> NATS:
             allow_reconnect=True,
             **opts,
         )
-    except (OSError, asyncio.TimeoutError, nats.errors.NoServersError) as exc:
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {', '.join(cfg.nats.servers)}") from exc

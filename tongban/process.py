@@ -12,8 +12,12 @@ async def wait_for_signal() -> int:
     """Block until SIGINT or SIGTERM; returns the signal number."""
     loop = asyncio.get_running_loop()
     fired: asyncio.Future[int] = loop.create_future()
+    def fire(signum: int) -> None:
+        if not fired.done():
+            fired.set_result(signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda s=sig: fired.done() or fired.set_result(s))
+        loop.add_signal_handler(sig, fire, sig)
     try:
         return await fired
     finally:
@@ -22,7 +26,9 @@ async def wait_for_signal() -> int:
                 loop.remove_signal_handler(sig)
 
 
-async def serve_until_signal(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+async def serve_until_signal(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
     """start(); wait for a signal; stop() (stop runs even if start failed half-way)."""
     try:
         await start()

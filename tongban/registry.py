@@ -76,7 +76,9 @@ class Registry:
     _x25519: dict[str, X25519PublicKey] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_signed(cls, data: bytes, root_keys: Iterable[Ed25519PublicKey], *, min_version: int = 0) -> Registry:
+    def from_signed(
+        cls, data: bytes, root_keys: Iterable[Ed25519PublicKey], *, min_version: int = 0
+    ) -> Registry:
         """Verify a SignedRegistry against the pinned root keys and index it.
 
         Raises:
@@ -103,10 +105,13 @@ class Registry:
             except InvalidSignature:
                 continue
         if not ok:
-            raise RegistryError("trust registry is not signed by a pinned root key", reason="REGISTRY_SIGNATURE")
+            raise RegistryError(
+                "trust registry is not signed by a pinned root key", reason="REGISTRY_SIGNATURE"
+            )
         if doc.version < min_version:
             raise RegistryError(
-                f"trust registry version {doc.version} is older than {min_version}", reason="REGISTRY_ROLLBACK"
+                f"trust registry version {doc.version} is older than {min_version}",
+                reason="REGISTRY_ROLLBACK",
             )
         return cls._index(doc)
 

@@ -71,17 +71,19 @@ def configure_tracing(
 
     Tests pass their own ``processors`` (e.g. a SimpleSpanProcessor over an InMemorySpanExporter).
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name, "tongban.region": region}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service_name, "tongban.region": region})
+    )
     for p in processors or []:
         provider.add_span_processor(p)
     if otlp_endpoint:
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         except ImportError as exc:  # optional dependency
-            raise RuntimeError(
-                "OTLP export needs opentelemetry-exporter-otlp-proto-grpc installed"
-            ) from exc
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+            raise RuntimeError("OTLP export needs opentelemetry-exporter-otlp-proto-grpc installed") from exc
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+        )
     return provider
 
 

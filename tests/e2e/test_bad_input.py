@@ -22,12 +22,14 @@ Edit = Callable[[exchange_pb2.QueryRequest], None]
 def _id(value: str) -> Edit:
     def edit(q: exchange_pb2.QueryRequest) -> None:
         q.request.applicant.id_no = value
+
     return edit
 
 
 def _set(attr: str, value: str) -> Edit:
     def edit(q: exchange_pb2.QueryRequest) -> None:
         setattr(q.request, attr, value)
+
     return edit
 
 
@@ -37,6 +39,7 @@ def _field(name: str, value: str | None) -> Edit:
             del q.request.fields[name]
         else:
             q.request.fields[name] = value
+
     return edit
 
 
@@ -58,7 +61,12 @@ BAD: list[tuple[str, Callable[[], exchange_pb2.QueryRequest], Edit | None, str]]
     ("malformed-region-code", pension, _set("target_region", "999999"), "request.target_region"),
     ("region-not-in-registry", pension, _set("target_region", "110000"), "request.target_region"),
     ("unknown-service-code", pension, _set("service_code", "ZZZZ00000001"), "request.service_code"),
-    ("missing-required-field", _medical, _field("treatment_region", None), "request.fields[treatment_region]"),
+    (
+        "missing-required-field",
+        _medical,
+        _field("treatment_region", None),
+        "request.fields[treatment_region]",
+    ),
     ("oversized-field", pension, _field("insurance_type", "1" * 10_000), "request.fields[insurance_type]"),
     ("bad-date", pension, _field("period_start", "2026-02-30"), "request.fields[period_start]"),
     ("unknown-field", pension, _field("favourite_colour", "blue"), "request.fields[favourite_colour]"),
@@ -103,7 +111,9 @@ async def test_bad_input_refused_and_nothing_published(
 
     # Control: the spy does see a valid request, so its silence above meant something.
     await stack.stub(SZ).Query(pension(), timeout=5)
-    await eventually(lambda: any(s.startswith("tb.v1.rpc.320200.") for s in spy), what="spy saw the valid request")
+    await eventually(
+        lambda: any(s.startswith("tb.v1.rpc.320200.") for s in spy), what="spy saw the valid request"
+    )
     assert [s for s in spy if s.startswith("tb.v1.rpc.")] == [f"tb.v1.rpc.{WX}.SBJFJLCX0001"]
 
 
@@ -115,7 +125,9 @@ async def test_all_violations_reported_together(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stack.stub(SZ).Query(q, timeout=5)
     assert set(details_of(exc.value).violations) == {
-        "request.applicant.id_no", "request.fields[treatment_region]", "request.fields[valid_from]"
+        "request.applicant.id_no",
+        "request.fields[treatment_region]",
+        "request.fields[valid_from]",
     }
 
 

@@ -53,7 +53,10 @@ async def test_deadline_exceeded(slow: tuple[Stack, SlowAdapter]) -> None:
     assert adapter.started.is_set()
     # The gateway records that the request expired unanswered.
     sz = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in sz] == [(Event.SUBMITTED, ""), (Event.EXPIRED, "NO_REPLY_IN_DEADLINE")]
+    assert [(e.event, e.detail) for e in sz] == [
+        (Event.SUBMITTED, ""),
+        (Event.EXPIRED, "NO_REPLY_IN_DEADLINE"),
+    ]
 
 
 async def test_no_connector_in_target_region_is_unavailable(stack: Stack) -> None:

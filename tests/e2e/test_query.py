@@ -56,6 +56,7 @@ async def test_personal_data_not_in_the_wire_envelope(stack: Stack) -> None:
     """A relay on the hub sees the envelope: no ID number in clear in subject, headers or bytes."""
     seen: list[tuple[str, bytes, dict[str, str]]] = []
     spy = await stack.nats(WX)
+
     async def record(msg: Any) -> None:
         seen.append((msg.subject, msg.data, dict(msg.headers or {})))
 
@@ -74,4 +75,3 @@ async def test_personal_data_not_in_the_wire_envelope(stack: Stack) -> None:
         if subject.startswith("tb.v1.rpc."):
             _, header = envelope.parse(data)
             assert header.subject_masked == "3202**********0025"
-

@@ -47,13 +47,22 @@ def craft(
     req = pension().request
     header = envelope_pb2.Header(
         message_id="01JDTAMPER0000000000000000"[:20] + f"{int(now * 1000) % 10**6:06d}",
-        kind=envelope_pb2.MESSAGE_KIND_REQUEST, service_code=req.service_code, from_region=SZ, to_region=to,
-        created_at=messages.timestamp(created or now), deadline=messages.timestamp(deadline or now + 10),
-        purpose="KSTB_CASE_HANDLING", content_type=messages.REQUEST_CONTENT_TYPE, origin_system="dev-partner",
+        kind=envelope_pb2.MESSAGE_KIND_REQUEST,
+        service_code=req.service_code,
+        from_region=SZ,
+        to_region=to,
+        created_at=messages.timestamp(created or now),
+        deadline=messages.timestamp(deadline or now + 10),
+        purpose="KSTB_CASE_HANDLING",
+        content_type=messages.REQUEST_CONTENT_TYPE,
+        origin_system="dev-partner",
     )
     built = messages.build_sealed(
-        header, exchange_pb2.RequestBody(request=req).SerializeToString(),
-        recipient_key_id=kid, recipient=pub, signer=signer or secrets.signing,
+        header,
+        exchange_pb2.RequestBody(request=req).SerializeToString(),
+        recipient_key_id=kid,
+        recipient=pub,
+        signer=signer or secrets.signing,
     )
     if recipient_key_id is not None:  # claim one key in the header, seal for another
         header.recipient_key_id = recipient_key_id
@@ -122,7 +131,9 @@ async def test_body_sealed_for_another_region_under_our_key_id_refused(stack: St
 
 
 async def test_unknown_key_id_refused(stack: Stack) -> None:
-    await assert_refused(stack, craft(stack, signer=SigningKey.generate(SZ)).data, envelope.Reason.UNKNOWN_KEY)
+    await assert_refused(
+        stack, craft(stack, signer=SigningKey.generate(SZ)).data, envelope.Reason.UNKNOWN_KEY
+    )
 
 
 async def test_wrong_recipient_refused(stack: Stack) -> None:
@@ -134,7 +145,9 @@ async def test_stale_request_refused(stack: Stack) -> None:
 
 
 async def test_request_from_the_future_refused(stack: Stack) -> None:
-    await assert_refused(stack, craft(stack, created=time.time() + 3600).data, envelope.Reason.FROM_THE_FUTURE)
+    await assert_refused(
+        stack, craft(stack, created=time.time() + 3600).data, envelope.Reason.FROM_THE_FUTURE
+    )
 
 
 async def test_expired_request_never_processed(stack: Stack) -> None:

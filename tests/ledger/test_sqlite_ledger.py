@@ -412,10 +412,12 @@ async def test_two_writers_on_one_file_chain_onto_each_other(tmp_path: Path) -> 
     await a.open()
     await b.open()
     try:
-        await asyncio.gather(*(
-            (a if i % 2 else b).append(EntryDraft(Event.SUBMITTED, f"m{i}", "320200", "SBJFJLCX0001"))
-            for i in range(200)
-        ))
+        await asyncio.gather(
+            *(
+                (a if i % 2 else b).append(EntryDraft(Event.SUBMITTED, f"m{i}", "320200", "SBJFJLCX0001"))
+                for i in range(200)
+            )
+        )
         assert await a.size() == await b.size() == 200
     finally:
         await a.close()
