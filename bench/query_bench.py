@@ -40,6 +40,7 @@ class Result:
     errors: int
     seconds: float
     latencies_ms: list[float]
+    cpu_ms_per_req: dict[str, float] | None = None
 
     @property
     def rps(self) -> float:
@@ -94,6 +95,25 @@ async def load(address: str, target: str, concurrency: int, duration: float, war
         return Result(target, concurrency, len(lat), errors, duration, lat)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(
+    address: str, target: str, c: int, args: argparse.Namespace, pids: dict[str, int]
+) -> Result:
+    """One load run, with the CPU each named process spent per answered request."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    res = await load(address, target, c, args.duration, args.warmup)
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    # CPU covers warm-up too; spread it over everything answered in that time (rate x total time).
+    answered = max(res.rps * (args.duration + args.warmup), 1.0)
+    res.cpu_ms_per_req = {name: (after[name] - before[name]) * 1000 / answered for name in pids}
+    return res
+
+
 def rss_peak_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -116,7 +136,8 @@ async def wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float = 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     levels = [int(x) for x in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="tongban-bench-") as tmp:
-        stack = DevStack(Path(tmp) / "stack")
+        extra = {} if args.demo_backends else {"connector": {"adapters": "bench.adapters:fixed"}}
+        stack = DevStack(Path(tmp) / "stack", extra_config=extra)
         bare: list[subprocess.Popen[bytes]] = []
         try:
             await stack.start()
@@ -154,21 +175,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         break
                 else:
                     raise RuntimeError(f"{addr} never answered")
+            gw = next(ch for ch in stack.children if ch.role == "gateway" and ch.region == SZ)
+            cn = next(ch for ch in stack.children if ch.role == "connector" and ch.region == WX)
+            pids = {
+                "bare": {"gateway": bare[1].pid, "responder": bare[0].pid, "bench client": os.getpid()},
+                "full": {"gateway": gw.proc.pid, "connector": cn.proc.pid, "bench client": os.getpid()},
+            }
             results: dict[tuple[str, int], list[Result]] = {}
             for c in levels:
                 for rnd in range(args.rounds):
                     order = ("bare", "full") if rnd % 2 == 0 else ("full", "bare")
                     for target in order:
                         addr = bare_addr if target == "bare" else full_addr
-                        res = await load(addr, target, c, args.duration, args.warmup)
+                        res = await measured(addr, target, c, args, pids[target])
                         results.setdefault((target, c), []).append(res)
                         print(
                             f"  {target:4} c={c:<3} round {rnd + 1}: {res.rps:8.0f} req/s  "
                             f"p50 {res.pct(50):6.2f} ms  p99 {res.pct(99):6.2f} ms  errors {res.errors}",
                             file=sys.stderr,
                         )
-            gw = next(ch for ch in stack.children if ch.role == "gateway" and ch.region == SZ)
-            cn = next(ch for ch in stack.children if ch.role == "connector" and ch.region == WX)
             rss = {
                 "gateway_440300_mb": rss_peak_mb(gw.proc.pid),
                 "connector_320200_mb": rss_peak_mb(cn.proc.pid),
@@ -187,7 +212,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     rows = []
     for c in levels:
-
         b = max(results[("bare", c)], key=lambda r: r.rps)
         f = max(results[("full", c)], key=lambda r: r.rps)
         rows.append(
@@ -203,6 +227,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 "full_errors": sum(r.errors for r in results[("full", c)]),
                 "rounds_full_rps": [round(r.rps) for r in results[("full", c)]],
                 "rounds_bare_rps": [round(r.rps) for r in results[("bare", c)]],
+                "bare_cpu_ms_per_req": {k: round(v, 3) for k, v in (b.cpu_ms_per_req or {}).items()},
+                "full_cpu_ms_per_req": {k: round(v, 3) for k, v in (f.cpu_ms_per_req or {}).items()},
             }
         )
     return {
@@ -222,6 +248,12 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,16,64")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", default="", help="also write the results to this file")
+    p.add_argument(
+        "--demo-backends",
+        action="store_true",
+        help="answer from the SQLite demo back ends instead of a fixed in-memory record (the default, "
+        "which returns the same record as the bare responder so the ratio measures tongban itself)",
+    )
     args = p.parse_args()
     out = asyncio.run(run(args))
     print("\nExchange.Query, Shenzhen 440300 → Wuxi 320200 through hub + leaves (best of rounds)")
@@ -235,6 +267,11 @@ def main() -> None:
             f"{r['concurrency']:>9} | {r['bare_rps']:>10} | {r['full_rps']:>10} | {r['ratio']:>9} | "
             f"{r['bare_p50_ms']:>6}/{r['bare_p99_ms']:<8} | {r['full_p50_ms']:>6}/{r['full_p99_ms']:<8}"
         )
+    print("\nCPU per answered request (ms), where the time goes:")
+    for r in out["rows"]:  # type: ignore[attr-defined]
+        bare_cpu = ", ".join(f"{k} {v}" for k, v in r["bare_cpu_ms_per_req"].items())
+        full_cpu = ", ".join(f"{k} {v}" for k, v in r["full_cpu_ms_per_req"].items())
+        print(f"  in flight {r['concurrency']:>3}: bare [{bare_cpu}]  full [{full_cpu}]")
     rss: dict[str, float] = out["rss"]  # type: ignore[assignment]
     print(
         f"\npeak RSS: gateway {rss['gateway_440300_mb']:.0f} MB, "

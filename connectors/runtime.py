@@ -19,9 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from google.protobuf.struct_pb2 import Struct
 from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -271,9 +269,7 @@ class Connector:
                             declared_fields=tuple(request.governance.declared_fields),
                         )
                     )
-                data_struct = Struct()
-                json_format.ParseDict({k: v for k, v in answer.items() if k in allowed}, data_struct)
-                body.data.CopyFrom(data_struct)
+                body.data.update({k: v for k, v in answer.items() if k in allowed})
             except (NotFound, AdapterFailure) as exc:
                 outcome = exc.reason
                 body.problem.CopyFrom(

@@ -283,7 +283,6 @@ class ExchangeCore:
         await self.ledger.append(
             EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, "OK")
         )
-        log.info("query.answered")
         return exchange_pb2.QueryResponse(
             message_id=message_id,
             service_code=svc,

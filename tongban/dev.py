@@ -48,6 +48,8 @@ class DevStack:
     regions: Mapping[str, str] = field(default_factory=lambda: dict(DEV_REGIONS))
     otlp_endpoint: str = ""
     log_format: str = "json"
+    extra_config: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Config values merged into every region's node.toml (e.g. another adapter set)."""
     topology: Topology | None = None
     state: DevState | None = None
     children: list[Child] = field(default_factory=list)
@@ -57,7 +59,9 @@ class DevStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.topology = Topology(self.root / "nats", list(self.regions))
         await self.topology.start()
-        extra = {"telemetry": {"otlp_endpoint": self.otlp_endpoint}} if self.otlp_endpoint else None
+        extra = {k: dict(v) for k, v in self.extra_config.items()}
+        if self.otlp_endpoint:
+            extra.setdefault("telemetry", {})["otlp_endpoint"] = self.otlp_endpoint
         self.state = init_state(
             self.root,
             self.regions,

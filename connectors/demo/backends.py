@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -181,12 +182,13 @@ def _base(person: _Insured, month: str) -> int:
 
 
 class _SQLiteStore:
-    """A store owning some tables of a SQLite file; one short connection per call (thread-safe)."""
+    """A store owning some tables of a SQLite file; one connection per thread (thread-safe)."""
 
     _SCHEMA = ""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._local = threading.local()
         with self._connect() as conn:
             conn.executescript(self._SCHEMA)
             self._seed(conn)
@@ -196,13 +198,16 @@ class _SQLiteStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=10.0)
-        conn.row_factory = sqlite3.Row
-        try:
-            with conn:  # one transaction: commit on success, roll back on error
-                yield conn
-        finally:
-            conn.close()
+        # One connection per worker thread, kept open: opening a SQLite connection per call costs more
+        # than the query itself. WAL lets the threads read while one writes.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        with conn:  # one transaction: commit on success, roll back on error
+            yield conn
 
 
 class SocialInsuranceStore(_SQLiteStore):
