@@ -39,6 +39,7 @@ protos: $(STAMP) ## regenerate tongban/v1/ from protos/ (buf lint first)
 lint: $(STAMP) ## buf lint, ruff, mypy
 	cd protos && ../$(BIN)/buf lint
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean: ## remove the venv, caches and the dev state directory

@@ -12,6 +12,7 @@ async def wait_for_signal() -> int:
     """Block until SIGINT or SIGTERM; returns the signal number."""
     loop = asyncio.get_running_loop()
     fired: asyncio.Future[int] = loop.create_future()
+
     def fire(signum: int) -> None:
         if not fired.done():
             fired.set_result(signum)

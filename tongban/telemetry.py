@@ -27,7 +27,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event.setdefault("trace_id", format(ctx.trace_id, "032x"))
@@ -55,7 +55,7 @@ def configure_logging(*, fmt: str = "json", level: str = "info", stream: Any = N
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _static,
-            _add_trace_ids,
+            add_trace_ids,
             structlog.processors.format_exc_info,
             renderer,
         ],

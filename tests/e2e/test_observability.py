@@ -1,0 +1,112 @@
+"""One trace crosses regions through the signed header; logs carry ids and never personal data;
+replicas share a region's work; the gateway answers health and reflection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import structlog
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from structlog.testing import capture_logs
+
+from connectors.runtime import Connector
+from tests.conftest import SZ, WX, Stack
+from tests.e2e.requests import pension
+from tongban.catalogue import Catalogue
+from tongban.node import load_registry, load_secrets
+from tongban.telemetry import add_trace_ids
+
+PERSON = "320213198511200025"
+
+
+@pytest.fixture
+def spans(tracer_provider: TracerProvider) -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    tracer_provider.add_span_processor(processor)
+    yield exporter
+    processor.shutdown()
+
+
+async def test_one_trace_spans_both_regions(stack: Stack, spans: InMemorySpanExporter) -> None:
+    resp = await stack.stub(SZ).Query(pension(), timeout=10)
+    by_name = {
+        s.name: s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == resp.trace_id
+    }
+    rpc = by_name["tongban.v1.Exchange/Query"]
+    send = by_name[f"send tb.v1.rpc.{WX}.>"]
+    receive = by_name["connector.receive"]
+    assert send.parent is not None and send.parent.span_id == rpc.context.span_id
+    # The connector continued the trace from the traceparent inside the signed header.
+    assert (
+        receive.parent is not None and receive.parent.span_id == by_name["gateway.seal_sign"].context.span_id
+    )
+    assert receive.parent.is_remote
+    for child in ("connector.verify", "connector.open", "connector.adapter", "connector.reply"):
+        assert by_name[child].parent.span_id == receive.context.span_id  # type: ignore[union-attr]
+    assert receive.attributes["messaging.system"] == "nats"
+    assert receive.attributes["tongban.message_id"] == resp.message_id
+    for s in by_name.values():
+        assert PERSON not in str(dict(s.attributes or {}))
+
+
+async def test_logs_carry_ids_and_no_personal_data(stack: Stack) -> None:
+    # The same context processors as production: contextvars (message id) and the trace ids.
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars, add_trace_ids]) as logs:
+        resp = await stack.stub(SZ).Query(pension(), timeout=10)
+    request_lines = [e for e in logs if e.get("message_id") == resp.message_id]
+    assert {e["event"] for e in request_lines} >= {"rpc.ok", "request.processed"}
+    assert {e["trace_id"] for e in request_lines} == {resp.trace_id}
+    assert PERSON not in repr(logs)
+    assert PERSON[:10] not in repr(logs)
+
+
+async def test_connector_replicas_share_the_work(stack: Stack) -> None:
+    node = stack.nodes[WX]
+    cfg = node.cfg
+    replica = Connector(
+        cfg,
+        registry=load_registry(cfg),
+        secrets=load_secrets(cfg),
+        catalogue=Catalogue.load(),
+        adapters=node.adapters,
+        ledger=node.ledger,
+    )
+    await replica.start()
+    try:
+        first = node.connector
+        assert first is not None
+        before = first.handled
+        stub = stack.stub(SZ)
+        for _ in range(40):
+            await stub.Query(pension(), timeout=10)
+        # NATS spreads a queue group's messages at random: with 40 requests, each replica gets some
+        # unless something is wrong (the chance that one gets none is 2 * 2**-40).
+        assert first.handled - before > 0 and replica.handled > 0
+        assert first.handled - before + replica.handled == 40
+    finally:
+        await replica.stop()
+
+
+async def test_reflection_lists_exchange(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.nodes[SZ].address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+
+        async def requests() -> object:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            yield reflection_pb2.ServerReflectionRequest(file_containing_symbol="tongban.v1.Exchange")
+
+        names: list[str] = []
+        files: list[str] = []
+        async for r in stub.ServerReflectionInfo(requests(), timeout=5):
+            names += [s.name for s in r.list_services_response.service]
+            for raw in r.file_descriptor_response.file_descriptor_proto:
+                files.append(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
+    assert "tongban.v1.Exchange" in names and "grpc.health.v1.Health" in names
+    assert "tongban/v1/exchange.proto" in files
