@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ from tongban.catalogue import Catalogue, response_projection, validate_request
 from tongban.config import Config
 from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
-from tongban.ids import new_message_id
+from tongban.ids import is_message_id, new_message_id
 from tongban.node import RegionSecrets, connect_nats
 from tongban.registry import Registry
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -76,6 +77,7 @@ class Connector:
         self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self._started = False
         self.handled = 0
 
@@ -105,12 +107,18 @@ class Connector:
         self._started = False
         for sub in self._subs:
             try:
-                await sub.unsubscribe()
+                # drain: stop new deliveries but hand every message already received to _on_msg.
+                await sub.drain()
             except Exception as exc:  # connection may already be gone
-                log.debug("connector.unsubscribe_failed", error=type(exc).__name__)
+                log.debug("connector.drain_sub_failed", error=type(exc).__name__)
         self._subs.clear()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
+            _, late = await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("connector.cancelled_in_flight", count=len(late))
+                await asyncio.wait(late)
         if self._owns_nc and self.nc is not None:
             try:
                 await self.nc.drain()
@@ -145,10 +153,36 @@ class Connector:
             reply = await self.handle(msg.subject, msg.data)
             if msg.reply:
                 await msg.respond(reply)
-        except Exception:
-            log.exception("connector.unhandled")
+        except Exception as exc:
+            # Only the type: an exception's text may quote request data.
+            log.error("connector.unhandled", error=type(exc).__name__)
         finally:
             self._sem.release()
+
+    def _labels(self, header: envelope_pb2.Header | None) -> tuple[str, str, str]:
+        """(message id, service, peer) of a header not yet verified, fit for logs, spans and the
+        ledger: each value only if it is a well-formed id or a code we know, else '' or '?'."""
+        if header is None:
+            return "", "", ""
+        mid = header.message_id if is_message_id(header.message_id) else ""
+        svc = header.service_code if header.service_code in self.catalogue else "?"
+        peer = header.from_region if self.registry.region(header.from_region) is not None else "?"
+        return mid, svc, peer
+
+    def _check_replay(self, message_id: str, now: float) -> None:
+        """Refuse a message id seen within the freshness window (older ones are refused as stale)."""
+        seen = self._seen
+        while seen:
+            oldest, expires = next(iter(seen.items()))
+            if expires > now:
+                break
+            del seen[oldest]
+        if message_id in seen:
+            raise EnvelopeRejected(
+                "REPLAYED", "this message id was already received", code=StatusCode.ALREADY_EXISTS
+            )
+        window = self.cfg.connector
+        seen[message_id] = now + window.freshness_window_s + window.clock_skew_s
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         """Answer one request envelope; returns the reply envelope (response or rejection)."""
@@ -160,12 +194,10 @@ class Connector:
         except EnvelopeRejected:
             header = None
         parent = telemetry.context_from_traceparent(header.traceparent if header else "")
+        mid, svc, peer = self._labels(header)
         with (
             structlog.contextvars.bound_contextvars(
-                region=self.region,
-                message_id=header.message_id if header else "",
-                service_code=header.service_code if header else "",
-                peer_region=header.from_region if header else "",
+                region=self.region, message_id=mid, service_code=svc, peer_region=peer
             ),
             self.tracer.start_as_current_span(
                 "connector.receive",
@@ -174,11 +206,11 @@ class Connector:
                 attributes={
                     "messaging.system": "nats",
                     "messaging.operation.type": "process",
-                    "messaging.destination.name": subject,
+                    "messaging.destination.name": subjects.rpc_wildcard(self.region),
                     "tongban.region": self.region,
-                    "tongban.message_id": header.message_id if header else "",
-                    "tongban.service_code": header.service_code if header else "",
-                    "tongban.peer_region": header.from_region if header else "",
+                    "tongban.message_id": mid,
+                    "tongban.service_code": svc,
+                    "tongban.peer_region": peer,
                 },
             ) as span,
         ):
@@ -187,6 +219,11 @@ class Connector:
             except TongbanError as exc:
                 span.set_status(Status(SpanStatus.ERROR, exc.reason))
                 return await self._refuse(data, header, exc)
+            except Exception as exc:
+                # A bug, or the ledger failing: still answer, with nothing of the request in the log.
+                span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
+                log.error("request.internal_error", error=type(exc).__name__)
+                return await self._refuse(data, header, TongbanError("internal error at the provider"))
 
     async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
         with self.tracer.start_as_current_span("connector.verify"):
@@ -219,6 +256,7 @@ class Connector:
                 raise EnvelopeRejected(
                     Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
                 )
+            self._check_replay(h.message_id, now)
         with self.tracer.start_as_current_span("connector.open"):
             plaintext = messages.open_body(verified, self.secrets.sealing)
             try:
@@ -250,13 +288,22 @@ class Connector:
             )
 
         allowed = response_projection(item, tuple(request.governance.declared_fields))
+        trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
+        # Every access to the back end is on record before it happens.
+        await self.ledger.append(
+            EntryDraft(
+                Event.RECEIVED, h.message_id, h.from_region, svc, verified.digest, trace_id, "", received_ns
+            )
+        )
         body = exchange_pb2.ResponseBody()
         outcome = "OK"
         with self.tracer.start_as_current_span(
             "connector.adapter", attributes={"tongban.service_code": svc}
         ) as sp:
             try:
-                async with asyncio.timeout(max(deadline - time.time(), 0.001)):
+                # Keep a little of the deadline for sealing, the ledger and the reply.
+                remaining = deadline - time.time()
+                async with asyncio.timeout(max(remaining - min(0.05, remaining * 0.1), 0.001)):
                     answer = await adapter.call(
                         AdapterRequest(
                             message_id=h.message_id,
@@ -271,17 +318,29 @@ class Connector:
                     )
                 body.data.update({k: v for k, v in answer.items() if k in allowed})
             except (NotFound, AdapterFailure) as exc:
+                # Fixed texts: a back end's own message may quote the applicant.
                 outcome = exc.reason
+                text = _ADAPTER_MESSAGES.get(type(exc), "the back end failed")
                 body.problem.CopyFrom(
-                    exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
+                    exchange_pb2.Problem(reason=exc.reason, message=text, code=exc.code.value[0])
                 )
             except TimeoutError:
-                outcome = "DEADLINE_EXCEEDED"
+                outcome = "BACKEND_TIMEOUT"
                 body.problem.CopyFrom(
                     exchange_pb2.Problem(
                         reason="BACKEND_TIMEOUT",
                         message="back end did not answer within the deadline",
                         code=StatusCode.DEADLINE_EXCEEDED.value[0],
+                    )
+                )
+            except Exception as exc:
+                outcome = "INTERNAL"
+                log.error("adapter.failed", error=type(exc).__name__)
+                body.problem.CopyFrom(
+                    exchange_pb2.Problem(
+                        reason="BACKEND_ERROR",
+                        message="the back end failed; the provider logged it",
+                        code=StatusCode.INTERNAL.value[0],
                     )
                 )
             sp.set_attribute("tongban.outcome", outcome)
@@ -312,21 +371,8 @@ class Connector:
                 recipient=recipient,
                 signer=self.secrets.signing,
             )
-            trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
             await self.ledger.append(
-                EntryDraft(
-                    Event.RECEIVED,
-                    h.message_id,
-                    h.from_region,
-                    svc,
-                    verified.digest,
-                    trace_id,
-                    "",
-                    received_ns,
-                ),
-                EntryDraft(
-                    Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome
-                ),
+                EntryDraft(Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome)
             )
         self.handled += 1
         log.info("request.processed", outcome=outcome, ms=round((time.time() - now) * 1000, 2))
@@ -339,12 +385,10 @@ class Connector:
             for v in exc.violations:
                 problem.field_violations.add(field=v.field, description=v.description)
         req_digest = envelope.digest(data)
-        # An unparseable request has no message id of its own: name it by its digest.
-        message_id = _safe(header.message_id) if header else ""
-        if message_id in ("", "?"):
-            message_id = "sha256:" + req_digest[:8].hex()
-        peer = header.from_region if header else ""
-        svc = header.service_code if header else ""
+        # Header values are unverified here: only well-formed ids and codes we know are recorded.
+        mid, svc, peer = self._labels(header)
+        # A request without a usable message id is named by its digest.
+        message_id = mid or "sha256:" + req_digest[:8].hex()
         trace_id = telemetry.trace_id_of(header.traceparent) if header else ""  # validated format
         reply_header = envelope_pb2.Header(
             message_id=new_message_id(),
@@ -359,14 +403,13 @@ class Connector:
         built = messages.build_problem(reply_header, problem, signer=self.secrets.signing)
         # Ledger fields come from an unverified header here: keep them to safe, bounded tokens.
         await self.ledger.append(
-            EntryDraft(Event.REJECTED, message_id, _safe(peer), _safe(svc), req_digest, trace_id, exc.reason)
+            EntryDraft(Event.REJECTED, message_id, peer, svc, req_digest, trace_id, exc.reason)
         )
         log.warning("request.rejected", reason=exc.reason, code=exc.code.name)
         return built.data
 
 
-def _safe(value: str, limit: int = 64) -> str:
-    """A header value fit for the ledger: short and plain ASCII token characters only."""
-    if len(value) <= limit and all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
-        return value
-    return "?"
+_ADAPTER_MESSAGES: dict[type, str] = {
+    NotFound: "the back end has no record for this applicant",
+    AdapterFailure: "the back end is unavailable",
+}

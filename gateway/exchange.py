@@ -41,6 +41,7 @@ from tongban.registry import Registry
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
 
 log = structlog.get_logger("tongban.gateway")
+_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _SAFE_PATH = re.compile(r"^request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?$")
 
 
@@ -112,13 +113,14 @@ class ExchangeCore:
         caller = current_caller.get()
         if caller is None:
             raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
-        deadline = time.time() + timeout_s
+        # The header carries the instant this gateway stops waiting (a little before the caller's
+        # deadline, to leave time for recording the outcome), so the provider answers before it.
+        deadline = time.time() + timeout_s - min(0.05, timeout_s * 0.05)
         message_id = new_message_id()
         trace_id = telemetry.current_trace_id()
         svc, to = req.service_code, req.target_region
-        structlog.contextvars.bind_contextvars(
-            message_id=message_id, service_code=svc[:64], peer_region=to[:12]
-        )
+        # Service and region go into the log context only once validated (they are caller text).
+        structlog.contextvars.bind_contextvars(message_id=message_id)
         with self.tracer.start_as_current_span("gateway.validate"):
             try:
                 self._check(req, caller)
@@ -135,6 +137,15 @@ class ExchangeCore:
                     )
                 )
                 raise
+
+        structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
+        if not self.nc.is_connected:
+            # nats-py would buffer the request while reconnecting and the caller would only see
+            # its deadline pass; say at once that the region's bus is down.
+            await self.ledger.append(
+                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
+            )
+            raise Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
 
         with self.tracer.start_as_current_span("gateway.seal_sign"):
             kid, recipient = self.registry.sealing_key_for(to)
@@ -174,15 +185,39 @@ class ExchangeCore:
                 "tongban.message_id": message_id,
             },
         ):
-            reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
+            try:
+                reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
+            except TongbanError:
+                raise
+            except Exception as exc:
+                await self._record_internal(message_id, to, svc, trace_id, exc)
+                raise
         with self.tracer.start_as_current_span("gateway.verify_reply"):
-            return await self._accept_reply(reply, built, to, svc, trace_id)
+            try:
+                return await self._accept_reply(reply, built, to, svc, trace_id)
+            except TongbanError:
+                raise
+            except Exception as exc:
+                await self._record_internal(message_id, to, svc, trace_id, exc)
+                raise
+
+    async def _record_internal(
+        self, message_id: str, to: str, svc: str, trace_id: str, exc: Exception
+    ) -> None:
+        """After SUBMITTED every outcome gets an entry, bugs included (best effort: the ledger
+        itself may be what failed)."""
+        log.error("query.internal_error", error=type(exc).__name__)
+        try:
+            await asyncio.shield(
+                self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "INTERNAL"))
+            )
+        except Exception as again:
+            log.error("ledger.append_failed", error=type(again).__name__)
 
     async def _request(
         self, subject: str, data: bytes, message_id: str, deadline: float, to: str, svc: str, trace_id: str
     ) -> bytes:
-        # Leave a little of the caller's deadline for recording the outcome and answering.
-        remaining = deadline - time.time() - min(0.05, (deadline - time.time()) * 0.05)
+        remaining = deadline - time.time()
         headers: dict[str, str] = {
             subjects.Header.MESSAGE_ID: message_id,
             subjects.Header.FROM_REGION: self.region,
@@ -233,7 +268,14 @@ class ExchangeCore:
             h = verified.header
             if h.from_region != to or h.to_region != self.region or h.in_reply_to != message_id:
                 raise ReplyInvalid("answer is not addressed as a reply to this request")
-            if h.request_digest != sent.digest:
+            if h.kind == envelope_pb2.MESSAGE_KIND_REJECTION:
+                try:
+                    problem = exchange_pb2.Problem.FromString(verified.body)
+                except DecodeError as exc:
+                    raise ReplyInvalid("refusal does not decode") from exc
+            elif h.kind != envelope_pb2.MESSAGE_KIND_RESPONSE:
+                raise ReplyInvalid("answer is neither a response nor a refusal")
+            elif h.request_digest != sent.digest:
                 raise ReplyInvalid("answer names another request digest")
         except (EnvelopeRejected, ReplyInvalid) as exc:
             await self.ledger.append(
@@ -251,7 +293,11 @@ class ExchangeCore:
             raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
 
         if h.kind == envelope_pb2.MESSAGE_KIND_REJECTION:
-            problem = exchange_pb2.Problem.FromString(verified.body)
+            # A signed refusal from the region we asked, for our message id. If it names another
+            # request digest, what arrived there was not what we sent: the request was altered on
+            # the way. A refusal can only make us fail, so it is reported, with that fact.
+            altered = h.request_digest != sent.digest
+            reason = problem.reason if _REASON.match(problem.reason) else "?"
             await self.ledger.append(
                 EntryDraft(
                     Event.REJECTED,
@@ -260,10 +306,13 @@ class ExchangeCore:
                     svc,
                     verified.digest,
                     trace_id,
-                    f"REMOTE: {problem.reason}"[:200],
+                    f"REMOTE: {reason}" + (" (request altered in transit)" if altered else ""),
                 )
             )
-            raise _remote(problem, to)
+            err = _remote(problem, to)
+            if altered:
+                err.message += " (the request was altered in transit)"
+            raise err
         try:
             body = exchange_pb2.ResponseBody.FromString(messages.open_body(verified, self.secrets.sealing))
         except (EnvelopeRejected, DecodeError) as exc:
@@ -274,10 +323,9 @@ class ExchangeCore:
             )
             raise ReplyInvalid(f"the answer from {to} does not open") from exc
         if body.WhichOneof("outcome") == "problem":
+            reason = body.problem.reason if _REASON.match(body.problem.reason) else "?"
             await self.ledger.append(
-                EntryDraft(
-                    Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, body.problem.reason[:64]
-                )
+                EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, reason)
             )
             raise _remote(body.problem, to)
         await self.ledger.append(

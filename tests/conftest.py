@@ -8,9 +8,10 @@ with its own SQLite ledger file, and waits until requests cross between regions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -31,7 +32,8 @@ from tongban.config import Config
 from tongban.devstate import DevState, init_state
 from tongban.natsserver import Topology
 from tongban.node import load_registry, load_secrets
-from tongban.v1 import exchange_pb2_grpc
+from tongban.registry import Registry, sign_registry
+from tongban.v1 import exchange_pb2_grpc, registry_pb2
 
 SZ, WX, QD = "440300", "320200", "370200"
 REGIONS = {SZ: "深圳市", WX: "无锡市", QD: "青岛市"}
@@ -162,3 +164,40 @@ async def stack(topology: Topology, state: DevState) -> AsyncIterator[Stack]:
         yield s
     finally:
         await stop_stack(s)
+
+
+async def wait_visible(stack: Stack, owner: NATS, src: str, probe_subject: str) -> None:
+    """Make ``owner`` answer ``probe_subject`` and wait until a request from ``src``'s leaf gets an
+    answer: interest travels leaf → hub → leaf in order, so every subscription ``owner`` made
+    before the probe is then visible from ``src`` too."""
+
+    async def pong(msg: Any) -> None:
+        await msg.respond(b"")
+
+    await owner.subscribe(probe_subject, cb=pong)
+    await owner.flush()
+    nc = await stack.nats(src)
+
+    async def answers() -> bool:
+        try:
+            await nc.request(probe_subject, b"", timeout=0.5)
+            return True
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return False
+
+    try:
+        await eventually(answers, what=f"{probe_subject} visible from {src}")
+    finally:
+        await nc.close()
+
+
+def resigned_registry(state: DevState, edit: Callable[[registry_pb2.TrustRegistry], None]) -> Registry:
+    """The dev registry with ``edit`` applied, re-signed by the dev root key with a higher version."""
+    from cryptography.hazmat.primitives import serialization
+
+    root = serialization.load_pem_private_key((state.root / "root.key").read_bytes(), password=None)
+    signed = registry_pb2.SignedRegistry.FromString((state.root / "registry.signed").read_bytes())
+    doc = registry_pb2.TrustRegistry.FromString(signed.document)
+    edit(doc)
+    doc.version += 1
+    return Registry.from_signed(sign_registry(doc, root), [root.public_key()])  # type: ignore[arg-type]

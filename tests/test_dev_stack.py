@@ -86,3 +86,29 @@ def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
     assert proc.returncode == 0, tail
     assert "stopped." in tail
     assert _processes_mentioning(str(state)) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to prove no stray processes")
+@pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL], ids=["hup", "term", "kill"])
+def test_no_strays_however_the_supervisor_ends(tmp_path: Path, how: signal.Signals) -> None:
+    """A closed terminal (SIGHUP), a service manager (SIGTERM) or SIGKILL of the supervisor itself:
+    every nats-server, gateway and connector it started goes too (the last through PR_SET_PDEATHSIG)."""
+    state = tmp_path / "dev-state"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tongban"), "dev", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_output(proc, "Ctrl-C stops everything", timeout=90)
+        children = set(_processes_mentioning(str(state))) - {proc.pid}
+        assert len(children) == 7  # hub, 2 leaves, 2 gateways, 2 connectors
+    finally:
+        proc.send_signal(how)
+        proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _processes_mentioning(str(state)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(str(state)) == []

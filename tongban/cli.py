@@ -19,10 +19,15 @@ DEFAULT_STATE = ".tongban"
 
 def _cmd_dev(args: argparse.Namespace) -> int:
     from tongban.dev import run_dev
+    from tongban.natsserver import NatsServerError
     from tongban.telemetry import configure_logging
 
     configure_logging(fmt="console", level="warning")
-    asyncio.run(run_dev(Path(args.state_dir), otlp_endpoint=args.otlp))
+    try:
+        asyncio.run(run_dev(Path(args.state_dir), otlp_endpoint=args.otlp))
+    except (NatsServerError, RuntimeError, TimeoutError, OSError) as exc:
+        print(f"tongban dev: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -27,7 +27,7 @@ from tongban import subjects
 from tongban.catalogue import Catalogue
 from tongban.devstate import DEV_REGIONS, DevState, init_state
 from tongban.natsserver import Topology
-from tongban.process import wait_for_signal
+from tongban.process import die_with_parent, wait_for_signal
 
 DEMO_PERSON = "320213198511200025"
 
@@ -87,6 +87,7 @@ class DevStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
+                preexec_fn=die_with_parent,  # only a prctl call: see die_with_parent
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.children.append(Child(role, region, proc, logp))
@@ -185,10 +186,18 @@ class DevStack:
 
 async def run_dev(root: Path, *, otlp_endpoint: str = "", out: TextIO = sys.stdout) -> None:
     stack = DevStack(root, otlp_endpoint=otlp_endpoint)
+    # Signals are handled from the first moment: a stop during start-up must stop what started.
+    waiter = asyncio.create_task(wait_for_signal())
+    starter = asyncio.create_task(stack.start())
     try:
-        await stack.start()
+        await asyncio.wait({waiter, starter}, return_when=asyncio.FIRST_COMPLETED)
+        if not starter.done():
+            starter.cancel()
+            await asyncio.gather(starter, return_exceptions=True)
+            out.write("stopping before start-up finished...\n")
+            return
+        starter.result()
         stack.describe(out)
-        waiter = asyncio.create_task(wait_for_signal())
         while not waiter.done():
             await asyncio.wait({waiter}, timeout=0.5)
             for c in stack.children:

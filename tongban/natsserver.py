@@ -25,6 +25,8 @@ from pathlib import Path
 
 import structlog
 
+from tongban.process import die_with_parent
+
 MIN_VERSION = (2, 12, 3)
 """Jepsen 2025 data-loss fixes landed in 2.12.3; older servers are refused."""
 
@@ -170,6 +172,7 @@ class NatsServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+                preexec_fn=die_with_parent,  # only a prctl call: see die_with_parent
             )
         finally:
             logf.close()
@@ -258,8 +261,8 @@ class Topology:
     async def start(self) -> None:
         binary = check_binary()
         self.hub.binary = binary
-        await self.hub.start()
         try:
+            await self.hub.start()
             for region in self.regions:
                 leaf = self.leaves.get(region) or NatsServer(
                     ServerSpec(name=f"leaf-{region}", domain=region, hub_leaf_url=self.hub.leaf_url),

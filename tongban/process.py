@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, a service manager's stop, and a closed terminal all mean: stop gracefully."""
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: the kernel sends SIGTERM to the child when the process
+    that started it dies, however it dies (Linux; elsewhere a no-op). Children are started in their
+    own session so a terminal's Ctrl-C reaches only the supervisor, which stops them in order; this
+    is the safety net for when the supervisor is killed outright."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
 
 async def wait_for_signal() -> int:
-    """Block until SIGINT or SIGTERM; returns the signal number."""
+    """Block until SIGINT, SIGTERM or SIGHUP; returns the signal number."""
     loop = asyncio.get_running_loop()
     fired: asyncio.Future[int] = loop.create_future()
 
@@ -17,12 +32,12 @@ async def wait_for_signal() -> int:
         if not fired.done():
             fired.set_result(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, fire, sig)
     try:
         return await fired
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
 

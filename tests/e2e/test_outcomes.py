@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
+import nats
 import pytest
 
 from connectors.adapters import AdapterRequest
@@ -15,6 +16,7 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
+from tests.helpers import eventually
 from tongban.devstate import DevState
 from tongban.natsserver import Topology
 
@@ -45,18 +47,65 @@ async def slow(topology: Topology, state: DevState) -> AsyncIterator[tuple[Stack
     await stop_stack(stack)
 
 
-async def test_deadline_exceeded(slow: tuple[Stack, SlowAdapter]) -> None:
+async def test_slow_back_end_answers_deadline_exceeded_and_both_ledgers_agree(
+    slow: tuple[Stack, SlowAdapter],
+) -> None:
+    """The header carries the gateway's wait deadline; the connector stops the back end just before
+    it, so the caller learns why (BACKEND_TIMEOUT) and both ledgers say the same."""
     stack, adapter = slow
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stack.stub(SZ).Query(pension(), timeout=0.5)
-    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    d = details_of(exc.value)
+    assert d.code == grpc.StatusCode.DEADLINE_EXCEEDED and d.reason == "BACKEND_TIMEOUT"
     assert adapter.started.is_set()
-    # The gateway records that the request expired unanswered.
     sz = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in sz] == [
-        (Event.SUBMITTED, ""),
-        (Event.EXPIRED, "NO_REPLY_IN_DEADLINE"),
-    ]
+    assert [(e.event, e.detail) for e in sz] == [(Event.SUBMITTED, ""), (Event.RESPONDED, "BACKEND_TIMEOUT")]
+    wx = await stack.nodes[WX].ledger.entries()
+    assert [(e.event, e.detail) for e in wx] == [(Event.RECEIVED, ""), (Event.PROCESSED, "BACKEND_TIMEOUT")]
+
+
+async def test_no_reply_within_deadline_is_expired(stack: Stack) -> None:
+    """A responder that swallows requests (a stuck peer) leaves the gateway to give up on its own."""
+    node = stack.nodes[WX]
+    assert node.connector is not None
+    await node.connector.stop()
+    sink = await stack.nats(WX)
+    swallowed: list[str] = []
+
+    async def swallow(msg: object) -> None:
+        swallowed.append(getattr(msg, "subject", ""))
+
+    async def pong(msg: object) -> None:
+        await msg.respond(b"")  # type: ignore[attr-defined]
+
+    await sink.subscribe(f"tb.v1.rpc.{WX}.>", cb=swallow)
+    await sink.subscribe("test.probe.sink", cb=pong)
+    await sink.flush()
+    # Interest travels leaf → hub → leaf in order: once the probe answers from Shenzhen's leaf,
+    # the swallowing subscription (made first) is known there too.
+    probe = await stack.nats(SZ)
+
+    async def probe_answers() -> bool:
+        try:
+            await probe.request("test.probe.sink", b"", timeout=0.5)
+            return True
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return False
+
+    await eventually(probe_answers, what="sink subscription visible from Shenzhen")
+    await probe.close()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stack.stub(SZ).Query(pension(), timeout=1.0)
+        assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert swallowed
+        sz = await stack.nodes[SZ].ledger.entries()
+        assert [(e.event, e.detail) for e in sz] == [
+            (Event.SUBMITTED, ""),
+            (Event.EXPIRED, "NO_REPLY_IN_DEADLINE"),
+        ]
+    finally:
+        await sink.close()
 
 
 async def test_no_connector_in_target_region_is_unavailable(stack: Stack) -> None:
