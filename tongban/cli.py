@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,21 @@ def _cmd_query(args: argparse.Namespace) -> int:
         "request_digest": resp.request_digest.hex(),
         "response_digest": resp.response_digest.hex(),
         "trace_id": resp.trace_id,
-        "data": json_format.MessageToDict(resp.data),
+        "data": _whole_numbers(json_format.MessageToDict(resp.data)),
     }
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
+
+
+def _whole_numbers(value: Any) -> Any:
+    """protobuf Struct numbers are doubles: show 220.0 months as 220 again."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def _cmd_ledger_verify(args: argparse.Namespace) -> int:
@@ -208,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and the like: not an error of ours. Point stdout at /dev/null so
+        # the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return rc
 
 

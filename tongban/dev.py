@@ -56,6 +56,7 @@ class DevStack:
     ports: dict[str, int] = field(default_factory=dict)
 
     async def start(self, timeout: float = 60.0) -> None:
+        self.root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.topology = Topology(self.root / "nats", list(self.regions))
         await self.topology.start()
