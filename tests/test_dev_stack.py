@@ -110,5 +110,5 @@ def test_no_strays_however_the_supervisor_ends(tmp_path: Path, how: signal.Signa
         proc.communicate(timeout=60)
     deadline = time.monotonic() + 30
     while _processes_mentioning(str(state)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # polling interval of a condition wait (children exiting), not a fixed delay
     assert _processes_mentioning(str(state)) == []
