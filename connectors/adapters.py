@@ -8,9 +8,9 @@ reported as INTERNAL without details.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from grpc import StatusCode
 
@@ -31,6 +31,8 @@ class AdapterRequest:
         fields: the validated form fields.
         declared_fields: the response fields the requester asked for; the connector removes
             anything else from the answer, so an adapter may return more.
+        case_no: the case number of a Submit; with ``message_id`` it is the back end's
+            idempotency key (a redelivered request after a crash carries the same one).
     """
 
     message_id: str
@@ -41,6 +43,8 @@ class AdapterRequest:
     applicant_name: str
     fields: Mapping[str, str]
     declared_fields: tuple[str, ...] = field(default_factory=tuple)
+    case_no: str = ""
+    """Case number of a Submit (empty for Query)."""
 
 
 class AdapterFailure(TongbanError):
@@ -58,6 +62,26 @@ class Adapter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One case status the back end reports (BLZT code plus its own code and system)."""
+
+    status: int
+    local_code: str = ""
+    local_system: str = ""
+    note: str = ""
+
+
+@runtime_checkable
+class CaseAdapter(Protocol):
+    """A back end that takes cases (Submit). It must be idempotent on ``request.message_id``: after
+    a connector crash between the back-end call and its own record, the same request comes again."""
+
+    async def submit_case(self, request: AdapterRequest) -> Sequence[StatusUpdate]:
+        """Take the case; return the statuses it reached so far, in order (e.g. 1 已接件, 3 已受理)."""
+        ...
+
+
 Handler = Callable[[AdapterRequest], Awaitable[Mapping[str, Any]]]
 
 
@@ -69,3 +93,25 @@ class CallableAdapter:
 
     async def call(self, request: AdapterRequest) -> Mapping[str, Any]:
         return await self._handler(request)
+
+
+async def submit_via_call(
+    adapter: Adapter, request: AdapterRequest, *, local_system: str = ""
+) -> list[StatusUpdate]:
+    """A Submit to a back end that only answers data checks (秒批, instant approval by data check):
+    a record found is 1 已接件 → 3 已受理 → 11 办结（通过）; no record is 1 已接件 → 5 不予受理.
+    Back-end failures propagate (and are retried by the connector)."""
+    from tongban.errors import NotFound
+
+    try:
+        await adapter.call(request)
+    except NotFound:
+        return [
+            StatusUpdate(1, "SJ", local_system, "已接件"),
+            StatusUpdate(5, "BYSL", local_system, "不予受理：未查到相关记录"),
+        ]
+    return [
+        StatusUpdate(1, "SJ", local_system, "已接件"),
+        StatusUpdate(3, "SL", local_system, "已受理"),
+        StatusUpdate(11, "BJ", local_system, "办结（通过）"),
+    ]

@@ -29,10 +29,12 @@ from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
+from connectors.cases import CaseWorker
 from connectors.errors import Refused
+from connectors.state import ConnectorState
 from ledger import EntryDraft, Event, LedgerStore
 from tongban import envelope, messages, subjects, telemetry
-from tongban.catalogue import Catalogue, response_projection, validate_request
+from tongban.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
 from tongban.config import Config
 from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
@@ -50,7 +52,11 @@ _KIND_NAMES = {
 
 
 class Connector:
-    """One connector process of a region. ``async with Connector(...)`` starts and stops it."""
+    """One connector process of a region. ``async with Connector(...)`` starts and stops it.
+
+    It answers Query on the region's RPC subject and, unless ``durable=False``, takes Submit
+    requests from the region's inbound stream (:class:`connectors.cases.CaseWorker`).
+    """
 
     def __init__(
         self,
@@ -63,6 +69,7 @@ class Connector:
         ledger: LedgerStore,
         nc: NATS | None = None,
         tracer: trace.Tracer | None = None,
+        durable: bool = True,
     ) -> None:
         self.cfg = cfg
         self.region = cfg.region.code
@@ -80,6 +87,9 @@ class Connector:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._started = False
         self.handled = 0
+        self.durable = durable
+        self.state: ConnectorState | None = None
+        self.cases: CaseWorker | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -97,6 +107,11 @@ class Connector:
             await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping)
         )
         await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
+        if self.durable:
+            self.state = ConnectorState(self.cfg.path(self.cfg.connector.state_store))
+            await self.state.open()
+            self.cases = CaseWorker(self, self.state, self.nc)
+            await self.cases.start()
         self._started = True
         log.info("connector.started", region=self.region, subject=subjects.rpc_wildcard(self.region))
 
@@ -112,6 +127,12 @@ class Connector:
             except Exception as exc:  # connection may already be gone
                 log.debug("connector.drain_sub_failed", error=type(exc).__name__)
         self._subs.clear()
+        if self.cases is not None:
+            await self.cases.stop()
+            self.cases = None
+        if self.state is not None:
+            await self.state.close()
+            self.state = None
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
             for task in late:
@@ -225,7 +246,13 @@ class Connector:
                 log.error("request.internal_error", error=type(exc).__name__)
                 return await self._refuse(data, header, TongbanError("internal error at the provider"))
 
-    async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
+    def verify_request(self, subject: str, data: bytes, now: float, *, durable: bool) -> envelope.Verified:
+        """Signature, kind, recipient, subject and time checks of a request envelope.
+
+        A durable (Submit) request may have waited in streams for days while a region was down:
+        its deadline bounds it, not the freshness window, and the processed-message record (not
+        the in-memory replay cache) keeps it from being done twice.
+        """
         with self.tracer.start_as_current_span("connector.verify"):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header
@@ -237,7 +264,10 @@ class Connector:
                     f"request is addressed to {h.to_region}, not {self.region}",
                     code=StatusCode.FAILED_PRECONDITION,
                 )
-            if subject != subjects.rpc_subject(self.region, h.service_code):
+            expected = (subjects.request_subject if durable else subjects.rpc_subject)(
+                self.region, h.service_code
+            )
+            if subject != expected:
                 raise EnvelopeRejected(
                     "SUBJECT_MISMATCH",
                     "request arrived on a subject that does not match its header",
@@ -245,18 +275,26 @@ class Connector:
                 )
             created = messages.seconds(h.created_at)
             window = self.cfg.connector
-            if created < now - window.freshness_window_s:
+            if not durable and created < now - window.freshness_window_s:
                 raise EnvelopeRejected(Reason.STALE, "request is older than the freshness window")
             if created > now + window.clock_skew_s:
                 raise EnvelopeRejected(
                     Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew"
                 )
-            deadline = messages.seconds(h.deadline)
-            if deadline <= now:
+            if durable and not h.case_no:
                 raise EnvelopeRejected(
-                    Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
+                    Reason.MALFORMED,
+                    "a durable request carries a case number",
+                    code=StatusCode.INVALID_ARGUMENT,
                 )
-            self._check_replay(h.message_id, now)
+            return verified
+
+    def open_request(
+        self, verified: envelope.Verified
+    ) -> tuple[exchange_pb2.ServiceRequest, CatalogueItem, Adapter]:
+        """Open the seal, check header/body agreement, the registry's access rule (again: never
+        trusting the sending gateway alone) and the form; find the adapter."""
+        h = verified.header
         with self.tracer.start_as_current_span("connector.open"):
             plaintext = messages.open_body(verified, self.secrets.sealing)
             try:
@@ -286,6 +324,19 @@ class Connector:
             raise Refused(
                 "SERVICE_NOT_SERVED", f"no back end serves {svc} in {self.region}", StatusCode.UNIMPLEMENTED
             )
+        return request, item, adapter
+
+    async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
+        verified = self.verify_request(subject, data, now, durable=False)
+        h = verified.header
+        deadline = messages.seconds(h.deadline)
+        if deadline <= now:
+            raise EnvelopeRejected(
+                Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
+            )
+        self._check_replay(h.message_id, now)
+        request, item, adapter = self.open_request(verified)
+        svc = h.service_code
 
         allowed = response_projection(item, tuple(request.governance.declared_fields))
         trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()

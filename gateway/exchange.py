@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import grpc
 import nats.errors
@@ -39,6 +41,9 @@ from tongban.node import RegionSecrets
 from tongban.privacy import mask_subject
 from tongban.registry import Registry
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
+
+if TYPE_CHECKING:
+    from gateway.submit import CaseDesk
 
 log = structlog.get_logger("tongban.gateway")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -107,6 +112,78 @@ class ExchangeCore:
                 f"{req.service_code} in {req.target_region}"
             )
 
+    async def record_rejected(
+        self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str, exc: TongbanError
+    ) -> None:
+        """One REJECTED entry for a request refused here; region and service only if well-formed."""
+        to, svc = req.target_region, req.service_code
+        await self.ledger.append(
+            EntryDraft(
+                Event.REJECTED,
+                message_id,
+                to if to.isdigit() and len(to) <= 12 else "?",
+                svc if svc.isalnum() and len(svc) <= 36 else "?",
+                b"",
+                trace_id,
+                _ledger_detail(exc),
+            )
+        )
+
+    async def validate(
+        self,
+        req: exchange_pb2.ServiceRequest,
+        caller: Caller,
+        message_id: str,
+        trace_id: str,
+        extra: Callable[[], None] | None = None,
+    ) -> None:
+        """Catalogue and registry checks (plus ``extra``); a refusal is recorded, then raised."""
+        with self.tracer.start_as_current_span("gateway.validate"):
+            try:
+                self._check(req, caller)
+                if extra is not None:
+                    extra()
+            except TongbanError as exc:
+                await self.record_rejected(message_id, req, trace_id, exc)
+                raise
+
+    def seal_request(
+        self,
+        req: exchange_pb2.ServiceRequest,
+        caller: Caller,
+        *,
+        message_id: str,
+        deadline: float,
+        case_no: str = "",
+    ) -> messages.Built:
+        """The signed request envelope, its body sealed to the target region's current key."""
+        to = req.target_region
+        kid, recipient = self.registry.sealing_key_for(to)
+        id_no = req.applicant.id_no
+        header = envelope_pb2.Header(
+            message_id=message_id,
+            kind=envelope_pb2.MESSAGE_KIND_REQUEST,
+            service_code=req.service_code,
+            from_region=self.region,
+            to_region=to,
+            created_at=messages.timestamp(time.time()),
+            deadline=messages.timestamp(deadline),
+            traceparent=telemetry.current_traceparent(),
+            subject_digest=self.secrets.correlator.digest(id_no),
+            subject_masked=mask_subject(req.applicant.kind, id_no),
+            purpose=req.governance.purpose_code,
+            content_type=messages.REQUEST_CONTENT_TYPE,
+            origin_system=caller.system_id,
+            case_no=case_no,
+        )
+        return messages.build_sealed(
+            header,
+            exchange_pb2.RequestBody(request=req).SerializeToString(),
+            recipient_key_id=kid,
+            recipient=recipient,
+            signer=self.secrets.signing,
+        )
+
     async def query(
         self, req: exchange_pb2.ServiceRequest, *, timeout_s: float
     ) -> exchange_pb2.QueryResponse:
@@ -121,23 +198,7 @@ class ExchangeCore:
         svc, to = req.service_code, req.target_region
         # Service and region go into the log context only once validated (they are caller text).
         structlog.contextvars.bind_contextvars(message_id=message_id)
-        with self.tracer.start_as_current_span("gateway.validate"):
-            try:
-                self._check(req, caller)
-            except TongbanError as exc:
-                await self.ledger.append(
-                    EntryDraft(
-                        Event.REJECTED,
-                        message_id,
-                        to if to.isdigit() and len(to) <= 12 else "?",
-                        svc if svc.isalnum() and len(svc) <= 36 else "?",
-                        b"",
-                        trace_id,
-                        _ledger_detail(exc),
-                    )
-                )
-                raise
-
+        await self.validate(req, caller, message_id, trace_id)
         structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
         if not self.nc.is_connected:
             # nats-py would buffer the request while reconnecting and the caller would only see
@@ -148,30 +209,7 @@ class ExchangeCore:
             raise Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
 
         with self.tracer.start_as_current_span("gateway.seal_sign"):
-            kid, recipient = self.registry.sealing_key_for(to)
-            id_no = req.applicant.id_no
-            header = envelope_pb2.Header(
-                message_id=message_id,
-                kind=envelope_pb2.MESSAGE_KIND_REQUEST,
-                service_code=svc,
-                from_region=self.region,
-                to_region=to,
-                created_at=messages.timestamp(time.time()),
-                deadline=messages.timestamp(deadline),
-                traceparent=telemetry.current_traceparent(),
-                subject_digest=self.secrets.correlator.digest(id_no),
-                subject_masked=mask_subject(req.applicant.kind, id_no),
-                purpose=req.governance.purpose_code,
-                content_type=messages.REQUEST_CONTENT_TYPE,
-                origin_system=caller.system_id,
-            )
-            built = messages.build_sealed(
-                header,
-                exchange_pb2.RequestBody(request=req).SerializeToString(),
-                recipient_key_id=kid,
-                recipient=recipient,
-                signer=self.secrets.signing,
-            )
+            built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
         await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
 
         subject = subjects.rpc_subject(to, svc)
@@ -360,10 +398,28 @@ def _remote(problem: exchange_pb2.Problem, region: str) -> RemoteProblem:
 
 
 class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
-    """gRPC binding of :class:`ExchangeCore` (deadline handling only; errors map in the interceptor)."""
+    """gRPC binding of :class:`ExchangeCore` and the case desk (deadline handling only; errors map
+    in the interceptor)."""
 
-    def __init__(self, core: ExchangeCore) -> None:
+    def __init__(self, core: ExchangeCore, desk: CaseDesk) -> None:
         self.core = core
+        self.desk = desk
+
+    async def Submit(
+        self, request: exchange_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> exchange_pb2.SubmitResponse:
+        return await self.desk.submit(request)
+
+    async def GetCase(
+        self, request: exchange_pb2.GetCaseRequest, context: grpc.aio.ServicerContext
+    ) -> exchange_pb2.GetCaseResponse:
+        return exchange_pb2.GetCaseResponse(case=await self.desk.get_case(request.case_no))
+
+    async def WatchCase(  # type: ignore[override]
+        self, request: exchange_pb2.WatchCaseRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[exchange_pb2.WatchCaseResponse]:
+        async for event in self.desk.watch_case(request.case_no, request.after_sequence):
+            yield exchange_pb2.WatchCaseResponse(event=event)
 
     async def Query(
         self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,8 @@ current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary tongban RPC: identity, span, log context, error mapping, access log.
+    """Wraps every tongban RPC (unary and server-streaming): identity, span, log context, error
+    mapping, access log.
 
     Health and reflection RPCs pass through untouched.
     """
@@ -52,62 +55,84 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or handler.unary_unary is None or not method.startswith("/tongban."):
+        if handler is None or not method.startswith("/tongban."):
             return handler
-        inner = handler.unary_unary
         service, _, rpc = method.lstrip("/").partition("/")
         metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            start = time.perf_counter()
-            parent = (
-                _PROPAGATOR.extract({"traceparent": metadata["traceparent"]})
-                if "traceparent" in metadata
-                else None
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with self._scope(service, rpc, metadata, context):
+                    return await inner(request, context)
+                raise AssertionError("unreachable: the scope aborts or returns")
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
-            caller = Caller(region=self._region, system_id=self._dev_system_id) if self._dev_mode else None
-            token = current_caller.set(caller)
-            with (
-                structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
-                self._tracer.start_as_current_span(
-                    f"{service}/{rpc}",
-                    context=parent,
-                    kind=SpanKind.SERVER,
-                    attributes={
-                        "rpc.system": "grpc",
-                        "rpc.service": service,
-                        "rpc.method": rpc,
-                        "tongban.region": self._region,
-                    },
-                ) as span,
-            ):
-                try:
-                    response = await inner(request, context)
-                    log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
-                    return response
-                except TongbanError as exc:
-                    span.set_status(Status(SpanStatus.ERROR, exc.reason))
-                    span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
-                    log.info(
-                        "rpc.refused",
-                        code=exc.code.name,
-                        reason=exc.reason,
-                        ms=round((time.perf_counter() - start) * 1000, 2),
-                    )
-                    status = to_status(exc, region=self._region)
-                    await context.abort(status.code, status.details, status.trailing_metadata)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception:
-                    span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
-                    log.exception("rpc.internal_error")
-                    status = internal_status()
-                    await context.abort(status.code, status.details, status.trailing_metadata)
-                finally:
-                    current_caller.reset(token)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapper,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._scope(service, rpc, metadata, context):
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    @contextlib.asynccontextmanager
+    async def _scope(
+        self, service: str, rpc: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        start = time.perf_counter()
+        parent = (
+            _PROPAGATOR.extract({"traceparent": metadata["traceparent"]})
+            if "traceparent" in metadata
+            else None
         )
+        caller = Caller(region=self._region, system_id=self._dev_system_id) if self._dev_mode else None
+        token = current_caller.set(caller)
+        with (
+            structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
+            self._tracer.start_as_current_span(
+                f"{service}/{rpc}",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.service": service,
+                    "rpc.method": rpc,
+                    "tongban.region": self._region,
+                },
+            ) as span,
+        ):
+            try:
+                yield
+                log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
+            except TongbanError as exc:
+                span.set_status(Status(SpanStatus.ERROR, exc.reason))
+                span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                log.info(
+                    "rpc.refused",
+                    code=exc.code.name,
+                    reason=exc.reason,
+                    ms=round((time.perf_counter() - start) * 1000, 2),
+                )
+                status = to_status(exc, region=self._region)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
+                log.exception("rpc.internal_error")
+                status = internal_status()
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                current_caller.reset(token)

@@ -12,8 +12,10 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
 
+from gateway.cases import CaseStore
 from gateway.exchange import ExchangeCore, ExchangeService
 from gateway.interceptors import GatewayInterceptor
+from gateway.submit import CaseDesk
 from ledger import LedgerStore
 from tongban.catalogue import Catalogue
 from tongban.config import Config
@@ -59,6 +61,8 @@ class Gateway:
         self.tracer = tracer or trace.get_tracer("tongban.gateway")
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self.cases: CaseStore | None = None
+        self.desk: CaseDesk | None = None
         self.port = 0
 
     async def _set_health(self, serving: bool) -> None:
@@ -114,7 +118,11 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core), server)
+        self.cases = CaseStore(self.cfg.path(gw.case_store))
+        await self.cases.open()
+        self.desk = CaseDesk(core, self.cases, self.nc)
+        await self.desk.start()
+        exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (EXCHANGE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -142,6 +150,12 @@ class Gateway:
             return
         await self._set_health(False)
         await server.stop(self.cfg.gateway.grace_s)
+        if self.desk is not None:
+            await self.desk.stop()
+            self.desk = None
+        if self.cases is not None:
+            await self.cases.close()
+            self.cases = None
         if self._owns_nc and self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)

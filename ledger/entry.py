@@ -61,6 +61,10 @@ class Event(enum.StrEnum):
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
     DEAD_LETTERED = "DEAD_LETTERED"
+    STATUS = "STATUS"
+    """A case status event, emitted (handling region) or received (submitting region)."""
+    RESENT = "RESENT"
+    """The reconciler re-sent a request it found neither forwarded nor in the outbound stream."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ with its own SQLite ledger file, and waits until requests cross between regions.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,12 +150,15 @@ async def start_stack(
 async def stop_stack(stack: Stack) -> None:
     for ch in stack.channels:
         await ch.close()
-    for node in stack.nodes.values():
+
+    async def stop(node: Node) -> None:
         if node.gateway:
             await node.gateway.stop()
         if node.connector:
             await node.connector.stop()
         await node.ledger.close()
+
+    await asyncio.gather(*(stop(n) for n in stack.nodes.values()))
 
 
 @pytest.fixture

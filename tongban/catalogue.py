@@ -184,6 +184,11 @@ def _check_item(index: int, item: CatalogueItem) -> None:
             raise bad(f"ENUM field {spec.name} has no allowed values")
     if not item.response_fields:
         raise bad("response_fields is empty")
+    d = item.delivery
+    if any(b.ToTimedelta().total_seconds() <= 0 for b in d.backoff):
+        raise bad("delivery.backoff delays must be positive")
+    if d.time_to_live.ToTimedelta().total_seconds() < 0:
+        raise bad("delivery.time_to_live must not be negative")
 
 
 # --------------------------------------------------------------------------- request validation

@@ -76,6 +76,23 @@ class GatewayConfig:
     """Partner system id assumed for calls in dev mode (mTLS maps certificates in production)."""
     grace_s: float = 5.0
     """Graceful-stop grace period for in-flight RPCs."""
+    case_store: str = "cases.sqlite"
+    """SQLite file of the cases this region submitted (outbox, receipts, status events); shared by
+    the region's gateway replicas."""
+    submit_ttl_s: float = 72 * 3600.0
+    """Time to live of a Submit when neither the caller nor the catalogue item sets one."""
+    max_submit_ttl_s: float = 30 * 24 * 3600.0
+    """Longer time-to-live requests are capped to this."""
+    publish_timeout_s: float = 2.0
+    """How long Submit waits for the region's own stream to acknowledge a request."""
+    reconcile_interval_s: float = 30.0
+    """How often the reconciler compares the case outbox and ledger with the outbound stream."""
+    resend_after_s: float = 60.0
+    """A request accepted this long ago and neither forwarded nor in the outbound stream is re-sent."""
+    forward_retry_max_s: float = 2.0
+    """Longest pause between attempts to forward to a region that is unreachable."""
+    ack_wait_s: float = 10.0
+    """Ack wait of the gateway's forwarding and event consumers (redelivery after a crash)."""
 
 
 @dataclass
@@ -90,6 +107,18 @@ class ConnectorConfig:
     """``demo`` (the shipped demo back ends) or ``module:function`` returning {code: Adapter}."""
     demo_db: str = "demo-backend.sqlite"
     """SQLite file of the demo back ends."""
+    state_store: str = "connector-state.sqlite"
+    """SQLite file of processed durable requests and case sequences; shared by the region's
+    connector replicas."""
+    max_attempts: int = 5
+    """Delivery attempts of a durable request before it is dead-lettered (unless the catalogue
+    item sets its own)."""
+    backoff_s: list[float] = field(default_factory=lambda: [1.0, 5.0, 30.0])
+    """Delays between attempts (the last repeats) unless the catalogue item sets its own."""
+    ack_wait_s: float = 30.0
+    """Redelivery delay of a durable request whose connector died; long back-end calls extend it."""
+    fetch_batch: int = 64
+    """Durable requests fetched at once by one connector process."""
 
 
 @dataclass
@@ -175,6 +204,12 @@ class Config:
             raise ConfigError("[log] format must be json or console")
         if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("[ledger] synchronous must be FULL, NORMAL or EXTRA")
+        if self.connector.max_attempts < 1 or any(b <= 0 for b in self.connector.backoff_s):
+            raise ConfigError("[connector] max_attempts must be >= 1 and backoff_s delays positive")
+        if min(self.gateway.submit_ttl_s, self.gateway.publish_timeout_s, self.connector.ack_wait_s) <= 0:
+            raise ConfigError(
+                "[gateway] submit_ttl_s, publish_timeout_s and [connector] ack_wait_s must be > 0"
+            )
         if (
             self.gateway.default_deadline_s <= 0
             or self.gateway.max_deadline_s < self.gateway.default_deadline_s

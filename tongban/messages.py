@@ -14,6 +14,7 @@ from tongban.v1 import envelope_pb2, exchange_pb2
 REQUEST_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.RequestBody"
 RESPONSE_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.ResponseBody"
 PROBLEM_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.Problem"
+EVENT_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.CaseEventBody"
 
 
 def timestamp(at_s: float) -> Timestamp:

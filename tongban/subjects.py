@@ -26,6 +26,12 @@ class Header(StrEnum):
     TRACEPARENT = "traceparent"
     MESSAGE_ID = "Tb-Message-Id"
     FROM_REGION = "Tb-From"
+    DEADLINE_MS = "Tb-Deadline-Ms"
+    """Deadline of a durable message, Unix milliseconds: relays drop it once passed."""
+    REASON = "Tb-Reason"
+    """Why a message was dead-lettered (a reason code, never request data)."""
+    ATTEMPTS = "Tb-Attempts"
+    ORIGINAL_SUBJECT = "Tb-Original-Subject"
 
 
 def _token(value: str, what: str) -> str:
@@ -58,6 +64,70 @@ def request_wildcard(region: str) -> str:
     return f"{PREFIX}.req.{_token(region, 'region')}.>"
 
 
+def event_subject(region: str, service_code: str) -> str:
+    """Stream subject of case status events addressed to ``region`` (the submitting region)."""
+    return f"{PREFIX}.evt.{_token(region, 'region')}.{_token(service_code, 'service code')}"
+
+
+def event_wildcard(region: str) -> str:
+    return f"{PREFIX}.evt.{_token(region, 'region')}.>"
+
+
+def dlq_subject(region: str, service_code: str) -> str:
+    """Dead-letter subject of ``region``'s connector."""
+    return f"{PREFIX}.dlq.{_token(region, 'region')}.{_token(service_code, 'service code')}"
+
+
+def dlq_wildcard(region: str) -> str:
+    return f"{PREFIX}.dlq.{_token(region, 'region')}.>"
+
+
+class OutKind(StrEnum):
+    """What an outbound (store-and-forward) message is; its destination subject space."""
+
+    REQUEST = "req"
+    EVENT = "evt"
+
+
+def outbound_subject(region: str, kind: OutKind, to_region: str, service_code: str, message_id: str) -> str:
+    """Subject of a message waiting in ``region``'s outbound stream for delivery to ``to_region``.
+
+    The message id is the last token so the reconciler can look a message up by subject.
+    """
+    return (
+        f"{PREFIX}.out.{_token(region, 'region')}.{kind.value}.{_token(to_region, 'region')}."
+        f"{_token(service_code, 'service code')}.{_token(message_id, 'message id')}"
+    )
+
+
+def outbound_filter(region: str, kind: OutKind) -> str:
+    return f"{PREFIX}.out.{_token(region, 'region')}.{kind.value}.>"
+
+
+def outbound_wildcard(region: str) -> str:
+    return f"{PREFIX}.out.{_token(region, 'region')}.>"
+
+
+def destination_of(out_subject: str) -> tuple[OutKind, str, str, str]:
+    """(kind, destination subject, to region, message id) of an outbound subject.
+
+    Raises:
+        ValueError: not an outbound subject.
+    """
+    parts = out_subject.split(".")
+    if len(parts) != 8 or f"{parts[0]}.{parts[1]}" != PREFIX or parts[2] != "out":
+        raise ValueError("not an outbound subject")
+    kind = OutKind(parts[4])
+    to, svc, mid = parts[5], parts[6], parts[7]
+    dest = request_subject(to, svc) if kind is OutKind.REQUEST else event_subject(to, svc)
+    return kind, dest, to, mid
+
+
+def case_notify_subject(region: str) -> str:
+    """Core-NATS nudge between a region's gateways when a case changed (payload: case number)."""
+    return f"{PREFIX}.casechg.{_token(region, 'region')}"
+
+
 def connector_queue(region: str) -> str:
     """Queue group shared by all connector replicas of a region."""
     return f"tb-connector-{_token(region, 'region')}"
@@ -76,6 +146,27 @@ def outbound_stream_name(region: str) -> str:
     return f"OUT_{_token(region, 'region')}"
 
 
+def event_stream_name(region: str) -> str:
+    return f"EVT_{_token(region, 'region')}"
+
+
+def dlq_stream_name(region: str) -> str:
+    return f"DLQ_{_token(region, 'region')}"
+
+
+class Durable(StrEnum):
+    """Durable consumer names; every replica of a role shares one, so they split the work."""
+
+    CONNECTOR = "connector"
+    """IN_<region>: the connectors."""
+    GATEWAY_EVENTS = "gateway-events"
+    """EVT_<region>: the gateways."""
+    FORWARD_REQUESTS = "forward-req"
+    """OUT_<region>, requests: the gateways' forwarders."""
+    FORWARD_EVENTS = "forward-evt"
+    """OUT_<region>, events: the connectors' forwarders."""
+
+
 def inbound_stream(region: str, *, duplicate_window_s: float = 24 * 3600) -> StreamConfig:
     """The durable inbound request stream of ``region`` (file storage, work queue).
 
@@ -90,6 +181,52 @@ def inbound_stream(region: str, *, duplicate_window_s: float = 24 * 3600) -> Str
         duplicate_window=duplicate_window_s,
         num_replicas=1,
     )
+
+
+def _durable_stream(
+    name: str, subject: str, duplicate_window_s: float, retention: RetentionPolicy
+) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=retention,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=duplicate_window_s,
+        num_replicas=1,
+    )
+
+
+def outbound_stream(region: str, *, duplicate_window_s: float = 24 * 3600) -> StreamConfig:
+    """``region``'s store-and-forward stream: requests and events waiting for their destination."""
+    return _durable_stream(
+        outbound_stream_name(region),
+        outbound_wildcard(region),
+        duplicate_window_s,
+        RetentionPolicy.WORK_QUEUE,
+    )
+
+
+def event_stream(region: str, *, duplicate_window_s: float = 24 * 3600) -> StreamConfig:
+    """Case status events addressed to ``region``, consumed by its gateways."""
+    return _durable_stream(
+        event_stream_name(region), event_wildcard(region), duplicate_window_s, RetentionPolicy.WORK_QUEUE
+    )
+
+
+def dlq_stream(region: str) -> StreamConfig:
+    """Dead letters of ``region``'s connectors: kept (limits retention) until replayed or purged."""
+    return _durable_stream(dlq_stream_name(region), dlq_wildcard(region), 120.0, RetentionPolicy.LIMITS)
+
+
+def region_streams(region: str, *, duplicate_window_s: float = 24 * 3600) -> list[StreamConfig]:
+    """Every stream a region's nats-server holds."""
+    return [
+        inbound_stream(region, duplicate_window_s=duplicate_window_s),
+        outbound_stream(region, duplicate_window_s=duplicate_window_s),
+        event_stream(region, duplicate_window_s=duplicate_window_s),
+        dlq_stream(region),
+    ]
 
 
 def stream_subjects_overlap_rpc(config: StreamConfig) -> bool:

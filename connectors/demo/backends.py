@@ -19,13 +19,22 @@ import datetime
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.adapters import Adapter, AdapterFailure, AdapterRequest, CallableAdapter, Handler
+from connectors.adapters import (
+    Adapter,
+    AdapterFailure,
+    AdapterRequest,
+    CallableAdapter,
+    CaseAdapter,
+    Handler,
+    StatusUpdate,
+    submit_via_call,
+)
 from tongban.errors import NotFound
 from tongban.identifiers import mask_name
 
@@ -792,7 +801,20 @@ def demo_adapters(backend: DemoBackend) -> dict[str, Adapter]:
         Adapters by item code. They raise :class:`~tongban.errors.NotFound` for an applicant the back
         end does not know.
     """
-    return {code: CallableAdapter(_in_thread(backend, answer)) for code, answer in _answers().items()}
+    from connectors.demo.cases import DemoCaseAdapter
+    from tongban.catalogue import Catalogue
+    from tongban.v1 import catalogue_pb2
+
+    catalogue = Catalogue.load()
+    adapters: dict[str, Adapter] = {}
+    for code, answer in _answers().items():
+        adapter: Adapter = CallableAdapter(_in_thread(backend, answer))
+        item = catalogue.get(code)
+        if item is not None and item.handling_mode != catalogue_pb2.HANDLING_MODE_QUERY:
+            # Case items also take Submits, recorded once per message in the same file.
+            adapter = DemoCaseAdapter(adapter, backend.path)
+        adapters[code] = adapter
+    return adapters
 
 
 class FailingAdapter:
@@ -825,3 +847,10 @@ class CountingAdapter:
     async def call(self, request: AdapterRequest) -> Mapping[str, Any]:
         self.calls[request.message_id] += 1
         return await self.inner.call(request)
+
+    async def submit_case(self, request: AdapterRequest) -> Sequence[StatusUpdate]:
+        """Counted once per Submit reaching the back end (whatever the inner adapter does)."""
+        self.calls[request.message_id] += 1
+        if isinstance(self.inner, CaseAdapter):
+            return await self.inner.submit_case(request)
+        return await submit_via_call(self.inner, request)

@@ -22,24 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from tongban.v1 import exchange_pb2 as tongban_dot_v1_dot_exchange__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x19tongban/v1/exchange.proto\"\x9d\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x10\n\x08personal\x18\x07 \x01(\x08\"\xd9\x02\n\rCatalogueItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12/\n\rhandling_mode\x18\x04 \x01(\x0e\x32\x18.tongban.v1.HandlingMode\x12\x31\n\x0e\x61pplicant_kind\x18\x05 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12%\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x17\n\x0fresponse_fields\x18\x07 \x03(\t\x12\x33\n\x0fshare_attribute\x18\x08 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x12\n\ndata_grade\x18\t \x01(\t\x12\x11\n\tsensitive\x18\n \x01(\x08\x12\x1b\n\x13provider_department\x18\x0b \x01(\t\"F\n\tCatalogue\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.tongban.v1.CatalogueItem*\xac\x01\n\x0cHandlingMode\x12\x1d\n\x19HANDLING_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHANDLING_MODE_FULLY_ONLINE\x10\x01\x12+\n\'HANDLING_MODE_COLLECT_HERE_HANDLE_THERE\x10\x02\x12\x17\n\x13HANDLING_MODE_JOINT\x10\x03\x12\x17\n\x13HANDLING_MODE_QUERY\x10\x04*\xe2\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x19\n\x15\x46IELD_TYPE_CITIZEN_ID\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_USCC\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_REGION_CODE\x10\x04\x12\x13\n\x0f\x46IELD_TYPE_DATE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x06\x12\x13\n\x0f\x46IELD_TYPE_ENUM\x10\x07\x12\x14\n\x10\x46IELD_TYPE_PHONE\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19tongban/v1/exchange.proto\"\x9d\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x10\n\x08personal\x18\x07 \x01(\x08\"\x87\x03\n\rCatalogueItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12/\n\rhandling_mode\x18\x04 \x01(\x0e\x32\x18.tongban.v1.HandlingMode\x12\x31\n\x0e\x61pplicant_kind\x18\x05 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12%\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x17\n\x0fresponse_fields\x18\x07 \x03(\t\x12\x33\n\x0fshare_attribute\x18\x08 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x12\n\ndata_grade\x18\t \x01(\t\x12\x11\n\tsensitive\x18\n \x01(\x08\x12\x1b\n\x13provider_department\x18\x0b \x01(\t\x12,\n\x08\x64\x65livery\x18\x0c \x01(\x0b\x32\x1a.tongban.v1.DeliveryPolicy\"\x83\x01\n\x0e\x44\x65liveryPolicy\x12*\n\x07\x62\x61\x63koff\x18\x01 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\x12/\n\x0ctime_to_live\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\tCatalogue\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.tongban.v1.CatalogueItem*\xac\x01\n\x0cHandlingMode\x12\x1d\n\x19HANDLING_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHANDLING_MODE_FULLY_ONLINE\x10\x01\x12+\n\'HANDLING_MODE_COLLECT_HERE_HANDLE_THERE\x10\x02\x12\x17\n\x13HANDLING_MODE_JOINT\x10\x03\x12\x17\n\x13HANDLING_MODE_QUERY\x10\x04*\xe2\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x19\n\x15\x46IELD_TYPE_CITIZEN_ID\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_USCC\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_REGION_CODE\x10\x04\x12\x13\n\x0f\x46IELD_TYPE_DATE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x06\x12\x13\n\x0f\x46IELD_TYPE_ENUM\x10\x07\x12\x14\n\x10\x46IELD_TYPE_PHONE\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.catalogue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HANDLINGMODE']._serialized_start=650
-  _globals['_HANDLINGMODE']._serialized_end=822
-  _globals['_FIELDTYPE']._serialized_start=825
-  _globals['_FIELDTYPE']._serialized_end=1051
-  _globals['_FIELDSPEC']._serialized_start=70
-  _globals['_FIELDSPEC']._serialized_end=227
-  _globals['_CATALOGUEITEM']._serialized_start=230
-  _globals['_CATALOGUEITEM']._serialized_end=575
-  _globals['_CATALOGUE']._serialized_start=577
-  _globals['_CATALOGUE']._serialized_end=647
+  _globals['_HANDLINGMODE']._serialized_start=862
+  _globals['_HANDLINGMODE']._serialized_end=1034
+  _globals['_FIELDTYPE']._serialized_start=1037
+  _globals['_FIELDTYPE']._serialized_end=1263
+  _globals['_FIELDSPEC']._serialized_start=102
+  _globals['_FIELDSPEC']._serialized_end=259
+  _globals['_CATALOGUEITEM']._serialized_start=262
+  _globals['_CATALOGUEITEM']._serialized_end=653
+  _globals['_DELIVERYPOLICY']._serialized_start=656
+  _globals['_DELIVERYPOLICY']._serialized_end=787
+  _globals['_CATALOGUE']._serialized_start=789
+  _globals['_CATALOGUE']._serialized_end=859
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -152,6 +153,7 @@ class CatalogueItem(_message.Message):
     DATA_GRADE_FIELD_NUMBER: _builtins.int
     SENSITIVE_FIELD_NUMBER: _builtins.int
     PROVIDER_DEPARTMENT_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Item code (GB/T 39554.1 实施编码 or a catalogue-local code), [0-9A-Z]{10,36}."""
     name: _builtins.str
@@ -169,6 +171,10 @@ class CatalogueItem(_message.Message):
     def response_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Fields the provider may return; the requester's declared_fields must be a subset."""
 
+    @_builtins.property
+    def delivery(self) -> Global___DeliveryPolicy:
+        """How durable (Submit) requests for this item are delivered and retried."""
+
     def __init__(
         self,
         *,
@@ -183,14 +189,51 @@ class CatalogueItem(_message.Message):
         data_grade: _builtins.str = ...,
         sensitive: _builtins.bool = ...,
         provider_department: _builtins.str = ...,
+        delivery: Global___DeliveryPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_kind", b"applicant_kind", "code", b"code", "data_grade", b"data_grade", "fields", b"fields", "handling_mode", b"handling_mode", "name", b"name", "name_en", b"name_en", "provider_department", b"provider_department", "response_fields", b"response_fields", "sensitive", b"sensitive", "share_attribute", b"share_attribute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_kind", b"applicant_kind", "code", b"code", "data_grade", b"data_grade", "delivery", b"delivery", "fields", b"fields", "handling_mode", b"handling_mode", "name", b"name", "name_en", b"name_en", "provider_department", b"provider_department", "response_fields", b"response_fields", "sensitive", b"sensitive", "share_attribute", b"share_attribute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CatalogueItem: _TypeAlias = CatalogueItem  # noqa: Y015
+
+@_typing.final
+class DeliveryPolicy(_message.Message):
+    """DeliveryPolicy is the per-service retry and expiry policy of durable (Submit) delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKOFF_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
+    max_attempts: _builtins.int
+    """Attempts before the request goes to the dead-letter stream (0: the connector's default)."""
+    @_builtins.property
+    def backoff(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """Delays before the 2nd, 3rd, ... delivery attempt at the handling region; the last one repeats.
+        Empty: the connector's default back-off.
+        """
+
+    @_builtins.property
+    def time_to_live(self) -> _duration_pb2.Duration:
+        """Default time to live of a Submit: after it the request is never processed (0: the gateway's default)."""
+
+    def __init__(
+        self,
+        *,
+        backoff: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+        max_attempts: _builtins.int = ...,
+        time_to_live: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time_to_live", b"time_to_live"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff", b"backoff", "max_attempts", b"max_attempts", "time_to_live", b"time_to_live"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryPolicy: _TypeAlias = DeliveryPolicy  # noqa: Y015
 
 @_typing.final
 class Catalogue(_message.Message):

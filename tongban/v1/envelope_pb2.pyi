@@ -33,6 +33,10 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """Body: sealed ResponseBody."""
     MESSAGE_KIND_REJECTION: _MessageKind.ValueType  # 3
     """Body: clear Problem; the receiving side refused the request."""
+    MESSAGE_KIND_EVENT: _MessageKind.ValueType  # 4
+    """Body: sealed CaseEventBody; a case status event from the handling region (in_reply_to names
+    the Submit request, case_no the case).
+    """
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """MessageKind says what the body of an envelope is."""
@@ -44,6 +48,10 @@ MESSAGE_KIND_RESPONSE: MessageKind.ValueType  # 2
 """Body: sealed ResponseBody."""
 MESSAGE_KIND_REJECTION: MessageKind.ValueType  # 3
 """Body: clear Problem; the receiving side refused the request."""
+MESSAGE_KIND_EVENT: MessageKind.ValueType  # 4
+"""Body: sealed CaseEventBody; a case status event from the handling region (in_reply_to names
+the Submit request, case_no the case).
+"""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 @_typing.final
@@ -129,6 +137,7 @@ class Header(_message.Message):
     IN_REPLY_TO_FIELD_NUMBER: _builtins.int
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     ORIGIN_SYSTEM_FIELD_NUMBER: _builtins.int
+    CASE_NO_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """26-character ULID-like id, unique per message."""
     kind: Global___MessageKind.ValueType
@@ -157,6 +166,8 @@ class Header(_message.Message):
     """For responses and rejections: SHA-256 of the request envelope as received."""
     origin_system: _builtins.str
     """Partner system that originated the request (region-local system id), e.g. szgov-ywtb."""
+    case_no: _builtins.str
+    """Case number (办件编号) of a Submit request and of its status events; not personal data."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -183,10 +194,11 @@ class Header(_message.Message):
         in_reply_to: _builtins.str = ...,
         request_digest: _builtins.bytes = ...,
         origin_system: _builtins.str = ...,
+        case_no: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

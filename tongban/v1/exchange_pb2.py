@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/exchange.proto\x12\ntongban.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tApplicant\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12\r\n\x05id_no\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\"J\n\tRequester\x12\x10\n\x08org_uscc\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0foperator_digest\x18\x03 \x01(\t\"\xd4\x02\n\nGovernance\x12\x14\n\x0cpurpose_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_text\x18\x02 \x01(\t\x12+\n\x0blegal_basis\x18\x03 \x01(\x0e\x32\x16.tongban.v1.LegalBasis\x12\x17\n\x0flegal_reference\x18\x04 \x01(\t\x12\x19\n\x11\x63onsent_reference\x18\x05 \x01(\t\x12\x33\n\x0fshare_attribute\x18\x06 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x1a\n\x12\x61pproval_reference\x18\x07 \x01(\t\x12\x12\n\ndata_grade\x18\x08 \x01(\t\x12\x11\n\tsensitive\x18\t \x01(\x08\x12\x17\n\x0f\x64\x65\x63lared_fields\x18\n \x03(\t\x12(\n\trequester\x18\x0b \x01(\x0b\x32\x15.tongban.v1.Requester\"\x93\x02\n\x0eServiceRequest\x12\x14\n\x0cservice_code\x18\x01 \x01(\t\x12\x15\n\rtarget_region\x18\x02 \x01(\t\x12(\n\tapplicant\x18\x03 \x01(\x0b\x32\x15.tongban.v1.Applicant\x12\x36\n\x06\x66ields\x18\x04 \x03(\x0b\x32&.tongban.v1.ServiceRequest.FieldsEntry\x12*\n\ngovernance\x18\x05 \x01(\x0b\x32\x16.tongban.v1.Governance\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0cQueryRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.ServiceRequest\"\x89\x02\n\rQueryResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cservice_code\x18\x02 \x01(\t\x12\x18\n\x10responder_region\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0cresponded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x06 \x01(\x0c\x12\x17\n\x0fresponse_digest\x18\x07 \x01(\x0c\x12\x18\n\x10responder_key_id\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\":\n\x0bRequestBody\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.ServiceRequest\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"n\n\x07Problem\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x34\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1a.tongban.v1.FieldViolation\"\x9c\x01\n\x0cResponseBody\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.tongban.v1.ProblemH\x00\x12\x30\n\x0cresponded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome*i\n\rApplicantKind\x12\x1e\n\x1a\x41PPLICANT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PPLICANT_KIND_PERSON\x10\x01\x12\x1d\n\x19\x41PPLICANT_KIND_ENTERPRISE\x10\x02*b\n\nLegalBasis\x12\x1b\n\x17LEGAL_BASIS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aLEGAL_BASIS_STATUTORY_DUTY\x10\x01\x12\x17\n\x13LEGAL_BASIS_CONSENT\x10\x02*\x95\x01\n\x0eShareAttribute\x12\x1f\n\x1bSHARE_ATTRIBUTE_UNSPECIFIED\x10\x00\x12!\n\x1dSHARE_ATTRIBUTE_UNCONDITIONAL\x10\x01\x12\x1f\n\x1bSHARE_ATTRIBUTE_CONDITIONAL\x10\x02\x12\x1e\n\x1aSHARE_ATTRIBUTE_NOT_SHARED\x10\x03\x32H\n\x08\x45xchange\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/exchange.proto\x12\ntongban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tApplicant\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12\r\n\x05id_no\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\"J\n\tRequester\x12\x10\n\x08org_uscc\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0foperator_digest\x18\x03 \x01(\t\"\xd4\x02\n\nGovernance\x12\x14\n\x0cpurpose_code\x18\x01 \x01(\t\x12\x14\n\x0cpurpose_text\x18\x02 \x01(\t\x12+\n\x0blegal_basis\x18\x03 \x01(\x0e\x32\x16.tongban.v1.LegalBasis\x12\x17\n\x0flegal_reference\x18\x04 \x01(\t\x12\x19\n\x11\x63onsent_reference\x18\x05 \x01(\t\x12\x33\n\x0fshare_attribute\x18\x06 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x1a\n\x12\x61pproval_reference\x18\x07 \x01(\t\x12\x12\n\ndata_grade\x18\x08 \x01(\t\x12\x11\n\tsensitive\x18\t \x01(\x08\x12\x17\n\x0f\x64\x65\x63lared_fields\x18\n \x03(\t\x12(\n\trequester\x18\x0b \x01(\x0b\x32\x15.tongban.v1.Requester\"\x93\x02\n\x0eServiceRequest\x12\x14\n\x0cservice_code\x18\x01 \x01(\t\x12\x15\n\rtarget_region\x18\x02 \x01(\t\x12(\n\tapplicant\x18\x03 \x01(\x0b\x32\x15.tongban.v1.Applicant\x12\x36\n\x06\x66ields\x18\x04 \x03(\x0b\x32&.tongban.v1.ServiceRequest.FieldsEntry\x12*\n\ngovernance\x18\x05 \x01(\x0b\x32\x16.tongban.v1.Governance\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0cQueryRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.ServiceRequest\"\x89\x02\n\rQueryResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cservice_code\x18\x02 \x01(\t\x12\x18\n\x10responder_region\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0cresponded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x06 \x01(\x0c\x12\x17\n\x0fresponse_digest\x18\x07 \x01(\x0c\x12\x18\n\x10responder_key_id\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\":\n\x0bRequestBody\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.ServiceRequest\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"n\n\x07Problem\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x34\n\x10\x66ield_violations\x18\x04 \x03(\x0b\x32\x1a.tongban.v1.FieldViolation\"\x9c\x01\n\x0cResponseBody\x12\'\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12&\n\x07problem\x18\x02 \x01(\x0b\x32\x13.tongban.v1.ProblemH\x00\x12\x30\n\x0cresponded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome\"m\n\rSubmitRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.ServiceRequest\x12/\n\x0ctime_to_live\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa2\x01\n\x0eSubmitResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61se_no\x18\x02 \x01(\t\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erequest_digest\x18\x04 \x01(\x0c\x12\x10\n\x08trace_id\x18\x05 \x01(\t\x12\x10\n\x08replayed\x18\x06 \x01(\x08\"!\n\x0eGetCaseRequest\x12\x0f\n\x07\x63\x61se_no\x18\x01 \x01(\t\"1\n\x0fGetCaseResponse\x12\x1e\n\x04\x63\x61se\x18\x01 \x01(\x0b\x32\x10.tongban.v1.Case\";\n\x10WatchCaseRequest\x12\x0f\n\x07\x63\x61se_no\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\r\"9\n\x11WatchCaseResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.tongban.v1.CaseEvent\"\xaa\x02\n\tCaseEvent\x12\x0f\n\x07\x63\x61se_no\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\r\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.tongban.v1.CaseStatus\x12\x12\n\nlocal_code\x18\x04 \x01(\t\x12\x14\n\x0clocal_system\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0e\x64\x65livery_state\x18\x08 \x01(\x0e\x32\x19.tongban.v1.DeliveryState\x12\x10\n\x08\x65vent_id\x18\t \x01(\t\x12$\n\x07problem\x18\n \x01(\x0b\x32\x13.tongban.v1.Problem\"\x90\x03\n\x04\x43\x61se\x12\x0f\n\x07\x63\x61se_no\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x14\n\x0cservice_code\x18\x03 \x01(\t\x12\x17\n\x0fhandling_region\x18\x04 \x01(\t\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.tongban.v1.CaseStatus\x12\x12\n\nlocal_code\x18\x06 \x01(\t\x12\x14\n\x0clocal_system\x18\x07 \x01(\t\x12\x31\n\x0e\x64\x65livery_state\x18\x08 \x01(\x0e\x32\x19.tongban.v1.DeliveryState\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x0b \x01(\r\x12%\n\x06\x65vents\x18\x0c \x03(\x0b\x32\x15.tongban.v1.CaseEvent\x12\x10\n\x08trace_id\x18\r \x01(\t\"5\n\rCaseEventBody\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.tongban.v1.CaseEvent*i\n\rApplicantKind\x12\x1e\n\x1a\x41PPLICANT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41PPLICANT_KIND_PERSON\x10\x01\x12\x1d\n\x19\x41PPLICANT_KIND_ENTERPRISE\x10\x02*b\n\nLegalBasis\x12\x1b\n\x17LEGAL_BASIS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aLEGAL_BASIS_STATUTORY_DUTY\x10\x01\x12\x17\n\x13LEGAL_BASIS_CONSENT\x10\x02*\x95\x01\n\x0eShareAttribute\x12\x1f\n\x1bSHARE_ATTRIBUTE_UNSPECIFIED\x10\x00\x12!\n\x1dSHARE_ATTRIBUTE_UNCONDITIONAL\x10\x01\x12\x1f\n\x1bSHARE_ATTRIBUTE_CONDITIONAL\x10\x02\x12\x1e\n\x1aSHARE_ATTRIBUTE_NOT_SHARED\x10\x03*\x88\x04\n\nCaseStatus\x12\x1b\n\x17\x43\x41SE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41SE_STATUS_RECEIVED\x10\x01\x12\x19\n\x15\x43\x41SE_STATUS_WITHDRAWN\x10\x02\x12\x18\n\x14\x43\x41SE_STATUS_ACCEPTED\x10\x03\x12\x1c\n\x18\x43\x41SE_STATUS_NOT_ACCEPTED\x10\x04\x12\"\n\x1e\x43\x41SE_STATUS_REFUSED_ACCEPTANCE\x10\x05\x12$\n CASE_STATUS_SUPPLEMENT_REQUESTED\x10\x06\x12#\n\x1f\x43\x41SE_STATUS_SUPPLEMENT_RECEIVED\x10\x07\x12\x1a\n\x16\x43\x41SE_STATUS_PROCESSING\x10\x08\x12)\n%CASE_STATUS_SPECIAL_PROCEDURE_STARTED\x10\t\x12\'\n#CASE_STATUS_SPECIAL_PROCEDURE_ENDED\x10\n\x12\x18\n\x14\x43\x41SE_STATUS_APPROVED\x10\x0b\x12+\n\'CASE_STATUS_APPROVED_MATERIALS_DEFERRED\x10\x0c\x12\x17\n\x13\x43\x41SE_STATUS_REFUSED\x10\r\x12\x18\n\x14\x43\x41SE_STATUS_RECALLED\x10\x0e\x12\x17\n\x13\x43\x41SE_STATUS_REVOKED\x10\x0f*\xe3\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATE_ACCEPTED\x10\x01\x12\x1c\n\x18\x44\x45LIVERY_STATE_FORWARDED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_STATE_PROCESSED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_EXPIRED\x10\x04\x12 \n\x1c\x44\x45LIVERY_STATE_DEAD_LETTERED\x10\x05\x12\x1b\n\x17\x44\x45LIVERY_STATE_REJECTED\x10\x06\x32\x99\x02\n\x08\x45xchange\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponse\x12?\n\x06Submit\x12\x19.tongban.v1.SubmitRequest\x1a\x1a.tongban.v1.SubmitResponse\x12\x42\n\x07GetCase\x12\x1a.tongban.v1.GetCaseRequest\x1a\x1b.tongban.v1.GetCaseResponse\x12J\n\tWatchCase\x12\x1c.tongban.v1.WatchCaseRequest\x1a\x1d.tongban.v1.WatchCaseResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVICEREQUEST_FIELDSENTRY']._loaded_options = None
   _globals['_SERVICEREQUEST_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_APPLICANTKIND']._serialized_start=1613
-  _globals['_APPLICANTKIND']._serialized_end=1718
-  _globals['_LEGALBASIS']._serialized_start=1720
-  _globals['_LEGALBASIS']._serialized_end=1818
-  _globals['_SHAREATTRIBUTE']._serialized_start=1821
-  _globals['_SHAREATTRIBUTE']._serialized_end=1970
-  _globals['_APPLICANT']._serialized_start=104
-  _globals['_APPLICANT']._serialized_end=200
-  _globals['_REQUESTER']._serialized_start=202
-  _globals['_REQUESTER']._serialized_end=276
-  _globals['_GOVERNANCE']._serialized_start=279
-  _globals['_GOVERNANCE']._serialized_end=619
-  _globals['_SERVICEREQUEST']._serialized_start=622
-  _globals['_SERVICEREQUEST']._serialized_end=897
-  _globals['_SERVICEREQUEST_FIELDSENTRY']._serialized_start=852
-  _globals['_SERVICEREQUEST_FIELDSENTRY']._serialized_end=897
-  _globals['_QUERYREQUEST']._serialized_start=899
-  _globals['_QUERYREQUEST']._serialized_end=958
-  _globals['_QUERYRESPONSE']._serialized_start=961
-  _globals['_QUERYRESPONSE']._serialized_end=1226
-  _globals['_REQUESTBODY']._serialized_start=1228
-  _globals['_REQUESTBODY']._serialized_end=1286
-  _globals['_FIELDVIOLATION']._serialized_start=1288
-  _globals['_FIELDVIOLATION']._serialized_end=1340
-  _globals['_PROBLEM']._serialized_start=1342
-  _globals['_PROBLEM']._serialized_end=1452
-  _globals['_RESPONSEBODY']._serialized_start=1455
-  _globals['_RESPONSEBODY']._serialized_end=1611
-  _globals['_EXCHANGE']._serialized_start=1972
-  _globals['_EXCHANGE']._serialized_end=2044
+  _globals['_APPLICANTKIND']._serialized_start=2886
+  _globals['_APPLICANTKIND']._serialized_end=2991
+  _globals['_LEGALBASIS']._serialized_start=2993
+  _globals['_LEGALBASIS']._serialized_end=3091
+  _globals['_SHAREATTRIBUTE']._serialized_start=3094
+  _globals['_SHAREATTRIBUTE']._serialized_end=3243
+  _globals['_CASESTATUS']._serialized_start=3246
+  _globals['_CASESTATUS']._serialized_end=3766
+  _globals['_DELIVERYSTATE']._serialized_start=3769
+  _globals['_DELIVERYSTATE']._serialized_end=3996
+  _globals['_APPLICANT']._serialized_start=136
+  _globals['_APPLICANT']._serialized_end=232
+  _globals['_REQUESTER']._serialized_start=234
+  _globals['_REQUESTER']._serialized_end=308
+  _globals['_GOVERNANCE']._serialized_start=311
+  _globals['_GOVERNANCE']._serialized_end=651
+  _globals['_SERVICEREQUEST']._serialized_start=654
+  _globals['_SERVICEREQUEST']._serialized_end=929
+  _globals['_SERVICEREQUEST_FIELDSENTRY']._serialized_start=884
+  _globals['_SERVICEREQUEST_FIELDSENTRY']._serialized_end=929
+  _globals['_QUERYREQUEST']._serialized_start=931
+  _globals['_QUERYREQUEST']._serialized_end=990
+  _globals['_QUERYRESPONSE']._serialized_start=993
+  _globals['_QUERYRESPONSE']._serialized_end=1258
+  _globals['_REQUESTBODY']._serialized_start=1260
+  _globals['_REQUESTBODY']._serialized_end=1318
+  _globals['_FIELDVIOLATION']._serialized_start=1320
+  _globals['_FIELDVIOLATION']._serialized_end=1372
+  _globals['_PROBLEM']._serialized_start=1374
+  _globals['_PROBLEM']._serialized_end=1484
+  _globals['_RESPONSEBODY']._serialized_start=1487
+  _globals['_RESPONSEBODY']._serialized_end=1643
+  _globals['_SUBMITREQUEST']._serialized_start=1645
+  _globals['_SUBMITREQUEST']._serialized_end=1754
+  _globals['_SUBMITRESPONSE']._serialized_start=1757
+  _globals['_SUBMITRESPONSE']._serialized_end=1919
+  _globals['_GETCASEREQUEST']._serialized_start=1921
+  _globals['_GETCASEREQUEST']._serialized_end=1954
+  _globals['_GETCASERESPONSE']._serialized_start=1956
+  _globals['_GETCASERESPONSE']._serialized_end=2005
+  _globals['_WATCHCASEREQUEST']._serialized_start=2007
+  _globals['_WATCHCASEREQUEST']._serialized_end=2066
+  _globals['_WATCHCASERESPONSE']._serialized_start=2068
+  _globals['_WATCHCASERESPONSE']._serialized_end=2125
+  _globals['_CASEEVENT']._serialized_start=2128
+  _globals['_CASEEVENT']._serialized_end=2426
+  _globals['_CASE']._serialized_start=2429
+  _globals['_CASE']._serialized_end=2829
+  _globals['_CASEEVENTBODY']._serialized_start=2831
+  _globals['_CASEEVENTBODY']._serialized_end=2884
+  _globals['_EXCHANGE']._serialized_start=3999
+  _globals['_EXCHANGE']._serialized_end=4280
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -90,6 +91,118 @@ SHARE_ATTRIBUTE_CONDITIONAL: ShareAttribute.ValueType  # 2
 SHARE_ATTRIBUTE_NOT_SHARED: ShareAttribute.ValueType  # 3
 """不予共享"""
 Global___ShareAttribute: _TypeAlias = ShareAttribute  # noqa: Y015
+
+class _CaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CASE_STATUS_UNSPECIFIED: _CaseStatus.ValueType  # 0
+    CASE_STATUS_RECEIVED: _CaseStatus.ValueType  # 1
+    """1 已接件"""
+    CASE_STATUS_WITHDRAWN: _CaseStatus.ValueType  # 2
+    """2 已撤件 (terminal)"""
+    CASE_STATUS_ACCEPTED: _CaseStatus.ValueType  # 3
+    """3 已受理"""
+    CASE_STATUS_NOT_ACCEPTED: _CaseStatus.ValueType  # 4
+    """4 不受理 (terminal)"""
+    CASE_STATUS_REFUSED_ACCEPTANCE: _CaseStatus.ValueType  # 5
+    """5 不予受理 (terminal)"""
+    CASE_STATUS_SUPPLEMENT_REQUESTED: _CaseStatus.ValueType  # 6
+    """6 补正（开始）"""
+    CASE_STATUS_SUPPLEMENT_RECEIVED: _CaseStatus.ValueType  # 7
+    """7 补正（结束）"""
+    CASE_STATUS_PROCESSING: _CaseStatus.ValueType  # 8
+    """8 部门开始办理"""
+    CASE_STATUS_SPECIAL_PROCEDURE_STARTED: _CaseStatus.ValueType  # 9
+    """9 特别程序（开始）"""
+    CASE_STATUS_SPECIAL_PROCEDURE_ENDED: _CaseStatus.ValueType  # 10
+    """10 特别程序（结束）"""
+    CASE_STATUS_APPROVED: _CaseStatus.ValueType  # 11
+    """11 办结（通过） (terminal)"""
+    CASE_STATUS_APPROVED_MATERIALS_DEFERRED: _CaseStatus.ValueType  # 12
+    """12 办结（容缺通过） (terminal)"""
+    CASE_STATUS_REFUSED: _CaseStatus.ValueType  # 13
+    """13 办结（不通过） (terminal)"""
+    CASE_STATUS_RECALLED: _CaseStatus.ValueType  # 14
+    """14 撤回 (terminal)"""
+    CASE_STATUS_REVOKED: _CaseStatus.ValueType  # 15
+    """15 撤销 (terminal)"""
+
+class CaseStatus(_CaseStatus, metaclass=_CaseStatusEnumTypeWrapper):
+    """CaseStatus is the canonical case status (办理状态 BLZT); values equal the BLZT codes."""
+
+CASE_STATUS_UNSPECIFIED: CaseStatus.ValueType  # 0
+CASE_STATUS_RECEIVED: CaseStatus.ValueType  # 1
+"""1 已接件"""
+CASE_STATUS_WITHDRAWN: CaseStatus.ValueType  # 2
+"""2 已撤件 (terminal)"""
+CASE_STATUS_ACCEPTED: CaseStatus.ValueType  # 3
+"""3 已受理"""
+CASE_STATUS_NOT_ACCEPTED: CaseStatus.ValueType  # 4
+"""4 不受理 (terminal)"""
+CASE_STATUS_REFUSED_ACCEPTANCE: CaseStatus.ValueType  # 5
+"""5 不予受理 (terminal)"""
+CASE_STATUS_SUPPLEMENT_REQUESTED: CaseStatus.ValueType  # 6
+"""6 补正（开始）"""
+CASE_STATUS_SUPPLEMENT_RECEIVED: CaseStatus.ValueType  # 7
+"""7 补正（结束）"""
+CASE_STATUS_PROCESSING: CaseStatus.ValueType  # 8
+"""8 部门开始办理"""
+CASE_STATUS_SPECIAL_PROCEDURE_STARTED: CaseStatus.ValueType  # 9
+"""9 特别程序（开始）"""
+CASE_STATUS_SPECIAL_PROCEDURE_ENDED: CaseStatus.ValueType  # 10
+"""10 特别程序（结束）"""
+CASE_STATUS_APPROVED: CaseStatus.ValueType  # 11
+"""11 办结（通过） (terminal)"""
+CASE_STATUS_APPROVED_MATERIALS_DEFERRED: CaseStatus.ValueType  # 12
+"""12 办结（容缺通过） (terminal)"""
+CASE_STATUS_REFUSED: CaseStatus.ValueType  # 13
+"""13 办结（不通过） (terminal)"""
+CASE_STATUS_RECALLED: CaseStatus.ValueType  # 14
+"""14 撤回 (terminal)"""
+CASE_STATUS_REVOKED: CaseStatus.ValueType  # 15
+"""15 撤销 (terminal)"""
+Global___CaseStatus: _TypeAlias = CaseStatus  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    DELIVERY_STATE_ACCEPTED: _DeliveryState.ValueType  # 1
+    """Durable in the sending region (ledger and outbound stream)."""
+    DELIVERY_STATE_FORWARDED: _DeliveryState.ValueType  # 2
+    """Stored in the handling region's inbound stream."""
+    DELIVERY_STATE_PROCESSED: _DeliveryState.ValueType  # 3
+    """The handling region's back end took the case; status events follow."""
+    DELIVERY_STATE_EXPIRED: _DeliveryState.ValueType  # 4
+    """The deadline passed before the case was processed: it never will be."""
+    DELIVERY_STATE_DEAD_LETTERED: _DeliveryState.ValueType  # 5
+    """The handling region gave up after the configured attempts; an operator can replay it."""
+    DELIVERY_STATE_REJECTED: _DeliveryState.ValueType  # 6
+    """The handling region refused the request (signed Problem)."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """DeliveryState is where a durable request is on its way; separate from the case status."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+DELIVERY_STATE_ACCEPTED: DeliveryState.ValueType  # 1
+"""Durable in the sending region (ledger and outbound stream)."""
+DELIVERY_STATE_FORWARDED: DeliveryState.ValueType  # 2
+"""Stored in the handling region's inbound stream."""
+DELIVERY_STATE_PROCESSED: DeliveryState.ValueType  # 3
+"""The handling region's back end took the case; status events follow."""
+DELIVERY_STATE_EXPIRED: DeliveryState.ValueType  # 4
+"""The deadline passed before the case was processed: it never will be."""
+DELIVERY_STATE_DEAD_LETTERED: DeliveryState.ValueType  # 5
+"""The handling region gave up after the configured attempts; an operator can replay it."""
+DELIVERY_STATE_REJECTED: DeliveryState.ValueType  # 6
+"""The handling region refused the request (signed Problem)."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 @_typing.final
 class Applicant(_message.Message):
@@ -465,3 +578,308 @@ class ResponseBody(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___ResponseBody: _TypeAlias = ResponseBody  # noqa: Y015
+
+@_typing.final
+class SubmitRequest(_message.Message):
+    """SubmitRequest is the request of Exchange.Submit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIME_TO_LIVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___ServiceRequest: ...
+    @_builtins.property
+    def time_to_live(self) -> _duration_pb2.Duration:
+        """How long the handling region may take to pick the case up; unset: the catalogue item's default."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___ServiceRequest | None = ...,
+        time_to_live: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "time_to_live", b"time_to_live"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "time_to_live", b"time_to_live"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitRequest: _TypeAlias = SubmitRequest  # noqa: Y015
+
+@_typing.final
+class SubmitResponse(_message.Message):
+    """SubmitResponse is the receipt of an accepted Submit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CASE_NO_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """Message id of the request (the id to trace it by)."""
+    case_no: _builtins.str
+    """Case number (办件编号) to read and watch the case by."""
+    request_digest: _builtins.bytes
+    """SHA-256 of the request envelope as sent."""
+    trace_id: _builtins.str
+    """W3C trace id (hex) of the exchange."""
+    replayed: _builtins.bool
+    """True when this answers a repeated idempotency key: the receipt of the first Submit."""
+    @_builtins.property
+    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        case_no: _builtins.str = ...,
+        accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        request_digest: _builtins.bytes = ...,
+        trace_id: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "case_no", b"case_no", "message_id", b"message_id", "replayed", b"replayed", "request_digest", b"request_digest", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitResponse: _TypeAlias = SubmitResponse  # noqa: Y015
+
+@_typing.final
+class GetCaseRequest(_message.Message):
+    """GetCaseRequest names a case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NO_FIELD_NUMBER: _builtins.int
+    case_no: _builtins.str
+    def __init__(
+        self,
+        *,
+        case_no: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseRequest: _TypeAlias = GetCaseRequest  # noqa: Y015
+
+@_typing.final
+class GetCaseResponse(_message.Message):
+    """GetCaseResponse holds the case."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def case(self) -> Global___Case: ...
+    def __init__(
+        self,
+        *,
+        case: Global___Case | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case", b"case"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaseResponse: _TypeAlias = GetCaseResponse  # noqa: Y015
+
+@_typing.final
+class WatchCaseRequest(_message.Message):
+    """WatchCaseRequest names a case and where to resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NO_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    case_no: _builtins.str
+    after_sequence: _builtins.int
+    """Stream events with a greater sequence; 0 streams every event."""
+    def __init__(
+        self,
+        *,
+        case_no: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "case_no", b"case_no"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCaseRequest: _TypeAlias = WatchCaseRequest  # noqa: Y015
+
+@_typing.final
+class WatchCaseResponse(_message.Message):
+    """WatchCaseResponse is one streamed event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___CaseEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___CaseEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCaseResponse: _TypeAlias = WatchCaseResponse  # noqa: Y015
+
+@_typing.final
+class CaseEvent(_message.Message):
+    """CaseEvent is one status event of a case, as the handling region signed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NO_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LOCAL_CODE_FIELD_NUMBER: _builtins.int
+    LOCAL_SYSTEM_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERY_STATE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    case_no: _builtins.str
+    sequence: _builtins.int
+    """1, 2, 3, ... per case, in the order the handling region emitted them; 0 for a delivery failure
+    the sending region noticed itself.
+    """
+    status: Global___CaseStatus.ValueType
+    local_code: _builtins.str
+    """The handling region's own status code and system, kept beside the canonical one."""
+    local_system: _builtins.str
+    note: _builtins.str
+    """Short note for the applicant or the collecting window (may hold personal data: sealed)."""
+    delivery_state: Global___DeliveryState.ValueType
+    event_id: _builtins.str
+    """Message id of the signed event envelope."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def problem(self) -> Global___Problem:
+        """Why delivery failed (expired, dead-lettered, refused)."""
+
+    def __init__(
+        self,
+        *,
+        case_no: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        status: Global___CaseStatus.ValueType = ...,
+        local_code: _builtins.str = ...,
+        local_system: _builtins.str = ...,
+        note: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        delivery_state: Global___DeliveryState.ValueType = ...,
+        event_id: _builtins.str = ...,
+        problem: Global___Problem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "problem", b"problem"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "delivery_state", b"delivery_state", "event_id", b"event_id", "local_code", b"local_code", "local_system", b"local_system", "note", b"note", "occurred_at", b"occurred_at", "problem", b"problem", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseEvent: _TypeAlias = CaseEvent  # noqa: Y015
+
+@_typing.final
+class Case(_message.Message):
+    """Case is a case as the submitting region knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NO_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_CODE_FIELD_NUMBER: _builtins.int
+    HANDLING_REGION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LOCAL_CODE_FIELD_NUMBER: _builtins.int
+    LOCAL_SYSTEM_FIELD_NUMBER: _builtins.int
+    DELIVERY_STATE_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    case_no: _builtins.str
+    message_id: _builtins.str
+    """Message id of the Submit request."""
+    service_code: _builtins.str
+    handling_region: _builtins.str
+    status: Global___CaseStatus.ValueType
+    """The latest canonical status (UNSPECIFIED until the handling region reports one)."""
+    local_code: _builtins.str
+    local_system: _builtins.str
+    delivery_state: Global___DeliveryState.ValueType
+    last_sequence: _builtins.int
+    """Sequence of the latest event."""
+    trace_id: _builtins.str
+    @_builtins.property
+    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseEvent]:
+        """Every event so far, in sequence order."""
+
+    def __init__(
+        self,
+        *,
+        case_no: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        service_code: _builtins.str = ...,
+        handling_region: _builtins.str = ...,
+        status: Global___CaseStatus.ValueType = ...,
+        local_code: _builtins.str = ...,
+        local_system: _builtins.str = ...,
+        delivery_state: Global___DeliveryState.ValueType = ...,
+        accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        last_sequence: _builtins.int = ...,
+        events: _abc.Iterable[Global___CaseEvent] | None = ...,
+        trace_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "case_no", b"case_no", "delivery_state", b"delivery_state", "events", b"events", "handling_region", b"handling_region", "last_sequence", b"last_sequence", "local_code", b"local_code", "local_system", b"local_system", "message_id", b"message_id", "service_code", b"service_code", "status", b"status", "trace_id", b"trace_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Case: _TypeAlias = Case  # noqa: Y015
+
+@_typing.final
+class CaseEventBody(_message.Message):
+    """CaseEventBody is the plaintext of a sealed case event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___CaseEvent: ...
+    def __init__(
+        self,
+        *,
+        event: Global___CaseEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseEventBody: _TypeAlias = CaseEventBody  # noqa: Y015

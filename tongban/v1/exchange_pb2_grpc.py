@@ -40,6 +40,21 @@ class ExchangeStub:
                 request_serializer=tongban_dot_v1_dot_exchange__pb2.QueryRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_exchange__pb2.QueryResponse.FromString,
                 _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/tongban.v1.Exchange/Submit',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+                _registered_method=True)
+        self.GetCase = channel.unary_unary(
+                '/tongban.v1.Exchange/GetCase',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.GetCaseRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.GetCaseResponse.FromString,
+                _registered_method=True)
+        self.WatchCase = channel.unary_stream(
+                '/tongban.v1.Exchange/WatchCase',
+                request_serializer=tongban_dot_v1_dot_exchange__pb2.WatchCaseRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_exchange__pb2.WatchCaseResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServicer:
@@ -54,6 +69,31 @@ class ExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Submit(self, request, context):
+        """Submit hands a case (异地代收代办, 多地联办, 全程网办) to the handling region. It returns a receipt
+        as soon as the request is durable in this region (ledger and outbound stream); delivery to the
+        handling region follows, store-and-forward, even if that region is down right now. A repeated
+        idempotency key returns the first receipt and never creates a second case.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCase(self, request, context):
+        """GetCase reads a case submitted through this region: its status and every event so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCase(self, request, context):
+        """WatchCase streams a case's status events in order, from after_sequence on, and ends when the
+        case reaches a terminal status or its delivery fails (expired, dead-lettered, refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +101,21 @@ def add_ExchangeServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=tongban_dot_v1_dot_exchange__pb2.QueryRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_exchange__pb2.QueryResponse.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.SubmitRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.SubmitResponse.SerializeToString,
+            ),
+            'GetCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCase,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.GetCaseRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.GetCaseResponse.SerializeToString,
+            ),
+            'WatchCase': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCase,
+                    request_deserializer=tongban_dot_v1_dot_exchange__pb2.WatchCaseRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_exchange__pb2.WatchCaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +146,87 @@ class Exchange:
             '/tongban.v1.Exchange/Query',
             tongban_dot_v1_dot_exchange__pb2.QueryRequest.SerializeToString,
             tongban_dot_v1_dot_exchange__pb2.QueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Exchange/Submit',
+            tongban_dot_v1_dot_exchange__pb2.SubmitRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.SubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.Exchange/GetCase',
+            tongban_dot_v1_dot_exchange__pb2.GetCaseRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.GetCaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tongban.v1.Exchange/WatchCase',
+            tongban_dot_v1_dot_exchange__pb2.WatchCaseRequest.SerializeToString,
+            tongban_dot_v1_dot_exchange__pb2.WatchCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

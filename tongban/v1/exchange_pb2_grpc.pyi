@@ -37,6 +37,18 @@ class ExchangeStub:
     """Query asks another region's back end for data (数据核验 / record look-up) and waits for the
     verified answer within the call's deadline.
     """
+    Submit: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]
+    """Submit hands a case (异地代收代办, 多地联办, 全程网办) to the handling region. It returns a receipt
+    as soon as the request is durable in this region (ledger and outbound stream); delivery to the
+    handling region follows, store-and-forward, even if that region is down right now. A repeated
+    idempotency key returns the first receipt and never creates a second case.
+    """
+    GetCase: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetCaseRequest, _exchange_pb2.GetCaseResponse]
+    """GetCase reads a case submitted through this region: its status and every event so far."""
+    WatchCase: _grpc.UnaryStreamMultiCallable[_exchange_pb2.WatchCaseRequest, _exchange_pb2.WatchCaseResponse]
+    """WatchCase streams a case's status events in order, from after_sequence on, and ends when the
+    case reaches a terminal status or its delivery fails (expired, dead-lettered, refused).
+    """
 
 @_typing.type_check_only
 class ExchangeAsyncStub(ExchangeStub):
@@ -46,6 +58,18 @@ class ExchangeAsyncStub(ExchangeStub):
     Query: _aio.UnaryUnaryMultiCallable[_exchange_pb2.QueryRequest, _exchange_pb2.QueryResponse]  # type: ignore[assignment]
     """Query asks another region's back end for data (数据核验 / record look-up) and waits for the
     verified answer within the call's deadline.
+    """
+    Submit: _aio.UnaryUnaryMultiCallable[_exchange_pb2.SubmitRequest, _exchange_pb2.SubmitResponse]  # type: ignore[assignment]
+    """Submit hands a case (异地代收代办, 多地联办, 全程网办) to the handling region. It returns a receipt
+    as soon as the request is durable in this region (ledger and outbound stream); delivery to the
+    handling region follows, store-and-forward, even if that region is down right now. A repeated
+    idempotency key returns the first receipt and never creates a second case.
+    """
+    GetCase: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetCaseRequest, _exchange_pb2.GetCaseResponse]  # type: ignore[assignment]
+    """GetCase reads a case submitted through this region: its status and every event so far."""
+    WatchCase: _aio.UnaryStreamMultiCallable[_exchange_pb2.WatchCaseRequest, _exchange_pb2.WatchCaseResponse]  # type: ignore[assignment]
+    """WatchCase streams a case's status events in order, from after_sequence on, and ends when the
+    case reaches a terminal status or its delivery fails (expired, dead-lettered, refused).
     """
 
 class ExchangeServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +83,36 @@ class ExchangeServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_exchange_pb2.QueryResponse, _abc.Awaitable[_exchange_pb2.QueryResponse]]:
         """Query asks another region's back end for data (数据核验 / record look-up) and waits for the
         verified answer within the call's deadline.
+        """
+
+    @_abc_1.abstractmethod
+    def Submit(
+        self,
+        request: _exchange_pb2.SubmitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.SubmitResponse, _abc.Awaitable[_exchange_pb2.SubmitResponse]]:
+        """Submit hands a case (异地代收代办, 多地联办, 全程网办) to the handling region. It returns a receipt
+        as soon as the request is durable in this region (ledger and outbound stream); delivery to the
+        handling region follows, store-and-forward, even if that region is down right now. A repeated
+        idempotency key returns the first receipt and never creates a second case.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCase(
+        self,
+        request: _exchange_pb2.GetCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.GetCaseResponse, _abc.Awaitable[_exchange_pb2.GetCaseResponse]]:
+        """GetCase reads a case submitted through this region: its status and every event so far."""
+
+    @_abc_1.abstractmethod
+    def WatchCase(
+        self,
+        request: _exchange_pb2.WatchCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.WatchCaseResponse], _abc.AsyncIterator[_exchange_pb2.WatchCaseResponse]]:
+        """WatchCase streams a case's status events in order, from after_sequence on, and ends when the
+        case reaches a terminal status or its delivery fails (expired, dead-lettered, refused).
         """
 
 def add_ExchangeServicer_to_server(servicer: ExchangeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

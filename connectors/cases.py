@@ -1,0 +1,486 @@
+"""The connector's durable side: Submit requests from the region's inbound stream, status events back.
+
+Replicas of a region share one durable pull consumer on ``IN_<region>``, so they split the work and a
+killed replica's unacknowledged requests go to the others after the ack wait. For each request:
+
+1. verify (signature, recipient, subject, clock skew). An envelope that does not verify or decode is
+   *poison*: dead-lettered with its reason, recorded REJECTED, terminated at once, never retried;
+2. already processed (a redelivery)? re-send its stored events, ack: no second back-end call;
+3. past its deadline? never processed: EXPIRED in the ledger and a signed EXPIRED event to the sender;
+4. open, authorise, validate; a refusal becomes a signed REJECTED event (the sender is verified);
+5. RECEIVED in the ledger, then the back end (``CaseAdapter.submit_case``, idempotent on the message
+   id). A failure is retried after the service's back-off (``nak(delay)``) until its maximum number of
+   attempts, then the request is dead-lettered (DLQ stream, DEAD_LETTERED entry, event to the sender);
+6. the outcome and the signed status events are committed to the connector's state store, then
+   PROCESSED and STATUS entries to the ledger, then the events go to the outbound stream (the
+   region's forwarder carries them to the sender), and only then is the request acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+import structlog
+from grpc import StatusCode
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from opentelemetry.trace import SpanKind
+
+from connectors.adapters import AdapterFailure, AdapterRequest, CaseAdapter, StatusUpdate, submit_via_call
+from connectors.state import ConnectorState, OutEvent
+from ledger import EntryDraft, Event
+from tongban import envelope, messages, subjects, telemetry
+from tongban.delivery import policy_for
+from tongban.envelope import EnvelopeRejected, Reason
+from tongban.errors import NotFound, TongbanError
+from tongban.forwarder import Forwarder
+from tongban.ids import new_message_id
+from tongban.streams import ensure_consumer, ensure_streams
+from tongban.v1 import envelope_pb2, exchange_pb2
+
+if TYPE_CHECKING:
+    from connectors.runtime import Connector
+
+log = structlog.get_logger("tongban.connector")
+
+_KIND_NAMES = {
+    exchange_pb2.APPLICANT_KIND_PERSON: "person",
+    exchange_pb2.APPLICANT_KIND_ENTERPRISE: "enterprise",
+}
+_OUTCOME_EVENT = {
+    exchange_pb2.DELIVERY_STATE_PROCESSED: Event.PROCESSED,
+    exchange_pb2.DELIVERY_STATE_EXPIRED: Event.EXPIRED,
+    exchange_pb2.DELIVERY_STATE_REJECTED: Event.REJECTED,
+    exchange_pb2.DELIVERY_STATE_DEAD_LETTERED: Event.DEAD_LETTERED,
+}
+
+
+class CaseWorker:
+    """Consumes ``IN_<region>`` and forwards the region's events. ``start()``/``stop()``, idempotent."""
+
+    def __init__(self, connector: Connector, state: ConnectorState, nc: NATS) -> None:
+        self.connector = connector
+        self.cfg = connector.cfg
+        self.region = connector.region
+        self.ledger = connector.ledger
+        self.state = state
+        self.nc = nc
+        self.tracer = connector.tracer
+        self._js: JetStreamContext | None = None
+        self._forwarder: Forwarder | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(max(1, self.cfg.connector.fetch_batch))
+        self._stopping = False
+        self.processed = 0
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        c = self.cfg.connector
+        js = await ensure_streams(self.nc, self.region)
+        self._js = js
+        stream = subjects.inbound_stream_name(self.region)
+        await ensure_consumer(
+            js,
+            stream,
+            subjects.Durable.CONNECTOR,
+            filter_subject=subjects.request_wildcard(self.region),
+            ack_wait_s=c.ack_wait_s,
+            max_ack_pending=max(1, c.fetch_batch) * 4,
+        )
+        sub = await js.pull_subscribe_bind(durable=subjects.Durable.CONNECTOR, stream=stream)
+        self._forwarder = Forwarder(
+            self.nc,
+            self.region,
+            subjects.OutKind.EVENT,
+            ack_wait_s=self.cfg.gateway.ack_wait_s,
+            retry_max_s=self.cfg.gateway.forward_retry_max_s,
+            publish_timeout_s=self.cfg.gateway.publish_timeout_s,
+        )
+        await self._forwarder.start()
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(sub), name="case-worker")
+
+    async def stop(self) -> None:
+        """Stop fetching, let in-flight requests finish (or be redelivered later), stop forwarding."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        # Events of requests still in flight wait in the outbound stream for the next forwarder
+        # of the region (another replica, or this one restarted): stopping it now loses nothing.
+        stops = [asyncio.wait_for(task, 2.0)]
+        if self._forwarder is not None:
+            stops.append(self._forwarder.stop())
+        await asyncio.gather(*stops, return_exceptions=True)
+        if self._inflight:
+            _, late = await asyncio.wait(self._inflight, timeout=self.cfg.nats.drain_timeout_s)
+            for t in late:
+                t.cancel()  # not acked: redelivered to another replica after the ack wait
+            if late:
+                await asyncio.wait(late)
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        batch = max(1, self.cfg.connector.fetch_batch)
+        try:
+            while not self._stopping:
+                free = batch - len(self._inflight)
+                if free <= 0:
+                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await sub.fetch(free, timeout=0.25)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:
+                    log.warning("cases.fetch_failed", error=type(exc).__name__)
+                    await asyncio.sleep(0.2)
+                    continue
+                for msg in msgs:
+                    t = asyncio.create_task(self._handle(msg))
+                    self._inflight.add(t)
+                    t.add_done_callback(self._inflight.discard)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    # -- one request ------------------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        now = time.time()
+        try:
+            _, header = envelope.parse(msg.data)
+        except EnvelopeRejected:
+            header = None
+        mid, svc, peer = self.connector._labels(header)
+        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
+        with (
+            structlog.contextvars.bound_contextvars(
+                region=self.region, message_id=mid, service_code=svc, peer_region=peer
+            ),
+            self.tracer.start_as_current_span(
+                "connector.receive",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": subjects.request_wildcard(self.region),
+                    "tongban.region": self.region,
+                    "tongban.message_id": mid,
+                    "tongban.service_code": svc,
+                    "tongban.peer_region": peer,
+                },
+            ),
+        ):
+            try:
+                await self._process(msg, header, now)
+            except Exception as exc:
+                # A bug or the ledger/state failing: not acked, so it is redelivered after a pause.
+                log.error("cases.internal_error", error=type(exc).__name__)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+
+    async def _process(self, msg: Msg, header: envelope_pb2.Header | None, now: float) -> None:
+        try:
+            verified = self.connector.verify_request(msg.subject, msg.data, now, durable=True)
+        except TongbanError as exc:
+            await self._poison(msg, header, exc)
+            return
+        h = verified.header
+        done = await self.state.processed(h.message_id)
+        if done is not None:
+            outcome, events = done
+            await self._ensure_ledger(verified, outcome, events)
+            await self._send(events)
+            await msg.ack_sync()
+            log.info("cases.redelivered_done", outcome=outcome)
+            return
+        if messages.seconds(h.deadline) <= now:
+            problem = exchange_pb2.Problem(
+                reason=Reason.EXPIRED,
+                message="the request's deadline passed before it could be processed",
+                code=StatusCode.DEADLINE_EXCEEDED.value[0],
+            )
+            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_EXPIRED, problem)
+            return
+        try:
+            request, item, adapter = self.connector.open_request(verified)
+        except TongbanError as exc:
+            problem = exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
+            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_REJECTED, problem)
+            return
+        c = self.cfg.connector
+        policy = policy_for(
+            item,
+            default_backoff_s=tuple(float(b) for b in c.backoff_s),
+            default_max_attempts=c.max_attempts,
+            default_ttl_s=self.cfg.gateway.submit_ttl_s,
+        )
+        attempt = _attempt(msg)
+        trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
+        # Every access to the back end is on record before it happens.
+        await self.ledger.append(
+            EntryDraft(
+                Event.RECEIVED,
+                h.message_id,
+                h.from_region,
+                h.service_code,
+                verified.digest,
+                trace_id,
+                f"case={h.case_no} attempt={attempt}",
+            )
+        )
+        areq = AdapterRequest(
+            message_id=h.message_id,
+            service_code=h.service_code,
+            requester_region=h.from_region,
+            applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
+            applicant_id=request.applicant.id_no,
+            applicant_name=request.applicant.name,
+            fields=dict(request.fields),
+            declared_fields=tuple(request.governance.declared_fields),
+            case_no=h.case_no,
+        )
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            with self.tracer.start_as_current_span(
+                "connector.adapter", attributes={"tongban.service_code": h.service_code}
+            ):
+                remaining = messages.seconds(h.deadline) - time.time()
+                async with asyncio.timeout(max(remaining, 0.001)):
+                    if isinstance(adapter, CaseAdapter):
+                        updates = list(await adapter.submit_case(areq))
+                    else:
+                        updates = await submit_via_call(adapter, areq)
+        except (AdapterFailure, NotFound, TimeoutError, Exception) as exc:
+            reason = (
+                exc.reason
+                if isinstance(exc, TongbanError)
+                else ("BACKEND_TIMEOUT" if isinstance(exc, TimeoutError) else "BACKEND_ERROR")
+            )
+            if attempt >= policy.max_attempts:
+                await self._dead_letter(msg, verified, reason, attempt)
+                return
+            delay = policy.delay_after(attempt)
+            log.warning("cases.retry", reason=reason, attempt=attempt, delay_s=delay)
+            await msg.nak(delay=delay)
+            return
+        finally:
+            heartbeat.cancel()
+        await self._conclude(msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tell the server a slow back end is still working, so the request is not redelivered."""
+        every = max(self.cfg.connector.ack_wait_s / 3, 0.1)
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(every)
+                await msg.in_progress()
+
+    # -- outcomes -----------------------------------------------------------------------------------
+
+    async def _conclude(
+        self,
+        msg: Msg,
+        verified: envelope.Verified,
+        updates: Sequence[StatusUpdate],
+        delivery: int,
+        problem: exchange_pb2.Problem | None,
+        *,
+        final: bool = True,
+    ) -> list[OutEvent]:
+        """Record the outcome and its events, send them, then ack (or term for a dead letter)."""
+        h = verified.header
+        outcome = _OUTCOME_EVENT[delivery].value  # type: ignore[index]
+        if not updates:
+            updates = [StatusUpdate(0)]  # a delivery outcome without a case status (expired, refused, ...)
+
+        def build(first: int) -> list[OutEvent]:
+            return [
+                self._build_event(h, verified.digest, first + i, u, delivery, problem)
+                for i, u in enumerate(updates)
+            ]
+
+        events, _ = await self.state.record(
+            message_id=h.message_id,
+            case_no=h.case_no,
+            from_region=h.from_region,
+            service=h.service_code,
+            outcome=outcome,
+            build=build,
+            final=final,
+        )
+        await self._ensure_ledger(verified, outcome, events, problem)
+        await self._send(events)
+        if delivery == exchange_pb2.DELIVERY_STATE_DEAD_LETTERED:
+            await msg.term()
+        else:
+            await msg.ack_sync()
+        self.processed += delivery == exchange_pb2.DELIVERY_STATE_PROCESSED
+        log.info("cases.concluded", outcome=outcome, events=len(events))
+        return events
+
+    def _build_event(
+        self,
+        h: envelope_pb2.Header,
+        request_digest: bytes,
+        seq: int,
+        update: StatusUpdate,
+        delivery: int,
+        problem: exchange_pb2.Problem | None,
+    ) -> OutEvent:
+        event_id = new_message_id()
+        ev = exchange_pb2.CaseEvent(
+            case_no=h.case_no,
+            sequence=seq,
+            status=update.status,  # type: ignore[arg-type]
+            local_code=update.local_code,
+            local_system=update.local_system,
+            note=update.note,
+            delivery_state=delivery,  # type: ignore[arg-type]
+            event_id=event_id,
+        )
+        ev.occurred_at.CopyFrom(messages.timestamp(time.time()))
+        if problem is not None:
+            ev.problem.CopyFrom(problem)
+        kid, recipient = self.connector.registry.sealing_key_for(h.from_region)
+        header = envelope_pb2.Header(
+            message_id=event_id,
+            kind=envelope_pb2.MESSAGE_KIND_EVENT,
+            service_code=h.service_code,
+            from_region=self.region,
+            to_region=h.from_region,
+            created_at=messages.timestamp(time.time()),
+            traceparent=telemetry.current_traceparent() or h.traceparent,
+            subject_digest=h.subject_digest,
+            subject_masked=h.subject_masked,
+            purpose=h.purpose,
+            content_type=messages.EVENT_CONTENT_TYPE,
+            in_reply_to=h.message_id,
+            request_digest=request_digest,
+            case_no=h.case_no,
+        )
+        built = messages.build_sealed(
+            header,
+            exchange_pb2.CaseEventBody(event=ev).SerializeToString(),
+            recipient_key_id=kid,
+            recipient=recipient,
+            signer=self.connector.secrets.signing,
+        )
+        subject = subjects.outbound_subject(
+            self.region, subjects.OutKind.EVENT, h.from_region, h.service_code, event_id
+        )
+        return OutEvent(event_id, seq, subject, built.data)
+
+    async def _ensure_ledger(
+        self,
+        verified: envelope.Verified,
+        outcome: str,
+        events: Sequence[OutEvent],
+        problem: exchange_pb2.Problem | None = None,
+    ) -> None:
+        """The outcome and one STATUS entry per event, once: a redelivery after a crash that came
+        between the state commit and the ledger completes the record instead of repeating it."""
+        h = verified.header
+        existing = await self.ledger.by_message_id(h.message_id)
+        have = {e.detail.rsplit("event=", 1)[-1] for e in existing if "event=" in e.detail}
+        trace_id = telemetry.trace_id_of(h.traceparent)
+        drafts = []
+        if not any(e.event == outcome for e in existing) or (outcome == Event.DEAD_LETTERED):
+            reason = f" reason={problem.reason}" if problem is not None and problem.reason else ""
+            drafts.append(
+                EntryDraft(
+                    Event(outcome),
+                    h.message_id,
+                    h.from_region,
+                    h.service_code,
+                    verified.digest,
+                    trace_id,
+                    f"case={h.case_no}{reason}",
+                )
+            )
+        for e in events:
+            if e.event_id not in have:
+                drafts.append(
+                    EntryDraft(
+                        Event.STATUS,
+                        h.message_id,
+                        h.from_region,
+                        h.service_code,
+                        envelope.digest(e.data),
+                        trace_id,
+                        f"seq={e.seq} event={e.event_id}",
+                    )
+                )
+        if drafts:
+            await self.ledger.append(*drafts)
+
+    async def _send(self, events: Sequence[OutEvent]) -> None:
+        """Into the region's outbound stream (deduplicated by event id); the forwarder does the rest."""
+        assert self._js is not None
+        for e in events:
+            await self._js.publish(
+                e.subject,
+                e.data,
+                timeout=self.cfg.gateway.publish_timeout_s,
+                headers={subjects.Header.MSG_ID: e.event_id, subjects.Header.MESSAGE_ID: e.event_id},
+            )
+
+    async def _dead_letter(self, msg: Msg, verified: envelope.Verified, reason: str, attempts: int) -> None:
+        h = verified.header
+        await self._to_dlq(msg, h.message_id, h.service_code, reason, attempts)
+        self.dead_lettered += 1
+        problem = exchange_pb2.Problem(
+            reason=reason,
+            message=f"the back end failed {attempts} times; the request waits in the dead-letter queue",
+            code=StatusCode.UNAVAILABLE.value[0],
+        )
+        await self._conclude(
+            msg, verified, [], exchange_pb2.DELIVERY_STATE_DEAD_LETTERED, problem, final=False
+        )
+
+    async def _to_dlq(self, msg: Msg, message_id: str, service: str, reason: str, attempts: int) -> None:
+        assert self._js is not None
+        await self._js.publish(
+            subjects.dlq_subject(self.region, service),
+            msg.data,
+            timeout=self.cfg.gateway.publish_timeout_s,
+            headers={
+                subjects.Header.MSG_ID: f"{message_id}.dlq.{msg.metadata.sequence.stream}",
+                subjects.Header.MESSAGE_ID: message_id,
+                subjects.Header.REASON: reason,
+                subjects.Header.ATTEMPTS: str(attempts),
+                subjects.Header.ORIGINAL_SUBJECT: msg.subject,
+            },
+        )
+        log.warning("cases.dead_lettered", reason=reason, attempts=attempts)
+
+    async def _poison(self, msg: Msg, header: envelope_pb2.Header | None, exc: TongbanError) -> None:
+        """Unverifiable or undecodable: dead-lettered for the operator, never retried, no answer
+        (nothing in it can be trusted to address one)."""
+        mid, svc, peer = self.connector._labels(header)
+        digest = envelope.digest(msg.data)
+        label = mid or "sha256:" + digest[:8].hex()
+        await self._to_dlq(msg, label, svc if svc not in ("", "?") else "UNKNOWN", exc.reason, _attempt(msg))
+        await self.ledger.append(
+            EntryDraft(Event.REJECTED, label, peer or "?", svc or "?", digest, "", f"POISON: {exc.reason}")
+        )
+        await msg.term()
+        log.warning("cases.poison", reason=exc.reason)
+
+
+def _attempt(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1

@@ -1,0 +1,158 @@
+"""What a region's connectors remember of durable requests: which were processed, with what events.
+
+One SQLite file per region (``[connector] state_store``), shared by its connector replicas. A
+request is *processed* once its outcome and the signed status events it produced are committed
+here, in one transaction; a redelivered request finds that row and its events are re-sent (the
+streams drop the duplicates) instead of calling the back end again. Case sequences live here too,
+so every event of a case gets the next number, whichever replica emits it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tongban.sqlitedb import SqliteDb
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS processed (
+        message_id TEXT PRIMARY KEY,
+        case_no TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        done_ns INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS case_seq (
+        case_no TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        from_region TEXT NOT NULL,
+        service TEXT NOT NULL,
+        next_seq INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS out_events (
+        event_id TEXT PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        case_no TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        subject TEXT NOT NULL,
+        data BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS out_events_message ON out_events (message_id, seq)",
+)
+
+
+@dataclass(frozen=True)
+class OutEvent:
+    """A signed event envelope and the outbound subject it goes to."""
+
+    event_id: str
+    seq: int
+    subject: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    case_no: str
+    message_id: str
+    from_region: str
+    service: str
+    next_seq: int
+
+
+Build = Callable[[int], list[OutEvent]]
+"""Given the first free sequence number of the case, build the signed events."""
+
+
+class ConnectorState:
+    def __init__(self, path: Path) -> None:
+        self.db = SqliteDb(path, _SCHEMA)
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def processed(self, message_id: str) -> tuple[str, list[OutEvent]] | None:
+        """(outcome, events) of a processed request, or None."""
+
+        def tx(conn: sqlite3.Connection) -> tuple[str, list[OutEvent]] | None:
+            row = conn.execute("SELECT outcome FROM processed WHERE message_id = ?", (message_id,)).fetchone()
+            if row is None:
+                return None
+            return row[0], _events(conn, message_id)
+
+        return await self.db.run(tx, write=False)
+
+    async def case(self, case_no: str) -> CaseRef | None:
+        def tx(conn: sqlite3.Connection) -> CaseRef | None:
+            row = conn.execute(
+                "SELECT case_no, message_id, from_region, service, next_seq FROM case_seq WHERE case_no = ?",
+                (case_no,),
+            ).fetchone()
+            return None if row is None else CaseRef(*row)
+
+        return await self.db.run(tx, write=False)
+
+    async def record(
+        self,
+        *,
+        message_id: str,
+        case_no: str,
+        from_region: str,
+        service: str,
+        outcome: str,
+        build: Build,
+        final: bool,
+    ) -> tuple[list[OutEvent], bool]:
+        """Allocate sequence numbers, store the events and (if ``final``) the processed mark, atomically.
+
+        Returns:
+            (the events, True) or, when another replica finished this request first, (its events, False).
+        """
+
+        def tx(conn: sqlite3.Connection) -> tuple[list[OutEvent], bool]:
+            if (
+                final
+                and conn.execute("SELECT 1 FROM processed WHERE message_id = ?", (message_id,)).fetchone()
+            ):
+                return _events(conn, message_id), False
+            row = conn.execute("SELECT next_seq FROM case_seq WHERE case_no = ?", (case_no,)).fetchone()
+            first = row[0] if row else 1
+            events = build(first)
+            conn.executemany(
+                "INSERT INTO out_events (event_id, message_id, case_no, seq, subject, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.event_id, message_id, case_no, e.seq, e.subject, e.data) for e in events],
+            )
+            conn.execute(
+                """INSERT INTO case_seq (case_no, message_id, from_region, service, next_seq)
+                   VALUES (?, ?, ?, ?, ?) ON CONFLICT (case_no) DO UPDATE SET next_seq = excluded.next_seq""",
+                (case_no, message_id, from_region, service, first + len(events)),
+            )
+            if final:
+                conn.execute(
+                    "INSERT INTO processed (message_id, case_no, outcome, done_ns) VALUES (?, ?, ?, ?)",
+                    (message_id, case_no, outcome, time.time_ns()),
+                )
+            return events, True
+
+        return await self.db.run(tx)
+
+    async def count_processed(self) -> int:
+        return await self.db.run(
+            lambda c: int(c.execute("SELECT count(*) FROM processed").fetchone()[0]), write=False
+        )
+
+
+def _events(conn: sqlite3.Connection, message_id: str) -> list[OutEvent]:
+    return [
+        OutEvent(*r)
+        for r in conn.execute(
+            "SELECT event_id, seq, subject, data FROM out_events WHERE message_id = ? ORDER BY seq",
+            (message_id,),
+        ).fetchall()
+    ]

@@ -1,0 +1,586 @@
+"""``Exchange.Submit``, ``GetCase`` and ``WatchCase``: durable case delivery, the sending side.
+
+A Submit is accepted once its case row (holding the sealed envelope: the outbox) and its SUBMITTED
+ledger entry are committed; the gateway then publishes it to the region's own outbound stream and
+returns the receipt. From there the region's forwarder carries it to the handling region's inbound
+stream (store and forward: a handling region that is down gets it when it returns), and the
+handling region's signed status events come back on this region's event stream, where the gateways
+verify them, record them in the ledger and the case table, and wake the watchers.
+
+The reconciler closes the gaps a crash can leave: on start and periodically it re-publishes every
+accepted case the outbound stream never acknowledged, and every case long accepted that is neither
+forwarded nor still in the outbound stream. Re-sending is always safe: the outbound and inbound
+streams drop duplicates by ``Nats-Msg-Id`` and the connector keeps its own record of what it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+import structlog
+from google.protobuf.message import DecodeError
+from grpc import StatusCode
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from opentelemetry import trace
+
+from gateway.cases import CaseRow, CaseStore, IdempotencyConflict
+from gateway.exchange import ExchangeCore
+from gateway.interceptors import Caller, current_caller
+from ledger import EntryDraft, Event
+from tongban import envelope, messages, subjects, telemetry
+from tongban.delivery import is_terminal, policy_for
+from tongban.envelope import EnvelopeRejected
+from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanError, Unavailable, Violation
+from tongban.forwarder import Forwarder
+from tongban.ids import is_message_id, new_message_id
+from tongban.streams import ensure_consumer, ensure_streams
+from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
+
+log = structlog.get_logger("tongban.gateway")
+
+_IDEM_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_CASE_NO = re.compile(r"^[0-9]{6}-[0-9]{8}-[0-9A-Z]{10}$")
+_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+_FAILURE_EVENT = {
+    exchange_pb2.DELIVERY_STATE_EXPIRED: Event.EXPIRED,
+    exchange_pb2.DELIVERY_STATE_DEAD_LETTERED: Event.DEAD_LETTERED,
+    exchange_pb2.DELIVERY_STATE_REJECTED: Event.REJECTED,
+}
+
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+class IdempotencyKeyReused(TongbanError):
+    """The idempotency key was already used for a different request."""
+
+    code = StatusCode.ALREADY_EXISTS
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+def new_case_no(region: str) -> str:
+    """办件编号: region, acceptance date, 10 random characters (e.g. 440300-20261122-7K3M9Q2XWA)."""
+    return f"{region}-{time.strftime('%Y%m%d', time.gmtime())}-{new_message_id()[-10:]}"
+
+
+@dataclass
+class _Watchers:
+    """Per-case wake-up events of the WatchCase streams this process serves."""
+
+    by_case: dict[str, set[asyncio.Event]] = field(default_factory=dict)
+
+    def register(self, case_no: str) -> asyncio.Event:
+        ev = asyncio.Event()
+        self.by_case.setdefault(case_no, set()).add(ev)
+        return ev
+
+    def unregister(self, case_no: str, ev: asyncio.Event) -> None:
+        group = self.by_case.get(case_no)
+        if group is not None:
+            group.discard(ev)
+            if not group:
+                del self.by_case[case_no]
+
+    def wake(self, case_no: str) -> None:
+        for ev in self.by_case.get(case_no, ()):
+            ev.set()
+
+
+class CaseDesk:
+    """The durable side of one gateway process: Submit, case reads and watches, the event consumer,
+    the request forwarder and the reconciler. ``start()``/``stop()`` are idempotent."""
+
+    def __init__(self, core: ExchangeCore, cases: CaseStore, nc: NATS) -> None:
+        self.core = core
+        self.cfg = core.cfg
+        self.region = core.region
+        self.ledger = core.ledger
+        self.cases = cases
+        self.nc = nc
+        self.tracer: trace.Tracer = core.tracer
+        self.watchers = _Watchers()
+        self._js: JetStreamContext | None = None
+        self._forwarder: Forwarder | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._notify_sub: object | None = None
+        self._stopping = asyncio.Event()
+        self.resent = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._js is not None:
+            return
+        gw = self.cfg.gateway
+        js = await ensure_streams(self.nc, self.region)
+        self._js = js
+        self._stopping.clear()
+        self._forwarder = Forwarder(
+            self.nc,
+            self.region,
+            subjects.OutKind.REQUEST,
+            on_forwarded=self._on_forwarded,
+            on_expired=self._on_expired_in_outbox,
+            ack_wait_s=gw.ack_wait_s,
+            retry_max_s=gw.forward_retry_max_s,
+            publish_timeout_s=gw.publish_timeout_s,
+        )
+        await self._forwarder.start()
+        stream = subjects.event_stream_name(self.region)
+        await ensure_consumer(
+            js,
+            stream,
+            subjects.Durable.GATEWAY_EVENTS,
+            filter_subject=subjects.event_wildcard(self.region),
+            ack_wait_s=gw.ack_wait_s,
+            max_ack_pending=1024,
+        )
+        events = await js.pull_subscribe_bind(durable=subjects.Durable.GATEWAY_EVENTS, stream=stream)
+
+        async def nudge(msg: Msg) -> None:
+            self.watchers.wake(msg.data.decode(errors="replace"))
+
+        self._notify_sub = await self.nc.subscribe(subjects.case_notify_subject(self.region), cb=nudge)
+        self._tasks = [
+            asyncio.create_task(self._consume_events(events), name="case-events"),
+            asyncio.create_task(self._reconcile_loop(), name="reconciler"),
+        ]
+
+    async def stop(self) -> None:
+        if self._js is None:
+            return
+        self._js = None
+        self._stopping.set()
+        for ev_set in self.watchers.by_case.values():
+            for ev in ev_set:
+                ev.set()
+        waits = [asyncio.wait_for(t, 3.0) for t in self._tasks]
+        if self._forwarder is not None:
+            waits.append(self._forwarder.stop())
+        for result in await asyncio.gather(*waits, return_exceptions=True):
+            if isinstance(result, Exception) and not isinstance(result, TimeoutError):
+                log.warning("casedesk.task_failed", error=type(result).__name__)
+        self._tasks.clear()
+        if self._notify_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._notify_sub.unsubscribe()  # type: ignore[attr-defined]
+
+    # -- Submit ------------------------------------------------------------------------------
+
+    def _caller(self) -> Caller:
+        caller = current_caller.get()
+        if caller is None:
+            raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
+        return caller
+
+    async def submit(self, request: exchange_pb2.SubmitRequest) -> exchange_pb2.SubmitResponse:
+        caller = self._caller()
+        req = request.request
+        message_id = new_message_id()
+        trace_id = telemetry.current_trace_id()
+        structlog.contextvars.bind_contextvars(message_id=message_id)
+        item = self.core.catalogue.get(req.service_code)
+
+        def durable_checks() -> None:
+            violations = []
+            if item is not None and item.handling_mode == catalogue_pb2.HANDLING_MODE_QUERY:
+                violations.append(
+                    Violation("request.service_code", "a query item is not submitted as a case: use Query")
+                )
+            if req.idempotency_key and not _IDEM_KEY.match(req.idempotency_key):
+                violations.append(
+                    Violation("request.idempotency_key", "at most 128 characters of A-Z a-z 0-9 _ . : -")
+                )
+            ttl = request.time_to_live
+            if ttl.seconds < 0 or ttl.nanos < 0:
+                violations.append(Violation("time_to_live", "must not be negative"))
+            if violations:
+                raise InvalidRequest("request cannot be submitted", violations)
+
+        await self.core.validate(req, caller, message_id, trace_id, durable_checks)
+        svc, to = req.service_code, req.target_region
+        structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
+        fingerprint = self.core.secrets.correlator.digest(
+            req.SerializeToString(deterministic=True).hex(), label="submit"
+        )
+        if req.idempotency_key:
+            existing = await self.cases.by_idempotency_key(caller.system_id, req.idempotency_key)
+            if existing is not None:
+                return self._replayed(existing, fingerprint)
+        if not self.nc.is_connected:
+            exc = Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
+            await self.core.record_rejected(message_id, req, trace_id, exc)
+            raise exc
+
+        gw = self.cfg.gateway
+        policy = policy_for(
+            item,
+            default_backoff_s=tuple(self.cfg.connector.backoff_s),
+            default_max_attempts=self.cfg.connector.max_attempts,
+            default_ttl_s=gw.submit_ttl_s,
+        )
+        asked = request.time_to_live.ToTimedelta().total_seconds() if request.HasField("time_to_live") else 0
+        ttl = min(asked or policy.ttl_s, gw.max_submit_ttl_s)
+        now = time.time()
+        deadline = now + ttl
+        case_no = new_case_no(self.region)
+        with self.tracer.start_as_current_span("gateway.seal_sign"):
+            built = self.core.seal_request(
+                req, caller, message_id=message_id, deadline=deadline, case_no=case_no
+            )
+        row = CaseRow(
+            case_no=case_no,
+            message_id=message_id,
+            caller=caller.system_id,
+            idem_key=req.idempotency_key,
+            fingerprint=fingerprint,
+            service=svc,
+            to_region=to,
+            trace_id=trace_id,
+            request_digest=built.digest,
+            envelope=built.data,
+            out_subject=subjects.outbound_subject(self.region, subjects.OutKind.REQUEST, to, svc, message_id),
+            deadline_ms=int(deadline * 1000),
+            traceparent=telemetry.current_traceparent(),
+            accepted_ns=int(now * 1e9),
+        )
+        # The outbox row first: a crash before the ledger entry leaves a case the reconciler
+        # completes (ledger entry, then sending); the other order could leave an entry for a
+        # request that exists nowhere.
+        try:
+            stored, inserted = await self.cases.insert(row)
+        except IdempotencyConflict as exc:
+            raise IdempotencyKeyReused(
+                "this idempotency key was already used for a different request"
+            ) from exc
+        if not inserted:
+            return self._replayed(stored, fingerprint)
+        await self.ledger.append(
+            EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id, case_no)
+        )
+        await self._publish(row)
+        log.info("submit.accepted", case_no=case_no)
+        return row.receipt()
+
+    def _replayed(self, existing: CaseRow, fingerprint: str) -> exchange_pb2.SubmitResponse:
+        if existing.fingerprint != fingerprint:
+            raise IdempotencyKeyReused("this idempotency key was already used for a different request")
+        structlog.contextvars.bind_contextvars(message_id=existing.message_id)
+        log.info("submit.replayed", case_no=existing.case_no)
+        return existing.receipt(replayed=True)
+
+    async def _publish(self, row: CaseRow, *, msg_id: str | None = None) -> bool:
+        """Put the request into the outbound stream; False if the stream did not acknowledge it
+        (the case stays in the outbox for the reconciler)."""
+        assert self._js is not None or self._stopping.is_set()
+        if self._js is None:
+            return False
+        headers: dict[str, str] = {
+            subjects.Header.MSG_ID: msg_id or row.message_id,
+            subjects.Header.MESSAGE_ID: row.message_id,
+            subjects.Header.DEADLINE_MS: str(row.deadline_ms),
+        }
+        if row.traceparent:
+            headers[subjects.Header.TRACEPARENT] = row.traceparent
+        try:
+            await self._js.publish(
+                row.out_subject, row.envelope, timeout=self.cfg.gateway.publish_timeout_s, headers=headers
+            )
+        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+            log.warning("submit.outbox_pending", message_id=row.message_id, error=type(exc).__name__)
+            return False
+        await self.cases.mark_published(row.message_id)
+        return True
+
+    # -- forwarder callbacks ------------------------------------------------------------------
+
+    async def _on_forwarded(self, message_id: str, to: str, msg: Msg) -> None:
+        row = await self.cases.by_message_id(message_id)
+        if row is None:
+            return
+        if row.delivery < exchange_pb2.DELIVERY_STATE_FORWARDED:
+            await self.ledger.append(
+                EntryDraft(
+                    Event.PUBLISHED,
+                    message_id,
+                    to,
+                    row.service,
+                    row.request_digest,
+                    row.trace_id,
+                    subjects.inbound_stream_name(to),
+                )
+            )
+            await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_FORWARDED)
+            await self._changed(row.case_no)
+
+    async def _on_expired_in_outbox(self, message_id: str, to: str, msg: Msg) -> None:
+        await self._expire(message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
+
+    async def _expire(self, message_id: str, detail: str) -> None:
+        row = await self.cases.by_message_id(message_id)
+        if row is None or row.delivery >= exchange_pb2.DELIVERY_STATE_FORWARDED:
+            return
+        await self.ledger.append(
+            EntryDraft(Event.EXPIRED, message_id, row.to_region, row.service, b"", row.trace_id, detail)
+        )
+        await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_EXPIRED)
+        await self._changed(row.case_no)
+
+    async def _changed(self, case_no: str) -> None:
+        self.watchers.wake(case_no)
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.case_notify_subject(self.region), case_no.encode())
+
+    # -- status events from handling regions -----------------------------------------------------
+
+    async def _consume_events(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(256, timeout=0.25)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except Exception as exc:
+                    log.warning("events.fetch_failed", error=type(exc).__name__)
+                    await asyncio.sleep(0.2)
+                    continue
+                for msg in msgs:
+                    await self._on_event(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            ev, h, digest = self._open_event(msg.data)
+        except (EnvelopeRejected, TongbanError) as exc:
+            # Unverifiable or undecodable: poison, never retried.
+            mid = (msg.headers or {}).get(subjects.Header.MESSAGE_ID, "")
+            label = mid if is_message_id(mid) else "sha256:" + envelope.digest(msg.data)[:8].hex()
+            with contextlib.suppress(Exception):
+                await self.ledger.append(
+                    EntryDraft(
+                        Event.REJECTED, label, "?", "?", envelope.digest(msg.data), "", f"EVENT: {exc.reason}"
+                    )
+                )
+            log.warning("event.rejected", reason=exc.reason)
+            await msg.term()
+            return
+        try:
+            await self._apply_event(ev, h, digest)
+            await msg.ack()
+        except Exception as exc:
+            log.warning("event.apply_failed", error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    def _open_event(self, data: bytes) -> tuple[exchange_pb2.CaseEvent, envelope_pb2.Header, bytes]:
+        verified = envelope.verify(data, self.core.registry, now_s=time.time())
+        h = verified.header
+        if h.kind != envelope_pb2.MESSAGE_KIND_EVENT or h.to_region != self.region:
+            raise EnvelopeRejected("NOT_AN_EVENT_FOR_US", "not a case event addressed to this region")
+        try:
+            body = exchange_pb2.CaseEventBody.FromString(
+                messages.open_body(verified, self.core.secrets.sealing)
+            )
+        except DecodeError as exc:
+            raise EnvelopeRejected(envelope.Reason.MALFORMED, "event body does not decode") from exc
+        ev = body.event
+        if ev.case_no != h.case_no or not _CASE_NO.match(ev.case_no) or ev.sequence < 1:
+            raise EnvelopeRejected("EVENT_MISMATCH", "event does not match its header")
+        ev.event_id = h.message_id
+        return ev, h, verified.digest
+
+    async def _apply_event(self, ev: exchange_pb2.CaseEvent, h: envelope_pb2.Header, digest: bytes) -> None:
+        row = await self.cases.get(ev.case_no)
+        if row is None or row.message_id != h.in_reply_to or row.to_region != h.from_region:
+            log.warning("event.unknown_case")
+            return
+        marker = f"event={h.message_id}"
+        recorded = any(e.detail.endswith(marker) for e in await self.ledger.by_message_id(row.message_id))
+        if not recorded:
+            event = _FAILURE_EVENT.get(ev.delivery_state, Event.STATUS)  # type: ignore[call-overload]
+            reason = ev.problem.reason if _REASON.match(ev.problem.reason) else ""
+            detail = f"seq={ev.sequence} status={ev.status}" + (f" reason={reason}" if reason else "")
+            await self.ledger.append(
+                EntryDraft(
+                    event,
+                    row.message_id,
+                    row.to_region,
+                    row.service,
+                    digest,
+                    row.trace_id,
+                    f"{detail} {marker}",
+                )
+            )
+        if await self.cases.apply_event(ev):
+            log.info("case.event", case_no=ev.case_no, sequence=ev.sequence, status=ev.status)
+        await self._changed(ev.case_no)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def _own_case(self, case_no: str) -> CaseRow:
+        caller = self._caller()
+        row = await self.cases.get(case_no) if _CASE_NO.match(case_no) else None
+        if row is None or row.caller != caller.system_id:
+            # Another system's case is reported as missing: no probing for case numbers.
+            raise NotFound("no such case", reason="CASE_NOT_FOUND")
+        return row
+
+    async def get_case(self, case_no: str) -> exchange_pb2.Case:
+        row = await self._own_case(case_no)
+        events = await self.cases.events(case_no)
+        return _case_message(row, events)
+
+    async def watch_case(self, case_no: str, after: int) -> AsyncIterator[exchange_pb2.CaseEvent]:
+        row = await self._own_case(case_no)
+        last = after
+        while True:
+            wake = self.watchers.register(case_no)
+            try:
+                for ev in await self.cases.events(case_no, last):
+                    if ev.sequence != last + 1:
+                        break  # a later event arrived first: wait for the missing one
+                    yield ev
+                    last = ev.sequence
+                row = await self.cases.get(case_no) or row
+                if row.last_seq <= last and is_terminal(row.status, row.delivery):
+                    if row.last_seq == 0:
+                        # Failed before the handling region saw it (expired in our outbox).
+                        yield _local_failure(row)
+                    return
+                if self._stopping.is_set():
+                    raise Unavailable("the gateway is shutting down", reason="SHUTTING_DOWN")
+                with contextlib.suppress(TimeoutError):
+                    # Wake-ups come from this process or, through NATS, from the region's other
+                    # gateways; the timeout is a safety net for a nudge lost in a reconnect.
+                    await asyncio.wait_for(wake.wait(), 5.0)
+            finally:
+                self.watchers.unregister(case_no, wake)
+
+    # -- reconciler ------------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        first = True
+        while not self._stopping.is_set():
+            try:
+                await self.reconcile(everything=first)
+                first = False
+            except Exception as exc:
+                log.warning("reconciler.failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.cfg.gateway.reconcile_interval_s)
+
+    async def reconcile(self, *, everything: bool = False) -> int:
+        """One pass; returns how many requests were (re-)sent."""
+        gw = self.cfg.gateway
+        now = time.time()
+        before = now if everything else now - 2 * gw.publish_timeout_s
+        sent = 0
+        for row in await self.cases.in_transit(accepted_before_ns=int(before * 1e9)):
+            if self._stopping.is_set():
+                break
+            entries = await self.ledger.by_message_id(row.message_id)
+            if not any(e.event == Event.SUBMITTED for e in entries):
+                # Accepted into the outbox, crashed before the ledger: complete the record first.
+                await self.ledger.append(
+                    EntryDraft(
+                        Event.SUBMITTED,
+                        row.message_id,
+                        row.to_region,
+                        row.service,
+                        row.request_digest,
+                        row.trace_id,
+                        row.case_no,
+                    )
+                )
+            if now * 1000 > row.deadline_ms and not await self._in_outbound(row):
+                await self._expire(row.message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
+                continue
+            if not row.published:
+                if await self._publish(row):
+                    sent += 1
+                continue
+            if now - row.accepted_ns / 1e9 < gw.resend_after_s or await self._in_outbound(row):
+                continue
+            # The ledger says accepted, the stream no longer has it, nothing says it arrived.
+            n = await self.cases.count_resend(row.message_id)
+            if await self._publish(row, msg_id=f"{row.message_id}.r{n}"):
+                sent += 1
+                self.resent += 1
+                await self.ledger.append(
+                    EntryDraft(
+                        Event.RESENT,
+                        row.message_id,
+                        row.to_region,
+                        row.service,
+                        row.request_digest,
+                        row.trace_id,
+                        f"resend={n}",
+                    )
+                )
+        if sent:
+            log.info("reconciler.sent", count=sent)
+        return sent
+
+    async def _in_outbound(self, row: CaseRow) -> bool:
+        if self._js is None:
+            return True
+        try:
+            await self._js.get_last_msg(subjects.outbound_stream_name(self.region), row.out_subject)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception:
+            return True  # cannot tell: do not re-send on a guess
+
+
+def _local_failure(row: CaseRow) -> exchange_pb2.CaseEvent:
+    ev = exchange_pb2.CaseEvent(case_no=row.case_no, sequence=0, delivery_state=row.delivery)  # type: ignore[arg-type]
+    ev.occurred_at.FromNanoseconds(row.updated_ns)
+    if row.delivery == exchange_pb2.DELIVERY_STATE_EXPIRED:
+        ev.problem.CopyFrom(
+            exchange_pb2.Problem(
+                reason="EXPIRED",
+                message="the request was not delivered before its deadline and will not be processed",
+                code=StatusCode.DEADLINE_EXCEEDED.value[0],
+            )
+        )
+    return ev
+
+
+def _case_message(row: CaseRow, events: list[exchange_pb2.CaseEvent]) -> exchange_pb2.Case:
+    case = exchange_pb2.Case(
+        case_no=row.case_no,
+        message_id=row.message_id,
+        service_code=row.service,
+        handling_region=row.to_region,
+        status=row.status,  # type: ignore[arg-type]
+        local_code=row.local_code,
+        local_system=row.local_system,
+        delivery_state=row.delivery,  # type: ignore[arg-type]
+        last_sequence=row.last_seq,
+        trace_id=row.trace_id,
+    )
+    case.accepted_at.FromNanoseconds(row.accepted_ns)
+    case.updated_at.FromNanoseconds(row.updated_ns)
+    case.events.extend(events)
+    return case

@@ -1,0 +1,338 @@
+"""deploy/nats: the production hub and region configs parse, say what DESIGN.md says, and boot.
+
+``nats-server -t`` only parses: it follows includes and rejects unknown fields and bad values, but it
+does not validate options the way a start does, resolve or dial any host, or touch ``store_dir``. So
+besides ``-t`` on the real files, the last tests boot the whole topology (3 hub nodes, 3 regions of 3
+nodes) on loopback from the same files, with hostnames, ports and store directories rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import nats
+import pytest
+
+from tongban import subjects
+from tongban.natsserver import check_binary
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "nats"
+REGIONS = ("440300", "320200", "370200")
+HUBS = tuple(f"hub-{n}" for n in (1, 2, 3))
+DOMAIN = ".tongban.internal"
+
+INCLUDE = re.compile(r'^[ \t]*include[ \t]+"?([^"\s;]+)"?[ \t]*;?[ \t]*$', re.MULTILINE)
+COMMENT = re.compile(r"(?:^|(?<=\s))(?:#|//).*$", re.MULTILINE)  # not the // in nats-route://
+
+
+def hub_conf(name: str) -> Path:
+    return DEPLOY / "hub" / f"{name}.conf"
+
+
+def node_conf(region: str, n: int) -> Path:
+    return DEPLOY / "regions" / region / f"node-{n}.conf"
+
+
+NODE_CONFS = {f"{r}-node-{n}": node_conf(r, n) for r in REGIONS for n in (1, 2, 3)}
+HUB_CONFS = {h: hub_conf(h) for h in HUBS}
+
+
+def all_confs() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.conf"))
+
+
+def included_by(conf: Path) -> list[Path]:
+    """Files ``conf`` includes; nats-server resolves them relative to the including file."""
+    return [(conf.parent / m).resolve() for m in INCLUDE.findall(conf.read_text())]
+
+
+def fragments() -> set[Path]:
+    """Include-only files: included by another config, not meant to run on their own."""
+    return {inc for conf in all_confs() for inc in included_by(conf)}
+
+
+def expand(conf: Path, depth: int = 0) -> str:
+    """The config as the server reads it: includes inlined (recursively), comments dropped."""
+    assert depth < 10, f"include loop at {conf}"
+    text = COMMENT.sub("", conf.read_text())
+    return INCLUDE.sub(lambda m: expand((conf.parent / m[1]).resolve(), depth + 1), text)
+
+
+def block(text: str, key: str) -> list[str]:
+    """Bodies of every top-level-or-nested ``key { ... }`` block (no nested braces inside)."""
+    return re.findall(rf"(?<![\w.-]){key}\s*[:=]?\s*\{{([^{{}}]*)\}}", text)
+
+
+def value(text: str, key: str) -> list[str]:
+    return [v.strip().strip('"') for v in re.findall(rf"(?<![\w.-]){key}\s*[:=]\s*([^\s,}}]+)", text)]
+
+
+def urls(text: str, scheme: str) -> set[str]:
+    return set(re.findall(rf"{scheme}://[\w.-]+:\d+", text))
+
+
+def hub_routes() -> set[str]:
+    return {f"nats-route://{h}{DOMAIN}:6222" for h in HUBS}
+
+
+def region_routes(region: str) -> set[str]:
+    return {f"nats-route://{region}-node-{n}{DOMAIN}:6222" for n in (1, 2, 3)}
+
+
+def hub_leaf_urls() -> set[str]:
+    return {f"nats-leaf://{h}{DOMAIN}:7422" for h in HUBS}
+
+
+# -- nats-server -t on the real files ---------------------------------------------------------
+
+
+def test_standalone_configs_are_the_hub_and_region_nodes() -> None:
+    standalone = {c.resolve() for c in all_confs()} - fragments()
+    assert standalone == {c.resolve() for c in (*HUB_CONFS.values(), *NODE_CONFS.values())}
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [*HUB_CONFS.values(), *NODE_CONFS.values()],
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
+def test_nats_server_accepts(conf: Path, tmp_path: Path) -> None:
+    # Run from an unrelated directory: includes must resolve relative to the file, not the cwd.
+    out = subprocess.run(
+        [str(check_binary()), "-t", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "is valid" in out.stderr
+
+
+def test_nats_server_t_follows_includes(tmp_path: Path) -> None:
+    """-t really reads the included file: a node file without its fragment is rejected."""
+    lone = tmp_path / "hub-1.conf"
+    lone.write_text(hub_conf("hub-1").read_text())
+    out = subprocess.run(
+        [str(check_binary()), "-t", "-c", str(lone)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode != 0
+    assert "include" in out.stderr
+
+
+# -- what the configs declare -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_region_nodes_declare_their_domain(region: str) -> None:
+    names = set()
+    for n in (1, 2, 3):
+        text = expand(node_conf(region, n))
+        names.update(value(text, "server_name"))
+        js = block(text, "jetstream")
+        assert len(js) == 1, "one jetstream block (a second one silently replaces the first)"
+        # Quoted: unquoted, 440300 would be read as a number and the server refuses it.
+        assert re.findall(r'\bdomain\s*[:=]\s*("?\w+"?)', js[0]) == [f'"{region}"']
+        assert value(js[0], "sync_interval") == ["always"]
+        assert value(js[0], "store_dir") == [f"/var/lib/tongban/nats/{region}"]
+        cluster = block(text, "cluster")
+        assert len(cluster) == 1
+        assert value(cluster[0], "name") == [f"tongban-{region}"]
+        assert urls(cluster[0], "nats-route") == region_routes(region)
+        assert urls(text, "nats-leaf") == hub_leaf_urls()
+        assert value(text, "max_payload") == ["4MB"]
+        assert value(text, "http")
+    assert names == {f"{region}-node-{n}" for n in (1, 2, 3)}
+
+
+def test_hub_has_no_jetstream() -> None:
+    names = set()
+    for conf in HUB_CONFS.values():
+        text = expand(conf)
+        names.update(value(text, "server_name"))
+        assert not re.search(r"(?<![\w.-])jetstream\b", text), f"{conf}: the hub runs no JetStream"
+        cluster = block(text, "cluster")
+        assert len(cluster) == 1
+        assert urls(cluster[0], "nats-route") == hub_routes()
+        leaf = block(text, "leafnodes")
+        assert len(leaf) == 1
+        assert value(leaf[0], "listen") == ["0.0.0.0:7422"]
+        assert value(text, "max_payload") == ["4MB"]
+        assert value(text, "http")
+    assert names == set(HUBS)
+
+
+def test_server_names_are_unique() -> None:
+    names = [value(expand(c), "server_name") for c in (*HUB_CONFS.values(), *NODE_CONFS.values())]
+    flat = [n for ns in names for n in ns]
+    assert all(len(ns) == 1 for ns in names)
+    assert len(set(flat)) == len(flat) == 12
+
+
+# -- booting the same files on loopback ---------------------------------------------------------
+
+
+_TAKEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port below the ephemeral range: a port the kernel hands out for port 0 or
+    for an outgoing connection (other tests' clients) could be taken again before the server binds."""
+    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
+
+
+@dataclass
+class Booted:
+    """The topology from deploy/nats running on loopback; ``addr[(server, port)]`` maps a production
+    endpoint (e.g. ``("hub-1", 7422)``) to its loopback ``host:port``."""
+
+    addr: dict[tuple[str, int], str]
+
+    def monitor(self, server: str, path: str) -> dict[str, object]:
+        url = f"http://{self.addr[(server, 8222)]}{path}"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read().decode())  # type: ignore[no-any-return]
+
+    def client_url(self, server: str) -> str:
+        return f"nats://{self.addr[(server, 4222)]}"
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError, KeyError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout}s ({last})")
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Booted]:
+    binary = check_binary()
+    root = tmp_path_factory.mktemp("deploy-nats")
+    addr: dict[tuple[str, int], str] = {}
+
+    def loopback(server: str, port: int) -> str:
+        if (server, port) not in addr:
+            addr[(server, port)] = f"127.0.0.1:{free_port()}"
+        return addr[(server, port)]
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, conf in {**HUB_CONFS, **NODE_CONFS}.items():
+            text = expand(conf)
+            # 0.0.0.0 is "this host"; every <name>.tongban.internal gets its own loopback ports.
+            text = re.sub(r"0\.0\.0\.0:(\d+)", lambda m, n=name: loopback(n, int(m[1])), text)
+            text = re.sub(rf"([\w-]+){re.escape(DOMAIN)}:(\d+)", lambda m: loopback(m[1], int(m[2])), text)
+            text, subs = re.subn(r'store_dir\s*:\s*"[^"]*"', f'store_dir: "{root / name / "js"}"', text)
+            assert subs == (1 if name in NODE_CONFS else 0)
+            assert DOMAIN not in text and "0.0.0.0" not in text
+            path = root / f"{name}.conf"
+            path.write_text(text)
+            with open(root / f"{name}.log", "wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [str(binary), "-c", str(path)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+        boot = Booted(addr)
+
+        def healthy(name: str) -> bool:
+            for p, n in zip(procs, (*HUB_CONFS, *NODE_CONFS), strict=True):
+                assert p.poll() is None, f"{n} exited: {(root / f'{n}.log').read_text()[-2000:]}"
+            # A clustered JetStream server is healthy only once it knows its meta leader.
+            return boot.monitor(name, "/healthz").get("status") == "ok"
+
+        for name in (*HUBS, *NODE_CONFS):
+            wait_for(lambda n=name: healthy(n), f"{name} healthy")
+        yield boot
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_boot_clusters_and_leafnodes(booted: Booted) -> None:
+    for name in (*HUBS, *NODE_CONFS):
+        wait_for(lambda n=name: booted.monitor(n, "/routez")["num_routes"] >= 2, f"{name} routes")
+    # Every region node is a leafnode of some hub node: 9 leaf connections across the hub cluster.
+    wait_for(
+        lambda: sum(int(booted.monitor(h, "/leafz")["leafnodes"]) for h in HUBS) == 9,  # type: ignore[call-overload]
+        "9 leafnode connections on the hub",
+    )
+    for hub in HUBS:
+        varz = booted.monitor(hub, "/varz")
+        assert varz["cluster"]["name"] == "tongban-hub"  # type: ignore[index]
+        assert booted.monitor(hub, "/jsz")["disabled"] is True, f"{hub} runs JetStream"
+        assert not varz["jetstream"]
+        assert varz["max_payload"] == 4 * 1024 * 1024
+
+
+def test_boot_region_domains(booted: Booted) -> None:
+    for name in NODE_CONFS:
+        region = name.split("-")[0]
+        jsz = booted.monitor(name, "/jsz")
+        config = jsz["config"]
+        assert config["domain"] == region  # type: ignore[index]
+        assert config["sync_always"] is True  # type: ignore[index]
+        meta = jsz["meta_cluster"]
+        assert meta["name"] == f"tongban-{region}"  # type: ignore[index]
+        assert meta["cluster_size"] == 3  # type: ignore[index]
+        assert str(meta["leader"]).startswith(f"{region}-node-")  # type: ignore[index]
+
+
+async def test_boot_region_streams_at_replicas_3(booted: Booted) -> None:
+    """tongban's four streams of Shenzhen at replicas 3 in its domain, created from Wuxi through the hub;
+    a request published in Qingdao lands in Shenzhen's inbound stream."""
+    wx = await nats.connect(booted.client_url("320200-node-2"), connect_timeout=5)
+    qd = await nats.connect(booted.client_url("370200-node-3"), connect_timeout=5)
+    try:
+        js_sz = wx.jetstream(domain="440300", timeout=10)
+        for config in subjects.region_streams("440300"):
+            await js_sz.add_stream(replace(config, num_replicas=3))
+        ack = await qd.jetstream(timeout=10).publish(subjects.request_subject("440300", "demo"), b"x")
+        assert ack.stream == subjects.inbound_stream_name("440300")
+        assert ack.domain == "440300"
+        for name in ("IN", "OUT", "EVT", "DLQ"):
+            info = await js_sz.stream_info(f"{name}_440300")
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None and info.cluster.name == "tongban-440300"
+            assert len(info.cluster.replicas or []) == 2
+            assert info.state.messages == (1 if name == "IN" else 0)
+    finally:
+        await wx.close()
+        await qd.close()

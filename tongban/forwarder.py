@@ -1,0 +1,187 @@
+"""Store and forward: moves a region's outbound stream into other regions' streams.
+
+DESIGN.md "NATS topology", option 3. A message accepted by a region waits in its own ``OUT_<region>``
+stream (work queue, file storage) until a forwarder of that region publishes it to the destination
+region's stream with ``Nats-Msg-Id`` = the message id, and acks it only after the destination's
+PubAck. A destination that is down (its leaf, or the hub) is retried with capped back-off; nothing is
+lost and, thanks to the destination's duplicate window and the receiver's own processed-message
+record, nothing is applied twice. Requests carry their deadline in a header: once it has passed the
+forwarder stops trying and reports the expiry instead.
+
+Gateways forward requests, connectors forward status events: two durable consumers with disjoint
+filters on the same stream, each shared by the replicas of its role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from tongban import subjects
+from tongban.streams import ensure_consumer, jetstream
+
+log = structlog.get_logger("tongban.forwarder")
+
+OnForwarded = Callable[[str, str, Msg], Awaitable[None]]
+"""(message id, destination region, the outbound message)."""
+
+_TRANSIENT = (
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    TimeoutError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionClosedError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+class Forwarder:
+    """One region's forwarder of one kind of outbound message. ``start()``/``stop()``, idempotent."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        region: str,
+        kind: subjects.OutKind,
+        *,
+        on_forwarded: OnForwarded | None = None,
+        on_expired: OnForwarded | None = None,
+        ack_wait_s: float = 10.0,
+        batch: int = 128,
+        retry_max_s: float = 2.0,
+        publish_timeout_s: float = 2.0,
+    ) -> None:
+        self.nc = nc
+        self.region = region
+        self.kind = kind
+        self.on_forwarded = on_forwarded
+        self.on_expired = on_expired
+        self.ack_wait_s = ack_wait_s
+        self.batch = batch
+        self.retry_max_s = retry_max_s
+        self.publish_timeout_s = publish_timeout_s
+        self.durable = (
+            subjects.Durable.FORWARD_REQUESTS
+            if kind is subjects.OutKind.REQUEST
+            else subjects.Durable.FORWARD_EVENTS
+        )
+        self.forwarded = 0
+        self._js: JetStreamContext | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        js = jetstream(self.nc, self.region)
+        stream = subjects.outbound_stream_name(self.region)
+        await ensure_consumer(
+            js,
+            stream,
+            self.durable,
+            filter_subject=subjects.outbound_filter(self.region, self.kind),
+            ack_wait_s=self.ack_wait_s,
+            max_ack_pending=self.batch * 4,
+        )
+        self._js = js
+        sub = await js.pull_subscribe_bind(durable=self.durable, stream=stream)
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(sub), name=f"forwarder-{self.kind.value}")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand (its messages are acked or nakked), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.publish_timeout_s + 2.0)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        try:
+            while not self._stopping:
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=0.25)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                    await asyncio.sleep(0.2)
+                    continue
+                except Exception as exc:  # a fetch refused while the server restarts
+                    log.warning("forwarder.fetch_failed", error=type(exc).__name__)
+                    await asyncio.sleep(0.2)
+                    continue
+                await asyncio.gather(*(self._forward(m) for m in msgs))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _retry_delay(self, msg: Msg) -> float:
+        try:
+            attempt = msg.metadata.num_delivered
+        except Exception:
+            attempt = 1
+        return min(0.1 * 2 ** min(attempt, 10), self.retry_max_s)
+
+    async def _forward(self, msg: Msg) -> None:
+        try:
+            _, dest, to, mid = subjects.destination_of(msg.subject)
+        except ValueError:
+            log.error("forwarder.bad_subject")
+            await msg.term()
+            return
+        headers = dict(msg.headers or {})
+        try:
+            deadline_ms = int(headers.get(subjects.Header.DEADLINE_MS, "0"))
+        except ValueError:
+            deadline_ms = 0
+        try:
+            if deadline_ms and time.time() * 1000 > deadline_ms:
+                if self.on_expired is not None:
+                    await self.on_expired(mid, to, msg)
+                await msg.ack_sync(timeout=self.publish_timeout_s)
+                log.warning("forwarder.expired", message_id=mid, peer_region=to)
+                return
+            out_headers: dict[str, str] = {
+                subjects.Header.MSG_ID: mid,
+                subjects.Header.MESSAGE_ID: mid,
+                subjects.Header.FROM_REGION: self.region,
+            }
+            for name in (subjects.Header.TRACEPARENT, subjects.Header.DEADLINE_MS):
+                if name in headers:
+                    out_headers[name] = headers[name]
+            assert self._js is not None
+            await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
+        except _TRANSIENT as exc:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self._retry_delay(msg))
+            log.debug("forwarder.retry", message_id=mid, peer_region=to, error=type(exc).__name__)
+            return
+        except nats.js.errors.APIError as exc:
+            # The destination refused it (e.g. its stream is full): retry later, slowly.
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.retry_max_s)
+            log.warning("forwarder.refused", message_id=mid, peer_region=to, error=exc.description)
+            return
+        try:
+            if self.on_forwarded is not None:
+                await self.on_forwarded(mid, to, msg)
+            await msg.ack()
+            self.forwarded += 1
+        except Exception as exc:
+            # Not acked: redelivered after ack_wait; the destination drops the duplicate.
+            log.warning("forwarder.ack_failed", message_id=mid, error=type(exc).__name__)

@@ -1,0 +1,93 @@
+"""Creating a region's JetStream streams and durable consumers (idempotent, at every process start).
+
+Every process of a region calls :func:`ensure_streams` before it consumes or publishes: the first
+creates, the others find them in place. A stream that exists with other settings is updated to
+ours (the config in ``tongban.subjects`` is the definition of record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.client import JetStreamContext
+
+from tongban import subjects
+from tongban.errors import Unavailable
+
+log = structlog.get_logger("tongban.streams")
+
+
+def jetstream(nc: NATS, region: str, *, timeout: float = 5.0) -> JetStreamContext:
+    """The JetStream API of ``region``'s own domain (never another region's)."""
+    return nc.jetstream(domain=region, timeout=timeout)
+
+
+async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        # 10058: a stream of this name exists with other settings.
+        if exc.err_code != 10058:
+            raise
+        await js.update_stream(config)
+
+
+async def ensure_streams(
+    nc: NATS, region: str, *, duplicate_window_s: float = 24 * 3600, timeout: float = 15.0
+) -> JetStreamContext:
+    """Create or update ``region``'s streams; retry while its JetStream is not yet up.
+
+    Raises:
+        Unavailable: JetStream did not answer within ``timeout``.
+    """
+    js = jetstream(nc, region)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for config in subjects.region_streams(region, duplicate_window_s=duplicate_window_s):
+                await _ensure(js, config)
+            return js
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+            nats.errors.ConnectionReconnectingError,
+            TimeoutError,
+        ) as exc:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"JetStream of region {region} is not available") from exc
+            log.info("streams.waiting", region=region, error=type(exc).__name__)
+            await asyncio.sleep(0.2)
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    stream: str,
+    durable: str,
+    *,
+    filter_subject: str,
+    ack_wait_s: float,
+    max_ack_pending: int,
+) -> None:
+    """Create (or update) a durable pull consumer with explicit acks and no server-side delivery cap:
+    attempts are counted and capped by the consumer's owner, per service."""
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,
+            filter_subject=filter_subject,
+            max_ack_pending=max_ack_pending,
+            max_waiting=512,
+        ),
+    )
