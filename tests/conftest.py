@@ -103,12 +103,20 @@ async def start_stack(
     *,
     serving: tuple[str, ...] = (SZ, WX),
     adapters: dict[str, dict[str, Adapter]] | None = None,
+    catalogue: Catalogue | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
 ) -> Stack:
-    """Gateway + connector for every region in ``serving`` (other regions are in the registry only)."""
-    catalogue = Catalogue.load()
+    """Gateway + connector for every region in ``serving`` (other regions are in the registry only).
+
+    ``config`` overrides settings of every node (``{"connector": {"ack_wait_s": 1.0}}``).
+    """
+    catalogue = catalogue or Catalogue.load()
     nodes: dict[str, Node] = {}
     for region in serving:
         cfg = Config.load(state.config_path(region))
+        for section, values in (config or {}).items():
+            for key, value in values.items():
+                setattr(getattr(cfg, section), key, value)
         ledger = SQLiteLedger(cfg.path(cfg.ledger.path), region)
         await ledger.open()
         node = Node(region, cfg, ledger)

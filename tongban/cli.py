@@ -55,21 +55,17 @@ def _cmd_connector(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_query(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf import json_format
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
+def _service_request(args: argparse.Namespace) -> Any:
+    """The ServiceRequest the query/submit flags describe, or None after printing the problem."""
     from tongban.catalogue import Catalogue
-    from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+    from tongban.v1 import exchange_pb2
 
     fields: dict[str, str] = {}
     for item in args.field:
         key, sep, value = item.partition("=")
         if not sep:
-            print(f"tongban query: --field {key!r} must be NAME=VALUE", file=sys.stderr)
-            return 2
+            print(f"tongban {args.command}: --field {key!r} must be NAME=VALUE", file=sys.stderr)
+            return None
         fields[key] = value
     req = exchange_pb2.ServiceRequest(service_code=args.service, target_region=args.to)
     item = Catalogue.load().get(args.service)
@@ -90,24 +86,43 @@ def _cmd_query(args: argparse.Namespace) -> int:
     g.declared_fields.extend(args.declare)
     if args.idempotency_key:
         req.idempotency_key = args.idempotency_key
+    return req
 
+
+def _print_rpc_error(err: Any) -> None:
+    """Status, reason and field violations of a failed call, on stderr."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            for v in br.field_violations:
+                print(f"  field {v.field}: {v.description}", file=sys.stderr)
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            print(f"  reason {info.reason}", file=sys.stderr)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+
+    req = _service_request(args)
+    if req is None:
+        return 2
     with grpc.insecure_channel(args.gateway) as channel:
         stub = exchange_pb2_grpc.ExchangeStub(channel)
         try:
             resp = stub.Query(exchange_pb2.QueryRequest(request=req), timeout=args.timeout)
         except grpc.RpcError as err:
-            print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            status = rpc_status.from_call(err)  # type: ignore[arg-type]
-            for detail in status.details if status else []:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    br = error_details_pb2.BadRequest()
-                    detail.Unpack(br)
-                    for v in br.field_violations:
-                        print(f"  field {v.field}: {v.description}", file=sys.stderr)
-                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    print(f"  reason {info.reason}", file=sys.stderr)
+            _print_rpc_error(err)
             return 1
     out = {
         "message_id": resp.message_id,
@@ -122,6 +137,141 @@ def _cmd_query(args: argparse.Namespace) -> int:
     }
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import grpc
+
+    from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+
+    req = _service_request(args)
+    if req is None:
+        return 2
+    submit = exchange_pb2.SubmitRequest(request=req)
+    if args.ttl:
+        submit.time_to_live.FromMilliseconds(int(args.ttl * 1000))
+    with grpc.insecure_channel(args.gateway) as channel:
+        stub = exchange_pb2_grpc.ExchangeStub(channel)
+        try:
+            r = stub.Submit(submit, timeout=args.timeout)
+        except grpc.RpcError as err:
+            _print_rpc_error(err)
+            return 1
+        out = {
+            "case_no": r.case_no,
+            "message_id": r.message_id,
+            "accepted_at": r.accepted_at.ToDatetime().isoformat() + "Z",
+            "request_digest": r.request_digest.hex(),
+            "trace_id": r.trace_id,
+            "replayed": r.replayed,
+        }
+        print(json.dumps(out, ensure_ascii=False, indent=2), flush=True)
+        if args.watch:
+            return _watch(stub, r.case_no, 0, args.watch_timeout)
+    return 0
+
+
+def _event_line(ev: Any) -> str:
+    from tongban.v1 import exchange_pb2
+
+    status = exchange_pb2.CaseStatus.Name(ev.status).removeprefix("CASE_STATUS_") if ev.status else "-"
+    delivery = exchange_pb2.DeliveryState.Name(ev.delivery_state).removeprefix("DELIVERY_STATE_")
+    when = ev.occurred_at.ToDatetime().isoformat(timespec="milliseconds") + "Z"
+    local = f"{ev.local_system}:{ev.local_code}" if ev.local_code else "-"
+    problem = f"  {ev.problem.reason}: {ev.problem.message}" if ev.problem.reason else ""
+    return f"{ev.sequence:>3}  {when}  {ev.status:>2} {status:<24} {local:<16} {delivery}{problem}"
+
+
+def _watch(stub: Any, case_no: str, after: int, timeout: float) -> int:
+    import grpc
+
+    from tongban.v1 import exchange_pb2
+
+    try:
+        for item in stub.WatchCase(
+            exchange_pb2.WatchCaseRequest(case_no=case_no, after_sequence=after), timeout=timeout
+        ):
+            print(_event_line(item.event), flush=True)
+    except grpc.RpcError as err:
+        _print_rpc_error(err)
+        return 1
+    return 0
+
+
+def _cmd_case(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+
+    with grpc.insecure_channel(args.gateway) as channel:
+        stub = exchange_pb2_grpc.ExchangeStub(channel)
+        if args.case_command == "watch":
+            return _watch(stub, args.case_no, args.after, args.timeout)
+        try:
+            case = stub.GetCase(exchange_pb2.GetCaseRequest(case_no=args.case_no), timeout=args.timeout).case
+        except grpc.RpcError as err:
+            _print_rpc_error(err)
+            return 1
+    print(json.dumps(json_format.MessageToDict(case), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _node_config(args: argparse.Namespace) -> Any:
+    from tongban.config import Config
+
+    path = Path(args.config) if args.config else Path(args.state_dir) / args.region / "node.toml"
+    return Config.load(path)
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from ledger import EntryDraft, Event, SQLiteLedger
+    from tongban import dlq
+    from tongban.node import connect_nats
+    from tongban.telemetry import configure_logging
+
+    cfg = _node_config(args)
+    region = cfg.region.code
+    configure_logging(fmt="console", level="error", stream=sys.stderr)
+
+    async def quiet() -> None:
+        return None
+
+    async def run() -> int:
+        nc = await connect_nats(cfg, name=f"tongban-dlq-{region}", disconnected_cb=quiet)
+        try:
+            if args.dlq_command == "list":
+                letters = await dlq.list_dead_letters(nc, region, limit=args.limit)
+                if args.json:
+                    print(json.dumps([d.__dict__ for d in letters], ensure_ascii=False, indent=2))
+                    return 0
+                print(f"{len(letters)} dead letter(s) in DLQ_{region}")
+                for d in letters:
+                    print(
+                        f"  {d.seq:>6}  {d.dead_lettered_at}  {d.message_id}  {d.service_code}  "
+                        f"{d.reason}  attempts={d.attempts}"
+                    )
+                return 0
+            dead = await dlq.replay(nc, region, args.id)
+            # An operator's action is on the record, like every other step.
+            async with SQLiteLedger(cfg.path(cfg.ledger.path), region) as ledger:
+                await ledger.append(
+                    EntryDraft(
+                        Event.RESENT,
+                        dead.message_id or f"dlq:{args.id}",
+                        region,
+                        dead.service_code,
+                        b"",
+                        "",
+                        f"dlq-replay seq={args.id} reason={dead.reason}",
+                    )
+                )
+            print(f"replayed dead letter {args.id} ({dead.message_id}, {dead.service_code}) to IN_{region}")
+            return 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -156,6 +306,26 @@ def _cmd_ledger_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _request_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", required=True, help="GB/T 2260 code of the region holding the data")
+    p.add_argument("--service", required=True, help="catalogue item code")
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="form field; id_no/uscc, name and phone fill the applicant",
+    )
+    p.add_argument("--purpose", required=True, help="purpose code, e.g. KSTB_CASE_HANDLING")
+    p.add_argument("--purpose-text", default="", help="申请事由")
+    p.add_argument("--legal-basis", choices=("statutory", "consent"), default="statutory")
+    p.add_argument(
+        "--consent-ref", default="", help="consent reference (required with --legal-basis consent)"
+    )
+    p.add_argument("--declare", action="append", default=[], metavar="FIELD", help="response field needed")
+    p.add_argument("--idempotency-key", default="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tongban", description="tongban (通办): cross-province data-exchange gateway"
@@ -176,25 +346,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="call Exchange.Query on a gateway and print the verified answer")
     q.add_argument("--gateway", required=True, help="host:port of the gateway")
-    q.add_argument("--to", required=True, help="GB/T 2260 code of the region holding the data")
-    q.add_argument("--service", required=True, help="catalogue item code")
-    q.add_argument(
-        "--field",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="form field; id_no/uscc, name and phone fill the applicant",
-    )
-    q.add_argument("--purpose", required=True, help="purpose code, e.g. KSTB_CASE_HANDLING")
-    q.add_argument("--purpose-text", default="", help="申请事由")
-    q.add_argument("--legal-basis", choices=("statutory", "consent"), default="statutory")
-    q.add_argument(
-        "--consent-ref", default="", help="consent reference (required with --legal-basis consent)"
-    )
-    q.add_argument("--declare", action="append", default=[], metavar="FIELD", help="response field needed")
-    q.add_argument("--idempotency-key", default="")
+    _request_flags(q)
     q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
     q.set_defaults(func=_cmd_query)
+
+    sm = sub.add_parser(
+        "submit", help="call Exchange.Submit: hand a case to another region, print the receipt"
+    )
+    sm.add_argument("--ttl", type=float, default=0.0, help="seconds the case may wait (default: catalogue)")
+    sm.add_argument("--watch", action="store_true", help="then stream the case's events until it ends")
+    sm.add_argument("--watch-timeout", type=float, default=600.0, help="how long --watch waits (default 600)")
+    sm.add_argument("--gateway", required=True, help="host:port of the gateway")
+    _request_flags(sm)
+    sm.add_argument("--timeout", type=float, default=10.0, help="deadline of the Submit call (default 10)")
+    sm.set_defaults(func=_cmd_submit)
+
+    cs = sub.add_parser("case", help="read or watch a case submitted through a gateway")
+    csub = cs.add_subparsers(dest="case_command", required=True)
+    for verb, text in (
+        ("get", "print the case and its events"),
+        ("watch", "stream its events until it ends"),
+    ):
+        c = csub.add_parser(verb, help=text)
+        c.add_argument("case_no", help="case number from the Submit receipt")
+        c.add_argument("--gateway", required=True, help="host:port of the gateway it was submitted to")
+        c.add_argument("--timeout", type=float, default=600.0 if verb == "watch" else 10.0)
+        if verb == "watch":
+            c.add_argument("--after", type=int, default=0, help="resume after this event sequence")
+        c.set_defaults(func=_cmd_case)
+
+    dq = sub.add_parser("dlq", help="a region's dead letters: list, replay")
+    dsub = dq.add_subparsers(dest="dlq_command", required=True)
+    for verb, text in (("list", "list the dead letters"), ("replay", "send one back to the inbound stream")):
+        c = dsub.add_parser(verb, help=text)
+        if verb == "replay":
+            c.add_argument("id", type=int, help="dead letter id (its DLQ stream sequence, from dlq list)")
+        else:
+            c.add_argument("--json", action="store_true")
+            c.add_argument("--limit", type=int, default=1000)
+        c.add_argument("--config", default="", help="the region's node config (TOML)")
+        c.add_argument(
+            "--region", default="", help="dev stack region (config at <state-dir>/<region>/node.toml)"
+        )
+        c.add_argument("--state-dir", default=DEFAULT_STATE)
+        c.set_defaults(func=_cmd_dlq)
 
     lg = sub.add_parser("ledger", help="ledger tools")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)
@@ -210,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "ledger" and not (args.region or args.file):
         print("tongban ledger verify: give --region or --file", file=sys.stderr)
+        return 2
+    if args.command == "dlq" and not (args.region or args.config):
+        print(f"tongban dlq {args.dlq_command}: give --config or --region", file=sys.stderr)
         return 2
     from tongban.errors import TongbanError
 
