@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/tongban/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench protos lint typecheck clean
+.PHONY: help install run test bench chaos protos lint typecheck clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,8 +27,12 @@ run: $(STAMP) ## start the two-region dev stack (Shenzhen 440300, Wuxi 320200); 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) ## Query throughput/latency vs a bare gRPC→NATS→reply baseline, RSS of each process
+bench: $(STAMP) ## Query vs bare gRPC→NATS→reply; Submit accepted/delivered per s vs bare JetStream publish
 	$(BIN)/python -m bench.query_bench
+	$(BIN)/python -m bench.submit_bench
+
+chaos: $(STAMP) ## 5,000 Submits while connectors, a gateway, a region's nats-server and the hub are SIGKILLed
+	$(BIN)/python -m tests.chaos --submits 5000
 
 protos: $(STAMP) ## regenerate tongban/v1/ from protos/ (buf lint first)
 	cd protos && ../$(BIN)/buf lint

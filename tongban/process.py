@@ -13,14 +13,20 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Ctrl-C, a service manager's stop, and a closed terminal all mean: stop gracefully."""
 
 
+_PR_SET_PDEATHSIG = 1
+# Resolved here, in the parent: between fork and exec (where ``die_with_parent`` runs) a dlopen
+# could wait forever on, or trip over, a loader lock another thread of the parent held at the fork
+# (seen as a child dying of SIGSEGV while gRPC threads were busy). Calling a resolved function is safe.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def die_with_parent() -> None:
     """``preexec_fn`` for child processes: the kernel sends SIGTERM to the child when the process
     that started it dies, however it dies (Linux; elsewhere a no-op). Children are started in their
     own session so a terminal's Ctrl-C reaches only the supervisor, which stops them in order; this
     is the safety net for when the supervisor is killed outright."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 async def wait_for_signal() -> int:
