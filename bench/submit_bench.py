@@ -153,7 +153,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                             full.append(await full_submit(address, cases_db, c, args.duration, f"c{c}r{rnd}"))
                             a, d, e = full[-1]
                             print(
-                                f"  full c={c:<3} round {rnd + 1}: {a:8.0f} accepted/s {d:8.0f} delivered/s  errors {e}",
+                                f"  full c={c:<3} round {rnd + 1}: {a:8.0f} accepted/s "
+                                f"{d:8.0f} delivered/s  errors {e}",
                                 file=sys.stderr,
                             )
                 b = max(bare)
@@ -191,8 +192,8 @@ def main() -> None:
     print("-" * 86)
     for r in out["rows"]:  # type: ignore[attr-defined]
         print(
-            f"{r['concurrency']:>9} | {r['bare_publish_s']:>13} | {r['accepted_s']:>10} | {r['delivered_s']:>11} | "
-            f"{r['accepted_ratio']:>13} | {r['delivered_ratio']:>14}"
+            f"{r['concurrency']:>9} | {r['bare_publish_s']:>13} | {r['accepted_s']:>10} | "
+            f"{r['delivered_s']:>11} | {r['accepted_ratio']:>13} | {r['delivered_ratio']:>14}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -217,6 +217,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
         ]
 
         receipts: dict[str, str] = {}  # idempotency key → message id
+        progress = asyncio.Event()
         errors: dict[str, str] = {}
         todo = [f"chaos-{i:06d}" for i in range(submits)]
         rng = random.Random(7)
@@ -233,6 +234,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
                         r = await stub.Submit(submit_request(key=key), timeout=5)
                         receipts[key] = r.message_id
                         errors.pop(key, None)
+                        progress.set()
                         break
                     except grpc.aio.AioRpcError as err:
                         errors[key] = err.code().name
@@ -244,7 +246,8 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
         async def chaos() -> None:
             for fraction, what, kill, start in schedule:
                 while len(receipts) < fraction * submits:
-                    await asyncio.sleep(0.01)
+                    progress.clear()
+                    await progress.wait()
                 await kill_restart(what, kill, start)
 
         t0 = time.monotonic()
