@@ -427,14 +427,19 @@ class CaseWorker:
 
     async def _send(self, events: Sequence[OutEvent]) -> None:
         """Into the region's outbound stream (deduplicated by event id); the forwarder does the rest."""
-        assert self._js is not None
-        for e in events:
-            await self._js.publish(
-                e.subject,
-                e.data,
-                timeout=self.cfg.gateway.publish_timeout_s,
-                headers={subjects.Header.MSG_ID: e.event_id, subjects.Header.MESSAGE_ID: e.event_id},
+        js = self._js
+        assert js is not None
+        await asyncio.gather(
+            *(
+                js.publish(
+                    e.subject,
+                    e.data,
+                    timeout=self.cfg.gateway.publish_timeout_s,
+                    headers={subjects.Header.MSG_ID: e.event_id, subjects.Header.MESSAGE_ID: e.event_id},
+                )
+                for e in events
             )
+        )
 
     async def _dead_letter(self, msg: Msg, verified: envelope.Verified, reason: str, attempts: int) -> None:
         h = verified.header

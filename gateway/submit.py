@@ -122,6 +122,7 @@ class CaseDesk:
         self._tasks: list[asyncio.Task[None]] = []
         self._notify_sub: object | None = None
         self._stopping = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
         self.resent = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class CaseDesk:
         for ev_set in self.watchers.by_case.values():
             for ev in ev_set:
                 ev.set()
-        waits = [asyncio.wait_for(t, 3.0) for t in self._tasks]
+        waits = [asyncio.wait_for(t, 3.0) for t in (*self._tasks, *self._background)]
         if self._forwarder is not None:
             waits.append(self._forwarder.stop())
         for result in await asyncio.gather(*waits, return_exceptions=True):
@@ -307,7 +308,11 @@ class CaseDesk:
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             log.warning("submit.outbox_pending", message_id=row.message_id, error=type(exc).__name__)
             return False
-        await self.cases.mark_published(row.message_id)
+        # Off the caller's path: the flag only spares the reconciler a look into the stream, and a
+        # lost flag makes it publish again under the same Nats-Msg-Id, which the stream drops.
+        task = asyncio.create_task(self.cases.mark_published(row.message_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return True
 
     # -- forwarder callbacks ------------------------------------------------------------------
@@ -316,7 +321,9 @@ class CaseDesk:
         row = await self.cases.by_message_id(message_id)
         if row is None:
             return
-        if row.delivery < exchange_pb2.DELIVERY_STATE_FORWARDED:
+        # The record, not the case's state, decides: the handling region's events may already
+        # have moved the case on by the time this acknowledgement is handled.
+        if not any(e.event == Event.PUBLISHED for e in await self.ledger.by_message_id(message_id)):
             await self.ledger.append(
                 EntryDraft(
                     Event.PUBLISHED,
@@ -328,7 +335,7 @@ class CaseDesk:
                     subjects.inbound_stream_name(to),
                 )
             )
-            await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_FORWARDED)
+        if await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_FORWARDED) is not None:
             await self._changed(row.case_no)
 
     async def _on_expired_in_outbox(self, message_id: str, to: str, msg: Msg) -> None:
@@ -362,8 +369,8 @@ class CaseDesk:
                     log.warning("events.fetch_failed", error=type(exc).__name__)
                     await asyncio.sleep(0.2)
                     continue
-                for msg in msgs:
-                    await self._on_event(msg)
+                # Concurrently: their ledger appends and case updates share group commits.
+                await asyncio.gather(*(self._on_event(m) for m in msgs))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -83,12 +83,20 @@ class DevStack:
         logp = self.root / region / f"{role}.log"
         with open(logp, "ab") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tongban.cli", role, "--config", str(self.state.config_path(region))],
+                die_with_parent(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tongban.cli",
+                        role,
+                        "--config",
+                        str(self.state.config_path(region)),
+                    ]
+                ),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-                preexec_fn=die_with_parent,  # only a prctl call: see die_with_parent
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         self.children.append(Child(role, region, proc, logp))

@@ -167,12 +167,13 @@ class NatsServer:
         logf = open(self.workdir / f"{self.spec.name}.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [str(binary), "-c", str(self.config_path), "--ports_file_dir", str(ports_dir)],
+                die_with_parent(
+                    [str(binary), "-c", str(self.config_path), "--ports_file_dir", str(ports_dir)]
+                ),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
-                preexec_fn=die_with_parent,  # only a prctl call: see die_with_parent
             )
         finally:
             logf.close()
@@ -192,8 +193,10 @@ class NatsServer:
     async def _read_ports(self, ports_dir: Path, deadline: float) -> None:
         while time.monotonic() < deadline:
             if not self.running:
+                code = self.proc.returncode if self.proc is not None else None
                 raise NatsServerError(
-                    f"{self.spec.name} exited at start; see {self.workdir}/{self.spec.name}.log"
+                    f"{self.spec.name} exited at start (status {code}); "
+                    f"see {self.workdir}/{self.spec.name}.log"
                 )
             files = list(ports_dir.glob("*.ports"))
             if files:

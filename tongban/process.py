@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -13,20 +13,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Ctrl-C, a service manager's stop, and a closed terminal all mean: stop gracefully."""
 
 
-_PR_SET_PDEATHSIG = 1
-# Resolved here, in the parent: between fork and exec (where ``die_with_parent`` runs) a dlopen
-# could wait forever on, or trip over, a loader lock another thread of the parent held at the fork
-# (seen as a child dying of SIGSEGV while gRPC threads were busy). Calling a resolved function is safe.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so the kernel sends the child SIGTERM when the process that started it dies,
+    however it dies (``setpriv --pdeathsig``, util-linux; where it is missing, ``argv`` unchanged).
 
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: the kernel sends SIGTERM to the child when the process
-    that started it dies, however it dies (Linux; elsewhere a no-op). Children are started in their
-    own session so a terminal's Ctrl-C reaches only the supervisor, which stops them in order; this
-    is the safety net for when the supervisor is killed outright."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    Children are started in their own session so a terminal's Ctrl-C reaches only the supervisor,
+    which stops them in order; this is the safety net for when the supervisor is killed outright.
+    The death signal is set after exec, in the child, not by a ``preexec_fn``: Python code run
+    between fork and exec in a process with gRPC threads crashed children with SIGSEGV here.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 async def wait_for_signal() -> int:

@@ -107,12 +107,13 @@ class Child:
     def start(self) -> None:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tongban.cli", self.role, "--config", str(self.config)],
+                die_with_parent(
+                    [sys.executable, "-m", "tongban.cli", self.role, "--config", str(self.config)]
+                ),
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
 
