@@ -86,7 +86,7 @@ class CaseWorker:
         if self._task is not None:
             return
         c = self.cfg.connector
-        js = await ensure_streams(self.nc, self.region)
+        js = await ensure_streams(self.nc, self.region, replicas=self.cfg.nats.stream_replicas)
         self._js = js
         stream = subjects.inbound_stream_name(self.region)
         await ensure_consumer(

@@ -149,6 +149,8 @@ class Gateway:
         if server is None:
             return
         await self._set_health(False)
+        if self.desk is not None:
+            self.desk.begin_stop()
         await server.stop(self.cfg.gateway.grace_s)
         if self.desk is not None:
             await self.desk.stop()

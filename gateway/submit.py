@@ -131,7 +131,7 @@ class CaseDesk:
         if self._js is not None:
             return
         gw = self.cfg.gateway
-        js = await ensure_streams(self.nc, self.region)
+        js = await ensure_streams(self.nc, self.region, replicas=self.cfg.nats.stream_replicas)
         self._js = js
         self._stopping.clear()
         self._forwarder = Forwarder(
@@ -165,14 +165,19 @@ class CaseDesk:
             asyncio.create_task(self._reconcile_loop(), name="reconciler"),
         ]
 
-    async def stop(self) -> None:
-        if self._js is None:
-            return
-        self._js = None
+    def begin_stop(self) -> None:
+        """End the WatchCase streams (UNAVAILABLE, the client resumes elsewhere) and the background
+        loops, so the gRPC server's grace period is not spent waiting on open watches."""
         self._stopping.set()
         for ev_set in self.watchers.by_case.values():
             for ev in ev_set:
                 ev.set()
+
+    async def stop(self) -> None:
+        if self._js is None:
+            return
+        self._js = None
+        self.begin_stop()
         waits = [asyncio.wait_for(t, 3.0) for t in (*self._tasks, *self._background)]
         if self._forwarder is not None:
             waits.append(self._forwarder.stop())

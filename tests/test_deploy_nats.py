@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -322,8 +322,8 @@ async def test_boot_region_streams_at_replicas_3(booted: Booted) -> None:
     qd = await nats.connect(booted.client_url("370200-node-3"), connect_timeout=5)
     try:
         js_sz = wx.jetstream(domain="440300", timeout=10)
-        for config in subjects.region_streams("440300"):
-            await js_sz.add_stream(replace(config, num_replicas=3))
+        for config in subjects.region_streams("440300", replicas=3):
+            await js_sz.add_stream(config)
         ack = await qd.jetstream(timeout=10).publish(subjects.request_subject("440300", "demo"), b"x")
         assert ack.stream == subjects.inbound_stream_name("440300")
         assert ack.domain == "440300"

@@ -34,6 +34,9 @@ class NatsConfig:
     """Reconnect forever by default: a region outage must not need a restart."""
     drain_timeout_s: float = 5.0
     """How long a graceful stop waits for in-flight messages."""
+    stream_replicas: int = 1
+    """Replicas of the region's streams: 1 on a single server (dev, tests), 3 on a region's
+    3-node cluster (deploy/nats/regions)."""
 
 
 @dataclass
@@ -204,6 +207,8 @@ class Config:
             raise ConfigError("[log] format must be json or console")
         if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("[ledger] synchronous must be FULL, NORMAL or EXTRA")
+        if self.nats.stream_replicas not in (1, 3, 5):
+            raise ConfigError("[nats] stream_replicas must be 1, 3 or 5")
         if self.connector.max_attempts < 1 or any(b <= 0 for b in self.connector.backoff_s):
             raise ConfigError("[connector] max_attempts must be >= 1 and backoff_s delays positive")
         if min(self.gateway.submit_ttl_s, self.gateway.publish_timeout_s, self.connector.ack_wait_s) <= 0:

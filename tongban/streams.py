@@ -40,7 +40,7 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def ensure_streams(
-    nc: NATS, region: str, *, duplicate_window_s: float = 24 * 3600, timeout: float = 15.0
+    nc: NATS, region: str, *, duplicate_window_s: float = 24 * 3600, replicas: int = 1, timeout: float = 15.0
 ) -> JetStreamContext:
     """Create or update ``region``'s streams; retry while its JetStream is not yet up.
 
@@ -51,7 +51,9 @@ async def ensure_streams(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            for config in subjects.region_streams(region, duplicate_window_s=duplicate_window_s):
+            for config in subjects.region_streams(
+                region, duplicate_window_s=duplicate_window_s, replicas=replicas
+            ):
                 await _ensure(js, config)
             return js
         except (

@@ -219,14 +219,19 @@ def dlq_stream(region: str) -> StreamConfig:
     return _durable_stream(dlq_stream_name(region), dlq_wildcard(region), 120.0, RetentionPolicy.LIMITS)
 
 
-def region_streams(region: str, *, duplicate_window_s: float = 24 * 3600) -> list[StreamConfig]:
-    """Every stream a region's nats-server holds."""
-    return [
+def region_streams(
+    region: str, *, duplicate_window_s: float = 24 * 3600, replicas: int = 1
+) -> list[StreamConfig]:
+    """Every stream a region's nats-server holds; ``replicas`` 3 on a region's 3-node cluster."""
+    configs = [
         inbound_stream(region, duplicate_window_s=duplicate_window_s),
         outbound_stream(region, duplicate_window_s=duplicate_window_s),
         event_stream(region, duplicate_window_s=duplicate_window_s),
         dlq_stream(region),
     ]
+    for c in configs:
+        c.num_replicas = replicas
+    return configs
 
 
 def stream_subjects_overlap_rpc(config: StreamConfig) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -11,6 +13,7 @@ from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import cases
+from tests.helpers import eventually
 from tongban import subjects
 from tongban.v1 import exchange_pb2
 
@@ -153,3 +156,24 @@ async def test_submit_to_a_region_with_no_streams_waits_in_the_outbound_stream(s
         assert info.state.messages == 1
     finally:
         await nc.close()
+
+
+async def test_gateway_stop_ends_open_watches_promptly(stack: Stack) -> None:
+    stub = stack.stub(SZ)
+    receipt = await stub.Submit(submit_request(to=QD), timeout=10)  # nobody in Qingdao handles it
+    call = stub.WatchCase(exchange_pb2.WatchCaseRequest(case_no=receipt.case_no), timeout=30)
+    gw = stack.nodes[SZ].gateway
+    assert gw is not None
+
+    async def first_state() -> None:
+        async for _ in call:
+            pass
+
+    reader = asyncio.create_task(first_state())
+    await eventually(lambda: bool(gw.desk and gw.desk.watchers.by_case), what="watch registered")
+    await gw.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await reader
+    # Ended by the gateway with a reason to resume elsewhere, not cut off when the grace ran out.
+    d = details_of(err.value)
+    assert d.code == grpc.StatusCode.UNAVAILABLE and d.reason == "SHUTTING_DOWN"
