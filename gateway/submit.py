@@ -375,7 +375,11 @@ class CaseDesk:
                     await asyncio.sleep(0.2)
                     continue
                 # Concurrently: their ledger appends and case updates share group commits.
-                await asyncio.gather(*(self._on_event(m) for m in msgs))
+                for result in await asyncio.gather(
+                    *(self._on_event(m) for m in msgs), return_exceptions=True
+                ):
+                    if isinstance(result, Exception):  # e.g. the term/nak of a message failed: redelivered
+                        log.warning("event.handling_failed", error=type(result).__name__)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

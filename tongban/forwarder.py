@@ -125,7 +125,9 @@ class Forwarder:
                     log.warning("forwarder.fetch_failed", error=type(exc).__name__)
                     await asyncio.sleep(0.2)
                     continue
-                await asyncio.gather(*(self._forward(m) for m in msgs))
+                for result in await asyncio.gather(*(self._forward(m) for m in msgs), return_exceptions=True):
+                    if isinstance(result, Exception):  # not acked: redelivered after the ack wait
+                        log.warning("forwarder.failed", error=type(result).__name__)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
