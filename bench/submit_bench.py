@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import grpc
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from gateway.cases import message_ids_with_status
 from tongban.dev import DevStack
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -81,12 +81,7 @@ async def bare_publish(url: str, concurrency: int, duration: float, size: int) -
 
 
 def approved(cases_db: Path, ids: set[str]) -> int:
-    conn = sqlite3.connect(f"file:{cases_db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = conn.execute("SELECT message_id FROM cases WHERE status = ?", (APPROVED,)).fetchall()
-    finally:
-        conn.close()
-    return len(ids & {r[0] for r in rows})
+    return len(ids & message_ids_with_status(cases_db, APPROVED))
 
 
 async def full_submit(

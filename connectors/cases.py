@@ -31,14 +31,13 @@ from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
-from opentelemetry.trace import SpanKind
 
 from connectors.adapters import AdapterFailure, AdapterRequest, CaseAdapter, StatusUpdate, submit_via_call
 from connectors.state import ConnectorState, OutEvent
 from ledger import EntryDraft, Event
 from tongban import envelope, messages, subjects, telemetry
 from tongban.delivery import policy_for
-from tongban.envelope import EnvelopeRejected, Reason
+from tongban.envelope import Reason
 from tongban.errors import NotFound, TongbanError
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
@@ -157,31 +156,8 @@ class CaseWorker:
 
     async def _handle(self, msg: Msg) -> None:
         now = time.time()
-        try:
-            _, header = envelope.parse(msg.data)
-        except EnvelopeRejected:
-            header = None
-        mid, svc, peer = self.connector._labels(header)
-        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
-        with (
-            structlog.contextvars.bound_contextvars(
-                region=self.region, message_id=mid, service_code=svc, peer_region=peer
-            ),
-            self.tracer.start_as_current_span(
-                "connector.receive",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": subjects.request_wildcard(self.region),
-                    "tongban.region": self.region,
-                    "tongban.message_id": mid,
-                    "tongban.service_code": svc,
-                    "tongban.peer_region": peer,
-                },
-            ),
-        ):
+        header = envelope.header_or_none(msg.data)
+        with self.connector.receive_scope(header, subjects.request_wildcard(self.region)):
             try:
                 await self._process(msg, header, now)
             except Exception as exc:

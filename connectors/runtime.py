@@ -14,9 +14,10 @@ Replicas of one region subscribe in one queue group, so NATS spreads requests ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -25,7 +26,7 @@ from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status
+from opentelemetry.trace import Span, SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
@@ -190,6 +191,33 @@ class Connector:
         peer = header.from_region if self.registry.region(header.from_region) is not None else "?"
         return mid, svc, peer
 
+    @contextlib.contextmanager
+    def receive_scope(self, header: envelope_pb2.Header | None, destination: str) -> Iterator[Span]:
+        """Log context and CONSUMER span of one received request, continuing the sender's trace;
+        labels only from well-formed values of the (not yet verified) header."""
+        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
+        mid, svc, peer = self._labels(header)
+        with (
+            structlog.contextvars.bound_contextvars(
+                region=self.region, message_id=mid, service_code=svc, peer_region=peer
+            ),
+            self.tracer.start_as_current_span(
+                "connector.receive",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": destination,
+                    "tongban.region": self.region,
+                    "tongban.message_id": mid,
+                    "tongban.service_code": svc,
+                    "tongban.peer_region": peer,
+                },
+            ) as span,
+        ):
+            yield span
+
     def _check_replay(self, message_id: str, now: float) -> None:
         """Refuse a message id seen within the freshness window (older ones are refused as stale)."""
         seen = self._seen
@@ -210,31 +238,8 @@ class Connector:
         received_ns = time.time_ns()
         now = received_ns / 1e9
         header: envelope_pb2.Header | None = None
-        try:
-            _, header = envelope.parse(data)
-        except EnvelopeRejected:
-            header = None
-        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
-        mid, svc, peer = self._labels(header)
-        with (
-            structlog.contextvars.bound_contextvars(
-                region=self.region, message_id=mid, service_code=svc, peer_region=peer
-            ),
-            self.tracer.start_as_current_span(
-                "connector.receive",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": subjects.rpc_wildcard(self.region),
-                    "tongban.region": self.region,
-                    "tongban.message_id": mid,
-                    "tongban.service_code": svc,
-                    "tongban.peer_region": peer,
-                },
-            ) as span,
-        ):
+        header = envelope.header_or_none(data)
+        with self.receive_scope(header, subjects.rpc_wildcard(self.region)) as span:
             try:
                 return await self._process(subject, data, now, received_ns)
             except TongbanError as exc:

@@ -256,3 +256,13 @@ class CaseStore:
             return int(r[0]) if r else 0
 
         return await self.db.run(tx)
+
+
+def message_ids_with_status(path: Path, status: int) -> set[str]:
+    """Message ids of the cases in the store at ``path`` whose status is ``status``; read-only, for
+    tools and tests that watch a running region from outside."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return {r[0] for r in conn.execute("SELECT message_id FROM cases WHERE status = ?", (status,))}
+    finally:
+        conn.close()

@@ -72,6 +72,14 @@ class KeyDirectory(Protocol):
         ...
 
 
+def header_or_none(data: bytes) -> envelope_pb2.Header | None:
+    """The header of an envelope before any check, for labels only; None if it does not parse."""
+    try:
+        return parse(data)[1]
+    except EnvelopeRejected:
+        return None
+
+
 def pae(header: bytes, body: bytes) -> bytes:
     """DSSE-style pre-authentication encoding of (header, body) under tongban's type string."""
     return (

@@ -44,6 +44,7 @@ import grpc
 
 from connectors.demo.backends import DemoBackend
 from connectors.demo.cases import DemoCaseAdapter, case_effects
+from gateway.cases import message_ids_with_status
 from ledger import Event
 from ledger.verify import verify_sqlite_file
 from tests.e2e.cases import submit_request
@@ -285,20 +286,14 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
 
 
 def _approved(cases_db: Path, ids: set[str]) -> int:
-    conn = sqlite3.connect(f"file:{cases_db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = conn.execute("SELECT message_id FROM cases WHERE status = ?", (APPROVED,)).fetchall()
-    finally:
-        conn.close()
-    return len(ids & {r[0] for r in rows})
+    return len(ids & message_ids_with_status(cases_db, APPROVED))
 
 
 def _account(report: Report, state: DevState, receipts: dict[str, str], cases_db: Path) -> None:
     effects = case_effects(state.config_path(WX).parent / "demo-backend.sqlite")
-    approved = set()
+    approved = message_ids_with_status(cases_db, APPROVED)
     conn = sqlite3.connect(f"file:{cases_db}?mode=ro", uri=True, timeout=30)
     try:
-        approved = {r[0] for r in conn.execute("SELECT message_id FROM cases WHERE status = ?", (APPROVED,))}
         per_key = Counter(r[0] for r in conn.execute("SELECT idem_key FROM cases"))
     finally:
         conn.close()
