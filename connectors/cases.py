@@ -158,6 +158,9 @@ class CaseWorker:
         now = time.time()
         header = envelope.header_or_none(msg.data)
         with self.connector.receive_scope(header, subjects.request_wildcard(self.region)):
+            # Until the ack (or nak, or term): a slow back end, state store or ledger must not let
+            # the ack wait run out, or the request would be redelivered to a replica while in hand.
+            heartbeat = asyncio.create_task(self._keep_alive(msg))
             try:
                 await self._process(msg, header, now)
             except Exception as exc:
@@ -165,6 +168,8 @@ class CaseWorker:
                 log.error("cases.internal_error", error=type(exc).__name__)
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
+            finally:
+                heartbeat.cancel()
 
     async def _process(self, msg: Msg, header: envelope_pb2.Header | None, now: float) -> None:
         try:
@@ -227,7 +232,6 @@ class CaseWorker:
             declared_fields=tuple(request.governance.declared_fields),
             case_no=h.case_no,
         )
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
             with self.tracer.start_as_current_span(
                 "connector.adapter", attributes={"tongban.service_code": h.service_code}
@@ -251,8 +255,6 @@ class CaseWorker:
             log.warning("cases.retry", reason=reason, attempt=attempt, delay_s=delay)
             await msg.nak(delay=delay)
             return
-        finally:
-            heartbeat.cancel()
         await self._conclude(msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None)
 
     async def _keep_alive(self, msg: Msg) -> None:

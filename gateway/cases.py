@@ -235,15 +235,18 @@ class CaseStore:
         )
         return [exchange_pb2.CaseEvent.FromString(r[0]) for r in rows]
 
-    async def in_transit(self, *, accepted_before_ns: int, limit: int = 500) -> list[CaseRow]:
-        """Cases accepted before the given time that were neither forwarded nor given up on."""
+    async def in_transit(
+        self, *, accepted_before_ns: int, after: tuple[int, str] = (0, ""), limit: int = 500
+    ) -> list[CaseRow]:
+        """Cases accepted before the given time that were neither forwarded nor given up on, in
+        (accepted_ns, message_id) order after the cursor ``after``: page on with the last row's."""
         return await self.db.run(
             lambda c: [
                 CaseRow(*r)
                 for r in c.execute(
                     f"SELECT {_ROW} FROM cases WHERE delivery <= 1 AND accepted_ns < ?"
-                    " ORDER BY accepted_ns LIMIT ?",
-                    (accepted_before_ns, limit),
+                    " AND (accepted_ns, message_id) > (?, ?) ORDER BY accepted_ns, message_id LIMIT ?",
+                    (accepted_before_ns, after[0], after[1], limit),
                 ).fetchall()
             ],
             write=False,

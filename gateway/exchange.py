@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tongban.gateway")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-_SAFE_PATH = re.compile(r"^request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?$")
+_SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?)$")
 
 
 class ReplyInvalid(TongbanError):

@@ -118,21 +118,35 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.cases = CaseStore(self.cfg.path(gw.case_store))
-        await self.cases.open()
-        self.desk = CaseDesk(core, self.cases, self.nc)
-        await self.desk.start()
-        exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (EXCHANGE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        # Dev mode serves plaintext; mTLS credentials arrive with partner authentication.
-        self.port = server.add_insecure_port(gw.listen)
-        if not self.port:
-            raise ConfigError(f"cannot listen on {gw.listen}")
-        await server.start()
+        try:
+            self.cases = CaseStore(self.cfg.path(gw.case_store))
+            await self.cases.open()
+            self.desk = CaseDesk(core, self.cases, self.nc)
+            await self.desk.start()
+            exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            reflection.enable_server_reflection(
+                (
+                    EXCHANGE,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+            # Dev mode serves plaintext; mTLS credentials arrive with partner authentication.
+            self.port = server.add_insecure_port(gw.listen)
+            if not self.port:
+                raise ConfigError(f"cannot listen on {gw.listen}")
+            await server.start()
+        except BaseException:
+            # Nothing half-started stays behind: the loops, the store thread.
+            if self.desk is not None:
+                await self.desk.stop()
+                self.desk = None
+            if self.cases is not None:
+                await self.cases.close()
+                self.cases = None
+            raise
         self.server = server
         await self._set_health(self.nc.is_connected)
         if gw.port_file:

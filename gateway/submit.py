@@ -164,6 +164,8 @@ class CaseDesk:
             asyncio.create_task(self._consume_events(events), name="case-events"),
             asyncio.create_task(self._reconcile_loop(), name="reconciler"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(self._loop_done)
 
     def begin_stop(self) -> None:
         """End the WatchCase streams (UNAVAILABLE, the client resumes elsewhere) and the background
@@ -215,9 +217,13 @@ class CaseDesk:
                 violations.append(
                     Violation("request.idempotency_key", "at most 128 characters of A-Z a-z 0-9 _ . : -")
                 )
-            ttl = request.time_to_live
-            if ttl.seconds < 0 or ttl.nanos < 0:
-                violations.append(Violation("time_to_live", "must not be negative"))
+            if request.HasField("time_to_live"):
+                ttl = request.time_to_live
+                longest = self.cfg.gateway.max_submit_ttl_s
+                if not (0 <= ttl.nanos < 1_000_000_000 and 1 <= ttl.seconds + ttl.nanos / 1e9 <= longest):
+                    violations.append(
+                        Violation("time_to_live", f"must be between 1 and {longest:.0f} seconds")
+                    )
             if violations:
                 raise InvalidRequest("request cannot be submitted", violations)
 
@@ -279,9 +285,15 @@ class CaseDesk:
             ) from exc
         if not inserted:
             return self._replayed(stored, fingerprint)
-        await self.ledger.append(
-            EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id, case_no)
-        )
+        try:
+            await self.ledger.append(
+                EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id, case_no)
+            )
+        except Exception as exc:
+            # The case is accepted (its outbox row is on disk): an error now would invite a retry
+            # under a new key, a second case. The reconciler completes the record and sends it.
+            log.error("submit.ledger_deferred", case_no=case_no, error=type(exc).__name__)
+            return row.receipt()
         await self._publish(row)
         log.info("submit.accepted", case_no=case_no)
         return row.receipt()
@@ -317,8 +329,22 @@ class CaseDesk:
         # lost flag makes it publish again under the same Nats-Msg-Id, which the stream drops.
         task = asyncio.create_task(self.cases.mark_published(row.message_id))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
         return True
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("casedesk.background_failed", error=type(task.exception()).__name__)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        """The event consumer and the reconciler catch their errors; one that ends anyway, outside a
+        stop, is a bug the operator must see."""
+        if not self._stopping.is_set():
+            error = None if task.cancelled() else task.exception()
+            log.error(
+                "casedesk.loop_ended", loop=task.get_name(), error=type(error).__name__ if error else None
+            )
 
     # -- forwarder callbacks ------------------------------------------------------------------
 
@@ -506,56 +532,76 @@ class CaseDesk:
                 await asyncio.wait_for(self._stopping.wait(), self.cfg.gateway.reconcile_interval_s)
 
     async def reconcile(self, *, everything: bool = False) -> int:
-        """One pass; returns how many requests were (re-)sent."""
+        """One pass over the cases still only accepted; returns how many were (re-)sent.
+
+        ``everything`` includes cases accepted a moment ago (at start-up: a crash may have left
+        them); a periodic pass leaves the youngest to the Submit that is still writing them.
+        """
         gw = self.cfg.gateway
         now = time.time()
-        before = now if everything else now - 2 * gw.publish_timeout_s
+        before_ns = int((now if everything else now - 2 * gw.publish_timeout_s) * 1e9)
         sent = 0
-        for row in await self.cases.in_transit(accepted_before_ns=int(before * 1e9)):
-            if self._stopping.is_set():
+        cursor: tuple[int, str] = (0, "")
+        while not self._stopping.is_set():
+            page = await self.cases.in_transit(accepted_before_ns=before_ns, after=cursor)
+            if not page:
                 break
-            entries = await self.ledger.by_message_id(row.message_id)
-            if not any(e.event == Event.SUBMITTED for e in entries):
-                # Accepted into the outbox, crashed before the ledger: complete the record first.
-                await self.ledger.append(
-                    EntryDraft(
-                        Event.SUBMITTED,
-                        row.message_id,
-                        row.to_region,
-                        row.service,
-                        row.request_digest,
-                        row.trace_id,
-                        row.case_no,
-                    )
-                )
-            if now * 1000 > row.deadline_ms and not await self._in_outbound(row):
-                await self._expire(row.message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
-                continue
-            if not row.published:
-                if await self._publish(row):
-                    sent += 1
-                continue
-            if now - row.accepted_ns / 1e9 < gw.resend_after_s or await self._in_outbound(row):
-                continue
-            # The ledger says accepted, the stream no longer has it, nothing says it arrived.
-            n = await self.cases.count_resend(row.message_id)
-            if await self._publish(row, msg_id=f"{row.message_id}.r{n}"):
-                sent += 1
-                self.resent += 1
-                await self.ledger.append(
-                    EntryDraft(
-                        Event.RESENT,
-                        row.message_id,
-                        row.to_region,
-                        row.service,
-                        row.request_digest,
-                        row.trace_id,
-                        f"resend={n}",
-                    )
-                )
+            cursor = (page[-1].accepted_ns, page[-1].message_id)
+            for listed in page:
+                if self._stopping.is_set():
+                    break
+                sent += await self._reconcile_one(listed.message_id, now)
         if sent:
             log.info("reconciler.sent", count=sent)
         return sent
+
+    async def _reconcile_one(self, message_id: str, now: float) -> int:
+        gw = self.cfg.gateway
+        # Fresh: the forwarder may have moved it on since the page was read.
+        row = await self.cases.by_message_id(message_id)
+        if row is None or row.delivery > exchange_pb2.DELIVERY_STATE_ACCEPTED:
+            return 0
+        age = now - row.accepted_ns / 1e9
+        entries = await self.ledger.by_message_id(row.message_id)
+        if not any(e.event == Event.SUBMITTED for e in entries):
+            if age < gw.max_deadline_s:
+                return 0  # a Submit (here or on another replica) may still be writing its record
+            # Accepted into the outbox, then a crash before the ledger: complete the record first.
+            await self.ledger.append(
+                EntryDraft(
+                    Event.SUBMITTED,
+                    row.message_id,
+                    row.to_region,
+                    row.service,
+                    row.request_digest,
+                    row.trace_id,
+                    row.case_no,
+                )
+            )
+        if now * 1000 > row.deadline_ms and not await self._in_outbound(row):
+            await self._expire(row.message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
+            return 0
+        if not row.published:
+            return 1 if await self._publish(row) else 0
+        if age < gw.resend_after_s or await self._in_outbound(row):
+            return 0
+        # The ledger says accepted, the stream no longer has it, nothing says it arrived.
+        n = await self.cases.count_resend(row.message_id)
+        if not await self._publish(row, msg_id=f"{row.message_id}.r{n}"):
+            return 0
+        self.resent += 1
+        await self.ledger.append(
+            EntryDraft(
+                Event.RESENT,
+                row.message_id,
+                row.to_region,
+                row.service,
+                row.request_digest,
+                row.trace_id,
+                f"resend={n}",
+            )
+        )
+        return 1
 
     async def _in_outbound(self, row: CaseRow) -> bool:
         if self._js is None:

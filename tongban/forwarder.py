@@ -5,8 +5,8 @@ stream (work queue, file storage) until a forwarder of that region publishes it 
 region's stream with ``Nats-Msg-Id`` = the message id, and acks it only after the destination's
 PubAck. A destination that is down (its leaf, or the hub) is retried with capped back-off; nothing is
 lost and, thanks to the destination's duplicate window and the receiver's own processed-message
-record, nothing is applied twice. Requests carry their deadline in a header: once it has passed the
-forwarder stops trying and reports the expiry instead.
+record, nothing is applied twice. Requests carry their deadline in a header: once it has passed and
+the destination cannot be reached, the forwarder stops trying and reports the expiry instead.
 
 Gateways forward requests, connectors forward status events: two durable consumers with disjoint
 filters on the same stream, each shared by the replicas of its role.
@@ -151,33 +151,37 @@ class Forwarder:
             deadline_ms = int(headers.get(subjects.Header.DEADLINE_MS, "0"))
         except ValueError:
             deadline_ms = 0
+        # Past its deadline a request is still offered to the destination once more: an earlier
+        # attempt may have reached it (its PubAck lost in a crash), and then only the destination
+        # knows whether it was processed; it refuses anything expired and says so, signed. Only a
+        # destination that cannot be reached now makes the expiry final here.
+        expired = bool(deadline_ms) and time.time() * 1000 > deadline_ms
+        out_headers: dict[str, str] = {
+            subjects.Header.MSG_ID: mid,
+            subjects.Header.MESSAGE_ID: mid,
+            subjects.Header.FROM_REGION: self.region,
+        }
+        for name in (subjects.Header.TRACEPARENT, subjects.Header.DEADLINE_MS):
+            if name in headers:
+                out_headers[name] = headers[name]
         try:
-            if deadline_ms and time.time() * 1000 > deadline_ms:
+            assert self._js is not None
+            await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
+        except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+            if expired:
                 if self.on_expired is not None:
                     await self.on_expired(mid, to, msg)
                 await msg.ack_sync(timeout=self.publish_timeout_s)
                 log.warning("forwarder.expired", message_id=mid, peer_region=to)
-                return
-            out_headers: dict[str, str] = {
-                subjects.Header.MSG_ID: mid,
-                subjects.Header.MESSAGE_ID: mid,
-                subjects.Header.FROM_REGION: self.region,
-            }
-            for name in (subjects.Header.TRACEPARENT, subjects.Header.DEADLINE_MS):
-                if name in headers:
-                    out_headers[name] = headers[name]
-            assert self._js is not None
-            await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
-        except _TRANSIENT as exc:
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=self._retry_delay(msg))
-            log.debug("forwarder.retry", message_id=mid, peer_region=to, error=type(exc).__name__)
-            return
-        except nats.js.errors.APIError as exc:
-            # The destination refused it (e.g. its stream is full): retry later, slowly.
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=self.retry_max_s)
-            log.warning("forwarder.refused", message_id=mid, peer_region=to, error=exc.description)
+            elif isinstance(exc, nats.js.errors.APIError):
+                # The destination refused it (e.g. its stream is full): retry later, slowly.
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.retry_max_s)
+                log.warning("forwarder.refused", message_id=mid, peer_region=to, error=exc.description)
+            else:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self._retry_delay(msg))
+                log.debug("forwarder.retry", message_id=mid, peer_region=to, error=type(exc).__name__)
             return
         try:
             if self.on_forwarded is not None:

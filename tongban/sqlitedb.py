@@ -13,6 +13,7 @@ share one fsync instead of paying one each. A call returns only after the commit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -20,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+log = structlog.get_logger("tongban.sqlitedb")
 
 
 class SqliteDb:
@@ -82,6 +86,20 @@ class SqliteDb:
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the store's thread: commit everything queued, batch after batch, until none is left."""
+        try:
+            self._drain_batches(loop)
+        except BaseException as exc:
+            # Never leave callers waiting on a drain that died: fail what is queued, let the next
+            # write start a new drain.
+            with self._lock:
+                batch, self._queue = self._queue, []
+                self._draining = False
+            for _, fut in batch:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(_settle, fut, None, exc)
+            raise
+
+    def _drain_batches(self, loop: asyncio.AbstractEventLoop) -> None:
         conn = self._conn
         assert conn is not None
         while True:
@@ -111,7 +129,8 @@ class SqliteDb:
                     conn.execute("ROLLBACK")
                 results = [(fut, None, exc) for _, fut in batch]
             for fut, value, error in results:
-                loop.call_soon_threadsafe(_settle, fut, value, error)
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(_settle, fut, value, error)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
         if self._pool is None:
@@ -126,7 +145,8 @@ class SqliteDb:
                 start = not self._draining
                 self._draining = True
             if start:
-                loop.run_in_executor(self._pool, self._drain, loop)
+                drain = loop.run_in_executor(self._pool, self._drain, loop)
+                drain.add_done_callback(_log_drain_failure)
         # Shielded: a cancelled caller must not leave a transaction half-run on the thread.
         return await asyncio.shield(fut)
 
@@ -145,3 +165,8 @@ def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+def _log_drain_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("sqlite.drain_failed", error=type(fut.exception()).__name__)

@@ -172,6 +172,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
                     "resend_after_s": 20.0,
                     "ack_wait_s": 3.0,
                     "forward_retry_max_s": 1.0,
+                    "max_deadline_s": 10.0,
                 },
                 "connector": {"ack_wait_s": 3.0, "fetch_batch": 32},
                 "log": {"level": "warning"},

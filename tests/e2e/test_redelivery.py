@@ -36,7 +36,12 @@ async def quick_stack(topology: Topology, state: DevState) -> AsyncIterator[Stac
         state,
         config={
             "connector": {"ack_wait_s": 1.0},
-            "gateway": {"resend_after_s": 0.0, "reconcile_interval_s": 3600.0},
+            "gateway": {
+                "resend_after_s": 0.0,
+                "reconcile_interval_s": 3600.0,
+                "default_deadline_s": 1.0,
+                "max_deadline_s": 1.0,
+            },
         },
     )
     try:
@@ -221,3 +226,32 @@ async def test_reconciler_resends_what_the_stream_lost(quick_stack: Stack) -> No
     sz = [e.event for e in await quick_stack.nodes[SZ].ledger.by_message_id(receipt.message_id)]
     assert sz.count(Event.RESENT) == 1
     assert quick_stack.nodes[WX].adapters[CASE_SERVICE].calls[receipt.message_id] == 1
+
+
+async def test_submit_accepted_when_the_ledger_fails_is_completed_by_the_reconciler(
+    quick_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sz = quick_stack.nodes[SZ]
+    real = type(sz.ledger).append
+
+    async def failing_submitted(self: Any, *drafts: Any) -> Any:
+        if any(d.event == Event.SUBMITTED for d in drafts):
+            raise OSError("ledger disk full")
+        return await real(self, *drafts)
+
+    monkeypatch.setattr(type(sz.ledger), "append", failing_submitted)
+    stub = quick_stack.stub(SZ)
+    receipt = await stub.Submit(submit_request(), timeout=10)  # accepted: the outbox row is on disk
+    monkeypatch.undo()
+    assert not await sz.ledger.by_message_id(receipt.message_id)
+
+    gw = sz.gateway
+    assert gw is not None and gw.desk is not None
+    # A Submit may still be writing its record until the longest call deadline has passed.
+    assert await gw.desk.reconcile(everything=True) == 0
+    accepted = receipt.accepted_at.ToNanoseconds() / 1e9
+    await eventually(lambda: time.time() > accepted + gw.cfg.gateway.max_deadline_s, what="deadline passed")
+    assert await gw.desk.reconcile(everything=True) == 1
+    assert [e.status for e in await watch(stub, receipt.case_no)] == APPROVED
+    events = [e.event for e in await sz.ledger.by_message_id(receipt.message_id)]
+    assert events[:2] == [Event.SUBMITTED, Event.PUBLISHED] and events.count(Event.SUBMITTED) == 1

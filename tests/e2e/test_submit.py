@@ -57,11 +57,17 @@ async def test_submit_events_flow_back_in_order(stack: Stack) -> None:
 
 
 async def test_watch_started_before_the_events_arrive(stack: Stack) -> None:
+    wx = stack.nodes[WX].connector
+    gw = stack.nodes[SZ].gateway
+    assert wx is not None and gw is not None
+    await wx.stop()  # nothing is handled in Wuxi until the watch is open
     stub = stack.stub(SZ)
     receipt = await stub.Submit(submit_request(), timeout=10)
-    # The watch is opened right after the receipt: events arrive while it waits.
-    events = await watch(stub, receipt.case_no)
-    assert [e.status for e in events] == APPROVED
+    watching = asyncio.create_task(watch(stub, receipt.case_no))
+    await eventually(lambda: bool(gw.desk and gw.desk.watchers.by_case), what="watch waiting")
+    assert not watching.done()
+    await wx.start()
+    assert [e.status for e in await watching] == APPROVED
 
 
 async def test_no_record_is_refused_acceptance(stack: Stack) -> None:
@@ -131,6 +137,18 @@ async def test_bad_idempotency_key_is_a_field_violation(stack: Stack) -> None:
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT and "request.idempotency_key" in d.violations
     # Refused before anything was accepted: one REJECTED entry, nothing submitted.
     assert [e.event for e in await stack.nodes[SZ].ledger.entries()] == [Event.REJECTED]
+
+
+@pytest.mark.parametrize("seconds,nanos", [(10**15, 0), (0, 500_000_000), (-5, 0), (31 * 24 * 3600, 0)])
+async def test_time_to_live_out_of_range_is_a_field_violation(stack: Stack, seconds: int, nanos: int) -> None:
+    req = submit_request()
+    req.time_to_live.seconds, req.time_to_live.nanos = seconds, nanos
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stack.stub(SZ).Submit(req, timeout=10)
+    d = details_of(err.value)
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT and "time_to_live" in d.violations
+    entries = await stack.nodes[SZ].ledger.entries()
+    assert [(e.event, e.detail) for e in entries] == [(Event.REJECTED, "INVALID_REQUEST: time_to_live")]
 
 
 async def test_unknown_case_is_not_found(stack: Stack) -> None:
