@@ -283,9 +283,12 @@ class CaseWorker:
         if not updates:
             updates = [StatusUpdate(0)]  # a delivery outcome without a case status (expired, refused, ...)
 
+        # Taken here: ``build`` runs on the state store's thread, outside this span's context.
+        traceparent = telemetry.current_traceparent() or h.traceparent
+
         def build(first: int) -> list[OutEvent]:
             return [
-                self._build_event(h, verified.digest, first + i, u, delivery, problem)
+                self._build_event(h, verified.digest, first + i, u, delivery, problem, traceparent)
                 for i, u in enumerate(updates)
             ]
 
@@ -316,6 +319,7 @@ class CaseWorker:
         update: StatusUpdate,
         delivery: int,
         problem: exchange_pb2.Problem | None,
+        traceparent: str,
     ) -> OutEvent:
         event_id = new_message_id()
         ev = exchange_pb2.CaseEvent(
@@ -339,7 +343,7 @@ class CaseWorker:
             from_region=self.region,
             to_region=h.from_region,
             created_at=messages.timestamp(time.time()),
-            traceparent=telemetry.current_traceparent() or h.traceparent,
+            traceparent=traceparent,
             subject_digest=h.subject_digest,
             subject_masked=h.subject_masked,
             purpose=h.purpose,

@@ -110,3 +110,23 @@ async def test_reflection_lists_exchange(stack: Stack) -> None:
                 files.append(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
     assert "tongban.v1.Exchange" in names and "grpc.health.v1.Health" in names
     assert "tongban/v1/exchange.proto" in files
+
+
+async def test_submit_trace_continues_in_the_handling_region(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    from tests.e2e.cases import submit_request, watch
+
+    stub = stack.stub(SZ)
+    receipt = await stub.Submit(submit_request(), timeout=10)
+    await watch(stub, receipt.case_no)
+    mine = [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == receipt.trace_id]
+    by_name = {s.name: s for s in mine}
+    receive = by_name["connector.receive"]
+    # Days later and through two streams, the connector still continues the Submit's trace.
+    assert receive.parent is not None and receive.parent.is_remote
+    assert receive.parent.span_id == by_name["gateway.seal_sign"].context.span_id
+    assert receive.attributes["messaging.destination.name"] == f"tb.v1.req.{WX}.>"
+    assert by_name["connector.adapter"].parent.span_id == receive.context.span_id  # type: ignore[union-attr]
+    for s in mine:
+        assert "44030419900307123X" not in str(dict(s.attributes or {}))
