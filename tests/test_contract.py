@@ -63,3 +63,23 @@ def test_rendered_configs_pass_nats_server_t(tmp_path: Path, spec: ServerSpec) -
         [str(check_binary()), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_dev_topology_runs_the_deploy_templates(tmp_path: Path) -> None:
+    """The servers tests and `tongban dev` start are deploy/nats/dev rendered: each region its own
+    JetStream domain, fsync on every write, a leafnode of a hub without JetStream."""
+    import json
+    import urllib.request
+
+    from tongban.natsserver import Topology
+
+    def varz(url: str) -> dict[str, object]:
+        with urllib.request.urlopen(f"{url}/varz", timeout=5) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    async with Topology(tmp_path / "nats", ["440300"]) as topo:
+        leaf = varz(topo.leaves["440300"].monitor_url)
+        hub = varz(topo.hub.monitor_url)
+    js = leaf["jetstream"]["config"]  # type: ignore[index]
+    assert js["domain"] == "440300" and js["sync_always"] is True
+    assert hub.get("jetstream", {}).get("config") is None  # type: ignore[union-attr]

@@ -47,8 +47,12 @@ NODE_CONFS = {f"{r}-node-{n}": node_conf(r, n) for r in REGIONS for n in (1, 2, 
 HUB_CONFS = {h: hub_conf(h) for h in HUBS}
 
 
+DEV = DEPLOY / "dev"  # single-process templates rendered by tongban/natsserver.py
+
+
 def all_confs() -> list[Path]:
-    return sorted(DEPLOY.rglob("*.conf"))
+    """The production configs (deploy/nats/dev/ holds the single-machine templates)."""
+    return sorted(p for p in DEPLOY.rglob("*.conf") if DEV not in p.parents)
 
 
 def included_by(conf: Path) -> list[Path]:
@@ -336,3 +340,25 @@ async def test_boot_region_streams_at_replicas_3(booted: Booted) -> None:
     finally:
         await wx.close()
         await qd.close()
+
+
+@pytest.mark.parametrize("name", ["hub.conf", "leaf.conf"])
+def test_dev_templates_are_valid_as_they_stand(name: str) -> None:
+    result = subprocess.run(
+        [str(check_binary()), "-t", "-c", str(DEV / name)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dev_leaf_keeps_the_production_region_settings() -> None:
+    """What a region must be (its own domain, fsync on every write, a leaf of the hub) holds on one
+    machine as in the 3-node clusters."""
+    dev = expand(DEV / "leaf.conf")
+    prod = expand(NODE_CONFS["440300-node-1"])
+    for text in (dev, prod):
+        (js,) = block(text, "jetstream")
+        assert value(js, "sync_interval") == ["always"]
+        assert value(js, "domain")
+        assert re.search(r"leafnodes\s*\{\s*remotes\s*:", text), "a region is a leafnode of the hub"
+    assert value(dev, "max_payload") == value(prod, "max_payload") == ["4MB"]
+    assert not block(expand(DEV / "hub.conf"), "jetstream")

@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,28 +96,44 @@ class ServerSpec:
         return not self.hub_leaf_url
 
 
-def render_config(spec: ServerSpec, store_dir: Path) -> str:
-    """nats-server config text for ``spec`` (port 0 is rendered as -1: random)."""
+DEV_CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "dev"
+"""deploy/nats/dev/: the single-process hub and leaf configs this module renders."""
+
+
+def render_config(spec: ServerSpec, store_dir: Path, *, templates: Path = DEV_CONFIGS) -> str:
+    """nats-server config text for ``spec``: deploy/nats/dev/{hub,leaf}.conf with its variables set
+    (port 0 is rendered as -1: random)."""
 
     def port(p: int) -> int:
         return p if p else -1
 
-    lines = [
-        f'server_name: "{spec.name}"',
-        f"listen: {spec.host}:{port(spec.port)}",
-        f"http: {spec.host}:{port(spec.http_port)}",
-        "max_payload: 4MB",
-    ]
+    path = templates / ("hub.conf" if spec.is_hub else "leaf.conf")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise NatsServerError(f"cannot read the nats-server config template {path}: {exc}") from exc
+    values = {
+        "TB_NAME": spec.name,
+        "TB_LISTEN": f"{spec.host}:{port(spec.port)}",
+        "TB_HTTP": f"{spec.host}:{port(spec.http_port)}",
+    }
     if spec.is_hub:
-        lines.append(f"leafnodes {{ listen: {spec.host}:{port(spec.leaf_port)} }}")
+        values["TB_LEAF_LISTEN"] = f"{spec.host}:{port(spec.leaf_port)}"
     else:
-        lines.append(
-            f'jetstream {{ domain: "{spec.domain}", store_dir: "{store_dir}", sync_interval: always }}'
-        )
-        lines.append(f'leafnodes {{ remotes: [ {{ url: "{spec.hub_leaf_url}" }} ] }}')
+        values.update(TB_DOMAIN=spec.domain, TB_STORE_DIR=str(store_dir), TB_HUB_LEAF_URL=spec.hub_leaf_url)
+    for name, value in values.items():
+        quoted = json.dumps(value, ensure_ascii=False)
+        # A function as replacement: the value is taken literally (no backslash escapes).
+        text, n = re.subn(rf"^{name}:.*$", _literal(f"{name}: {quoted}"), text, flags=re.MULTILINE)
+        if n != 1:
+            raise NatsServerError(f"{path} must define {name} exactly once")
     if spec.extra:
-        lines.append(spec.extra)
-    return "\n".join(lines) + "\n"
+        text += "\n" + spec.extra + "\n"
+    return text
+
+
+def _literal(line: str) -> Callable[[re.Match[str]], str]:
+    return lambda _m: line
 
 
 def _http_json(url: str, timeout: float = 1.0) -> dict[str, object]:
