@@ -33,12 +33,12 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from connectors.adapters import AdapterFailure, AdapterRequest, CaseAdapter, StatusUpdate, submit_via_call
-from connectors.state import ConnectorState, OutEvent
+from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
 from ledger import EntryDraft, Event
 from tongban import envelope, messages, subjects, telemetry
 from tongban.delivery import policy_for
 from tongban.envelope import Reason
-from tongban.errors import NotFound, TongbanError
+from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
 from tongban.streams import ensure_consumer, ensure_streams
@@ -257,6 +257,74 @@ class CaseWorker:
             return
         await self._conclude(msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None)
 
+    async def attach(self) -> None:
+        """Ready to report statuses without consuming (a tool beside the running connectors)."""
+        if self._js is None:
+            self._js = await ensure_streams(self.nc, self.region, replicas=self.cfg.nats.stream_replicas)
+
+    async def report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+        """Later statuses of a case this region took (补正 requested, received, 办结 …), signed and
+        sent to the submitting region like the first ones, numbered after them.
+
+        Raises:
+            InvalidRequest: no update, or a status that is not a BLZT code (1-15).
+            NotFound: this region never took the case.
+            TongbanError: FAILED_PRECONDITION ``CASE_CLOSED``, the case's last status is terminal.
+        """
+        bad = [u.status for u in updates if not 1 <= u.status <= 15]
+        if not updates or bad:
+            raise InvalidRequest(
+                "status updates must be BLZT codes 1-15", [Violation("status", "a BLZT code, 1 to 15")]
+            )
+        traceparent = telemetry.current_traceparent()
+        header: list[envelope_pb2.Header] = []
+
+        def build(ref: CaseRef) -> list[OutEvent]:
+            h = envelope_pb2.Header.FromString(ref.request_header)
+            header.append(h)
+            return [
+                self._build_event(
+                    h,
+                    ref.request_digest,
+                    ref.next_seq + i,
+                    u,
+                    exchange_pb2.DELIVERY_STATE_PROCESSED,
+                    None,
+                    traceparent or h.traceparent,
+                )
+                for i, u in enumerate(updates)
+            ]
+
+        try:
+            events = await self.state.record_report(case_no, build, updates[-1].status)
+        except KeyError as exc:
+            raise NotFound("this region has no such case", reason="CASE_NOT_FOUND") from exc
+        except CaseClosed as exc:
+            raise TongbanError(
+                "the case is closed: its last status is terminal",
+                reason="CASE_CLOSED",
+                code=StatusCode.FAILED_PRECONDITION,
+            ) from exc
+        h = header[0]
+        trace_id = telemetry.trace_id_of(h.traceparent)
+        await self.ledger.append(
+            *(
+                EntryDraft(
+                    Event.STATUS,
+                    h.message_id,
+                    h.from_region,
+                    h.service_code,
+                    envelope.digest(e.data),
+                    trace_id,
+                    f"seq={e.seq} event={e.event_id}",
+                )
+                for e in events
+            )
+        )
+        await self._send(events)
+        log.info("cases.status_reported", case_no=case_no, events=len(events))
+        return events
+
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell the server a slow back end is still working, so the request is not redelivered."""
         every = max(self.cfg.connector.ack_wait_s / 3, 0.1)
@@ -300,6 +368,9 @@ class CaseWorker:
             outcome=outcome,
             build=build,
             final=final,
+            request_header=verified.header_bytes,
+            request_digest=verified.digest,
+            last_status=updates[-1].status,
         )
         await self._ensure_ledger(verified, outcome, events, problem)
         await self._send(events)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tongban.delivery import TERMINAL_STATUSES
 from tongban.sqlitedb import SqliteDb
 
 _SCHEMA = (
@@ -29,7 +30,10 @@ _SCHEMA = (
         message_id TEXT NOT NULL,
         from_region TEXT NOT NULL,
         service TEXT NOT NULL,
-        next_seq INTEGER NOT NULL
+        next_seq INTEGER NOT NULL,
+        request_header BLOB NOT NULL,
+        request_digest BLOB NOT NULL,
+        last_status INTEGER NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS out_events (
         event_id TEXT PRIMARY KEY,
@@ -55,12 +59,26 @@ class OutEvent:
 
 @dataclass(frozen=True)
 class CaseRef:
+    """A case this region handles: enough of its request to address later events."""
+
     case_no: str
     message_id: str
     from_region: str
     service: str
     next_seq: int
+    request_header: bytes
+    """The request's signed header bytes (no personal data in clear), for the events' headers."""
+    request_digest: bytes
+    last_status: int
 
+
+class CaseClosed(Exception):
+    """The case reached a terminal status; no later status can follow."""
+
+
+_CASE_COLUMNS = (
+    "case_no, message_id, from_region, service, next_seq, request_header, request_digest, last_status"
+)
 
 Build = Callable[[int], list[OutEvent]]
 """Given the first free sequence number of the case, build the signed events."""
@@ -90,8 +108,7 @@ class ConnectorState:
     async def case(self, case_no: str) -> CaseRef | None:
         def tx(conn: sqlite3.Connection) -> CaseRef | None:
             row = conn.execute(
-                "SELECT case_no, message_id, from_region, service, next_seq FROM case_seq WHERE case_no = ?",
-                (case_no,),
+                f"SELECT {_CASE_COLUMNS} FROM case_seq WHERE case_no = ?", (case_no,)
             ).fetchone()
             return None if row is None else CaseRef(*row)
 
@@ -107,6 +124,9 @@ class ConnectorState:
         outcome: str,
         build: Build,
         final: bool,
+        request_header: bytes,
+        request_digest: bytes,
+        last_status: int,
     ) -> tuple[list[OutEvent], bool]:
         """Allocate sequence numbers, store the events and (if ``final``) the processed mark, atomically.
 
@@ -129,9 +149,21 @@ class ConnectorState:
                 [(e.event_id, message_id, case_no, e.seq, e.subject, e.data) for e in events],
             )
             conn.execute(
-                """INSERT INTO case_seq (case_no, message_id, from_region, service, next_seq)
-                   VALUES (?, ?, ?, ?, ?) ON CONFLICT (case_no) DO UPDATE SET next_seq = excluded.next_seq""",
-                (case_no, message_id, from_region, service, first + len(events)),
+                f"""INSERT INTO case_seq ({_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (case_no) DO UPDATE SET
+                     next_seq = excluded.next_seq,
+                     last_status = CASE WHEN excluded.last_status > 0
+                                        THEN excluded.last_status ELSE last_status END""",
+                (
+                    case_no,
+                    message_id,
+                    from_region,
+                    service,
+                    first + len(events),
+                    request_header,
+                    request_digest,
+                    last_status,
+                ),
             )
             if final:
                 conn.execute(
@@ -139,6 +171,40 @@ class ConnectorState:
                     (message_id, case_no, outcome, time.time_ns()),
                 )
             return events, True
+
+        return await self.db.run(tx)
+
+    async def record_report(
+        self, case_no: str, build: Callable[[CaseRef], list[OutEvent]], last_status: int
+    ) -> list[OutEvent]:
+        """Store later events of a case (a back end reporting progress), numbered after the last.
+
+        Raises:
+            KeyError: this region never handled the case.
+            CaseClosed: the case's last status is terminal.
+        """
+
+        def tx(conn: sqlite3.Connection) -> list[OutEvent]:
+            row = conn.execute(
+                f"SELECT {_CASE_COLUMNS} FROM case_seq WHERE case_no = ?", (case_no,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(case_no)
+            ref = CaseRef(*row)
+            if ref.last_status in TERMINAL_STATUSES:
+                raise CaseClosed(case_no)
+            events = build(ref)
+            conn.executemany(
+                "INSERT INTO out_events (event_id, message_id, case_no, seq, subject, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.event_id, ref.message_id, case_no, e.seq, e.subject, e.data) for e in events],
+            )
+            conn.execute(
+                "UPDATE case_seq SET next_seq = ?, last_status = CASE WHEN ? > 0 THEN ? ELSE last_status END"
+                " WHERE case_no = ?",
+                (ref.next_seq + len(events), last_status, last_status, case_no),
+            )
+            return events
 
         return await self.db.run(tx)
 

@@ -224,6 +224,55 @@ def _node_config(args: argparse.Namespace) -> Any:
     return Config.load(path)
 
 
+def _cmd_case_report(args: argparse.Namespace) -> int:
+    from connectors.adapters import StatusUpdate
+    from connectors.cases import CaseWorker
+    from connectors.runtime import Connector
+    from connectors.state import ConnectorState
+    from ledger import SQLiteLedger
+    from tongban.catalogue import Catalogue
+    from tongban.node import connect_nats, load_registry, load_secrets
+    from tongban.telemetry import configure_logging
+
+    cfg = _node_config(args)
+    region = cfg.region.code
+    configure_logging(fmt="console", level="error", stream=sys.stderr)
+    update = StatusUpdate(args.status, args.local_code, args.local_system, args.note)
+
+    async def quiet() -> None:
+        return None
+
+    async def run() -> int:
+        nc = await connect_nats(cfg, name=f"tongban-report-{region}", disconnected_cb=quiet)
+        state = ConnectorState(cfg.path(cfg.connector.state_store))
+        try:
+            await state.open()
+            async with SQLiteLedger(cfg.path(cfg.ledger.path), region) as ledger:
+                connector = Connector(
+                    cfg,
+                    registry=load_registry(cfg),
+                    secrets=load_secrets(cfg),
+                    catalogue=Catalogue.load(),
+                    adapters={},
+                    ledger=ledger,
+                    nc=nc,
+                    durable=False,
+                )
+                worker = CaseWorker(connector, state, nc)
+                await worker.attach()
+                events = await worker.report_status(args.case_no, [update])
+        finally:
+            await state.close()
+            await nc.close()
+        print(
+            f"case {args.case_no}: status {args.status} sent as event {events[-1].seq} "
+            f"({events[-1].event_id})"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
 def _cmd_dlq(args: argparse.Namespace) -> int:
     from ledger import EntryDraft, Event, SQLiteLedger
     from tongban import dlq
@@ -375,6 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--after", type=int, default=0, help="resume after this event sequence")
         c.set_defaults(func=_cmd_case)
 
+    rp = csub.add_parser("report", help="handling region: send a later status of a case (补正, 办结, ...)")
+    rp.add_argument("case_no", help="case number")
+    rp.add_argument(
+        "--status", type=int, required=True, help="BLZT code 1-15, e.g. 6 补正（开始）, 11 办结（通过）"
+    )
+    rp.add_argument("--local-code", default="", help="the local system's own status code")
+    rp.add_argument("--local-system", default="", help="the local system's name")
+    rp.add_argument(
+        "--note", default="", help="note for the collecting window (sealed: may hold personal data)"
+    )
+    rp.add_argument("--config", default="", help="the handling region's node config (TOML)")
+    rp.add_argument(
+        "--region", default="", help="dev stack region (config at <state-dir>/<region>/node.toml)"
+    )
+    rp.add_argument("--state-dir", default=DEFAULT_STATE)
+    rp.set_defaults(func=_cmd_case_report)
+
     dq = sub.add_parser("dlq", help="a region's dead letters: list, replay")
     dsub = dq.add_subparsers(dest="dlq_command", required=True)
     for verb, text in (("list", "list the dead letters"), ("replay", "send one back to the inbound stream")):
@@ -406,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ledger" and not (args.region or args.file):
         print("tongban ledger verify: give --region or --file", file=sys.stderr)
         return 2
-    if args.command == "dlq" and not (args.region or args.config):
-        print(f"tongban dlq {args.dlq_command}: give --config or --region", file=sys.stderr)
+    if (args.command == "dlq" or getattr(args, "case_command", "") == "report") and not (
+        args.region or args.config
+    ):
+        print(f"tongban {args.command}: give --config or --region", file=sys.stderr)
         return 2
     from tongban.errors import TongbanError
 

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 
 from tests.conftest import SZ, Stack
-
-
-async def tongban(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tongban.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.e2e.cli import tongban
 
 
 async def test_submit_watch_get_from_the_command_line(stack: Stack) -> None:

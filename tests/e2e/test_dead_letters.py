@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -14,6 +12,7 @@ from connectors.adapters import AdapterFailure, AdapterRequest
 from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
+from tests.e2e.cli import tongban
 from tongban.catalogue import Catalogue
 from tongban.devstate import DevState
 from tongban.natsserver import Topology
@@ -59,20 +58,6 @@ async def flaky_stack(topology: Topology, state: DevState) -> AsyncIterator[tupl
         await stop_stack(s)
 
 
-async def tongban(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tongban.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode() if proc.returncode == 0 else err.decode()
-
-
 async def test_failing_back_end_dead_letters_then_replay_delivers_once(
     flaky_stack: tuple[Stack, SwitchableBackend],
 ) -> None:
@@ -96,16 +81,16 @@ async def test_failing_back_end_dead_letters_then_replay_delivers_once(
     assert Event.DEAD_LETTERED in [e.event for e in sz]
 
     config = str(stack.state.config_path(WX))
-    rc, out = await tongban("dlq", "list", "--config", config, "--json")
-    assert rc == 0, out
+    rc, out, err = await tongban("dlq", "list", "--config", config, "--json")
+    assert rc == 0, err
     letters = json.loads(out)
     assert [(d["message_id"], d["reason"], d["attempts"]) for d in letters] == [
         (receipt.message_id, "BACKEND_FAILURE", ATTEMPTS)
     ]
 
     backend.broken = False
-    rc, out = await tongban("dlq", "replay", str(letters[0]["seq"]), "--config", config)
-    assert rc == 0, out
+    rc, out, err = await tongban("dlq", "replay", str(letters[0]["seq"]), "--config", config)
+    assert rc == 0, err
     assert receipt.message_id in out
 
     events = await watch(stub, receipt.case_no, after=1)
@@ -120,11 +105,11 @@ async def test_failing_back_end_dead_letters_then_replay_delivers_once(
     entries = await wx.ledger.by_message_id(receipt.message_id)
     assert [e.event for e in entries].count(Event.PROCESSED) == 1
     assert [e.event for e in entries].count(Event.RESENT) == 1  # the operator's replay is on record
-    rc, out = await tongban("dlq", "list", "--config", config, "--json")
+    rc, out, err = await tongban("dlq", "list", "--config", config, "--json")
     assert rc == 0 and json.loads(out) == []
 
-    rc, out = await tongban("dlq", "replay", "999", "--config", config)
-    assert rc == 2 and "no dead letter 999" in out
+    rc, out, err = await tongban("dlq", "replay", "999", "--config", config)
+    assert rc == 2 and "no dead letter 999" in err
 
 
 async def test_poison_is_dead_lettered_at_once(stack: Stack) -> None:
@@ -147,7 +132,8 @@ async def test_poison_is_dead_lettered_at_once(stack: Stack) -> None:
     from tests.helpers import eventually
 
     await eventually(dead, what="poison recorded")
-    rc, out = await tongban("dlq", "list", "--config", str(stack.state.config_path(WX)), "--json")
+    rc, out, err = await tongban("dlq", "list", "--config", str(stack.state.config_path(WX)), "--json")
+    assert rc == 0, err
     letters = json.loads(out)
     assert rc == 0 and len(letters) == 1 and letters[0]["attempts"] == 1
     assert letters[0]["reason"] == "ENVELOPE_MALFORMED"
