@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from grpc import StatusCode
 
 from tongban.errors import TongbanError
+from tongban.v1 import envelope_pb2, exchange_pb2
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,27 @@ class Adapter(Protocol):
     async def call(self, request: AdapterRequest) -> Mapping[str, Any]:
         """Answer one request with a JSON-like mapping (str keys; str/int/float/bool/list/dict values)."""
         ...
+
+
+_KIND_NAMES = {
+    exchange_pb2.APPLICANT_KIND_PERSON: "person",
+    exchange_pb2.APPLICANT_KIND_ENTERPRISE: "enterprise",
+}
+
+
+def adapter_request(header: envelope_pb2.Header, request: exchange_pb2.ServiceRequest) -> AdapterRequest:
+    """What the adapter sees of a verified, opened request (header) and its sealed body (request)."""
+    return AdapterRequest(
+        message_id=header.message_id,
+        service_code=header.service_code,
+        requester_region=header.from_region,
+        applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
+        applicant_id=request.applicant.id_no,
+        applicant_name=request.applicant.name,
+        fields=dict(request.fields),
+        declared_fields=tuple(request.governance.declared_fields),
+        case_no=header.case_no,
+    )
 
 
 @dataclass(frozen=True)

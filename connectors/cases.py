@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from connectors.adapters import AdapterFailure, AdapterRequest, CaseAdapter, StatusUpdate, submit_via_call
+from connectors.adapters import AdapterFailure, CaseAdapter, StatusUpdate, adapter_request, submit_via_call
 from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
 from ledger import EntryDraft, Event
 from tongban import envelope, messages, subjects, telemetry
@@ -49,10 +49,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("tongban.connector")
 
-_KIND_NAMES = {
-    exchange_pb2.APPLICANT_KIND_PERSON: "person",
-    exchange_pb2.APPLICANT_KIND_ENTERPRISE: "enterprise",
-}
 _OUTCOME_EVENT = {
     exchange_pb2.DELIVERY_STATE_PROCESSED: Event.PROCESSED,
     exchange_pb2.DELIVERY_STATE_EXPIRED: Event.EXPIRED,
@@ -221,17 +217,7 @@ class CaseWorker:
                 f"case={h.case_no} attempt={attempt}",
             )
         )
-        areq = AdapterRequest(
-            message_id=h.message_id,
-            service_code=h.service_code,
-            requester_region=h.from_region,
-            applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
-            applicant_id=request.applicant.id_no,
-            applicant_name=request.applicant.name,
-            fields=dict(request.fields),
-            declared_fields=tuple(request.governance.declared_fields),
-            case_no=h.case_no,
-        )
+        areq = adapter_request(h, request)
         try:
             with self.tracer.start_as_current_span(
                 "connector.adapter", attributes={"tongban.service_code": h.service_code}
@@ -305,22 +291,7 @@ class CaseWorker:
                 reason="CASE_CLOSED",
                 code=StatusCode.FAILED_PRECONDITION,
             ) from exc
-        h = header[0]
-        trace_id = telemetry.trace_id_of(h.traceparent)
-        await self.ledger.append(
-            *(
-                EntryDraft(
-                    Event.STATUS,
-                    h.message_id,
-                    h.from_region,
-                    h.service_code,
-                    envelope.digest(e.data),
-                    trace_id,
-                    f"seq={e.seq} event={e.event_id}",
-                )
-                for e in events
-            )
-        )
+        await self.ledger.append(*(_status_entry(header[0], e) for e in events))
         await self._send(events)
         log.info("cases.status_reported", case_no=case_no, events=len(events))
         return events
@@ -462,19 +433,7 @@ class CaseWorker:
                     f"case={h.case_no}{reason}",
                 )
             )
-        for e in events:
-            if e.event_id not in have:
-                drafts.append(
-                    EntryDraft(
-                        Event.STATUS,
-                        h.message_id,
-                        h.from_region,
-                        h.service_code,
-                        envelope.digest(e.data),
-                        trace_id,
-                        f"seq={e.seq} event={e.event_id}",
-                    )
-                )
+        drafts.extend(_status_entry(h, e) for e in events if e.event_id not in have)
         if drafts:
             await self.ledger.append(*drafts)
 
@@ -535,6 +494,19 @@ class CaseWorker:
         )
         await msg.term()
         log.warning("cases.poison", reason=exc.reason)
+
+
+def _status_entry(h: envelope_pb2.Header, e: OutEvent) -> EntryDraft:
+    """The STATUS ledger entry of one emitted event (``event=<id>`` makes it findable, once)."""
+    return EntryDraft(
+        Event.STATUS,
+        h.message_id,
+        h.from_region,
+        h.service_code,
+        envelope.digest(e.data),
+        telemetry.trace_id_of(h.traceparent),
+        f"seq={e.seq} event={e.event_id}",
+    )
 
 
 def _attempt(msg: Msg) -> int:

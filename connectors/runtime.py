@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
-from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
+from connectors.adapters import Adapter, AdapterFailure, adapter_request
 from connectors.cases import CaseWorker
 from connectors.errors import Refused
 from connectors.state import ConnectorState
@@ -45,11 +45,6 @@ from tongban.registry import Registry
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.connector")
-
-_KIND_NAMES = {
-    exchange_pb2.APPLICANT_KIND_PERSON: "person",
-    exchange_pb2.APPLICANT_KIND_ENTERPRISE: "enterprise",
-}
 
 
 class Connector:
@@ -360,18 +355,7 @@ class Connector:
                 # Keep a little of the deadline for sealing, the ledger and the reply.
                 remaining = deadline - time.time()
                 async with asyncio.timeout(max(remaining - min(0.05, remaining * 0.1), 0.001)):
-                    answer = await adapter.call(
-                        AdapterRequest(
-                            message_id=h.message_id,
-                            service_code=svc,
-                            requester_region=h.from_region,
-                            applicant_kind=_KIND_NAMES.get(request.applicant.kind, "unknown"),
-                            applicant_id=request.applicant.id_no,
-                            applicant_name=request.applicant.name,
-                            fields=dict(request.fields),
-                            declared_fields=tuple(request.governance.declared_fields),
-                        )
-                    )
+                    answer = await adapter.call(adapter_request(h, request))
                 body.data.update({k: v for k, v in answer.items() if k in allowed})
             except (NotFound, AdapterFailure) as exc:
                 # Fixed texts: a back end's own message may quote the applicant.

@@ -139,13 +139,7 @@ class Gateway:
                 raise ConfigError(f"cannot listen on {gw.listen}")
             await server.start()
         except BaseException:
-            # Nothing half-started stays behind: the loops, the store thread.
-            if self.desk is not None:
-                await self.desk.stop()
-                self.desk = None
-            if self.cases is not None:
-                await self.cases.close()
-                self.cases = None
+            await self._close_desk()  # nothing half-started stays behind: the loops, the store thread
             raise
         self.server = server
         await self._set_health(self.nc.is_connected)
@@ -157,6 +151,14 @@ class Gateway:
             tmp.replace(p)
         log.info("gateway.started", region=self.cfg.region.code, port=self.port, dev_mode=gw.dev_mode)
 
+    async def _close_desk(self) -> None:
+        if self.desk is not None:
+            await self.desk.stop()
+            self.desk = None
+        if self.cases is not None:
+            await self.cases.close()
+            self.cases = None
+
     async def stop(self) -> None:
         """Graceful: NOT_SERVING first, let in-flight RPCs finish within the grace, drain NATS."""
         server, self.server = self.server, None
@@ -166,12 +168,7 @@ class Gateway:
         if self.desk is not None:
             self.desk.begin_stop()
         await server.stop(self.cfg.gateway.grace_s)
-        if self.desk is not None:
-            await self.desk.stop()
-            self.desk = None
-        if self.cases is not None:
-            await self.cases.close()
-            self.cases = None
+        await self._close_desk()
         if self._owns_nc and self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)
