@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ import grpc
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from bench.query_bench import cpu_seconds
 from gateway.cases import message_ids_with_status
 from tongban.dev import DevStack
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
@@ -87,7 +89,7 @@ def approved(cases_db: Path, ids: set[str]) -> int:
 async def full_submit(
     address: str, cases_db: Path, concurrency: int, duration: float, tag: str
 ) -> tuple[float, float, int]:
-    """(accepted/s, delivered/s, errors)."""
+    """(accepted/s, delivered/s, errors); ``full_submit.cases`` is set to the number delivered."""
     ids: set[str] = set()
     errors = 0
     async with grpc.aio.insecure_channel(address) as ch:
@@ -114,12 +116,14 @@ async def full_submit(
             raise RuntimeError("cases not delivered within 120 s")
         await asyncio.sleep(0.05)
     delivered_s = time.perf_counter() - t0
+    full_submit.cases = len(ids)  # type: ignore[attr-defined]
     return len(ids) / accepted_s, len(ids) / delivered_s, errors
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     levels = [int(x) for x in args.concurrency.split(",")]
     rows = []
+    cpu_rows: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="tongban-submit-bench-") as tmp:
         stack = DevStack(
             Path(tmp) / "stack",
@@ -132,6 +136,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             cases_db = stack.state.config_path(SZ).parent / "cases.sqlite"
             size = len(submit_request().SerializeToString()) + 600  # about the sealed, signed envelope
             await full_submit(address, cases_db, 4, 0.5, "warmup")
+            pids = {
+                "gateway 440300": next(
+                    c for c in stack.children if c.role == "gateway" and c.region == SZ
+                ).proc.pid,
+                "connector 320200": next(
+                    c for c in stack.children if c.role == "connector" and c.region == WX
+                ).proc.pid,
+                "bench client": os.getpid(),
+            }
+            nats_pids = [s.proc.pid for s in (stack.topology.hub, *stack.topology.leaves.values()) if s.proc]
             for c in levels:
                 bare: list[float] = []
                 full: list[tuple[float, float, int]] = []
@@ -145,7 +159,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                                 file=sys.stderr,
                             )
                         else:
+                            before = {k: cpu_seconds(p) for k, p in pids.items()}
+                            before_nats = sum(cpu_seconds(p) for p in nats_pids)
                             full.append(await full_submit(address, cases_db, c, args.duration, f"c{c}r{rnd}"))
+                            n = max(full_submit.cases, 1)  # type: ignore[attr-defined]
+                            cpu = {k: (cpu_seconds(p) - before[k]) * 1000 / n for k, p in pids.items()}
+                            cpu["nats-servers"] = (
+                                (sum(cpu_seconds(p) for p in nats_pids) - before_nats) * 1000 / n
+                            )
+                            cpu_rows.setdefault(c, cpu)
                             a, d, e = full[-1]
                             print(
                                 f"  full c={c:<3} round {rnd + 1}: {a:8.0f} accepted/s "
@@ -168,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 )
         finally:
             await stack.stop()
-    return {"rows": rows, "duration_s": args.duration, "rounds": args.rounds}
+    return {"rows": rows, "duration_s": args.duration, "rounds": args.rounds, "cpu_ms_per_case": cpu_rows}
 
 
 def main() -> None:
@@ -190,6 +212,9 @@ def main() -> None:
             f"{r['concurrency']:>9} | {r['bare_publish_s']:>13} | {r['accepted_s']:>10} | "
             f"{r['delivered_s']:>11} | {r['accepted_ratio']:>13} | {r['delivered_ratio']:>14}"
         )
+    print("\nCPU per delivered case (ms; first round), where the time goes:")
+    for c, cpu in out["cpu_ms_per_case"].items():  # type: ignore[attr-defined]
+        print(f"  in flight {c:>3}: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
