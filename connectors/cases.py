@@ -272,13 +272,12 @@ class CaseWorker:
                 self._build_event(
                     h,
                     ref.request_digest,
-                    ref.next_seq + i,
-                    u,
+                    ref.next_seq,
+                    updates,
                     exchange_pb2.DELIVERY_STATE_PROCESSED,
                     None,
                     traceparent or h.traceparent,
                 )
-                for i, u in enumerate(updates)
             ]
 
         try:
@@ -291,7 +290,7 @@ class CaseWorker:
                 reason="CASE_CLOSED",
                 code=StatusCode.FAILED_PRECONDITION,
             ) from exc
-        await self.ledger.append(*(_status_entry(header[0], e) for e in events))
+        await self.ledger.append(*(_status_entry(header[0], e, seq) for e in events for seq in e.sequences))
         await self._send(events)
         log.info("cases.status_reported", case_no=case_no, events=len(events))
         return events
@@ -326,10 +325,7 @@ class CaseWorker:
         traceparent = telemetry.current_traceparent() or h.traceparent
 
         def build(first: int) -> list[OutEvent]:
-            return [
-                self._build_event(h, verified.digest, first + i, u, delivery, problem, traceparent)
-                for i, u in enumerate(updates)
-            ]
+            return [self._build_event(h, verified.digest, first, updates, delivery, problem, traceparent)]
 
         events, _ = await self.state.record(
             message_id=h.message_id,
@@ -357,26 +353,31 @@ class CaseWorker:
         self,
         h: envelope_pb2.Header,
         request_digest: bytes,
-        seq: int,
-        update: StatusUpdate,
+        first: int,
+        updates: Sequence[StatusUpdate],
         delivery: int,
         problem: exchange_pb2.Problem | None,
         traceparent: str,
     ) -> OutEvent:
+        """One signed, sealed envelope carrying the statuses reached in one step, numbered from
+        ``first``: one signature, one seal and one message for the lot."""
         event_id = new_message_id()
-        ev = exchange_pb2.CaseEvent(
-            case_no=h.case_no,
-            sequence=seq,
-            status=update.status,  # type: ignore[arg-type]
-            local_code=update.local_code,
-            local_system=update.local_system,
-            note=update.note,
-            delivery_state=delivery,  # type: ignore[arg-type]
-            event_id=event_id,
-        )
-        ev.occurred_at.CopyFrom(messages.timestamp(time.time()))
-        if problem is not None:
-            ev.problem.CopyFrom(problem)
+        body = exchange_pb2.CaseEventBody()
+        now = messages.timestamp(time.time())
+        for i, update in enumerate(updates):
+            ev = body.events.add(
+                case_no=h.case_no,
+                sequence=first + i,
+                status=update.status,  # type: ignore[arg-type]
+                local_code=update.local_code,
+                local_system=update.local_system,
+                note=update.note,
+                delivery_state=delivery,  # type: ignore[arg-type]
+                event_id=event_id,
+            )
+            ev.occurred_at.CopyFrom(now)
+            if problem is not None:
+                ev.problem.CopyFrom(problem)
         kid, recipient = self.connector.registry.sealing_key_for(h.from_region)
         header = envelope_pb2.Header(
             message_id=event_id,
@@ -396,7 +397,7 @@ class CaseWorker:
         )
         built = messages.build_sealed(
             header,
-            exchange_pb2.CaseEventBody(event=ev).SerializeToString(),
+            body.SerializeToString(),
             recipient_key_id=kid,
             recipient=recipient,
             signer=self.connector.secrets.signing,
@@ -404,7 +405,7 @@ class CaseWorker:
         subject = subjects.outbound_subject(
             self.region, subjects.OutKind.EVENT, h.from_region, h.service_code, event_id
         )
-        return OutEvent(event_id, seq, subject, built.data)
+        return OutEvent(event_id, first, first + len(updates) - 1, subject, built.data)
 
     async def _ensure_ledger(
         self,
@@ -417,7 +418,7 @@ class CaseWorker:
         between the state commit and the ledger completes the record instead of repeating it."""
         h = verified.header
         existing = await self.ledger.by_message_id(h.message_id)
-        have = {e.detail.rsplit("event=", 1)[-1] for e in existing if "event=" in e.detail}
+        have = {_status_key(e.detail) for e in existing if e.event == Event.STATUS}
         trace_id = telemetry.trace_id_of(h.traceparent)
         drafts = []
         if not any(e.event == outcome for e in existing) or (outcome == Event.DEAD_LETTERED):
@@ -433,7 +434,9 @@ class CaseWorker:
                     f"case={h.case_no}{reason}",
                 )
             )
-        drafts.extend(_status_entry(h, e) for e in events if e.event_id not in have)
+        drafts.extend(
+            _status_entry(h, e, seq) for e in events for seq in e.sequences if (seq, e.event_id) not in have
+        )
         if drafts:
             await self.ledger.append(*drafts)
 
@@ -496,8 +499,9 @@ class CaseWorker:
         log.warning("cases.poison", reason=exc.reason)
 
 
-def _status_entry(h: envelope_pb2.Header, e: OutEvent) -> EntryDraft:
-    """The STATUS ledger entry of one emitted event (``event=<id>`` makes it findable, once)."""
+def _status_entry(h: envelope_pb2.Header, e: OutEvent, seq: int) -> EntryDraft:
+    """The STATUS ledger entry of one status of an emitted event envelope (``seq=<n> event=<id>``
+    makes it findable, so it is written once)."""
     return EntryDraft(
         Event.STATUS,
         h.message_id,
@@ -505,8 +509,17 @@ def _status_entry(h: envelope_pb2.Header, e: OutEvent) -> EntryDraft:
         h.service_code,
         envelope.digest(e.data),
         telemetry.trace_id_of(h.traceparent),
-        f"seq={e.seq} event={e.event_id}",
+        f"seq={seq} event={e.event_id}",
     )
+
+
+def _status_key(detail: str) -> tuple[int, str]:
+    """(sequence, event id) of a STATUS entry's detail."""
+    fields = dict(part.split("=", 1) for part in detail.split() if "=" in part)
+    try:
+        return int(fields.get("seq", "0")), fields.get("event", "")
+    except ValueError:
+        return 0, ""
 
 
 def _attempt(msg: Msg) -> int:

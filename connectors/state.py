@@ -40,6 +40,7 @@ _SCHEMA = (
         message_id TEXT NOT NULL,
         case_no TEXT NOT NULL,
         seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
         subject TEXT NOT NULL,
         data BLOB NOT NULL
     )""",
@@ -49,12 +50,17 @@ _SCHEMA = (
 
 @dataclass(frozen=True)
 class OutEvent:
-    """A signed event envelope and the outbound subject it goes to."""
+    """A signed event envelope (the statuses ``seq`` … ``last_seq`` of a case) and its outbound subject."""
 
     event_id: str
     seq: int
+    last_seq: int
     subject: str
     data: bytes
+
+    @property
+    def sequences(self) -> range:
+        return range(self.seq, self.last_seq + 1)
 
 
 @dataclass(frozen=True)
@@ -144,9 +150,9 @@ class ConnectorState:
             first = row[0] if row else 1
             events = build(first)
             conn.executemany(
-                "INSERT INTO out_events (event_id, message_id, case_no, seq, subject, data)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.event_id, message_id, case_no, e.seq, e.subject, e.data) for e in events],
+                "INSERT INTO out_events (event_id, message_id, case_no, seq, last_seq, subject, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.event_id, message_id, case_no, e.seq, e.last_seq, e.subject, e.data) for e in events],
             )
             conn.execute(
                 f"""INSERT INTO case_seq ({_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -159,7 +165,7 @@ class ConnectorState:
                     message_id,
                     from_region,
                     service,
-                    first + len(events),
+                    events[-1].last_seq + 1 if events else first,
                     request_header,
                     request_digest,
                     last_status,
@@ -195,14 +201,14 @@ class ConnectorState:
                 raise CaseClosed(case_no)
             events = build(ref)
             conn.executemany(
-                "INSERT INTO out_events (event_id, message_id, case_no, seq, subject, data)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.event_id, ref.message_id, case_no, e.seq, e.subject, e.data) for e in events],
+                "INSERT INTO out_events (event_id, message_id, case_no, seq, last_seq, subject, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.event_id, ref.message_id, case_no, e.seq, e.last_seq, e.subject, e.data) for e in events],
             )
             conn.execute(
                 "UPDATE case_seq SET next_seq = ?, last_status = CASE WHEN ? > 0 THEN ? ELSE last_status END"
                 " WHERE case_no = ?",
-                (ref.next_seq + len(events), last_status, last_status, case_no),
+                (events[-1].last_seq + 1 if events else ref.next_seq, last_status, last_status, case_no),
             )
             return events
 
@@ -218,7 +224,7 @@ def _events(conn: sqlite3.Connection, message_id: str) -> list[OutEvent]:
     return [
         OutEvent(*r)
         for r in conn.execute(
-            "SELECT event_id, seq, subject, data FROM out_events WHERE message_id = ? ORDER BY seq",
+            "SELECT event_id, seq, last_seq, subject, data FROM out_events WHERE message_id = ? ORDER BY seq",
             (message_id,),
         ).fetchall()
     ]

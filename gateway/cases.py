@@ -191,38 +191,14 @@ class CaseStore:
 
         return await self.db.run(tx)
 
-    async def apply_event(self, event: exchange_pb2.CaseEvent) -> bool:
-        """Record a status event from the handling region; False if it was already recorded.
+    async def apply_events(self, events: list[exchange_pb2.CaseEvent]) -> bool:
+        """Record status events from the handling region; False if all were already recorded.
 
         The case's status and delivery state follow the event with the highest sequence.
         """
 
         def tx(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO case_events (case_no, seq, event) VALUES (?, ?, ?)",
-                (event.case_no, event.sequence, event.SerializeToString(deterministic=True)),
-            )
-            if cur.rowcount == 0:
-                return False
-            now = time.time_ns()
-            conn.execute(
-                """UPDATE cases SET
-                    status = CASE WHEN ? > 0 THEN ? ELSE status END,
-                    local_code = ?, local_system = ?, delivery = ?, last_seq = ?, updated_ns = ?
-                   WHERE case_no = ? AND last_seq < ?""",
-                (
-                    event.status,
-                    event.status,
-                    event.local_code,
-                    event.local_system,
-                    event.delivery_state,
-                    event.sequence,
-                    now,
-                    event.case_no,
-                    event.sequence,
-                ),
-            )
-            return True
+            return any([_apply(conn, ev) for ev in events])
 
         return await self.db.run(tx)
 
@@ -259,6 +235,34 @@ class CaseStore:
             return int(r[0]) if r else 0
 
         return await self.db.run(tx)
+
+
+def _apply(conn: sqlite3.Connection, event: exchange_pb2.CaseEvent) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO case_events (case_no, seq, event) VALUES (?, ?, ?)",
+        (event.case_no, event.sequence, event.SerializeToString(deterministic=True)),
+    )
+    if cur.rowcount == 0:
+        return False
+    now = time.time_ns()
+    conn.execute(
+        """UPDATE cases SET
+            status = CASE WHEN ? > 0 THEN ? ELSE status END,
+            local_code = ?, local_system = ?, delivery = ?, last_seq = ?, updated_ns = ?
+           WHERE case_no = ? AND last_seq < ?""",
+        (
+            event.status,
+            event.status,
+            event.local_code,
+            event.local_system,
+            event.delivery_state,
+            event.sequence,
+            now,
+            event.case_no,
+            event.sequence,
+        ),
+    )
+    return True
 
 
 def message_ids_with_status(path: Path, status: int) -> set[str]:

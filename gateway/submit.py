@@ -412,7 +412,7 @@ class CaseDesk:
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            ev, h, digest = self._open_event(msg.data)
+            evs, h, digest = self._open_event(msg.data)
         except (EnvelopeRejected, TongbanError) as exc:
             # Unverifiable or undecodable: poison, never retried.
             mid = (msg.headers or {}).get(subjects.Header.MESSAGE_ID, "")
@@ -427,14 +427,14 @@ class CaseDesk:
             await msg.term()
             return
         try:
-            await self._apply_event(ev, h, digest)
+            await self._apply_event(evs, h, digest)
             await msg.ack()
         except Exception as exc:
             log.warning("event.apply_failed", error=type(exc).__name__)
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    def _open_event(self, data: bytes) -> tuple[exchange_pb2.CaseEvent, envelope_pb2.Header, bytes]:
+    def _open_event(self, data: bytes) -> tuple[list[exchange_pb2.CaseEvent], envelope_pb2.Header, bytes]:
         verified = envelope.verify(data, self.core.registry, now_s=time.time())
         h = verified.header
         if h.kind != envelope_pb2.MESSAGE_KIND_EVENT or h.to_region != self.region:
@@ -445,24 +445,40 @@ class CaseDesk:
             )
         except DecodeError as exc:
             raise EnvelopeRejected(envelope.Reason.MALFORMED, "event body does not decode") from exc
-        ev = body.event
-        if ev.case_no != h.case_no or not _CASE_NO.match(ev.case_no) or ev.sequence < 1:
-            raise EnvelopeRejected("EVENT_MISMATCH", "event does not match its header")
-        ev.event_id = h.message_id
-        return ev, h, verified.digest
+        events = list(body.events)
+        first = events[0].sequence if events else 0
+        if (
+            not events
+            or not _CASE_NO.match(h.case_no)
+            or first < 1
+            or any(ev.case_no != h.case_no or ev.sequence != first + i for i, ev in enumerate(events))
+        ):
+            raise EnvelopeRejected("EVENT_MISMATCH", "events do not match their header")
+        for ev in events:
+            ev.event_id = h.message_id
+        return events, h, verified.digest
 
-    async def _apply_event(self, ev: exchange_pb2.CaseEvent, h: envelope_pb2.Header, digest: bytes) -> None:
-        row = await self.cases.get(ev.case_no)
+    async def _apply_event(
+        self, events: list[exchange_pb2.CaseEvent], h: envelope_pb2.Header, digest: bytes
+    ) -> None:
+        case_no = h.case_no
+        row = await self.cases.get(case_no)
         if row is None or row.message_id != h.in_reply_to or row.to_region != h.from_region:
             log.warning("event.unknown_case")
             return
-        marker = f"event={h.message_id}"
-        recorded = any(e.detail.endswith(marker) for e in await self.ledger.by_message_id(row.message_id))
-        if not recorded:
+        recorded = {
+            (e.detail.split(" ", 1)[0], e.detail.rsplit(" ", 1)[-1])
+            for e in await self.ledger.by_message_id(row.message_id)
+        }
+        drafts = []
+        for ev in events:
+            marker = f"event={h.message_id}"
+            if (f"seq={ev.sequence}", marker) in recorded:
+                continue
             event = _FAILURE_EVENT.get(ev.delivery_state, Event.STATUS)  # type: ignore[call-overload]
             reason = ev.problem.reason if _REASON.match(ev.problem.reason) else ""
             detail = f"seq={ev.sequence} status={ev.status}" + (f" reason={reason}" if reason else "")
-            await self.ledger.append(
+            drafts.append(
                 EntryDraft(
                     event,
                     row.message_id,
@@ -473,9 +489,13 @@ class CaseDesk:
                     f"{detail} {marker}",
                 )
             )
-        if await self.cases.apply_event(ev):
-            log.info("case.event", case_no=ev.case_no, sequence=ev.sequence, status=ev.status)
-        await self._changed(ev.case_no)
+        if drafts:
+            await self.ledger.append(*drafts)
+        if await self.cases.apply_events(events):
+            log.info(
+                "case.events", case_no=case_no, last_sequence=events[-1].sequence, status=events[-1].status
+            )
+        await self._changed(case_no)
 
     # -- reads ---------------------------------------------------------------------------------
 

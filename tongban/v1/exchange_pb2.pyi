@@ -768,7 +768,7 @@ class CaseEvent(_message.Message):
     """Short note for the applicant or the collecting window (may hold personal data: sealed)."""
     delivery_state: Global___DeliveryState.ValueType
     event_id: _builtins.str
-    """Message id of the signed event envelope."""
+    """Message id of the signed event envelope (statuses reached in one step share one envelope)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -864,21 +864,23 @@ Global___Case: _TypeAlias = Case  # noqa: Y015
 
 @_typing.final
 class CaseEventBody(_message.Message):
-    """CaseEventBody is the plaintext of a sealed case event."""
+    """CaseEventBody is the plaintext of a sealed case event envelope: the statuses the handling
+    region reached in one step (e.g. 1 已接件, 3 已受理, 11 办结), consecutive sequence numbers.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___CaseEvent: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseEvent]: ...
     def __init__(
         self,
         *,
-        event: Global___CaseEvent | None = ...,
+        events: _abc.Iterable[Global___CaseEvent] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
