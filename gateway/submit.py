@@ -236,7 +236,7 @@ class CaseDesk:
         if req.idempotency_key:
             existing = await self.cases.by_idempotency_key(caller.system_id, req.idempotency_key)
             if existing is not None:
-                return self._replayed(existing, fingerprint)
+                return await self._replayed(existing, fingerprint, message_id, req, trace_id)
         if not self.nc.is_connected:
             exc = Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
             await self.core.record_rejected(message_id, req, trace_id, exc)
@@ -279,12 +279,13 @@ class CaseDesk:
         # request that exists nowhere.
         try:
             stored, inserted = await self.cases.insert(row)
-        except IdempotencyConflict as exc:
-            raise IdempotencyKeyReused(
-                "this idempotency key was already used for a different request"
-            ) from exc
+        except IdempotencyConflict:
+            # Taken by a concurrent Submit since the look-up above: the same answer as there.
+            existing = await self.cases.by_idempotency_key(caller.system_id, req.idempotency_key)
+            assert existing is not None
+            return await self._replayed(existing, fingerprint, message_id, req, trace_id)
         if not inserted:
-            return self._replayed(stored, fingerprint)
+            return await self._replayed(stored, fingerprint, message_id, req, trace_id)
         try:
             await self.ledger.append(
                 EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id, case_no)
@@ -298,9 +299,19 @@ class CaseDesk:
         log.info("submit.accepted", case_no=case_no)
         return row.receipt()
 
-    def _replayed(self, existing: CaseRow, fingerprint: str) -> exchange_pb2.SubmitResponse:
+    async def _replayed(
+        self,
+        existing: CaseRow,
+        fingerprint: str,
+        message_id: str,
+        req: exchange_pb2.ServiceRequest,
+        trace_id: str,
+    ) -> exchange_pb2.SubmitResponse:
+        """The first receipt for a repeated key; a different request under it is refused (and recorded)."""
         if existing.fingerprint != fingerprint:
-            raise IdempotencyKeyReused("this idempotency key was already used for a different request")
+            exc = IdempotencyKeyReused("this idempotency key was already used for a different request")
+            await self.core.record_rejected(message_id, req, trace_id, exc)
+            raise exc
         structlog.contextvars.bind_contextvars(message_id=existing.message_id)
         log.info("submit.replayed", case_no=existing.case_no)
         return existing.receipt(replayed=True)

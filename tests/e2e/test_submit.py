@@ -121,6 +121,9 @@ async def test_idempotency_key_reused_for_another_request_is_refused(stack: Stac
         await stub.Submit(other, timeout=10)
     d = details_of(err.value)
     assert d.code == grpc.StatusCode.ALREADY_EXISTS and d.reason == "IDEMPOTENCY_KEY_REUSED"
+    entries = await stack.nodes[SZ].ledger.entries()
+    assert [e.event for e in entries].count(Event.SUBMITTED) == 1
+    assert [e.detail for e in entries if e.event == Event.REJECTED] == ["IDEMPOTENCY_KEY_REUSED"]
 
 
 async def test_query_item_is_not_submitted(stack: Stack) -> None:
