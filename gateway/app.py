@@ -26,7 +26,11 @@ async def run(cfg: Config) -> None:
     if cfg.gateway.dev_mode:
         log.warning(
             "gateway.dev_mode",
-            detail="DEV MODE: plaintext gRPC, no partner authentication. Never in production.",
+            detail=(
+                "DEV MODE: no partner authentication"
+                + ("" if cfg.gateway.client_ca else ", plaintext gRPC")
+                + ". Never in production."
+            ),
         )
     ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
     gateway = Gateway(

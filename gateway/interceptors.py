@@ -18,7 +18,8 @@ from opentelemetry.trace import StatusCode as SpanStatus
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import internal_status, to_status
-from tongban.errors import TongbanError
+from tongban.certs import partner_of
+from tongban.errors import PermissionDenied, TongbanError
 
 log = structlog.get_logger("tongban.gateway")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -87,6 +88,27 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """Dev mode: the configured system. Otherwise the partner the verified client certificate
+        names (the TLS handshake already required one from the partner CA)."""
+        if self._dev_mode:
+            return Caller(region=self._region, system_id=self._dev_system_id)
+        certs = (context.auth_context() or {}).get("x509_pem_cert") or []
+        partner = partner_of(certs[0]) if certs else None
+        if partner is None:
+            raise TongbanError(
+                "the client certificate names no tongban partner (urn:tongban:partner:<region>:<system>)",
+                reason="UNAUTHENTICATED",
+                code=grpc.StatusCode.UNAUTHENTICATED,
+            )
+        if partner.region != self._region:
+            raise PermissionDenied(
+                f"partners of region {partner.region} call their own region's gateway",
+                reason="PARTNER_OF_ANOTHER_REGION",
+            )
+        structlog.contextvars.bind_contextvars(partner=partner.system_id)
+        return Caller(region=partner.region, system_id=partner.system_id)
+
     @contextlib.asynccontextmanager
     async def _scope(
         self, service: str, rpc: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
@@ -97,8 +119,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             if "traceparent" in metadata
             else None
         )
-        caller = Caller(region=self._region, system_id=self._dev_system_id) if self._dev_mode else None
-        token = current_caller.set(caller)
+        token = current_caller.set(None)
         with (
             structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
             self._tracer.start_as_current_span(
@@ -114,6 +135,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             ) as span,
         ):
             try:
+                current_caller.set(self._caller(context))
                 yield
                 log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
             except TongbanError as exc:

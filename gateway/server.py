@@ -46,10 +46,10 @@ class Gateway:
         nc: NATS | None = None,
         tracer: trace.Tracer | None = None,
     ) -> None:
-        if not cfg.gateway.dev_mode:
+        if not cfg.gateway.dev_mode and not cfg.gateway.client_ca:
             raise ConfigError(
-                "partner authentication (mTLS) is not available in this build: set [gateway] dev_mode = true "
-                "for a development stack"
+                "outside dev mode partners authenticate with client certificates: set [gateway] tls_cert, "
+                "tls_key and client_ca (`tongban certs` makes a development set), or dev_mode = true"
             )
         self.cfg = cfg
         self.registry = registry
@@ -133,8 +133,16 @@ class Gateway:
                 ),
                 server,
             )
-            # Dev mode serves plaintext; mTLS credentials arrive with partner authentication.
-            self.port = server.add_insecure_port(gw.listen)
+            if gw.client_ca:
+                # Mutual TLS: no client certificate from the partner CA, no connection.
+                credentials = grpc.ssl_server_credentials(
+                    [(self.cfg.path(gw.tls_key).read_bytes(), self.cfg.path(gw.tls_cert).read_bytes())],
+                    root_certificates=self.cfg.path(gw.client_ca).read_bytes(),
+                    require_client_auth=True,
+                )
+                self.port = server.add_secure_port(gw.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(gw.listen)  # dev mode only (checked in __init__)
             if not self.port:
                 raise ConfigError(f"cannot listen on {gw.listen}")
             await server.start()
@@ -149,7 +157,13 @@ class Gateway:
             tmp = Path(str(p) + ".tmp")
             tmp.write_text(str(self.port))
             tmp.replace(p)
-        log.info("gateway.started", region=self.cfg.region.code, port=self.port, dev_mode=gw.dev_mode)
+        log.info(
+            "gateway.started",
+            region=self.cfg.region.code,
+            port=self.port,
+            dev_mode=gw.dev_mode,
+            mutual_tls=bool(gw.client_ca),
+        )
 
     async def _close_desk(self) -> None:
         if self.desk is not None:

@@ -55,6 +55,50 @@ def _cmd_connector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(args: argparse.Namespace) -> Any:
+    """A channel to ``--gateway``: mutual TLS with ``--ca/--cert/--key``, else plaintext (dev mode)."""
+    import grpc
+
+    tls = (args.ca, args.cert, args.key)
+    if not any(tls):
+        return grpc.insecure_channel(args.gateway)
+    if not all(tls):
+        raise SystemExit("give --ca, --cert and --key together (mutual TLS)")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(args.ca).read_bytes(),
+        private_key=Path(args.key).read_bytes(),
+        certificate_chain=Path(args.cert).read_bytes(),
+    )
+    return grpc.secure_channel(args.gateway, credentials)
+
+
+def _tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", default="", help="CA certificate of the gateway (mutual TLS)")
+    p.add_argument("--cert", default="", help="the partner system's client certificate")
+    p.add_argument("--key", default="", help="its private key")
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from tongban import certs
+
+    out = Path(args.dir)
+    if args.certs_command == "init":
+        if (out / "ca.key").exists() and not args.force:
+            print(f"{out / 'ca.key'} exists: keeping it (--force makes a new CA)", file=sys.stderr)
+            return 1
+        key, crt = certs.write(certs.create_ca(args.name), out, "ca")
+    elif args.certs_command == "server":
+        key, crt = certs.write(
+            certs.issue_server(certs.load(out, "ca"), args.host, days=args.days), out, args.stem
+        )
+    else:
+        partner = certs.Partner(args.region, args.system)
+        issued = certs.issue_client(certs.load(out, "ca"), partner, days=args.days)
+        key, crt = certs.write(issued, out, args.stem or f"{args.region}-{args.system}")
+    print(f"wrote {crt} and {key}")
+    return 0
+
+
 def _service_request(args: argparse.Namespace) -> Any:
     """The ServiceRequest the query/submit flags describe, or None after printing the problem."""
     from tongban.catalogue import Catalogue
@@ -117,7 +161,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
     req = _service_request(args)
     if req is None:
         return 2
-    with grpc.insecure_channel(args.gateway) as channel:
+    with _channel(args) as channel:
         stub = exchange_pb2_grpc.ExchangeStub(channel)
         try:
             resp = stub.Query(exchange_pb2.QueryRequest(request=req), timeout=args.timeout)
@@ -150,7 +194,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     submit = exchange_pb2.SubmitRequest(request=req)
     if args.ttl:
         submit.time_to_live.FromMilliseconds(int(args.ttl * 1000))
-    with grpc.insecure_channel(args.gateway) as channel:
+    with _channel(args) as channel:
         stub = exchange_pb2_grpc.ExchangeStub(channel)
         try:
             r = stub.Submit(submit, timeout=args.timeout)
@@ -204,7 +248,7 @@ def _cmd_case(args: argparse.Namespace) -> int:
 
     from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
-    with grpc.insecure_channel(args.gateway) as channel:
+    with _channel(args) as channel:
         stub = exchange_pb2_grpc.ExchangeStub(channel)
         if args.case_command == "watch":
             return _watch(stub, args.case_no, args.after, args.timeout)
@@ -397,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--gateway", required=True, help="host:port of the gateway")
     _request_flags(q)
     q.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
+    _tls_flags(q)
     q.set_defaults(func=_cmd_query)
 
     sm = sub.add_parser(
@@ -408,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--gateway", required=True, help="host:port of the gateway")
     _request_flags(sm)
     sm.add_argument("--timeout", type=float, default=10.0, help="deadline of the Submit call (default 10)")
+    _tls_flags(sm)
     sm.set_defaults(func=_cmd_submit)
 
     cs = sub.add_parser("case", help="read or watch a case submitted through a gateway")
@@ -422,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--timeout", type=float, default=600.0 if verb == "watch" else 10.0)
         if verb == "watch":
             c.add_argument("--after", type=int, default=0, help="resume after this event sequence")
+        _tls_flags(c)
         c.set_defaults(func=_cmd_case)
 
     rp = csub.add_parser("report", help="handling region: send a later status of a case (补正, 办结, ...)")
@@ -456,6 +503,31 @@ def build_parser() -> argparse.ArgumentParser:
         )
         c.add_argument("--state-dir", default=DEFAULT_STATE)
         c.set_defaults(func=_cmd_dlq)
+
+    ct = sub.add_parser("certs", help="a development CA and mutual-TLS certificates (x509, ECDSA P-256)")
+    ctsub = ct.add_subparsers(dest="certs_command", required=True)
+    for verb, text in (
+        ("init", "create the CA (ca.key, ca.crt)"),
+        ("server", "a gateway's server certificate"),
+        ("client", "a partner system's client certificate (identity: region + system id)"),
+    ):
+        c = ctsub.add_parser(verb, help=text)
+        c.add_argument("--dir", default=f"{DEFAULT_STATE}/certs", help="where the CA and certificates live")
+        if verb == "init":
+            c.add_argument("--name", default="tongban dev CA")
+            c.add_argument("--force", action="store_true", help="replace an existing CA")
+        else:
+            c.add_argument("--days", type=int, default=365)
+        if verb == "server":
+            c.add_argument("--host", action="append", required=True, help="DNS name or IP (repeat)")
+            c.add_argument("--stem", default="gateway", help="file name stem (default gateway)")
+        if verb == "client":
+            c.add_argument("--region", required=True, help="the partner's GB/T 2260 region code")
+            c.add_argument(
+                "--system", required=True, help="the partner's system id, as the registry names it"
+            )
+            c.add_argument("--stem", default="", help="file name stem (default <region>-<system>)")
+        c.set_defaults(func=_cmd_certs)
 
     lg = sub.add_parser("ledger", help="ledger tools")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)

@@ -77,6 +77,13 @@ class GatewayConfig:
     """Plaintext gRPC without partner authentication. Never in production."""
     system_id: str = "dev-partner"
     """Partner system id assumed for calls in dev mode (mTLS maps certificates in production)."""
+    tls_cert: str = ""
+    """PEM server certificate of the gateway (with ``tls_key``); required outside dev mode."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    client_ca: str = ""
+    """PEM CA certificate(s) partner client certificates must chain to (mutual TLS). A partner's
+    identity is the certificate's ``urn:tongban:partner:<region>:<system-id>`` URI SAN."""
     grace_s: float = 5.0
     """Graceful-stop grace period for in-flight RPCs."""
     case_store: str = "cases.sqlite"
@@ -207,6 +214,9 @@ class Config:
             raise ConfigError("[log] format must be json or console")
         if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError("[ledger] synchronous must be FULL, NORMAL or EXTRA")
+        tls = (self.gateway.tls_cert, self.gateway.tls_key, self.gateway.client_ca)
+        if any(tls) and not all(tls):
+            raise ConfigError("[gateway] tls_cert, tls_key and client_ca go together")
         if self.nats.stream_replicas not in (1, 3, 5):
             raise ConfigError("[nats] stream_replicas must be 1, 3 or 5")
         if self.connector.max_attempts < 1 or any(b <= 0 for b in self.connector.backoff_s):

@@ -1,0 +1,168 @@
+"""Partner authentication at the gateway: mutual TLS, the certificate names the partner.
+
+Threat: someone who is not a registered partner system calls a region's gateway, or a partner
+passes itself off as another. Control: outside dev mode the gateway only accepts TLS connections
+with a client certificate from the partner CA; the partner identity (region + system id) comes
+from the certificate, never from the request.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from tests.conftest import SZ, Stack, start_stack, stop_stack
+from tests.e2e.cases import submit_request
+from tests.e2e.grpc_errors import details_of
+from tests.e2e.requests import pension
+from tongban import certs
+from tongban.config import Config
+from tongban.devstate import DevState
+from tongban.errors import ConfigError
+from tongban.natsserver import Topology
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+
+
+@dataclass
+class Pki:
+    ca: certs.Issued
+    dir: Path
+
+    def client(self, region: str = SZ, system: str = "szgov-ywtb", **kw: object) -> certs.Issued:
+        return certs.issue_client(self.ca, certs.Partner(region, system), **kw)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca = certs.create_ca()
+    d = tmp_path / "certs"
+    certs.write(ca, d, "ca")
+    certs.write(certs.issue_server(ca, ["127.0.0.1", "localhost"]), d, "gateway")
+    return Pki(ca, d)
+
+
+@pytest.fixture
+async def tls_stack(topology: Topology, state: DevState, pki: Pki) -> AsyncIterator[Stack]:
+    gateway = {
+        "dev_mode": False,
+        "tls_cert": str(pki.dir / "gateway.crt"),
+        "tls_key": str(pki.dir / "gateway.key"),
+        "client_ca": str(pki.dir / "ca.crt"),
+    }
+    s = await start_stack(topology, state, config={"gateway": gateway})
+    try:
+        yield s
+    finally:
+        await stop_stack(s)
+
+
+def channel(
+    stack: Stack, pki: Pki, client: certs.Issued | None, *, ca: bytes | None = None
+) -> grpc.aio.Channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca or pki.ca.cert_pem,
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+    ch = grpc.aio.secure_channel(stack.nodes[SZ].address, creds)
+    stack.channels.append(ch)
+    return ch
+
+
+async def refused(ch: grpc.aio.Channel) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await exchange_pb2_grpc.ExchangeStub(ch).Query(pension(), timeout=5)
+    return err.value
+
+
+async def nothing_recorded(stack: Stack) -> None:
+    assert await stack.nodes[SZ].ledger.size() == 0
+    assert stack.nodes["320200"].backend_calls() == 0
+
+
+async def test_partner_with_its_certificate_is_served_as_itself(tls_stack: Stack, pki: Pki) -> None:
+    stub = exchange_pb2_grpc.ExchangeStub(channel(tls_stack, pki, pki.client()))
+    resp = await stub.Query(pension(), timeout=10)
+    assert resp.responder_region == "320200"
+    receipt = await stub.Submit(submit_request(key="tls-1"), timeout=10)
+    # Cases belong to the partner that submitted them: another partner cannot read them.
+    other = exchange_pb2_grpc.ExchangeStub(channel(tls_stack, pki, pki.client(system="szgov-other")))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await other.GetCase(exchange_pb2.GetCaseRequest(case_no=receipt.case_no), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    got = await stub.GetCase(exchange_pb2.GetCaseRequest(case_no=receipt.case_no), timeout=5)
+    assert got.case.message_id == receipt.message_id
+
+
+async def test_no_client_certificate_is_refused(tls_stack: Stack, pki: Pki) -> None:
+    err = await refused(channel(tls_stack, pki, None))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no RPC is even seen
+    await nothing_recorded(tls_stack)
+
+
+async def test_certificate_from_an_unknown_ca_is_refused(tls_stack: Stack, pki: Pki) -> None:
+    rogue = certs.create_ca("rogue CA")
+    err = await refused(channel(tls_stack, pki, certs.issue_client(rogue, certs.Partner(SZ, "szgov-ywtb"))))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    await nothing_recorded(tls_stack)
+
+
+async def test_expired_certificate_is_refused(tls_stack: Stack, pki: Pki) -> None:
+    long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    err = await refused(channel(tls_stack, pki, pki.client(not_before=long_ago, days=1)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    await nothing_recorded(tls_stack)
+
+
+async def test_plaintext_is_refused(tls_stack: Stack, pki: Pki) -> None:
+    ch = grpc.aio.insecure_channel(tls_stack.nodes[SZ].address)
+    tls_stack.channels.append(ch)
+    err = await refused(ch)
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    await nothing_recorded(tls_stack)
+
+
+async def test_certificate_without_a_partner_identity_is_unauthenticated(tls_stack: Stack, pki: Pki) -> None:
+    anonymous = certs._issue(  # a valid client certificate of the CA, naming no partner
+        pki.ca,
+        "somebody",
+        [x509.UniformResourceIdentifier("urn:example:somebody")],
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    d = details_of(await refused(channel(tls_stack, pki, anonymous)))
+    assert d.code == grpc.StatusCode.UNAUTHENTICATED and d.reason == "UNAUTHENTICATED"
+    await nothing_recorded(tls_stack)
+
+
+async def test_partner_of_another_region_is_refused(tls_stack: Stack, pki: Pki) -> None:
+    d = details_of(await refused(channel(tls_stack, pki, pki.client(region="320200", system="wxgov-ywtb"))))
+    assert d.code == grpc.StatusCode.PERMISSION_DENIED and d.reason == "PARTNER_OF_ANOTHER_REGION"
+    await nothing_recorded(tls_stack)
+
+
+def test_outside_dev_mode_the_gateway_needs_mutual_tls(state: DevState) -> None:
+    from gateway.server import Gateway
+
+    cfg = Config.load(state.config_path(SZ))
+    cfg.gateway.dev_mode = False
+    with pytest.raises(ConfigError, match="client certificates"):
+        Gateway(cfg, registry=None, secrets=None, catalogue=None, ledger=None)  # type: ignore[arg-type]
+
+
+def test_tls_settings_go_together(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="go together"):
+        Config.from_dict({"gateway": {"tls_cert": "a.crt"}}, base_dir=tmp_path, env={})
+
+
+def test_partner_identity_is_read_from_the_uri_san_only(pki: Pki) -> None:
+    assert certs.partner_of(pki.client().cert_pem) == certs.Partner(SZ, "szgov-ywtb")
+    server = certs.issue_server(pki.ca, ["127.0.0.1"])
+    assert certs.partner_of(server.cert_pem) is None
+    assert certs.partner_of(b"not a certificate") is None
