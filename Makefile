@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/tongban/v1/*.proto)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench chaos protos lint typecheck clean
+.PHONY: help install run test bench chaos fuzz protos lint typecheck clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,9 @@ test: $(STAMP) ## run the whole test suite
 bench: $(STAMP) ## Query vs bare gRPC→NATS→reply; Submit accepted/delivered per s vs bare JetStream publish
 	$(BIN)/python -m bench.query_bench
 	$(BIN)/python -m bench.submit_bench
+
+fuzz: $(STAMP) ## hostile envelopes at the verifier and connector, 20,000 examples per property
+	$(BIN)/python -m pytest -q tests/security/test_fuzz.py --hypothesis-profile=fuzz --timeout=0 -p no:cacheprovider
 
 chaos: $(STAMP) ## 5,000 Submits while connectors, a gateway, a region's nats-server and the hub are SIGKILLed
 	$(BIN)/python -m tests.chaos --submits 5000

@@ -48,7 +48,9 @@ def to_status(exc: TongbanError, *, region: str = "") -> grpc.Status:
             )
         )
     if code in _RETRYABLE:
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))))
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(getattr(exc, "retry_after_s", 1.0) * 1000)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=code.value[0], message=exc.message, details=details)
     return rpc_status.to_status(status)
 

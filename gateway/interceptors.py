@@ -18,8 +18,9 @@ from opentelemetry.trace import StatusCode as SpanStatus
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import internal_status, to_status
+from gateway.ratelimit import PartnerLimiter
 from tongban.certs import partner_of
-from tongban.errors import PermissionDenied, TongbanError
+from tongban.errors import PermissionDenied, RateLimited, TongbanError
 
 log = structlog.get_logger("tongban.gateway")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -43,7 +44,16 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     Health and reflection RPCs pass through untouched.
     """
 
-    def __init__(self, *, region: str, dev_mode: bool, dev_system_id: str, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        *,
+        region: str,
+        dev_mode: bool,
+        dev_system_id: str,
+        tracer: trace.Tracer,
+        limiter: PartnerLimiter | None = None,
+    ) -> None:
+        self._limiter = limiter or PartnerLimiter(0, 1)
         self._region = region
         self._dev_mode = dev_mode
         self._dev_system_id = dev_system_id
@@ -135,7 +145,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             ) as span,
         ):
             try:
-                current_caller.set(self._caller(context))
+                caller = self._caller(context)
+                current_caller.set(caller)
+                wait = self._limiter.take(caller.system_id)
+                if wait > 0:
+                    raise RateLimited(
+                        f"{caller.system_id} is over its rate of {self._limiter.rate:g} calls/s",
+                        retry_after_s=wait,
+                    )
                 yield
                 log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
             except TongbanError as exc:

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from gateway.cases import CaseStore
 from gateway.exchange import ExchangeCore, ExchangeService
 from gateway.interceptors import GatewayInterceptor
+from gateway.ratelimit import PartnerLimiter
 from gateway.submit import CaseDesk
 from ledger import LedgerStore
 from tongban.catalogue import Catalogue
@@ -109,6 +110,7 @@ class Gateway:
                     dev_mode=gw.dev_mode,
                     dev_system_id=gw.system_id,
                     tracer=self.tracer,
+                    limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
                 )
             ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+from hypothesis import settings
 from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -37,6 +38,9 @@ from tongban.registry import Registry, sign_registry
 from tongban.v1 import exchange_pb2_grpc, registry_pb2
 
 SZ, WX, QD = "440300", "320200", "370200"
+
+# `make fuzz`: the property tests of tests/security with many more examples.
+settings.register_profile("fuzz", max_examples=20_000)
 REGIONS = {SZ: "深圳市", WX: "无锡市", QD: "青岛市"}
 
 

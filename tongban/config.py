@@ -77,6 +77,10 @@ class GatewayConfig:
     """Plaintext gRPC without partner authentication. Never in production."""
     system_id: str = "dev-partner"
     """Partner system id assumed for calls in dev mode (mTLS maps certificates in production)."""
+    rate_per_partner_s: float = 1000.0
+    """Calls a second each partner system may make on average (0: no limit)."""
+    burst_per_partner: float = 2000.0
+    """Calls a partner may make at once, above its rate, before it is limited."""
     tls_cert: str = ""
     """PEM server certificate of the gateway (with ``tls_key``); required outside dev mode."""
     tls_key: str = ""

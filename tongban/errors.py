@@ -65,6 +65,17 @@ class Unavailable(TongbanError):
     reason = "UNAVAILABLE"
 
 
+class RateLimited(TongbanError):
+    """A partner called more often than its rate allows; ``retry_after_s`` says when to try again."""
+
+    code = StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DeadlineExceeded(TongbanError):
     """The caller's deadline passed before the answer arrived."""
 
