@@ -41,7 +41,7 @@ from tongban.envelope import Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
-from tongban.streams import ensure_consumer, ensure_streams
+from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class CaseWorker:
         js = await ensure_streams(self.nc, self.region, replicas=self.cfg.nats.stream_replicas)
         self._js = js
         stream = subjects.inbound_stream_name(self.region)
-        await ensure_consumer(
+        sub = await durable_pull(
             js,
             stream,
             subjects.Durable.CONNECTOR,
@@ -92,7 +92,6 @@ class CaseWorker:
             ack_wait_s=c.ack_wait_s,
             max_ack_pending=max(1, c.fetch_batch) * 4,
         )
-        sub = await js.pull_subscribe_bind(durable=subjects.Durable.CONNECTOR, stream=stream)
         self._forwarder = Forwarder(
             self.nc,
             self.region,

@@ -42,7 +42,7 @@ from tongban.envelope import EnvelopeRejected
 from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanError, Unavailable, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import is_message_id, new_message_id
-from tongban.streams import ensure_consumer, ensure_streams
+from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")
@@ -146,7 +146,7 @@ class CaseDesk:
         )
         await self._forwarder.start()
         stream = subjects.event_stream_name(self.region)
-        await ensure_consumer(
+        events = await durable_pull(
             js,
             stream,
             subjects.Durable.GATEWAY_EVENTS,
@@ -154,7 +154,6 @@ class CaseDesk:
             ack_wait_s=gw.ack_wait_s,
             max_ack_pending=1024,
         )
-        events = await js.pull_subscribe_bind(durable=subjects.Durable.GATEWAY_EVENTS, stream=stream)
 
         async def nudge(msg: Msg) -> None:
             self.watchers.wake(msg.data.decode(errors="replace"))

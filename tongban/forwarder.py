@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from tongban import subjects
-from tongban.streams import ensure_consumer, jetstream
+from tongban.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.forwarder")
 
@@ -85,7 +85,7 @@ class Forwarder:
             return
         js = jetstream(self.nc, self.region)
         stream = subjects.outbound_stream_name(self.region)
-        await ensure_consumer(
+        sub = await durable_pull(
             js,
             stream,
             self.durable,
@@ -94,7 +94,6 @@ class Forwarder:
             max_ack_pending=self.batch * 4,
         )
         self._js = js
-        sub = await js.pull_subscribe_bind(durable=self.durable, stream=stream)
         self._stopping = False
         self._task = asyncio.create_task(self._loop(sub), name=f"forwarder-{self.kind.value}")
 

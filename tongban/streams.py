@@ -69,7 +69,7 @@ async def ensure_streams(
             await asyncio.sleep(0.2)
 
 
-async def ensure_consumer(
+async def durable_pull(
     js: JetStreamContext,
     stream: str,
     durable: str,
@@ -77,9 +77,10 @@ async def ensure_consumer(
     filter_subject: str,
     ack_wait_s: float,
     max_ack_pending: int,
-) -> None:
-    """Create (or update) a durable pull consumer with explicit acks and no server-side delivery cap:
-    attempts are counted and capped by the consumer's owner, per service."""
+) -> JetStreamContext.PullSubscription:
+    """Create (or update) a durable pull consumer and bind to it. Explicit acks and no server-side
+    delivery cap: attempts are counted and capped by the consumer's owner, per service. Every
+    replica of a role binds to the same durable, so they split the work."""
     await js.add_consumer(
         stream,
         ConsumerConfig(
@@ -93,3 +94,4 @@ async def ensure_consumer(
             max_waiting=512,
         ),
     )
+    return await js.pull_subscribe_bind(durable=durable, stream=stream)
