@@ -268,6 +268,31 @@ def _node_config(args: argparse.Namespace) -> Any:
     return Config.load(path)
 
 
+def _node_flags(p: argparse.ArgumentParser) -> None:
+    """Which region's node a tool acts for: its config, or a dev stack region."""
+    p.add_argument("--config", default="", help="the region's node config (TOML)")
+    p.add_argument("--region", default="", help="dev stack region (config at <state-dir>/<region>/node.toml)")
+    p.add_argument("--state-dir", default=DEFAULT_STATE)
+
+
+async def _tool_nats(cfg: Any, tool: str) -> Any:
+    """A tool's connection to its region's NATS: quiet about its own disconnect at the end."""
+    from tongban.node import connect_nats
+
+    async def quiet() -> None:
+        return None
+
+    return await connect_nats(cfg, name=f"tongban-{tool}-{cfg.region.code}", disconnected_cb=quiet)
+
+
+def _tool_config(args: argparse.Namespace) -> Any:
+    """The node config of a tool command; its logs go to stderr, errors only."""
+    from tongban.telemetry import configure_logging
+
+    configure_logging(fmt="console", level="error", stream=sys.stderr)
+    return _node_config(args)
+
+
 def _cmd_case_report(args: argparse.Namespace) -> int:
     from connectors.adapters import StatusUpdate
     from connectors.cases import CaseWorker
@@ -275,19 +300,14 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
     from connectors.state import ConnectorState
     from ledger import SQLiteLedger
     from tongban.catalogue import Catalogue
-    from tongban.node import connect_nats, load_registry, load_secrets
-    from tongban.telemetry import configure_logging
+    from tongban.node import load_registry, load_secrets
 
-    cfg = _node_config(args)
+    cfg = _tool_config(args)
     region = cfg.region.code
-    configure_logging(fmt="console", level="error", stream=sys.stderr)
     update = StatusUpdate(args.status, args.local_code, args.local_system, args.note)
 
-    async def quiet() -> None:
-        return None
-
     async def run() -> int:
-        nc = await connect_nats(cfg, name=f"tongban-report-{region}", disconnected_cb=quiet)
+        nc = await _tool_nats(cfg, "report")
         state = ConnectorState(cfg.path(cfg.connector.state_store))
         try:
             await state.open()
@@ -320,18 +340,12 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
 def _cmd_dlq(args: argparse.Namespace) -> int:
     from ledger import EntryDraft, Event, SQLiteLedger
     from tongban import dlq
-    from tongban.node import connect_nats
-    from tongban.telemetry import configure_logging
 
-    cfg = _node_config(args)
+    cfg = _tool_config(args)
     region = cfg.region.code
-    configure_logging(fmt="console", level="error", stream=sys.stderr)
-
-    async def quiet() -> None:
-        return None
 
     async def run() -> int:
-        nc = await connect_nats(cfg, name=f"tongban-dlq-{region}", disconnected_cb=quiet)
+        nc = await _tool_nats(cfg, "dlq")
         try:
             if args.dlq_command == "list":
                 letters = await dlq.list_dead_letters(nc, region, limit=args.limit)
@@ -481,11 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--note", default="", help="note for the collecting window (sealed: may hold personal data)"
     )
-    rp.add_argument("--config", default="", help="the handling region's node config (TOML)")
-    rp.add_argument(
-        "--region", default="", help="dev stack region (config at <state-dir>/<region>/node.toml)"
-    )
-    rp.add_argument("--state-dir", default=DEFAULT_STATE)
+    _node_flags(rp)
     rp.set_defaults(func=_cmd_case_report)
 
     dq = sub.add_parser("dlq", help="a region's dead letters: list, replay")
@@ -497,11 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             c.add_argument("--json", action="store_true")
             c.add_argument("--limit", type=int, default=1000)
-        c.add_argument("--config", default="", help="the region's node config (TOML)")
-        c.add_argument(
-            "--region", default="", help="dev stack region (config at <state-dir>/<region>/node.toml)"
-        )
-        c.add_argument("--state-dir", default=DEFAULT_STATE)
+        _node_flags(c)
         c.set_defaults(func=_cmd_dlq)
 
     ct = sub.add_parser("certs", help="a development CA and mutual-TLS certificates (x509, ECDSA P-256)")
