@@ -9,9 +9,7 @@ nodes) on loopback from the same files, with hostnames, ports and store director
 from __future__ import annotations
 
 import json
-import random
 import re
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +21,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from tests.helpers import free_port
 from tongban import subjects
 from tongban.natsserver import check_binary
 
@@ -187,26 +186,6 @@ def test_server_names_are_unique() -> None:
 # -- booting the same files on loopback ---------------------------------------------------------
 
 
-_TAKEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A free loopback port below the ephemeral range: a port the kernel hands out for port 0 or
-    for an outgoing connection (other tests' clients) could be taken again before the server binds."""
-    low, _ = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    while True:
-        port = random.randrange(max(1024, low - 12000), low)
-        if port in _TAKEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _TAKEN.add(port)
-        return port
-
-
 @dataclass
 class Booted:
     """The topology from deploy/nats running on loopback; ``addr[(server, port)]`` maps a production
@@ -232,7 +211,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
                 return
         except (OSError, urllib.error.URLError, KeyError) as exc:
             last = exc
-        time.sleep(0.1)
+        time.sleep(0.1)  # polling interval of this condition wait (a synchronous fixture), not a delay
     raise AssertionError(f"{what} not reached in {timeout}s ({last})")
 
 

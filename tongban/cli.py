@@ -553,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.command == "dlq" or getattr(args, "case_command", "") == "report") and not (
         args.region or args.config
     ):
-        print(f"tongban {args.command}: give --config or --region", file=sys.stderr)
+        verb = getattr(args, "dlq_command", None) or getattr(args, "case_command", "")
+        print(f"tongban {args.command} {verb}: give --config or --region", file=sys.stderr)
         return 2
     from tongban.errors import TongbanError
 

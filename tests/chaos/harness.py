@@ -29,7 +29,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from gateway.cases import message_ids_with_status
 from ledger import Event
 from ledger.verify import verify_sqlite_file
 from tests.e2e.cases import submit_request
+from tests.helpers import free_port
 from tongban.devstate import DevState, init_state
 from tongban.natsserver import NatsServer, Topology
 from tongban.process import die_with_parent
@@ -90,12 +90,6 @@ class Report:
         out.write(f"ledgers consistent: {self.ledgers_consistent} {self.ledger_problems[:5]}\n")
         out.write(self.line() + "\n")
         out.flush()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Child:
@@ -150,7 +144,7 @@ async def _wait_serving(address: str, deadline: float, children: list[Child]) ->
                 r = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if r.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # polling interval of this condition wait (children checked too)
     raise TimeoutError(f"gateway at {address} is not serving")
 
 
@@ -161,7 +155,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
     await topology.start()
     children: list[Child] = []
     try:
-        port = _free_port()
+        port = free_port()  # the gateway keeps it across its SIGKILL and restart
         state: DevState = init_state(
             root / "state",
             REGIONS,
@@ -244,6 +238,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
                         report.retried_calls += 1
                         if time.monotonic() > budget:
                             break
+                        # The behaviour under test: a partner backs off (jittered) before retrying.
                         await asyncio.sleep(0.05 + rng.random() * 0.2)
 
         async def chaos() -> None:
@@ -271,7 +266,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
                 c.check()
             if _approved(cases_db, accepted_ids) == len(accepted_ids):
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # polling interval of this condition wait (children checked too)
         report.settle_s = time.monotonic() - t1
 
         _account(report, state, receipts, cases_db)
