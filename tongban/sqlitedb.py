@@ -72,10 +72,11 @@ class SqliteDb:
             await asyncio.get_running_loop().run_in_executor(pool, conn.close)
         pool.shutdown(wait=True)
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read in its own (deferred) transaction: one consistent snapshot."""
         conn = self._conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        conn.execute("BEGIN")
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -137,7 +138,7 @@ class SqliteDb:
             raise RuntimeError(f"{self.path.name} is not open")
         loop = asyncio.get_running_loop()
         if not write:
-            fut = loop.run_in_executor(self._pool, self._tx, fn, False)
+            fut = loop.run_in_executor(self._pool, self._read, fn)
         else:
             fut = loop.create_future()
             with self._lock:
