@@ -61,6 +61,7 @@ def pension_request() -> exchange_pb2.QueryRequest:
     req.applicant.id_no = DEMO_PERSON
     req.governance.purpose_code = "KSTB_CASE_HANDLING"
     req.governance.legal_basis = exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY
+    req.governance.approval_reference = "SZ-APPROVAL-2026-0001"
     return exchange_pb2.QueryRequest(request=req)
 
 

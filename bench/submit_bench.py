@@ -47,6 +47,7 @@ def submit_request(key: str = "") -> exchange_pb2.SubmitRequest:
     req.fields.update({"transfer_out_region": WX, "transfer_in_region": SZ})
     req.governance.purpose_code = "KSTB_CASE_HANDLING"
     req.governance.legal_basis = exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY
+    req.governance.approval_reference = "SZ-APPROVAL-2026-0001"
     return exchange_pb2.SubmitRequest(request=req)
 
 

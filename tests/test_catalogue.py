@@ -22,6 +22,7 @@ VECTORS: list[dict[str, Any]] = json.loads(
 )
 BY_CODE = {v["service_code"]: v for v in VECTORS}
 TODAY = datetime.date(2026, 11, 22)
+CATALOGUE_SENSITIVE = {item.code: item.sensitive for item in Catalogue.load()}
 KINDS = {"person": exchange_pb2.APPLICANT_KIND_PERSON, "enterprise": exchange_pb2.APPLICANT_KIND_ENTERPRISE}
 
 
@@ -44,6 +45,8 @@ def build(vector: dict[str, Any]) -> exchange_pb2.ServiceRequest:
             purpose_text="跨省通办窗口受理",
             legal_basis=exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY,
             legal_reference="国办发〔2020〕35号",
+            approval_reference="SZ-APPROVAL-2026-0001",
+            sensitive=CATALOGUE_SENSITIVE.get(vector["service_code"], False),
         ),
         idempotency_key="test-0001",
     )

@@ -24,7 +24,7 @@ from typing import NoReturn
 from google.protobuf import json_format
 
 from tongban import identifiers
-from tongban.errors import ConfigError, InvalidRequest, Violation
+from tongban.errors import ConfigError, InvalidRequest, PermissionDenied, Violation
 from tongban.v1 import catalogue_pb2, exchange_pb2
 
 __all__ = [
@@ -44,6 +44,9 @@ DEFAULT_MAX_FIELD_LENGTH = 256
 _ITEM_CODE = re.compile(r"[0-9A-Z]{10,36}")
 _FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _PURPOSE_CODE = re.compile(r"[A-Z][A-Z0-9_]{2,63}")
+_REFERENCE = re.compile(r"[0-9A-Za-z\u4e00-\u9fff][0-9A-Za-z\u4e00-\u9fff_./:()〔〕\-]{3,127}")
+"""A consent, approval or legal reference: 4–128 letters, digits, CJK and ``_./:()〔〕-``, e.g.
+``SZ-CONSENT-2026-000123`` or ``深政数审〔2026〕12号``."""
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _INTEGER = re.compile(r"-?[0-9]+")
 _REGION6 = re.compile(r"[0-9]{6}")
@@ -229,6 +232,11 @@ def validate_request(
     item = catalogue.get(code)
     if item is None:
         _reject([Violation("request.service_code", "Service code is not in the catalogue.")])
+    if item.share_attribute == exchange_pb2.SHARE_ATTRIBUTE_NOT_SHARED:
+        # Not a form problem the caller can fix: the data of this item is never shared.
+        raise PermissionDenied(
+            f"the data of service {code} is 不予共享 (not shared across regions)", reason="DATA_NOT_SHARED"
+        )
 
     violations: list[Violation] = []
     violations += _check_target_region(request.target_region)
@@ -400,6 +408,19 @@ def _value_problem(
     return "The catalogue declares no type for this field."
 
 
+def _check_reference(value: str, path: str, missing: str) -> list[Violation]:
+    if not value.strip():
+        return [Violation(path, missing)]
+    if not _REFERENCE.fullmatch(value):
+        return [
+            Violation(
+                path,
+                "Must be 4 to 128 characters: letters, digits, Chinese characters and _ . / : ( ) 〔 〕 -.",
+            )
+        ]
+    return []
+
+
 def _check_governance(item: CatalogueItem, governance: exchange_pb2.Governance) -> list[Violation]:
     out: list[Violation] = []
     if not governance.purpose_code:
@@ -413,13 +434,40 @@ def _check_governance(item: CatalogueItem, governance: exchange_pb2.Governance) 
             )
         )
     consent = governance.legal_basis == exchange_pb2.LEGAL_BASIS_CONSENT
-    if consent and not governance.consent_reference.strip():
-        out.append(
-            Violation(
-                "request.governance.consent_reference",
-                "Consent reference is required when the legal basis is consent.",
-            )
+    if consent:
+        out += _check_reference(
+            governance.consent_reference,
+            "request.governance.consent_reference",
+            "Consent reference is required when the legal basis is consent.",
         )
+    if item.share_attribute == exchange_pb2.SHARE_ATTRIBUTE_CONDITIONAL:
+        out += _check_reference(
+            governance.approval_reference,
+            "request.governance.approval_reference",
+            "Approval reference is required: this service's data is shared on conditions (有条件共享).",
+        )
+    if item.sensitive:
+        # Sensitive personal data (PIPL Art. 28-29): the basis must be stated, and named.
+        if governance.legal_basis == exchange_pb2.LEGAL_BASIS_UNSPECIFIED:
+            out.append(
+                Violation(
+                    "request.governance.legal_basis",
+                    "This service returns sensitive personal data: state the legal basis.",
+                )
+            )
+        elif not consent:
+            out += _check_reference(
+                governance.legal_reference,
+                "request.governance.legal_reference",
+                "This service returns sensitive personal data: name the statute relied on.",
+            )
+        if not governance.sensitive:
+            out.append(
+                Violation(
+                    "request.governance.sensitive",
+                    "This service returns sensitive personal data: the request must say so.",
+                )
+            )
     offered = set(item.response_fields)
     bad = [i for i, name in enumerate(governance.declared_fields) if name not in offered]
     for i in bad[:_MAX_LISTED]:

@@ -127,6 +127,9 @@ def _service_request(args: argparse.Namespace) -> Any:
         else exchange_pb2.LEGAL_BASIS_STATUTORY_DUTY
     )
     g.consent_reference = args.consent_ref
+    g.approval_reference = args.approval_ref
+    g.legal_reference = args.legal_ref
+    g.sensitive = args.sensitive
     g.declared_fields.extend(args.declare)
     if args.idempotency_key:
         req.idempotency_key = args.idempotency_key
@@ -428,6 +431,11 @@ def _request_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--legal-basis", choices=("statutory", "consent"), default="statutory")
     p.add_argument(
         "--consent-ref", default="", help="consent reference (required with --legal-basis consent)"
+    )
+    p.add_argument("--approval-ref", default="", help="approval reference (required by 有条件共享 items)")
+    p.add_argument("--legal-ref", default="", help="statute relied on (required by sensitive items)")
+    p.add_argument(
+        "--sensitive", action="store_true", help="acknowledge that the item returns sensitive personal data"
     )
     p.add_argument("--declare", action="append", default=[], metavar="FIELD", help="response field needed")
     p.add_argument("--idempotency-key", default="")

@@ -186,13 +186,15 @@ class DevStack:
         w(f"\nAsk {dst} for a {pension.name} record from {src}:\n\n")
         w(
             f"  {exe} query --gateway 127.0.0.1:{self.ports[src]} --to {dst} --service {pension.code} "
-            f"--field id_no={DEMO_PERSON} --purpose KSTB_CASE_HANDLING\n\n"
+            f"--field id_no={DEMO_PERSON} --purpose KSTB_CASE_HANDLING "
+            f"--approval-ref SZ-APPROVAL-2026-0001\n\n"
         )
         w(f"Hand {dst} a pension transfer case (store and forward, status events back):\n\n")
         w(
             f"  {exe} submit --gateway 127.0.0.1:{self.ports[src]} --to {dst} --service YLBXZYJX0001 "
             f"--field id_no=44030419900307123X --field transfer_out_region={dst} "
-            f"--field transfer_in_region={src} --purpose KSTB_CASE_HANDLING --watch\n\n"
+            f"--field transfer_in_region={src} --purpose KSTB_CASE_HANDLING "
+            f"--approval-ref SZ-APPROVAL-2026-0001 --watch\n\n"
         )
         w(f"Check a ledger:  {exe} ledger verify --region {src} --state-dir {self.root}\n")
         w("Ctrl-C stops everything.\n")

@@ -18,7 +18,7 @@ async def test_submit_watch_get_from_the_command_line(stack: Stack) -> None:
         "--field", "id_no=44030419900307123X",
         "--field", "transfer_out_region=320200",
         "--field", "transfer_in_region=440300",
-        "--purpose", "KSTB_CASE_HANDLING",
+        "--purpose", "KSTB_CASE_HANDLING", "--approval-ref", "SZ-APPROVAL-2026-0001",
         "--idempotency-key", "cli-1",
         "--watch", "--watch-timeout", "30",
     )  # fmt: skip
@@ -52,7 +52,7 @@ async def test_submit_refused_prints_the_field_violation(stack: Stack) -> None:
         "--field", "id_no=440304199003071231",
         "--field", "transfer_out_region=320200",
         "--field", "transfer_in_region=440300",
-        "--purpose", "KSTB_CASE_HANDLING",
+        "--purpose", "KSTB_CASE_HANDLING", "--approval-ref", "SZ-APPROVAL-2026-0001",
     )  # fmt: skip
     assert rc == 1 and out == ""
     assert "INVALID_ARGUMENT" in err and "field request.applicant.id_no" in err

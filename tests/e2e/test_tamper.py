@@ -39,12 +39,13 @@ def craft(
     signer: SigningKey | None = None,
     created: float | None = None,
     deadline: float | None = None,
+    request: exchange_pb2.ServiceRequest | None = None,
 ) -> messages.Built:
     cfg = Config.load(stack.state.config_path(SZ))
     secrets, registry = load_secrets(cfg), load_registry(cfg)
     kid, pub = registry.sealing_key_for(sealed_for or to)
     now = time.time()
-    req = pension().request
+    req = request or pension().request
     header = envelope_pb2.Header(
         message_id="01JDTAMPER0000000000000000"[:20] + f"{int(now * 1000) % 10**6:06d}",
         kind=envelope_pb2.MESSAGE_KIND_REQUEST,
