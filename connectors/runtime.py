@@ -40,9 +40,13 @@ from tongban.config import Config
 from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
 from tongban.ids import is_message_id, new_message_id
-from tongban.node import RegionSecrets, connect_nats
+from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
+from tongban.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, exchange_pb2
+
+_SEEN_IN_MEMORY = 100_000
+"""Recent message ids kept in memory in front of the state store's replay record."""
 
 log = structlog.get_logger("tongban.connector")
 
@@ -75,6 +79,7 @@ class Connector:
         self.adapters = dict(adapters)
         self.ledger = ledger
         self.nc = nc
+        self.trust: RegistryWatcher | None = None
         self._owns_nc = nc is None
         self.tracer = tracer or trace.get_tracer("tongban.connector")
         self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
@@ -95,6 +100,9 @@ class Connector:
             return
         if self.nc is None:
             self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
+        if self.cfg.registry.watch and self.trust is None:
+            self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
+            await self.trust.start()
         queue = subjects.connector_queue(self.region)
         self._subs.append(
             await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg)
@@ -129,6 +137,9 @@ class Connector:
         if self.state is not None:
             await self.state.close()
             self.state = None
+        if self.trust is not None:
+            await self.trust.stop()
+            self.trust = None
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
             for task in late:
@@ -213,20 +224,30 @@ class Connector:
         ):
             yield span
 
-    def _check_replay(self, message_id: str, now: float) -> None:
-        """Refuse a message id seen within the freshness window (older ones are refused as stale)."""
+    async def _check_replay(self, message_id: str, now: float) -> None:
+        """Refuse a message id seen within the freshness window (older ones are refused as stale).
+
+        The state store remembers ids across restarts and replicas; this process's own memory
+        answers the common replay without a write.
+        """
         seen = self._seen
         while seen:
             oldest, expires = next(iter(seen.items()))
             if expires > now:
                 break
             del seen[oldest]
-        if message_id in seen:
+        window = self.cfg.connector
+        expires_s = now + window.freshness_window_s + window.clock_skew_s
+        replayed = message_id in seen
+        if not replayed and self.state is not None:
+            replayed = not await self.state.first_sighting(message_id, expires_s=expires_s, now_s=now)
+        if replayed:
             raise EnvelopeRejected(
                 "REPLAYED", "this message id was already received", code=StatusCode.ALREADY_EXISTS
             )
-        window = self.cfg.connector
-        seen[message_id] = now + window.freshness_window_s + window.clock_skew_s
+        seen[message_id] = expires_s
+        if self.state is not None and len(seen) > _SEEN_IN_MEMORY:
+            seen.popitem(last=False)  # the store still remembers it
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         """Answer one request envelope; returns the reply envelope (response or rejection)."""
@@ -296,7 +317,9 @@ class Connector:
         trusting the sending gateway alone) and the form; find the adapter."""
         h = verified.header
         with self.tracer.start_as_current_span("connector.open"):
-            plaintext = messages.open_body(verified, self.secrets.sealing)
+            plaintext = messages.open_body(
+                verified, self.secrets.sealing_for(verified.header.recipient_key_id)
+            )
             try:
                 request = exchange_pb2.RequestBody.FromString(plaintext).request
             except DecodeError as exc:
@@ -334,7 +357,7 @@ class Connector:
             raise EnvelopeRejected(
                 Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
             )
-        self._check_replay(h.message_id, now)
+        await self._check_replay(h.message_id, now)
         request, item, adapter = self.open_request(verified)
         svc = h.service_code
 

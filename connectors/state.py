@@ -45,7 +45,16 @@ _SCHEMA = (
         data BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS out_events_message ON out_events (message_id, seq)",
+    # Query message ids within the freshness window: replay protection across restarts and replicas.
+    """CREATE TABLE IF NOT EXISTS seen (
+        message_id TEXT PRIMARY KEY,
+        expires_s REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_s)",
 )
+
+_SEEN_PURGE_BATCH = 512
+"""Expired ids dropped per insert: the table stays near the window's traffic without a sweeper."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,28 @@ class ConnectorState:
 
     async def close(self) -> None:
         await self.db.close()
+
+    async def first_sighting(self, message_id: str, *, expires_s: float, now_s: float) -> bool:
+        """Remember ``message_id`` until ``expires_s``; False if it is remembered already (a replay).
+
+        One statement decides, so two replicas sharing the store cannot both take one id.
+        """
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM seen WHERE message_id IN "
+                "(SELECT message_id FROM seen WHERE expires_s <= ? LIMIT ?)",
+                (now_s, _SEEN_PURGE_BATCH),
+            )
+            cur = conn.execute(
+                "INSERT INTO seen (message_id, expires_s) VALUES (?, ?) "
+                "ON CONFLICT (message_id) DO UPDATE SET expires_s = excluded.expires_s "
+                "WHERE seen.expires_s <= ?",
+                (message_id, expires_s, now_s),
+            )
+            return cur.rowcount == 1
+
+        return await self.db.run(tx)
 
     async def processed(self, message_id: str) -> tuple[str, list[OutEvent]] | None:
         """(outcome, events) of a processed request, or None."""

@@ -352,7 +352,9 @@ class ExchangeCore:
                 err.message += " (the request was altered in transit)"
             raise err
         try:
-            body = exchange_pb2.ResponseBody.FromString(messages.open_body(verified, self.secrets.sealing))
+            body = exchange_pb2.ResponseBody.FromString(
+                messages.open_body(verified, self.secrets.sealing_for(verified.header.recipient_key_id))
+            )
         except (EnvelopeRejected, DecodeError) as exc:
             await self.ledger.append(
                 EntryDraft(

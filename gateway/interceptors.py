@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
@@ -20,7 +21,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.errors import internal_status, to_status
 from gateway.ratelimit import PartnerLimiter
 from tongban.certs import partner_of
-from tongban.errors import PermissionDenied, RateLimited, TongbanError
+from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError
 
 log = structlog.get_logger("tongban.gateway")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -35,6 +36,36 @@ class Caller:
 
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("tongban_caller", default=None)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message that did not decode: the RPC is refused inside the scope (authenticated,
+    rate-limited, logged) rather than by gRPC's own ``UNKNOWN`` with a traceback."""
+
+    type_name: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def tolerant(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, RuntimeError, ValueError):
+            return Undecodable(type_name)
+
+    return tolerant
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidRequest(
+            f"the request does not decode as {request.type_name}", reason="REQUEST_MALFORMED"
+        )
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
@@ -75,12 +106,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._scope(service, rpc, metadata, context):
+                    _refuse_undecodable(request)
                     return await inner(request, context)
                 raise AssertionError("unreachable: the scope aborts or returns")
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -88,12 +120,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._scope(service, rpc, metadata, context):
+                    _refuse_undecodable(request)
                     async for item in inner_stream(request, context):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -21,8 +21,9 @@ from ledger import LedgerStore
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
-from tongban.node import RegionSecrets, connect_nats
+from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
+from tongban.trust import RegistryWatcher
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 log = structlog.get_logger("tongban.gateway")
@@ -58,6 +59,7 @@ class Gateway:
         self.catalogue = catalogue
         self.ledger = ledger
         self.nc = nc
+        self.trust: RegistryWatcher | None = None
         self._owns_nc = nc is None
         self.tracer = tracer or trace.get_tracer("tongban.gateway")
         self.health = health.aio.HealthServicer()
@@ -94,6 +96,9 @@ class Gateway:
                 disconnected_cb=_down,
                 reconnected_cb=_up,
             )
+        if self.cfg.registry.watch and self.trust is None:
+            self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
+            await self.trust.start()
         core = ExchangeCore(
             self.cfg,
             registry=self.registry,
@@ -185,6 +190,9 @@ class Gateway:
             self.desk.begin_stop()
         await server.stop(self.cfg.gateway.grace_s)
         await self._close_desk()
+        if self.trust is not None:
+            await self.trust.stop()
+            self.trust = None
         if self._owns_nc and self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)

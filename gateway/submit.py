@@ -451,7 +451,7 @@ class CaseDesk:
             raise EnvelopeRejected("NOT_AN_EVENT_FOR_US", "not a case event addressed to this region")
         try:
             body = exchange_pb2.CaseEventBody.FromString(
-                messages.open_body(verified, self.core.secrets.sealing)
+                messages.open_body(verified, self.core.secrets.sealing_for(verified.header.recipient_key_id))
             )
         except DecodeError as exc:
             raise EnvelopeRejected(envelope.Reason.MALFORMED, "event body does not decode") from exc

@@ -55,6 +55,12 @@ class RegistryConfig:
     """Signed trust registry document."""
     root_keys: list[str] = field(default_factory=lambda: ["root.pub"])
     """Pinned root public keys (raw Ed25519, hex or files holding hex)."""
+    watch: bool = True
+    """Watch the region's registry bucket (JetStream KV) and adopt newer registries while running."""
+    cache: str = "registry.latest"
+    """Where a node keeps the newest registry it adopted (read at start when newer than ``file``)."""
+    recheck_s: float = 30.0
+    """Re-read the bucket this often in case a watch died silently."""
 
 
 @dataclass
@@ -221,6 +227,8 @@ class Config:
         tls = (self.gateway.tls_cert, self.gateway.tls_key, self.gateway.client_ca)
         if any(tls) and not all(tls):
             raise ConfigError("[gateway] tls_cert, tls_key and client_ca go together")
+        if self.registry.recheck_s <= 0:
+            raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):
             raise ConfigError("[nats] stream_replicas must be 1, 3 or 5")
         if self.connector.max_attempts < 1 or any(b <= 0 for b in self.connector.backoff_s):

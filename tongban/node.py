@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import structlog
@@ -13,21 +14,99 @@ from nats.aio.client import Client as NATS
 
 from tongban import subjects
 from tongban.config import Config
+from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import ConfigError, Unavailable
 from tongban.keys import SealingKey, SigningKey, load_sealing_key, load_signing_key
 from tongban.privacy import Correlator
-from tongban.registry import Registry
+from tongban.registry import KeyInfo, Registry
+from tongban.trust import RegistryWatcher, load_newest
+from tongban.v1 import registry_pb2
 
 log = structlog.get_logger("tongban.node")
 
+K = TypeVar("K", SigningKey, SealingKey)
 
-@dataclass(frozen=True)
+
 class RegionSecrets:
-    """The private material of one region: signing and sealing keys, correlation key."""
+    """The private material of one region: signing and sealing keys, correlation key.
 
-    signing: SigningKey
-    sealing: SealingKey
-    correlator: Correlator
+    During a key rotation a region holds two keys of a use: the files ``signing*.pem`` and
+    ``sealing*.pem`` beside the configured ones. It signs with its newest signing key the trust
+    registry lists as valid, seals replies to peers' registry keys, and opens bodies sealed to any
+    sealing key it holds that the registry still lists. :meth:`refresh` re-reads the key files and
+    re-selects; it runs whenever a newer registry arrives, so rotation needs no restart.
+    """
+
+    def __init__(
+        self,
+        signing: list[SigningKey],
+        sealing: list[SealingKey],
+        correlator: Correlator,
+        *,
+        region: str = "",
+        key_files: tuple[Path, Path] | None = None,
+    ) -> None:
+        if not signing or not sealing:
+            raise ConfigError("a region needs a signing key and a sealing key")
+        self.correlator = correlator
+        self.region = region
+        self._key_files = key_files
+        self._signing = {k.key_id: k for k in signing}
+        self._sealing = {k.key_id: k for k in sealing}
+        self.signing: SigningKey = signing[0]
+        self.sealing: SealingKey = sealing[0]
+
+    @property
+    def signing_key_ids(self) -> list[str]:
+        return sorted(self._signing)
+
+    def sealing_for(self, key_id: str) -> SealingKey:
+        """Our sealing key ``key_id``; refuses a body sealed for a key we do not hold."""
+        key = self._sealing.get(key_id)
+        if key is None:
+            raise EnvelopeRejected(
+                Reason.SEALED_FOR_ANOTHER_KEY, "body is sealed for a key this region does not hold"
+            )
+        return key
+
+    def refresh(self, registry: Registry, *, at_s: float | None = None) -> None:
+        """Re-read the key files, then sign with the newest key ``registry`` lists as valid."""
+        if self._key_files is not None:
+            sig_path, kem_path = self._key_files
+            for sk in _key_family(sig_path, self.region, load_signing_key):
+                self._signing.setdefault(sk.key_id, sk)
+            for kk in _key_family(kem_path, self.region, load_sealing_key):
+                self._sealing.setdefault(kk.key_id, kk)
+        at = time.time() if at_s is None else at_s
+        signer = _newest_valid(registry, self.region, registry_pb2.KEY_USE_SIGNING, self._signing, at)
+        if signer is not None and signer != self.signing.key_id:
+            log.info("keys.signing_key_selected", region=self.region, key_id=signer, was=self.signing.key_id)
+            self.signing = self._signing[signer]
+        sealer = _newest_valid(registry, self.region, registry_pb2.KEY_USE_SEALING, self._sealing, at)
+        if sealer is not None:
+            self.sealing = self._sealing[sealer]
+
+
+def _newest_valid(
+    registry: Registry, region: str, use: int, held: Mapping[str, object], at: float
+) -> str | None:
+    best: KeyInfo | None = None
+    for info in registry.keys_of(region, use):
+        if info.key_id not in held:
+            continue
+        try:
+            info.check_valid(at)
+        except EnvelopeRejected:
+            continue
+        if best is None or info.not_before_s > best.not_before_s:
+            best = info
+    return best.key_id if best is not None else None
+
+
+def _key_family(path: Path, region: str, load: Callable[[Path, str], K]) -> list[K]:
+    """The key at ``path`` and its rotation siblings (``<stem>*<suffix>`` in the same folder)."""
+    files = sorted({path, *path.parent.glob(f"{path.stem}*{path.suffix}")})
+    return [load(f, region) for f in files if f.is_file()]
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
@@ -48,11 +127,32 @@ def load_root_keys(cfg: Config) -> list[Ed25519PublicKey]:
     return keys
 
 
+def registry_cache(cfg: Config) -> Path | None:
+    return cfg.path(cfg.registry.cache) if cfg.registry.cache else None
+
+
 def load_registry(cfg: Config) -> Registry:
-    return Registry.load(cfg.path(cfg.registry.file), load_root_keys(cfg))
+    """The registry file, or the newer one this node adopted and cached while running."""
+    return load_newest(cfg.path(cfg.registry.file), registry_cache(cfg), load_root_keys(cfg))
 
 
-def load_secrets(cfg: Config) -> RegionSecrets:
+def registry_watcher(cfg: Config, registry: Registry, nc: NATS, secrets: RegionSecrets) -> RegistryWatcher:
+    """The watcher that keeps ``registry`` (and the keys ``secrets`` signs with) current."""
+    return RegistryWatcher(
+        registry,
+        load_root_keys(cfg),
+        nc=nc,
+        region=cfg.region.code,
+        cache=registry_cache(cfg),
+        replicas=cfg.nats.stream_replicas,
+        recheck_s=cfg.registry.recheck_s,
+        listeners=[secrets.refresh],
+    )
+
+
+def load_secrets(cfg: Config, registry: Registry | None = None) -> RegionSecrets:
+    """The region's keys (with their rotation siblings) and correlation key; with ``registry``,
+    the signing key is the newest one it lists as valid."""
     region = cfg.region.code
     corr_path = cfg.path(cfg.keys.correlation_key)
     try:
@@ -61,11 +161,16 @@ def load_secrets(cfg: Config) -> RegionSecrets:
         raise ConfigError(f"correlation key file {corr_path} does not exist") from exc
     except ValueError as exc:
         raise ConfigError(f"correlation key file {corr_path} must hold hex") from exc
-    return RegionSecrets(
-        signing=load_signing_key(cfg.path(cfg.keys.signing_key), region),
-        sealing=load_sealing_key(cfg.path(cfg.keys.sealing_key), region),
-        correlator=Correlator(corr),
-    )
+    sig_path, kem_path = cfg.path(cfg.keys.signing_key), cfg.path(cfg.keys.sealing_key)
+    # The configured files come first: they are the keys in use until a registry says otherwise.
+    signing = [load_signing_key(sig_path, region)]
+    signing += [k for k in _key_family(sig_path, region, load_signing_key) if k.key_id != signing[0].key_id]
+    sealing = [load_sealing_key(kem_path, region)]
+    sealing += [k for k in _key_family(kem_path, region, load_sealing_key) if k.key_id != sealing[0].key_id]
+    secrets = RegionSecrets(signing, sealing, Correlator(corr), region=region, key_files=(sig_path, kem_path))
+    if registry is not None:
+        secrets.refresh(registry)
+    return secrets
 
 
 async def connect_nats(cfg: Config, *, name: str, **callbacks: Any) -> NATS:

@@ -70,6 +70,8 @@ class Registry:
 
     version: int
     document: registry_pb2.TrustRegistry
+    signed: bytes = b""
+    """The SignedRegistry bytes this was verified from (what is persisted and re-published)."""
     keys: dict[str, KeyInfo] = field(default_factory=dict)
     regions: dict[str, registry_pb2.Region] = field(default_factory=dict)
     _ed25519: dict[str, Ed25519PublicKey] = field(default_factory=dict, repr=False)
@@ -113,7 +115,22 @@ class Registry:
                 f"trust registry version {doc.version} is older than {min_version}",
                 reason="REGISTRY_ROLLBACK",
             )
-        return cls._index(doc)
+        reg = cls._index(doc)
+        reg.signed = data
+        return reg
+
+    def adopt(self, newer: Registry) -> None:
+        """Take over ``newer``'s contents in place, so every holder of this object sees them.
+
+        One synchronous step: on the event loop no lookup can observe half of the change.
+        """
+        self.version, self.document, self.signed = newer.version, newer.document, newer.signed
+        self.keys, self.regions = newer.keys, newer.regions
+        self._ed25519, self._x25519 = newer._ed25519, newer._x25519
+
+    def keys_of(self, region: str, use: int) -> list[KeyInfo]:
+        """``region``'s keys of one use (``registry_pb2.KEY_USE_*``), in registry order."""
+        return [k for k in self.keys.values() if k.region == region and k.use == use]
 
     @classmethod
     def load(cls, path: Path, root_keys: Iterable[Ed25519PublicKey]) -> Registry:

@@ -17,6 +17,7 @@ from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.requests import pension
 from tongban import envelope, messages, subjects
 from tongban.config import Config
+from tongban.ids import new_message_id
 from tongban.keys import SigningKey
 from tongban.node import load_registry, load_secrets
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -47,7 +48,7 @@ def craft(
     now = time.time()
     req = request or pension().request
     header = envelope_pb2.Header(
-        message_id="01JDTAMPER0000000000000000"[:20] + f"{int(now * 1000) % 10**6:06d}",
+        message_id=new_message_id(),
         kind=envelope_pb2.MESSAGE_KIND_REQUEST,
         service_code=req.service_code,
         from_region=SZ,
