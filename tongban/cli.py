@@ -543,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--stem", default="", help="file name stem (default <region>-<system>)")
         c.set_defaults(func=_cmd_certs)
 
+    from tongban import cli_trust
+
+    cli_trust.add_parsers(sub, _node_flags)
+
     lg = sub.add_parser("ledger", help="ledger tools")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)
     v = lsub.add_parser("verify", help="check a region's ledger hash chain from scratch")
@@ -558,10 +562,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ledger" and not (args.region or args.file):
         print("tongban ledger verify: give --region or --file", file=sys.stderr)
         return 2
-    if (args.command == "dlq" or getattr(args, "case_command", "") == "report") and not (
-        args.region or args.config
-    ):
-        verb = getattr(args, "dlq_command", None) or getattr(args, "case_command", "")
+    if (
+        args.command in ("dlq", "keys")
+        or getattr(args, "case_command", "") == "report"
+        or getattr(args, "registry_command", "") == "publish"
+    ) and not (args.region or args.config):
+        verb = next(
+            getattr(args, a)
+            for a in ("dlq_command", "case_command", "registry_command", "keys_command", "command")
+            if getattr(args, a, "")
+        )
         print(f"tongban {args.command} {verb}: give --config or --region", file=sys.stderr)
         return 2
     from tongban.errors import TongbanError
