@@ -274,6 +274,13 @@ class Connector:
         its deadline bounds it, not the freshness window, and the processed-message record (not
         the in-memory replay cache) keeps it from being done twice.
         """
+        limit = self.cfg.connector.max_envelope_bytes
+        if len(data) > limit:  # before any parsing: a peer cannot make us decode or verify megabytes
+            raise EnvelopeRejected(
+                Reason.TOO_LARGE,
+                f"envelope of {len(data)} bytes is over the limit of {limit}",
+                code=StatusCode.RESOURCE_EXHAUSTED,
+            )
         with self.tracer.start_as_current_span("connector.verify"):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         dev_system_id: str,
         tracer: trace.Tracer,
         limiter: PartnerLimiter | None = None,
+        dev_tokens: Sequence[str] = (),
     ) -> None:
+        self._dev_tokens = [
+            (token.encode(), system) for system, _, token in (t.partition(":") for t in dev_tokens)
+        ]
         self._limiter = limiter or PartnerLimiter(0, 1)
         self._region = region
         self._dev_mode = dev_mode
@@ -131,11 +136,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        """Dev mode: the configured system. Otherwise the partner the verified client certificate
-        names (the TLS handshake already required one from the partner CA)."""
+    def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> Caller:
+        """Dev mode: the system a dev token names, or the configured system when there are no
+        tokens. Otherwise the partner the verified client certificate names (the TLS handshake
+        already required one from the partner CA)."""
         if self._dev_mode:
-            return Caller(region=self._region, system_id=self._dev_system_id)
+            if not self._dev_tokens:
+                return Caller(region=self._region, system_id=self._dev_system_id)
+            return Caller(region=self._region, system_id=self._token_system(metadata))
         certs = (context.auth_context() or {}).get("x509_pem_cert") or []
         partner = partner_of(certs[0]) if certs else None
         if partner is None:
@@ -151,6 +159,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             )
         structlog.contextvars.bind_contextvars(partner=partner.system_id)
         return Caller(region=partner.region, system_id=partner.system_id)
+
+    def _token_system(self, metadata: dict[str, Any]) -> str:
+        scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise TongbanError(
+                "dev mode with tokens: send authorization: Bearer <token>",
+                reason="TOKEN_MISSING",
+                code=grpc.StatusCode.UNAUTHENTICATED,
+            )
+        offered = token.encode()
+        found = ""
+        for known, system in self._dev_tokens:  # compare with every token, in constant time each
+            if hmac.compare_digest(known, offered):
+                found = system
+        if not found:
+            raise TongbanError(
+                "unknown dev token", reason="TOKEN_INVALID", code=grpc.StatusCode.UNAUTHENTICATED
+            )
+        structlog.contextvars.bind_contextvars(partner=found)
+        return found
 
     @contextlib.asynccontextmanager
     async def _scope(
@@ -178,7 +206,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             ) as span,
         ):
             try:
-                caller = self._caller(context)
+                if self._dev_mode:  # every answer of a dev gateway says so
+                    await context.send_initial_metadata((("tongban-mode", "dev"),))
+                caller = self._caller(context, metadata)
                 current_caller.set(caller)
                 wait = self._limiter.take(caller.system_id)
                 if wait > 0:

@@ -116,6 +116,7 @@ class Gateway:
                     dev_system_id=gw.system_id,
                     tracer=self.tracer,
                     limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
+                    dev_tokens=gw.dev_tokens,
                 )
             ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
@@ -123,6 +124,7 @@ class Gateway:
                 ("grpc.max_receive_message_length", gw.max_message_bytes),
                 ("grpc.max_send_message_length", gw.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.max_concurrent_streams", gw.max_streams_per_connection),
             ],
         )
         try:

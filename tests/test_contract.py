@@ -3,13 +3,14 @@ nats-server configs we render are accepted by the real binary."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tongban import subjects
+from tongban import natsconfig, subjects
 from tongban.natsserver import ServerSpec, check_binary, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,9 @@ def test_subject_tokens_are_checked(bad: str) -> None:
 )
 def test_rendered_configs_pass_nats_server_t(tmp_path: Path, spec: ServerSpec) -> None:
     conf = tmp_path / "server.conf"
-    conf.write_text(render_config(spec, tmp_path / "js"))
+    secrets = natsconfig.ensure_secrets(tmp_path / "secrets", ["440300"], ["127.0.0.1"])
+    link = secrets.hub_link() if spec.is_hub else secrets.leaf_link("440300")
+    conf.write_text(render_config(dataclasses.replace(spec, security=link), tmp_path / "js"))
     result = subprocess.run(
         [str(check_binary()), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )

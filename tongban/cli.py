@@ -543,9 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--stem", default="", help="file name stem (default <region>-<system>)")
         c.set_defaults(func=_cmd_certs)
 
-    from tongban import cli_trust
+    from tongban import cli_trust, natsconfig
 
     cli_trust.add_parsers(sub, _node_flags)
+    natsconfig.add_parser(sub)
 
     lg = sub.add_parser("ledger", help="ledger tools")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)

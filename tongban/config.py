@@ -82,7 +82,12 @@ class GatewayConfig:
     dev_mode: bool = False
     """Plaintext gRPC without partner authentication. Never in production."""
     system_id: str = "dev-partner"
-    """Partner system id assumed for calls in dev mode (mTLS maps certificates in production)."""
+    """Partner system id assumed for calls in dev mode without ``dev_tokens``."""
+    dev_tokens: list[str] = field(default_factory=list)
+    """Dev mode only: ``"<system-id>:<token>"`` entries; when set, callers must send
+    ``authorization: Bearer <token>`` and are served as that system. Refused outside dev mode."""
+    max_streams_per_connection: int = 100
+    """In-flight RPCs one client connection may have (HTTP/2 max concurrent streams); more wait."""
     rate_per_partner_s: float = 1000.0
     """Calls a second each partner system may make on average (0: no limit)."""
     burst_per_partner: float = 2000.0
@@ -123,6 +128,8 @@ class ConnectorConfig:
     """Requests created further in the future than this are refused."""
     max_in_flight: int = 256
     """Requests processed concurrently by one connector process."""
+    max_envelope_bytes: int = 2 << 20
+    """Larger request envelopes are refused unread (the gateway's own limit is 1 MiB a message)."""
     adapters: str = "demo"
     """``demo`` (the shipped demo back ends) or ``module:function`` returning {code: Adapter}."""
     demo_db: str = "demo-backend.sqlite"
@@ -227,6 +234,14 @@ class Config:
         tls = (self.gateway.tls_cert, self.gateway.tls_key, self.gateway.client_ca)
         if any(tls) and not all(tls):
             raise ConfigError("[gateway] tls_cert, tls_key and client_ca go together")
+        if self.gateway.dev_tokens and not self.gateway.dev_mode:
+            raise ConfigError("[gateway] dev_tokens are for dev mode only: partners use mutual TLS")
+        for entry in self.gateway.dev_tokens:
+            system, sep, token = entry.partition(":")
+            if not sep or not system or len(token) < 16:
+                raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
+        if self.gateway.max_streams_per_connection < 1:
+            raise ConfigError("[gateway] max_streams_per_connection must be >= 1")
         if self.registry.recheck_s <= 0:
             raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):

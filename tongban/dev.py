@@ -31,6 +31,17 @@ from tongban.process import die_with_parent, wait_for_signal
 
 DEMO_PERSON = "320213198511200025"
 
+DEV_MODE_BANNER = """\
+################################################################################
+#  DEV MODE: NOT FOR CITIZENS' DATA                                            #
+#  - gRPC is plaintext and partners are not authenticated (no mutual TLS)      #
+#  - the registry root key, region keys and NATS secrets sit on this disk      #
+#  - the back ends are demo data                                               #
+#  Production: mutual TLS ([gateway] tls_cert/tls_key/client_ca), root key     #
+#  offline, deploy/nats from `tongban nats-config`; deploy/threat-model.md     #
+################################################################################
+"""
+
 
 @dataclass
 class Child:
@@ -171,7 +182,8 @@ class DevStack:
             (i for i in cat.items.values() if "参保缴费记录" in i.name), next(iter(cat.items.values()))
         )
         w = out.write
-        w("tongban dev stack is up  (DEV MODE: plaintext gRPC, dev keys, no partner authentication)\n\n")
+        w(DEV_MODE_BANNER)
+        w("tongban dev stack is up\n\n")
         w(f"  state directory  {self.root}\n")
         w(f"  nats hub         {self.topology.hub.client_url}  (leafnodes {self.topology.hub.leaf_url})\n")
         for region, name in self.regions.items():
@@ -197,7 +209,7 @@ class DevStack:
             f"--approval-ref SZ-APPROVAL-2026-0001 --watch\n\n"
         )
         w(f"Check a ledger:  {exe} ledger verify --region {src} --state-dir {self.root}\n")
-        w("Ctrl-C stops everything.\n")
+        w("DEV MODE: never put real citizens' data through this stack.  Ctrl-C stops everything.\n")
         out.flush()
 
 

@@ -41,6 +41,7 @@ class Reason:
     """Reasons an envelope is refused (``Problem.reason`` and ``ErrorInfo.reason``)."""
 
     MALFORMED = "ENVELOPE_MALFORMED"
+    TOO_LARGE = "ENVELOPE_TOO_LARGE"
     UNSIGNED = "ENVELOPE_UNSIGNED"
     UNKNOWN_KEY = "UNKNOWN_KEY"
     KEY_NOT_FOR_SIGNING = "KEY_NOT_FOR_SIGNING"

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import structlog
 
+from tongban import natsconfig
+from tongban.natsconfig import LinkSecurity
 from tongban.process import die_with_parent
 
 MIN_VERSION = (2, 12, 3)
@@ -80,6 +82,8 @@ class ServerSpec:
         domain: JetStream domain (region code) for a leaf; empty for the hub (no JetStream).
         hub_leaf_url: the hub's leafnode URL a leaf connects to.
         port, http_port, leaf_port: 0 picks a random port on first start.
+        security: the TLS files and credentials of its hub link (tongban/natsconfig.py): for the hub,
+            its server certificate and the region users; for a leaf, its client certificate and seed.
     """
 
     name: str
@@ -90,6 +94,7 @@ class ServerSpec:
     leaf_port: int = 0
     host: str = "127.0.0.1"
     extra: str = ""
+    security: LinkSecurity | None = None
 
     @property
     def is_hub(self) -> bool:
@@ -102,7 +107,12 @@ DEV_CONFIGS = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "dev"
 
 def render_config(spec: ServerSpec, store_dir: Path, *, templates: Path = DEV_CONFIGS) -> str:
     """nats-server config text for ``spec``: deploy/nats/dev/{hub,leaf}.conf with its variables set
-    (port 0 is rendered as -1: random)."""
+    (port 0 is rendered as -1: random).
+
+    Raises:
+        NatsServerError: no template, or ``spec`` has no ``security`` (every hub link is
+            authenticated and encrypted, on one machine too).
+    """
 
     def port(p: int) -> int:
         return p if p else -1
@@ -112,15 +122,26 @@ def render_config(spec: ServerSpec, store_dir: Path, *, templates: Path = DEV_CO
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise NatsServerError(f"cannot read the nats-server config template {path}: {exc}") from exc
-    values = {
+    sec = spec.security
+    if sec is None:
+        raise NatsServerError(f"{spec.name}: no link security (tongban.natsconfig.ensure_secrets makes it)")
+    values: dict[str, object] = {
         "TB_NAME": spec.name,
         "TB_LISTEN": f"{spec.host}:{port(spec.port)}",
         "TB_HTTP": f"{spec.host}:{port(spec.http_port)}",
+        "TB_TLS_CERT": str(sec.cert_file),
+        "TB_TLS_KEY": str(sec.key_file),
+        "TB_TLS_CA": str(sec.ca_file),
     }
     if spec.is_hub:
-        values["TB_LEAF_LISTEN"] = f"{spec.host}:{port(spec.leaf_port)}"
+        values.update(TB_LEAF_LISTEN=f"{spec.host}:{port(spec.leaf_port)}", TB_REGION_USERS=list(sec.users))
     else:
-        values.update(TB_DOMAIN=spec.domain, TB_STORE_DIR=str(store_dir), TB_HUB_LEAF_URL=spec.hub_leaf_url)
+        values.update(
+            TB_DOMAIN=spec.domain,
+            TB_STORE_DIR=str(store_dir),
+            TB_HUB_LEAF_URL=spec.hub_leaf_url,
+            TB_LEAF_NKEY=sec.nkey_seed,
+        )
     for name, value in values.items():
         quoted = json.dumps(value, ensure_ascii=False)
         # A function as replacement: the value is taken literally (no backslash escapes).
@@ -180,6 +201,9 @@ class NatsServer:
         ports_dir.mkdir(exist_ok=True)
         for f in ports_dir.glob("*.ports"):
             f.unlink()
+        # 0600: a leaf's config holds its region's NKey seed.
+        self.config_path.touch(mode=0o600, exist_ok=True)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(render_config(self.spec, self.workdir / "jetstream"))
         logf = open(self.workdir / f"{self.spec.name}.log", "ab")
         try:
@@ -266,26 +290,47 @@ class NatsServer:
             await asyncio.to_thread(proc.wait)
 
 
+LOOPBACK_HOSTS = natsconfig.LOOPBACK
+"""Names the single-machine hub's leafnode certificate is valid for."""
+
+
 @dataclass
 class Topology:
-    """A hub and one leaf per region on loopback, each its own JetStream domain."""
+    """A hub and one leaf per region on loopback, each its own JetStream domain.
+
+    Every leaf joins the hub as its region's NKey user over TLS, with the least-privilege permissions
+    of tongban/natsconfig.py; the credentials and TLS material are generated under ``root/secrets``
+    at the first start and kept for restarts.
+    """
 
     root: Path
     regions: list[str]
     hub: NatsServer = field(init=False)
     leaves: dict[str, NatsServer] = field(init=False, default_factory=dict)
+    secrets: natsconfig.Secrets = field(init=False)
+    """The credentials and TLS material of the hub links (complete once started)."""
 
     def __post_init__(self) -> None:
         self.hub = NatsServer(ServerSpec(name="hub"), self.root / "hub")
+        self.secrets = natsconfig.Secrets(self.root / "secrets", tuple(self.regions))
 
     async def start(self) -> None:
         binary = check_binary()
         self.hub.binary = binary
+        secrets = await asyncio.to_thread(
+            natsconfig.ensure_secrets, self.secrets.root, self.regions, LOOPBACK_HOSTS
+        )
+        self.hub.spec.security = secrets.hub_link()
         try:
             await self.hub.start()
             for region in self.regions:
                 leaf = self.leaves.get(region) or NatsServer(
-                    ServerSpec(name=f"leaf-{region}", domain=region, hub_leaf_url=self.hub.leaf_url),
+                    ServerSpec(
+                        name=f"leaf-{region}",
+                        domain=region,
+                        hub_leaf_url=self.hub.leaf_url,
+                        security=secrets.leaf_link(region),
+                    ),
                     self.root / f"leaf-{region}",
                     binary,
                 )

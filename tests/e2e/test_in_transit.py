@@ -42,7 +42,7 @@ async def relay(stack: Stack) -> AsyncIterator[Callable[[Relay], Awaitable[None]
             await msg.respond(await handler(msg.subject, msg.data))
 
         await nc.subscribe(subjects.rpc_wildcard(WX), queue=subjects.connector_queue(WX), cb=on_msg)
-        await wait_visible(stack, nc, SZ, "test.probe.relay")
+        await wait_visible(stack, nc, SZ, f"{subjects.inbox_prefix(WX)}.probe.relay")
 
     yield install
     for nc in conns:

@@ -17,8 +17,13 @@ from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.helpers import eventually
+from tongban import subjects
 from tongban.devstate import DevState
 from tongban.natsserver import Topology
+
+# A subject only the test's subscriber serves, inside what the hub lets Shenzhen publish to and
+# Wuxi subscribe to (Wuxi's inbox space).
+PROBE = f"{subjects.inbox_prefix(WX)}.probe.sink"
 
 
 class SlowAdapter:
@@ -79,7 +84,7 @@ async def test_no_reply_within_deadline_is_expired(stack: Stack) -> None:
         await msg.respond(b"")  # type: ignore[attr-defined]
 
     await sink.subscribe(f"tb.v1.rpc.{WX}.>", cb=swallow)
-    await sink.subscribe("test.probe.sink", cb=pong)
+    await sink.subscribe(PROBE, cb=pong)
     await sink.flush()
     # Interest travels leaf → hub → leaf in order: once the probe answers from Shenzhen's leaf,
     # the swallowing subscription (made first) is known there too.
@@ -87,7 +92,7 @@ async def test_no_reply_within_deadline_is_expired(stack: Stack) -> None:
 
     async def probe_answers() -> bool:
         try:
-            await probe.request("test.probe.sink", b"", timeout=0.5)
+            await probe.request(PROBE, b"", timeout=0.5)
             return True
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return False
