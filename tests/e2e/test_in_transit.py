@@ -17,7 +17,6 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, resigned_registry, wait_visible
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.e2e.test_tamper import craft, send
 from tongban import envelope, messages, subjects
 from tongban.config import Config
 from tongban.node import load_secrets
@@ -92,15 +91,6 @@ async def test_altered_in_transit_is_refused_with_a_clear_error(
     wx = await stack.nodes[WX].ledger.entries()
     assert [(e.event, e.detail) for e in wx] == [(Event.REJECTED, "SIGNATURE_INVALID")]
     assert stack.nodes[WX].backend_calls() == 0
-
-
-async def test_replayed_request_is_refused(stack: Stack) -> None:
-    data = craft(stack).data
-    first = await send_ok(stack, data)
-    assert first
-    problem = await send(stack, data)
-    assert problem.reason == "REPLAYED"
-    assert stack.nodes[WX].backend_calls() == 1
 
 
 async def send_ok(stack: Stack, data: bytes) -> bytes:

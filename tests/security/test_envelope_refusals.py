@@ -35,8 +35,8 @@ from ledger import Entry, Event
 from tests.conftest import QD, REGIONS, SZ, WX, Stack, resigned_registry, start_stack, stop_stack
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
+from tests.e2e.tamper import body_flip, craft, header_flip, send, sig_flip
 from tests.e2e.test_in_transit import send_ok
-from tests.e2e.test_tamper import _body_flip, _header_flip, _sig_flip, craft, send
 from tests.helpers import eventually
 from tongban import envelope, messages, subjects
 from tongban.config import Config
@@ -86,7 +86,7 @@ class Scene:
         self.calls = self.stack.nodes[WX].backend_calls()
 
     def craft(self, **kw: Any) -> messages.Built:
-        """craft() (tests/e2e/test_tamper.py): a fresh message id each time."""
+        """craft() (tests/e2e/tamper.py): a fresh message id each time."""
         return craft(self.stack, **kw)
 
     async def entries(self, region: str) -> list[Entry]:
@@ -289,7 +289,7 @@ async def test_tampered_header_is_refused(scene: Scene) -> None:
     built = scene.craft()
     await refused_by_connector(
         scene,
-        _edited(built.data, _header_flip),
+        _edited(built.data, header_flip),
         reason=envelope.Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
@@ -301,7 +301,7 @@ async def test_tampered_body_is_refused(scene: Scene) -> None:
     built = scene.craft()
     await refused_by_connector(
         scene,
-        _edited(built.data, _body_flip),
+        _edited(built.data, body_flip),
         reason=envelope.Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
@@ -313,7 +313,7 @@ async def test_tampered_signature_is_refused(scene: Scene) -> None:
     built = scene.craft()
     await refused_by_connector(
         scene,
-        _edited(built.data, _sig_flip),
+        _edited(built.data, sig_flip),
         reason=envelope.Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",

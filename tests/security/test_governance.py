@@ -17,7 +17,7 @@ from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import build, cases, pension
-from tests.e2e.test_tamper import craft, send
+from tests.e2e.tamper import craft, send
 from tongban.catalogue import Catalogue
 from tongban.devstate import DevState
 from tongban.natsserver import Topology

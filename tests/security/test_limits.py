@@ -13,8 +13,8 @@ import pytest
 from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.requests import pension
+from tests.e2e.tamper import craft, send
 from tests.e2e.test_outcomes import SlowAdapter
-from tests.e2e.test_tamper import craft, send
 from tests.helpers import eventually
 from tongban.devstate import DevState
 from tongban.natsserver import Topology

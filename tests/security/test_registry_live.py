@@ -25,8 +25,8 @@ from ledger import Event
 from tests.conftest import SZ, WX, Stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
+from tests.e2e.tamper import craft, send
 from tests.e2e.test_in_transit import send_ok
-from tests.e2e.test_tamper import craft, send
 from tests.helpers import eventually
 from tongban import envelope, subjects, trust
 from tongban.config import Config
