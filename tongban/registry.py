@@ -202,6 +202,13 @@ class Registry:
             )
         return best.key_id, self._x25519[best.key_id]
 
+    def sealing_public(self, key_id: str) -> X25519PublicKey:
+        """The sealing key ``key_id`` itself (for a test or a tool; senders use sealing_key_for)."""
+        public = self._x25519.get(key_id)
+        if public is None:
+            raise EnvelopeRejected(Reason.UNKNOWN_KEY, f"{key_id} is not a sealing key in the trust registry")
+        return public
+
     def region(self, code: str) -> registry_pb2.Region | None:
         return self.regions.get(code)
 

@@ -35,10 +35,13 @@ def craft(
     created: float | None = None,
     deadline: float | None = None,
     request: exchange_pb2.ServiceRequest | None = None,
+    seal_to: str | None = None,
 ) -> messages.Built:
     cfg = Config.load(stack.state.config_path(SZ))
     secrets, registry = load_secrets(cfg), load_registry(cfg)
     kid, pub = registry.sealing_key_for(sealed_for or to)
+    if seal_to is not None:  # one particular key of the recipient (e.g. the older one in a rotation)
+        kid, pub = seal_to, registry.sealing_public(seal_to)
     now = time.time()
     req = request or pension().request
     header = envelope_pb2.Header(

@@ -30,7 +30,7 @@ from tests.e2e.test_in_transit import send_ok
 from tests.helpers import eventually
 from tongban import envelope, subjects, trust
 from tongban.config import Config
-from tongban.keys import SigningKey, save_signing_key
+from tongban.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
 from tongban.registry import Registry, sign_registry
 from tongban.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, registry_pb2
@@ -247,3 +247,36 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
         f"the first put; revocation adopted {1000 * (revoke_adopted - revoked_at):.1f} ms, old key refused "
         f"within {1000 * refused_after:.1f} ms; {t.ok} queries, 0 errors"
     )
+
+
+async def test_sealing_key_rotation_on_a_running_stack(stack: Stack) -> None:
+    """Wuxi rotates its sealing key: Shenzhen seals to the new one as soon as the registry says so,
+    Wuxi opens both during the overlap, and traffic never fails; revoking the old key changes nothing
+    for traffic sealed to the new one."""
+    wx_cfg = Config.load(stack.state.config_path(WX))
+    new_key = SealingKey.generate(WX)
+    save_sealing_key(wx_cfg.path(wx_cfg.keys.sealing_key).with_name("sealing-next.pem"), new_key)
+    root = root_key(stack)
+    old_kid, _ = live_registry(stack, SZ).sealing_key_for(WX)
+    async with traffic(stack) as t:
+        rotated = trust.edit_signed(
+            live_registry(stack, WX).signed,
+            root,
+            lambda doc: trust.add_key(
+                doc, WX, registry_pb2.KEY_USE_SEALING, new_key.public_raw, overlap_s=600
+            ),
+        )
+        await publish_everywhere(stack, rotated)
+        await adopted_everywhere(stack, trust.read_signed(rotated).version)
+        assert live_registry(stack, SZ).sealing_key_for(WX)[0] == new_key.key_id
+        connector = stack.nodes[WX].connector
+        assert connector is not None
+        assert connector.secrets.sealing_for(new_key.key_id) is not None
+        await t.at_least(20)  # sealed to the new key, opened by Wuxi
+        # A body sealed to the old key during the overlap still opens.
+        await send_ok(stack, craft(stack, seal_to=old_kid).data)
+        revoked = trust.edit_signed(rotated, root, lambda doc: trust.revoke_key(doc, old_kid))
+        await publish_everywhere(stack, revoked)
+        await adopted_everywhere(stack, trust.read_signed(revoked).version)
+        await t.at_least(20)
+    assert not t.errors
