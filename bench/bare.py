@@ -17,6 +17,7 @@ import grpc
 import nats
 from google.protobuf.struct_pb2 import Struct
 
+from tongban import subjects
 from tongban.process import wait_for_signal
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -31,10 +32,16 @@ SAMPLE = {
 }
 
 
+def bare_subject(region: str) -> str:
+    """Under the region's inbox space: the hub's per-region permissions let another region publish
+    there and the region subscribe, and the region's connector does not listen there."""
+    return f"{subjects.inbox_prefix(region)}.bench.bare"
+
+
 class BareExchange(exchange_pb2_grpc.ExchangeServicer):
     def __init__(self, nc: nats.NATS, to: str) -> None:
         self.nc = nc
-        self.subject = f"bench.bare.{to}"
+        self.subject = bare_subject(to)
 
     async def Query(
         self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext
@@ -47,8 +54,8 @@ class BareExchange(exchange_pb2_grpc.ExchangeServicer):
         return resp
 
 
-async def gateway(url: str, port_file: Path, to: str) -> None:
-    nc = await nats.connect(url)
+async def gateway(url: str, port_file: Path, to: str, region: str) -> None:
+    nc = await nats.connect(url, inbox_prefix=subjects.inbox_prefix(region).encode())
     server = grpc.aio.server()
     exchange_pb2_grpc.add_ExchangeServicer_to_server(BareExchange(nc, to), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -60,7 +67,7 @@ async def gateway(url: str, port_file: Path, to: str) -> None:
 
 
 async def responder(url: str, region: str) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, inbox_prefix=subjects.inbox_prefix(region).encode())
     payload = Struct()
     payload.update(SAMPLE)
     data = payload.SerializeToString()
@@ -68,7 +75,7 @@ async def responder(url: str, region: str) -> None:
     async def on_msg(msg: nats.aio.msg.Msg) -> None:
         await msg.respond(data)
 
-    await nc.subscribe(f"bench.bare.{region}", queue="bare", cb=on_msg)
+    await nc.subscribe(bare_subject(region), queue="bare", cb=on_msg)
     await nc.flush()
     await wait_for_signal()
     await nc.drain()
@@ -80,10 +87,10 @@ def main() -> None:
     p.add_argument("--nats", required=True)
     p.add_argument("--port-file", default="")
     p.add_argument("--to", default="320200")
-    p.add_argument("--region", default="320200")
+    p.add_argument("--region", default="320200", help="the region this process runs in")
     a = p.parse_args()
     if a.role == "gateway":
-        asyncio.run(gateway(a.nats, Path(a.port_file), a.to))
+        asyncio.run(gateway(a.nats, Path(a.port_file), a.to, a.region))
     else:
         asyncio.run(responder(a.nats, a.region))
 

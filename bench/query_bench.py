@@ -162,6 +162,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         str(port_file),
                         "--to",
                         WX,
+                        "--region",
+                        SZ,
                     ],
                     env=env,
                 )

@@ -43,11 +43,12 @@ async def run(cfg: Config) -> None:
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
     )
     trace.set_tracer_provider(provider)
+    registry = load_registry(cfg)
     ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
     connector = Connector(
         cfg,
-        registry=load_registry(cfg),
-        secrets=load_secrets(cfg),
+        registry=registry,
+        secrets=load_secrets(cfg, registry),
         catalogue=Catalogue.load(),
         adapters=load_adapters(cfg),
         ledger=ledger,

@@ -98,25 +98,31 @@ class Connector:
         """Connect (unless given a connection) and subscribe. Idempotent."""
         if self._started:
             return
-        if self.nc is None:
-            self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
-        if self.cfg.registry.watch and self.trust is None:
-            self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
-            await self.trust.start()
-        queue = subjects.connector_queue(self.region)
-        self._subs.append(
-            await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg)
-        )
-        self._subs.append(
-            await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping)
-        )
-        await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
-        if self.durable:
-            self.state = ConnectorState(self.cfg.path(self.cfg.connector.state_store))
-            await self.state.open()
-            self.cases = CaseWorker(self, self.state, self.nc)
-            await self.cases.start()
-        self._started = True
+        self._started = True  # from here on, stop() undoes whatever did start
+        try:
+            if self.nc is None:
+                self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
+            if self.durable:
+                # The replay record is open before the first request can arrive.
+                self.state = ConnectorState(self.cfg.path(self.cfg.connector.state_store))
+                await self.state.open()
+            if self.cfg.registry.watch and self.trust is None:
+                self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
+                await self.trust.start()
+            queue = subjects.connector_queue(self.region)
+            self._subs.append(
+                await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg)
+            )
+            self._subs.append(
+                await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping)
+            )
+            await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
+            if self.state is not None:
+                self.cases = CaseWorker(self, self.state, self.nc)
+                await self.cases.start()
+        except BaseException:
+            await self.stop()
+            raise
         log.info("connector.started", region=self.region, subject=subjects.rpc_wildcard(self.region))
 
     async def stop(self) -> None:
@@ -134,12 +140,6 @@ class Connector:
         if self.cases is not None:
             await self.cases.stop()
             self.cases = None
-        if self.state is not None:
-            await self.state.close()
-            self.state = None
-        if self.trust is not None:
-            await self.trust.stop()
-            self.trust = None
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
             for task in late:
@@ -147,6 +147,13 @@ class Connector:
             if late:
                 log.warning("connector.cancelled_in_flight", count=len(late))
                 await asyncio.wait(late)
+        # In-flight requests are done: only now close what they use.
+        if self.state is not None:
+            await self.state.close()
+            self.state = None
+        if self.trust is not None:
+            await self.trust.stop()
+            self.trust = None
         if self._owns_nc and self.nc is not None:
             try:
                 await self.nc.drain()
@@ -165,7 +172,7 @@ class Connector:
     # -- message handling ----------------------------------------------------------------------
 
     async def _on_ping(self, msg: Msg) -> None:
-        if msg.reply:
+        if msg.reply and self.registry.region(subjects.inbox_region(msg.reply) or "") is not None:
             await msg.respond(self.region.encode())
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -176,11 +183,28 @@ class Connector:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _reply_allowed(self, msg: Msg) -> bool:
+        """Answers go only to a registered region's inbox — the inbox of the region the request
+        claims to come from, when its header parses: a peer cannot make this connector publish into
+        a third region's subjects (the hub lets every region publish to the others' inbound
+        subjects). A request nobody can be answered on is not worth a back-end call either."""
+        sender = subjects.inbox_region(msg.reply or "")
+        if sender is None or self.registry.region(sender) is None:
+            return False
+        header = envelope.header_or_none(msg.data)
+        return header is None or header.from_region == sender
+
     async def _run(self, msg: Msg) -> None:
         try:
+            if not self._reply_allowed(msg):
+                log.warning(
+                    "request.reply_subject_refused",
+                    region=self.region,
+                    reply_region=subjects.inbox_region(msg.reply or ""),
+                )
+                return
             reply = await self.handle(msg.subject, msg.data)
-            if msg.reply:
-                await msg.respond(reply)
+            await msg.respond(reply)
         except Exception as exc:
             # Only the type: an exception's text may quote request data.
             log.error("connector.unhandled", error=type(exc).__name__)

@@ -32,11 +32,12 @@ async def run(cfg: Config) -> None:
                 + ". Never in production."
             ),
         )
+    registry = load_registry(cfg)
     ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
     gateway = Gateway(
         cfg,
-        registry=load_registry(cfg),
-        secrets=load_secrets(cfg),
+        registry=registry,
+        secrets=load_secrets(cfg, registry),
         catalogue=Catalogue.load(),
         ledger=ledger,
         tracer=provider.get_tracer("tongban.gateway"),

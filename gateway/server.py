@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import grpc
@@ -80,32 +81,18 @@ class Gateway:
             return
         gw = self.cfg.gateway
         await self._set_health(False)
-        if self.nc is None:
-
-            async def _down() -> None:
-                log.warning("nats.disconnected")
-                await self._set_health(False)
-
-            async def _up() -> None:
-                log.info("nats.reconnected")
-                await self._set_health(True)
-
-            self.nc = await connect_nats(
-                self.cfg,
-                name=f"tongban-gateway-{self.cfg.region.code}",
-                disconnected_cb=_down,
-                reconnected_cb=_up,
-            )
-        if self.cfg.registry.watch and self.trust is None:
-            self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
-            await self.trust.start()
+        try:
+            nc = await self._connect_and_watch()
+        except BaseException:
+            await self._release()
+            raise
         core = ExchangeCore(
             self.cfg,
             registry=self.registry,
             secrets=self.secrets,
             catalogue=self.catalogue,
             ledger=self.ledger,
-            nc=self.nc,
+            nc=nc,
             tracer=self.tracer,
         )
         server = grpc.aio.server(
@@ -130,7 +117,7 @@ class Gateway:
         try:
             self.cases = CaseStore(self.cfg.path(gw.case_store))
             await self.cases.open()
-            self.desk = CaseDesk(core, self.cases, self.nc)
+            self.desk = CaseDesk(core, self.cases, nc)
             await self.desk.start()
             exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -156,10 +143,10 @@ class Gateway:
                 raise ConfigError(f"cannot listen on {gw.listen}")
             await server.start()
         except BaseException:
-            await self._close_desk()  # nothing half-started stays behind: the loops, the store thread
+            await self._release()  # nothing half-started stays behind: loops, store thread, watcher, NATS
             raise
         self.server = server
-        await self._set_health(self.nc.is_connected)
+        await self._set_health(nc.is_connected)
         if gw.port_file:
             p = self.cfg.path(gw.port_file)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +160,39 @@ class Gateway:
             dev_mode=gw.dev_mode,
             mutual_tls=bool(gw.client_ca),
         )
+
+    async def _connect_and_watch(self) -> NATS:
+        if self.nc is None:
+
+            async def _down() -> None:
+                log.warning("nats.disconnected")
+                await self._set_health(False)
+
+            async def _up() -> None:
+                log.info("nats.reconnected")
+                await self._set_health(True)
+
+            self.nc = await connect_nats(
+                self.cfg,
+                name=f"tongban-gateway-{self.cfg.region.code}",
+                disconnected_cb=_down,
+                reconnected_cb=_up,
+            )
+        if self.cfg.registry.watch and self.trust is None:
+            self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
+            await self.trust.start()
+        return self.nc
+
+    async def _release(self) -> None:
+        """Undo a start that failed half-way."""
+        await self._close_desk()
+        if self.trust is not None:
+            await self.trust.stop()
+            self.trust = None
+        if self._owns_nc and self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+            self.nc = None
 
     async def _close_desk(self) -> None:
         if self.desk is not None:

@@ -127,17 +127,21 @@ async def start_stack(
         nodes[region] = node
         base = (adapters or {}).get(region) or demo_adapters(DemoBackend(cfg.path(cfg.connector.demo_db)))
         node.adapters = {code: CountingAdapter(a) for code, a in base.items()}
-        registry, secrets = load_registry(cfg), load_secrets(cfg)
+        # Gateway and connector each load their own registry and keys, as their processes would.
+        registry = load_registry(cfg)
         node.connector = Connector(
             cfg,
             registry=registry,
-            secrets=secrets,
+            secrets=load_secrets(cfg, registry),
             catalogue=catalogue,
             adapters=node.adapters,
             ledger=ledger,
         )
         await node.connector.start()
-        node.gateway = Gateway(cfg, registry=registry, secrets=secrets, catalogue=catalogue, ledger=ledger)
+        registry = load_registry(cfg)
+        node.gateway = Gateway(
+            cfg, registry=registry, secrets=load_secrets(cfg, registry), catalogue=catalogue, ledger=ledger
+        )
         await node.gateway.start()
     stack = Stack(nodes, topology, state)
     # Subscription interest propagates through the hub asynchronously: wait until it has.

@@ -317,8 +317,8 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
             async with SQLiteLedger(cfg.path(cfg.ledger.path), region) as ledger:
                 connector = Connector(
                     cfg,
-                    registry=load_registry(cfg),
-                    secrets=load_secrets(cfg),
+                    registry=(registry := load_registry(cfg)),
+                    secrets=load_secrets(cfg, registry),
                     catalogue=Catalogue.load(),
                     adapters={},
                     ledger=ledger,

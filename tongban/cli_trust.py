@@ -1,13 +1,14 @@
 """`tongban registry …` and `tongban keys new`: the trust registry's life while nodes run.
 
-A key rotation, end to end (docs/security.md):
+A key rotation, end to end (docs/architecture.md, "Security"):
 
 1. the region: ``tongban keys new --use signing --config node.toml`` writes ``signing-<id>.pem``
    beside the key in use and prints its public key;
 2. the authority: ``tongban registry add-key --file registry.signed --root-key root.key --region R
    --use signing --public-key HEX --overlap-s 86400`` (the old key stays valid for the overlap);
 3. the authority: ``tongban registry publish --file registry.signed --config node.toml`` for each
-   region — running nodes adopt it, and the region's nodes start signing with the new key;
+   region, all within ``[keys] activation_delay_s`` (default 120 s) — running nodes adopt it, and
+   the region's nodes sign with the new key once the registry has listed it that long;
 4. later, ``tongban registry revoke --key-id OLD`` and publish again.
 """
 

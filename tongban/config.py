@@ -45,6 +45,9 @@ class KeysConfig:
     """PEM file of the region's Ed25519 signing key."""
     sealing_key: str = "keys/sealing.pem"
     """PEM file of the region's X25519 sealing (HPKE) key."""
+    activation_delay_s: float = 120.0
+    """A new signing key is used only after the registry has listed it this long (time for the
+    registry to reach every region); the authority publishes to all regions within it."""
     correlation_key: str = "keys/correlation.key"
     """Secret for keyed digests of identifiers (headers and logs carry only those)."""
 
@@ -242,6 +245,8 @@ class Config:
                 raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
         if self.gateway.max_streams_per_connection < 1:
             raise ConfigError("[gateway] max_streams_per_connection must be >= 1")
+        if self.keys.activation_delay_s < 0:
+            raise ConfigError("[keys] activation_delay_s must be >= 0")
         if self.registry.recheck_s <= 0:
             raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):

@@ -169,6 +169,8 @@ def init_state(
                 "signing_key": "keys/signing.pem",
                 "sealing_key": "keys/sealing.pem",
                 "correlation_key": "keys/correlation.key",
+                # One machine: the registry reaches every region at once.
+                "activation_delay_s": 0.5,
             },
             "registry": {"file": "../registry.signed", "root_keys": ["../root.pub"]},
             "gateway": {

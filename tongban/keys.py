@@ -69,10 +69,15 @@ class SealingKey:
 
 
 def _write_private(path: Path, pem: bytes) -> None:
+    """Write atomically (a running node may be reading the folder for new keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def _pem(private: Ed25519PrivateKey | X25519PrivateKey) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import ConfigError, Unavailable
 from tongban.keys import SealingKey, SigningKey, load_sealing_key, load_signing_key
 from tongban.privacy import Correlator
-from tongban.registry import KeyInfo, Registry
+from tongban.registry import Registry
 from tongban.trust import RegistryWatcher, load_newest
 from tongban.v1 import registry_pb2
 
@@ -31,10 +31,13 @@ class RegionSecrets:
     """The private material of one region: signing and sealing keys, correlation key.
 
     During a key rotation a region holds two keys of a use: the files ``signing*.pem`` and
-    ``sealing*.pem`` beside the configured ones. It signs with its newest signing key the trust
-    registry lists as valid, seals replies to peers' registry keys, and opens bodies sealed to any
-    sealing key it holds that the registry still lists. :meth:`refresh` re-reads the key files and
-    re-selects; it runs whenever a newer registry arrives, so rotation needs no restart.
+    ``sealing*.pem`` beside the configured ones. Once attached to the live trust registry
+    (:meth:`refresh`), it signs with its newest signing key the registry lists as valid *and* has
+    listed for ``activation_delay_s`` — time for the registry to reach every other region before
+    they see the new key (until then, or if no key is that old, the newest valid one). The choice is
+    re-made whenever the registry's version changes or a waiting key's time comes. It opens bodies
+    sealed to any sealing key it holds, re-reading the key files when a peer names one it does not
+    know yet (a peer may learn the new key first).
     """
 
     def __init__(
@@ -45,16 +48,41 @@ class RegionSecrets:
         *,
         region: str = "",
         key_files: tuple[Path, Path] | None = None,
+        activation_delay_s: float = 0.0,
     ) -> None:
         if not signing or not sealing:
             raise ConfigError("a region needs a signing key and a sealing key")
         self.correlator = correlator
         self.region = region
+        self.activation_delay_s = activation_delay_s
         self._key_files = key_files
         self._signing = {k.key_id: k for k in signing}
         self._sealing = {k.key_id: k for k in sealing}
-        self.signing: SigningKey = signing[0]
-        self.sealing: SealingKey = sealing[0]
+        self._signer = signing[0]
+        self._registry: Registry | None = None
+        self._selected_version = -1
+        self._reselect_at = float("inf")
+        self._files_read_at = 0.0
+
+    @property
+    def signing(self) -> SigningKey:
+        """The key to sign with now."""
+        reg = self._registry
+        if reg is not None and (reg.version != self._selected_version or time.time() >= self._reselect_at):
+            self._select(reg)
+        return self._signer
+
+    @property
+    def sealing(self) -> SealingKey:
+        """The sealing key peers seal to now (the registry's newest valid one we hold)."""
+        if self._registry is not None:
+            try:
+                kid, _ = self._registry.sealing_key_for(self.region)
+            except EnvelopeRejected:
+                kid = ""
+            if kid in self._sealing:
+                return self._sealing[kid]
+        return next(iter(self._sealing.values()))
 
     @property
     def signing_key_ids(self) -> list[str]:
@@ -63,44 +91,60 @@ class RegionSecrets:
     def sealing_for(self, key_id: str) -> SealingKey:
         """Our sealing key ``key_id``; refuses a body sealed for a key we do not hold."""
         key = self._sealing.get(key_id)
+        if key is None and time.monotonic() - self._files_read_at > _FILE_REREAD_S:
+            self._read_files()  # a new key file may be there already
+            key = self._sealing.get(key_id)
         if key is None:
             raise EnvelopeRejected(
                 Reason.SEALED_FOR_ANOTHER_KEY, "body is sealed for a key this region does not hold"
             )
         return key
 
-    def refresh(self, registry: Registry, *, at_s: float | None = None) -> None:
-        """Re-read the key files, then sign with the newest key ``registry`` lists as valid."""
-        if self._key_files is not None:
-            sig_path, kem_path = self._key_files
-            for sk in _key_family(sig_path, self.region, load_signing_key):
-                self._signing.setdefault(sk.key_id, sk)
-            for kk in _key_family(kem_path, self.region, load_sealing_key):
-                self._sealing.setdefault(kk.key_id, kk)
-        at = time.time() if at_s is None else at_s
-        signer = _newest_valid(registry, self.region, registry_pb2.KEY_USE_SIGNING, self._signing, at)
-        if signer is not None and signer != self.signing.key_id:
-            log.info("keys.signing_key_selected", region=self.region, key_id=signer, was=self.signing.key_id)
-            self.signing = self._signing[signer]
-        sealer = _newest_valid(registry, self.region, registry_pb2.KEY_USE_SEALING, self._sealing, at)
-        if sealer is not None:
-            self.sealing = self._sealing[sealer]
+    def refresh(self, registry: Registry) -> None:
+        """Re-read the key files and follow ``registry`` (the live object) from now on."""
+        self._read_files()
+        self._registry = registry
+        self._select(registry)
+
+    def _read_files(self) -> None:
+        self._files_read_at = time.monotonic()
+        if self._key_files is None:
+            return
+        sig_path, kem_path = self._key_files
+        for sk in _key_family(sig_path, self.region, load_signing_key):
+            self._signing.setdefault(sk.key_id, sk)
+        for kk in _key_family(kem_path, self.region, load_sealing_key):
+            self._sealing.setdefault(kk.key_id, kk)
+
+    def _select(self, registry: Registry) -> None:
+        now = time.time()
+        valid = []
+        for info in registry.keys_of(self.region, registry_pb2.KEY_USE_SIGNING):
+            if info.key_id not in self._signing:
+                continue
+            try:
+                info.check_valid(now)
+            except EnvelopeRejected:
+                continue
+            valid.append(info)
+        active = [k for k in valid if now >= k.not_before_s + self.activation_delay_s]
+        pool = active or valid
+        chosen = max(pool, key=lambda k: k.not_before_s) if pool else None
+        # When to look again: a waiting key becomes active, or the chosen one expires.
+        times = [k.not_before_s + self.activation_delay_s for k in valid if k not in active]
+        if chosen is not None and chosen.not_after_s:
+            times.append(chosen.not_after_s)
+        self._reselect_at = min(times, default=float("inf"))
+        self._selected_version = registry.version
+        if chosen is not None and chosen.key_id != self._signer.key_id:
+            log.info(
+                "keys.signing_key_selected", region=self.region, key_id=chosen.key_id, was=self._signer.key_id
+            )
+            self._signer = self._signing[chosen.key_id]
 
 
-def _newest_valid(
-    registry: Registry, region: str, use: int, held: Mapping[str, object], at: float
-) -> str | None:
-    best: KeyInfo | None = None
-    for info in registry.keys_of(region, use):
-        if info.key_id not in held:
-            continue
-        try:
-            info.check_valid(at)
-        except EnvelopeRejected:
-            continue
-        if best is None or info.not_before_s > best.not_before_s:
-            best = info
-    return best.key_id if best is not None else None
+_FILE_REREAD_S = 5.0
+"""At most this often, a body sealed to an unknown key of ours makes us look for new key files."""
 
 
 def _key_family(path: Path, region: str, load: Callable[[Path, str], K]) -> list[K]:
@@ -167,7 +211,14 @@ def load_secrets(cfg: Config, registry: Registry | None = None) -> RegionSecrets
     signing += [k for k in _key_family(sig_path, region, load_signing_key) if k.key_id != signing[0].key_id]
     sealing = [load_sealing_key(kem_path, region)]
     sealing += [k for k in _key_family(kem_path, region, load_sealing_key) if k.key_id != sealing[0].key_id]
-    secrets = RegionSecrets(signing, sealing, Correlator(corr), region=region, key_files=(sig_path, kem_path))
+    secrets = RegionSecrets(
+        signing,
+        sealing,
+        Correlator(corr),
+        region=region,
+        key_files=(sig_path, kem_path),
+        activation_delay_s=cfg.keys.activation_delay_s,
+    )
     if registry is not None:
         secrets.refresh(registry)
     return secrets

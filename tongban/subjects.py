@@ -138,6 +138,15 @@ def inbox_prefix(region: str) -> str:
     return f"_INBOX_{_token(region, 'region')}"
 
 
+def inbox_region(reply: str) -> str | None:
+    """The region whose inbox ``reply`` is in (``_INBOX_<region>.<token>…``), else None."""
+    head, dot, rest = reply.partition(".")
+    if not dot or not rest or not head.startswith("_INBOX_"):
+        return None
+    region = head[len("_INBOX_") :]
+    return region if region.isdigit() and len(region) == 6 else None
+
+
 def inbound_stream_name(region: str) -> str:
     return f"IN_{_token(region, 'region')}"
 

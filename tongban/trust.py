@@ -227,6 +227,7 @@ class RegistryWatcher:
     async def start(self) -> None:
         self._kv = await registry_bucket(self.nc, self.region, replicas=self.replicas)
         await self._sync()
+        self._notify()  # listeners follow this registry from the start (e.g. the keys re-select)
         self._task = asyncio.create_task(self._run(), name=f"registry-watch-{self.region}")
 
     async def stop(self) -> None:
@@ -253,17 +254,26 @@ class RegistryWatcher:
         current.adopt(newer)
         self.applied.append(Applied(newer.version, time.monotonic(), source))
         if self.cache is not None:
-            try:
-                write_cache(self.cache, current, self.roots)
-            except OSError as exc:
-                log.error("registry.cache_write_failed", path=str(self.cache), error=str(exc))
-        for listener in self.listeners:
-            try:
-                listener(current)
-            except Exception as exc:  # one failing listener must not stop the others
-                log.error("registry.listener_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            # Off the event loop (a file lock and an fsync); the next start reads the newest anyway.
+            task = asyncio.get_running_loop().run_in_executor(
+                None, write_cache, self.cache, newer, self.roots
+            )
+            task.add_done_callback(self._cache_written)
+        self._notify()
         log.info("registry.updated", region=self.region, version=newer.version, was=was, source=source)
         return True
+
+    def _cache_written(self, fut: asyncio.Future[None]) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.error("registry.cache_write_failed", path=str(self.cache), error=type(exc).__name__)
+
+    def _notify(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener(self.registry)
+            except Exception as exc:  # one failing listener must not stop the others
+                log.error("registry.listener_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
     def _refuse(self, reason: str, source: str, *, offered: int | None) -> None:
         self.refused.append(reason)
@@ -290,11 +300,15 @@ class RegistryWatcher:
         await self._repair(entry.value or b"", entry.revision or 0)
 
     async def _repair(self, held: bytes, revision: int) -> None:
-        """Replace an older (or invalid) document in the bucket by ours."""
+        """Replace what the bucket holds by ours unless it is a valid registry at least as new:
+        an older, forged, equivocating or deleted document is overwritten."""
         assert self._kv is not None
-        version = _peek_version(held)
-        if version is not None and version >= self.registry.version:
-            return
+        version: int | None = None
+        with contextlib.suppress(RegistryError):
+            valid = Registry.from_signed(held, self.roots, min_version=self.registry.version)
+            if valid.document == self.registry.document or valid.version > self.registry.version:
+                return
+            version = valid.version
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
             await self._kv.update(KEY, self.registry.signed, last=revision)
             log.info(
@@ -326,9 +340,9 @@ class RegistryWatcher:
                     await self._sync()  # belt and braces: a watch can die silently
                     continue
                 if isinstance(entry, KeyValue.Entry):
-                    if entry.operation is None and entry.value:
-                        if not self.offer(entry.value, source="watch"):
-                            await self._repair(entry.value, entry.revision or 0)
+                    value = entry.value if entry.operation is None else b""  # a delete or purge
+                    if not (value and self.offer(value, source="watch")):
+                        await self._repair(value or b"", entry.revision or 0)
                 elif entry is not None:  # the watcher was stopped under us
                     return
         finally:

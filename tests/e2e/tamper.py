@@ -38,7 +38,8 @@ def craft(
     seal_to: str | None = None,
 ) -> messages.Built:
     cfg = Config.load(stack.state.config_path(SZ))
-    secrets, registry = load_secrets(cfg), load_registry(cfg)
+    registry = load_registry(cfg)
+    secrets = load_secrets(cfg, registry)
     kid, pub = registry.sealing_key_for(sealed_for or to)
     if seal_to is not None:  # one particular key of the recipient (e.g. the older one in a rotation)
         kid, pub = seal_to, registry.sealing_public(seal_to)

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import Event
-from tests.conftest import SZ, WX, Stack
+from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import craft, send
@@ -30,7 +30,9 @@ from tests.e2e.test_in_transit import send_ok
 from tests.helpers import eventually
 from tongban import envelope, subjects, trust
 from tongban.config import Config
+from tongban.devstate import DevState
 from tongban.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
+from tongban.natsserver import Topology
 from tongban.registry import Registry, sign_registry
 from tongban.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, registry_pb2
@@ -78,6 +80,21 @@ async def adopted_everywhere(stack: Stack, version: int) -> float:
     return max(a.at_monotonic for w in ws for a in w.applied if a.version == version)
 
 
+async def bucket_holds(stack: Stack, region: str, version: int) -> None:
+    """Wait until ``region``'s bucket holds the registry of ``version`` again (repaired)."""
+    nc = await stack.nats(region)
+    try:
+        kv = await trust.registry_bucket(nc, region)
+
+        async def repaired() -> bool:
+            held = (await kv.get(trust.KEY)).value or b""
+            return live_registry(stack, region).signed == held and trust.read_signed(held).version == version
+
+        await eventually(repaired, what=f"{region}'s bucket repaired")
+    finally:
+        await nc.close()
+
+
 def _shenzhen_signing_key(doc: registry_pb2.TrustRegistry) -> registry_pb2.RegionKey:
     return next(
         k for r in doc.regions if r.code == SZ for k in r.keys if k.use == registry_pb2.KEY_USE_SIGNING
@@ -97,19 +114,7 @@ async def test_registry_rollback_attempt_is_refused(stack: Stack) -> None:
     await publish_everywhere(stack, old)  # the rollback attempt
     await eventually(lambda: all("REGISTRY_ROLLBACK" in w.refused for w in wx), what="rollback refused")
     assert live_registry(stack, WX).version == trust.read_signed(newer).version
-    nc = await stack.nats(WX)
-    try:
-        kv = await trust.registry_bucket(nc, WX)
-
-        async def repaired() -> bool:
-            return (
-                trust.read_signed((await kv.get(trust.KEY)).value or b"").version
-                == live_registry(stack, WX).version
-            )
-
-        await eventually(repaired, what="bucket repaired")
-    finally:
-        await nc.close()
+    await bucket_holds(stack, WX, live_registry(stack, WX).version)
     # Traffic is unaffected.
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX
 
@@ -125,6 +130,8 @@ async def test_registry_signed_by_another_root_is_refused(stack: Stack) -> None:
     wx = [w for w in watchers(stack) if w.region == WX]
     await eventually(lambda: all("REGISTRY_SIGNATURE" in w.refused for w in wx), what="forgery refused")
     assert live_registry(stack, WX).version == before
+    # The forgery claims a higher version, but it does not verify: the nodes put theirs back.
+    await bucket_holds(stack, WX, before)
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX
 
 
@@ -216,7 +223,9 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
         )
         put = await publish_everywhere(stack, rotated)
         adopted = await adopted_everywhere(stack, trust.read_signed(rotated).version)
-        assert sz_secrets.signing.key_id == new_key.key_id != old_kid
+        # Shenzhen signs with the new key once the registry has listed it for the activation delay.
+        await eventually(lambda: sz_secrets.signing.key_id == new_key.key_id, what="Shenzhen switches")
+        assert new_key.key_id != old_kid
         await t.at_least(20)  # signed with the new key now
         # During the overlap the old key still verifies (a message signed just before the switch).
         await send_ok(stack, craft(stack, signer=old_key).data)
@@ -280,3 +289,41 @@ async def test_sealing_key_rotation_on_a_running_stack(stack: Stack) -> None:
         await adopted_everywhere(stack, trust.read_signed(revoked).version)
         await t.at_least(20)
     assert not t.errors
+
+
+@pytest.fixture
+async def slow_activation(topology: Topology, state: DevState) -> AsyncIterator[Stack]:
+    s = await start_stack(topology, state, config={"keys": {"activation_delay_s": 3600.0}})
+    try:
+        yield s
+    finally:
+        await stop_stack(s)
+
+
+async def test_new_key_waits_until_other_regions_can_know_it(slow_activation: Stack) -> None:
+    """The authority published the rotation to Shenzhen only (Wuxi has not got it yet): Shenzhen
+    keeps signing with the old key for the activation delay, so Wuxi still verifies it."""
+    stack = slow_activation
+    sz_cfg = Config.load(stack.state.config_path(SZ))
+    new_key = SigningKey.generate(SZ)
+    save_signing_key(sz_cfg.path(sz_cfg.keys.signing_key).with_name("signing-next.pem"), new_key)
+    gateway = stack.nodes[SZ].gateway
+    assert gateway is not None
+    old_kid = gateway.secrets.signing.key_id
+    rotated = trust.edit_signed(
+        live_registry(stack, SZ).signed,
+        root_key(stack),
+        lambda doc: trust.add_key(doc, SZ, registry_pb2.KEY_USE_SIGNING, new_key.public_raw, overlap_s=600),
+    )
+    nc = await stack.nats(SZ)
+    try:
+        await trust.publish(nc, SZ, rotated)
+    finally:
+        await nc.close()
+    version = trust.read_signed(rotated).version
+    assert gateway.trust is not None
+    await eventually(
+        lambda: gateway.trust is not None and gateway.trust.registry.version == version, what="adopted"
+    )
+    assert gateway.secrets.signing.key_id == old_kid
+    assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX

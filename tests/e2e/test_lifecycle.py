@@ -1,0 +1,63 @@
+"""A start that fails half-way leaves nothing running: no watcher task, no NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from connectors.runtime import Connector
+from gateway.server import Gateway
+from ledger import SQLiteLedger
+from tests.conftest import SZ
+from tongban.catalogue import Catalogue
+from tongban.config import Config
+from tongban.devstate import DevState
+from tongban.node import load_registry, load_secrets
+
+
+def _watch_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("registry-watch-") and not t.done()]
+
+
+async def test_gateway_that_cannot_listen_releases_everything(state: DevState) -> None:
+    cfg = Config.load(state.config_path(SZ))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg.gateway.listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        registry = load_registry(cfg)
+        async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
+            gateway = Gateway(
+                cfg,
+                registry=registry,
+                secrets=load_secrets(cfg, registry),
+                catalogue=Catalogue.load(),
+                ledger=ledger,
+            )
+            with pytest.raises(Exception, match=r"cannot listen|[Bb]ind"):
+                await gateway.start()
+    assert gateway.nc is None and gateway.trust is None
+    assert _watch_tasks() == []
+
+
+async def test_connector_whose_state_store_cannot_open_releases_everything(
+    state: DevState, tmp_path: object
+) -> None:
+    cfg = Config.load(state.config_path(SZ))
+    cfg.connector.state_store = "/proc/no-such-dir/state.sqlite"  # cannot be created
+    registry = load_registry(cfg)
+    async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
+        connector = Connector(
+            cfg,
+            registry=registry,
+            secrets=load_secrets(cfg, registry),
+            catalogue=Catalogue.load(),
+            adapters={},
+            ledger=ledger,
+        )
+        with pytest.raises(Exception):  # noqa: B017 (any failure to open; the point is the cleanup)
+            await connector.start()
+    assert connector.nc is None and connector.state is None and connector.trust is None
+    assert _watch_tasks() == []
