@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -41,6 +41,7 @@ class Result:
     seconds: float
     latencies_ms: list[float]
     cpu_ms_per_req: dict[str, float] | None = None
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -71,6 +72,7 @@ async def load(address: str, target: str, concurrency: int, duration: float, war
         stub = exchange_pb2_grpc.ExchangeStub(ch)
         lat: list[float] = []
         errors = 0
+        kinds: dict[str, int] = {}
         start_at = time.perf_counter() + warmup
         end_at = start_at + duration
 
@@ -83,17 +85,19 @@ async def load(address: str, target: str, concurrency: int, duration: float, war
                 try:
                     await stub.Query(request, timeout=10)
                     ok = True
-                except grpc.aio.AioRpcError:
+                except grpc.aio.AioRpcError as exc:
                     ok = False
+                    kind = f"{exc.code().name} {(exc.details() or '')[:50]}"
                 t1 = time.perf_counter()
                 if t0 >= start_at and t1 <= end_at:
                     if ok:
                         lat.append((t1 - t0) * 1000)
                     else:
                         errors += 1
+                        kinds[kind] = kinds.get(kind, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return Result(target, concurrency, len(lat), errors, duration, lat)
+        return Result(target, concurrency, len(lat), errors, duration, lat, error_kinds=kinds)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,7 +198,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         results.setdefault((target, c), []).append(res)
                         print(
                             f"  {target:4} c={c:<3} round {rnd + 1}: {res.rps:8.0f} req/s  "
-                            f"p50 {res.pct(50):6.2f} ms  p99 {res.pct(99):6.2f} ms  errors {res.errors}",
+                            f"p50 {res.pct(50):6.2f} ms  p99 {res.pct(99):6.2f} ms  errors {res.errors}"
+                            + (f" {res.error_kinds}" if res.error_kinds else ""),
                             file=sys.stderr,
                         )
             rss = {

@@ -38,6 +38,9 @@ from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 SZ, WX = "440300", "320200"
 APPROVED = 11
 
+ERROR_KINDS: dict[str, int] = {}
+"""Failed Submits of the whole run by status and message (printed at the end)."""
+
 
 def submit_request(key: str = "") -> exchange_pb2.SubmitRequest:
     """企业职工基本养老保险关系转移接续 from Shenzhen to Wuxi (the bench back end answers any applicant)."""
@@ -105,8 +108,10 @@ async def full_submit(
                 try:
                     r = await stub.Submit(submit_request(key=f"{tag}-{counter}"), timeout=10)
                     ids.add(r.message_id)
-                except grpc.aio.AioRpcError:
+                except grpc.aio.AioRpcError as exc:
                     errors += 1
+                    kind = f"{exc.code().name} {(exc.details() or '')[:50]}"
+                    ERROR_KINDS[kind] = ERROR_KINDS.get(kind, 0) + 1
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -216,6 +221,8 @@ def main() -> None:
     print("\nCPU per delivered case (ms; first round), where the time goes:")
     for c, cpu in out["cpu_ms_per_case"].items():  # type: ignore[attr-defined]
         print(f"  in flight {c:>3}: " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    if ERROR_KINDS:
+        print(f"\nfailed Submits: {ERROR_KINDS}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

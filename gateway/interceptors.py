@@ -85,7 +85,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         tracer: trace.Tracer,
         limiter: PartnerLimiter | None = None,
         dev_tokens: Sequence[str] = (),
+        max_in_flight_per_connection: int = 0,
     ) -> None:
+        self._max_per_connection = max_in_flight_per_connection
+        self._in_flight: dict[str, int] = {}
         self._dev_tokens = [
             (token.encode(), system) for system, _, token in (t.partition(":") for t in dev_tokens)
         ]
@@ -160,6 +163,25 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         structlog.contextvars.bind_contextvars(partner=partner.system_id)
         return Caller(region=partner.region, system_id=partner.system_id)
 
+    def _enter(self, peer: str) -> None:
+        """Count an RPC against its client connection (``peer`` is the connection's address);
+        beyond the bound, RESOURCE_EXHAUSTED at once rather than an unbounded queue."""
+        n = self._in_flight.get(peer, 0)
+        if self._max_per_connection and n >= self._max_per_connection:
+            raise RateLimited(
+                f"{n} calls are already in flight on this connection (at most {self._max_per_connection})",
+                retry_after_s=0.05,
+                reason="TOO_MANY_IN_FLIGHT",
+            )
+        self._in_flight[peer] = n + 1
+
+    def _leave(self, peer: str) -> None:
+        n = self._in_flight.get(peer, 1) - 1
+        if n:
+            self._in_flight[peer] = n
+        else:
+            self._in_flight.pop(peer, None)
+
     def _token_system(self, metadata: dict[str, Any]) -> str:
         scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -191,6 +213,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             else None
         )
         token = current_caller.set(None)
+        entered = False
         with (
             structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
             self._tracer.start_as_current_span(
@@ -210,6 +233,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     await context.send_initial_metadata((("tongban-mode", "dev"),))
                 caller = self._caller(context, metadata)
                 current_caller.set(caller)
+                self._enter(context.peer())
+                entered = True
                 wait = self._limiter.take(caller.system_id)
                 if wait > 0:
                     raise RateLimited(
@@ -237,4 +262,6 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 status = internal_status()
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
+                if entered:
+                    self._leave(context.peer())
                 current_caller.reset(token)

@@ -104,6 +104,7 @@ class Gateway:
                     tracer=self.tracer,
                     limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
                     dev_tokens=gw.dev_tokens,
+                    max_in_flight_per_connection=gw.max_in_flight_per_connection,
                 )
             ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
@@ -111,7 +112,6 @@ class Gateway:
                 ("grpc.max_receive_message_length", gw.max_message_bytes),
                 ("grpc.max_send_message_length", gw.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_concurrent_streams", gw.max_streams_per_connection),
             ],
         )
         try:

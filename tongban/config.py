@@ -89,8 +89,9 @@ class GatewayConfig:
     dev_tokens: list[str] = field(default_factory=list)
     """Dev mode only: ``"<system-id>:<token>"`` entries; when set, callers must send
     ``authorization: Bearer <token>`` and are served as that system. Refused outside dev mode."""
-    max_streams_per_connection: int = 100
-    """In-flight RPCs one client connection may have (HTTP/2 max concurrent streams); more wait."""
+    max_in_flight_per_connection: int = 100
+    """In-flight RPCs one client connection may have; beyond it RESOURCE_EXHAUSTED
+    ``TOO_MANY_IN_FLIGHT`` with RetryInfo (open watches count too)."""
     rate_per_partner_s: float = 1000.0
     """Calls a second each partner system may make on average (0: no limit)."""
     burst_per_partner: float = 2000.0
@@ -243,8 +244,8 @@ class Config:
             system, sep, token = entry.partition(":")
             if not sep or not system or len(token) < 16:
                 raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
-        if self.gateway.max_streams_per_connection < 1:
-            raise ConfigError("[gateway] max_streams_per_connection must be >= 1")
+        if self.gateway.max_in_flight_per_connection < 1:
+            raise ConfigError("[gateway] max_in_flight_per_connection must be >= 1")
         if self.keys.activation_delay_s < 0:
             raise ConfigError("[keys] activation_delay_s must be >= 0")
         if self.registry.recheck_s <= 0:

@@ -71,8 +71,8 @@ class RateLimited(TongbanError):
     code = StatusCode.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: float, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.retry_after_s = retry_after_s
 
 

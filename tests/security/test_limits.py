@@ -12,6 +12,7 @@ import pytest
 
 from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
+from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import craft, send
 from tests.e2e.test_outcomes import SlowAdapter
@@ -30,7 +31,7 @@ async def slow_two_streams(topology: Topology, state: DevState) -> AsyncIterator
         topology,
         state,
         adapters={WX: {PENSION: adapter}},  # type: ignore[dict-item]
-        config={"gateway": {"max_streams_per_connection": 2}},
+        config={"gateway": {"max_in_flight_per_connection": 2}},
     )
     yield stack, adapter
     adapter.release.set()
@@ -40,8 +41,8 @@ async def slow_two_streams(topology: Topology, state: DevState) -> AsyncIterator
 async def test_in_flight_requests_per_connection_are_bounded(
     slow_two_streams: tuple[Stack, SlowAdapter],
 ) -> None:
-    """Two slow calls fill a connection's two streams: a third call on that connection waits (and
-    here runs out of its deadline unsent), while another connection is served at once."""
+    """Two slow calls fill a connection's bound of two: a third call on that connection is refused
+    at once with RetryInfo, while another connection is served; once the two end, so is the first."""
     stack, adapter = slow_two_streams
     address = stack.nodes[SZ].address
     own = [("grpc.use_local_subchannel_pool", 1)]  # two channels, two connections (no shared subchannel)
@@ -54,17 +55,22 @@ async def test_in_flight_requests_per_connection_are_bounded(
         await eventually(lambda: stack.nodes[WX].backend_calls() == 2, what="two calls at the back end")
         probe = exchange_pb2.GetCaseRequest(case_no="KS440300000000000000")
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await busy.GetCase(probe, timeout=1)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await busy.GetCase(probe, timeout=5)
+        d = details_of(err.value)
+        assert (d.code, d.reason, d.retry) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_IN_FLIGHT", True)
+        assert d.message == "2 calls are already in flight on this connection (at most 2)"
         with pytest.raises(grpc.aio.AioRpcError) as other:
             await exchange_pb2_grpc.ExchangeStub(second).GetCase(probe, timeout=5)
-        assert other.value.code() == grpc.StatusCode.NOT_FOUND  # served: the limit is per connection
+        assert other.value.code() == grpc.StatusCode.NOT_FOUND  # served: the bound is per connection
         adapter.release.set()
         for answer in await asyncio.gather(*calls):
             assert answer.data["status"] == "late"
         with pytest.raises(grpc.aio.AioRpcError) as freed:
             await busy.GetCase(probe, timeout=5)
         assert freed.value.code() == grpc.StatusCode.NOT_FOUND
+    # The two served queries and nothing else: a refused call is not a request in the ledger.
+    events = sorted(e.event.name for e in await stack.nodes[SZ].ledger.entries())
+    assert events == ["RESPONDED", "RESPONDED", "SUBMITTED", "SUBMITTED"]
 
 
 def _with_unknown_field(data: bytes, size: int) -> bytes:
