@@ -53,8 +53,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_s)",
 )
 
-_SEEN_PURGE_BATCH = 512
-"""Expired ids dropped per insert: the table stays near the window's traffic without a sweeper."""
+_SEEN_PURGE_BATCH = 5000
+"""Expired ids dropped per purge (at most one a second, with an insert): the table stays near the
+window's traffic without a sweeper."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ Build = Callable[[int], list[OutEvent]]
 class ConnectorState:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDb(path, _SCHEMA)
+        self._next_purge_s = 0.0
 
     async def open(self) -> None:
         await self.db.open()
@@ -115,12 +117,17 @@ class ConnectorState:
         One statement decides, so two replicas sharing the store cannot both take one id.
         """
 
+        purge = now_s >= self._next_purge_s
+        if purge:
+            self._next_purge_s = now_s + 1.0
+
         def tx(conn: sqlite3.Connection) -> bool:
-            conn.execute(
-                "DELETE FROM seen WHERE message_id IN "
-                "(SELECT message_id FROM seen WHERE expires_s <= ? LIMIT ?)",
-                (now_s, _SEEN_PURGE_BATCH),
-            )
+            if purge:
+                conn.execute(
+                    "DELETE FROM seen WHERE message_id IN "
+                    "(SELECT message_id FROM seen WHERE expires_s <= ? LIMIT ?)",
+                    (now_s, _SEEN_PURGE_BATCH),
+                )
             cur = conn.execute(
                 "INSERT INTO seen (message_id, expires_s) VALUES (?, ?) "
                 "ON CONFLICT (message_id) DO UPDATE SET expires_s = excluded.expires_s "
