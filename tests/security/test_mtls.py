@@ -82,6 +82,17 @@ async def refused(ch: grpc.aio.Channel) -> grpc.aio.AioRpcError:
     return err.value
 
 
+def handshake_refused(err: grpc.aio.AioRpcError, capfd: pytest.CaptureFixture[str], server_says: str) -> None:
+    """The TLS handshake failed, so no RPC was even seen. The partner learns only that the
+    connection closed; the gateway's TLS layer (gRPC core, on stderr) names the exact reason."""
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert (err.details() or "").startswith("failed to connect to all addresses")
+    assert "Socket closed" in (err.details() or "")
+    server_log = capfd.readouterr().err
+    assert "Handshake failed with error SSL_ERROR_SSL: error:" in server_log
+    assert server_says in server_log
+
+
 async def nothing_recorded(stack: Stack) -> None:
     assert await stack.nodes[SZ].ledger.size() == 0
     assert stack.nodes["320200"].backend_calls() == 0
@@ -101,23 +112,29 @@ async def test_partner_with_its_certificate_is_served_as_itself(tls_stack: Stack
     assert got.case.message_id == receipt.message_id
 
 
-async def test_no_client_certificate_is_refused(tls_stack: Stack, pki: Pki) -> None:
+async def test_no_client_certificate_is_refused(
+    tls_stack: Stack, pki: Pki, capfd: pytest.CaptureFixture[str]
+) -> None:
     err = await refused(channel(tls_stack, pki, None))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no RPC is even seen
+    handshake_refused(err, capfd, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
     await nothing_recorded(tls_stack)
 
 
-async def test_certificate_from_an_unknown_ca_is_refused(tls_stack: Stack, pki: Pki) -> None:
+async def test_certificate_from_an_unknown_ca_is_refused(
+    tls_stack: Stack, pki: Pki, capfd: pytest.CaptureFixture[str]
+) -> None:
     rogue = certs.create_ca("rogue CA")
     err = await refused(channel(tls_stack, pki, certs.issue_client(rogue, certs.Partner(SZ, "szgov-ywtb"))))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    handshake_refused(err, capfd, "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate")
     await nothing_recorded(tls_stack)
 
 
-async def test_expired_certificate_is_refused(tls_stack: Stack, pki: Pki) -> None:
+async def test_expired_certificate_is_refused(
+    tls_stack: Stack, pki: Pki, capfd: pytest.CaptureFixture[str]
+) -> None:
     long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
     err = await refused(channel(tls_stack, pki, pki.client(not_before=long_ago, days=1)))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    handshake_refused(err, capfd, "CERTIFICATE_VERIFY_FAILED: certificate has expired")
     await nothing_recorded(tls_stack)
 
 
