@@ -27,9 +27,10 @@ run: $(STAMP) ## start the two-region dev stack (Shenzhen 440300, Wuxi 320200); 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) ## Query vs bare gRPC→NATS→reply; Submit accepted/delivered per s vs bare JetStream publish
+bench: $(STAMP) ## Query and Submit vs bare NATS paths; ledger append, Merkle proofs and full verify at 1M entries
 	$(BIN)/python -m bench.query_bench
 	$(BIN)/python -m bench.submit_bench
+	$(BIN)/python -m bench.ledger_bench
 
 fuzz: $(STAMP) ## hostile envelopes at the verifier and connector, 20,000 examples per property
 	$(BIN)/python -m pytest -q tests/security/test_fuzz.py --hypothesis-profile=fuzz --timeout=0 -p no:cacheprovider

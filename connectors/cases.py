@@ -41,6 +41,7 @@ from tongban.envelope import Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
+from tongban.receipts import sign_receipt
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -205,7 +206,7 @@ class CaseWorker:
         attempt = _attempt(msg)
         trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
         # Every access to the back end is on record before it happens.
-        await self.ledger.append(
+        [received] = await self.ledger.append(
             EntryDraft(
                 Event.RECEIVED,
                 h.message_id,
@@ -240,7 +241,16 @@ class CaseWorker:
             log.warning("cases.retry", reason=reason, attempt=attempt, delay_s=delay)
             await msg.nak(delay=delay)
             return
-        await self._conclude(msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None)
+        receipt = sign_receipt(
+            region=self.region,
+            leaf_index=received.index,
+            envelope_digest=verified.digest,
+            message_id=h.message_id,
+            key=self.connector.secrets.signing,
+        )
+        await self._conclude(
+            msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None, receipt=receipt
+        )
 
     async def attach(self) -> None:
         """Ready to report statuses without consuming (a tool beside the running connectors)."""
@@ -313,8 +323,10 @@ class CaseWorker:
         problem: exchange_pb2.Problem | None,
         *,
         final: bool = True,
+        receipt: bytes = b"",
     ) -> list[OutEvent]:
-        """Record the outcome and its events, send them, then ack (or term for a dead letter)."""
+        """Record the outcome and its events, send them, then ack (or term for a dead letter).
+        ``receipt`` (the signed receipt of the RECEIVED entry) rides on the first event."""
         h = verified.header
         outcome = _OUTCOME_EVENT[delivery].value  # type: ignore[index]
         if not updates:
@@ -324,7 +336,11 @@ class CaseWorker:
         traceparent = telemetry.current_traceparent() or h.traceparent
 
         def build(first: int) -> list[OutEvent]:
-            return [self._build_event(h, verified.digest, first, updates, delivery, problem, traceparent)]
+            return [
+                self._build_event(
+                    h, verified.digest, first, updates, delivery, problem, traceparent, receipt=receipt
+                )
+            ]
 
         events, _ = await self.state.record(
             message_id=h.message_id,
@@ -357,6 +373,8 @@ class CaseWorker:
         delivery: int,
         problem: exchange_pb2.Problem | None,
         traceparent: str,
+        *,
+        receipt: bytes = b"",
     ) -> OutEvent:
         """One signed, sealed envelope carrying the statuses reached in one step, numbered from
         ``first``: one signature, one seal and one message for the lot."""
@@ -393,6 +411,7 @@ class CaseWorker:
             in_reply_to=h.message_id,
             request_digest=request_digest,
             case_no=h.case_no,
+            receipt=receipt,
         )
         built = messages.build_sealed(
             header,

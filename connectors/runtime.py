@@ -41,6 +41,7 @@ from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
 from tongban.ids import is_message_id, new_message_id
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.receipts import sign_receipt
 from tongban.registry import Registry
 from tongban.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -395,7 +396,7 @@ class Connector:
         allowed = response_projection(item, tuple(request.governance.declared_fields))
         trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
         # Every access to the back end is on record before it happens.
-        await self.ledger.append(
+        [received] = await self.ledger.append(
             EntryDraft(
                 Event.RECEIVED, h.message_id, h.from_region, svc, verified.digest, trace_id, "", received_ns
             )
@@ -457,6 +458,13 @@ class Connector:
                 content_type=messages.RESPONSE_CONTENT_TYPE,
                 in_reply_to=h.message_id,
                 request_digest=verified.digest,
+                receipt=sign_receipt(
+                    region=self.region,
+                    leaf_index=received.index,
+                    envelope_digest=verified.digest,
+                    message_id=h.message_id,
+                    key=self.secrets.signing,
+                ),
             )
             built = messages.build_sealed(
                 reply_header,

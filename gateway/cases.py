@@ -49,6 +49,14 @@ _SCHEMA = (
         event BLOB NOT NULL,
         PRIMARY KEY (case_no, seq)
     )""",
+    # Receiving regions' signed receipts for what this region sent (Query and Submit alike).
+    """CREATE TABLE IF NOT EXISTS receipts (
+        message_id TEXT PRIMARY KEY,
+        region TEXT NOT NULL,
+        leaf_index INTEGER NOT NULL,
+        signed BLOB NOT NULL,
+        received_ns INTEGER NOT NULL
+    )""",
 )
 
 _ROW = (
@@ -201,6 +209,24 @@ class CaseStore:
             return any([_apply(conn, ev) for ev in events])
 
         return await self.db.run(tx)
+
+    async def store_receipt(self, message_id: str, region: str, leaf_index: int, signed: bytes) -> None:
+        """Keep a verified receipt (the first one per message: a redelivered event repeats it)."""
+        await self.db.run(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO receipts (message_id, region, leaf_index, signed, received_ns) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (message_id, region, leaf_index, signed, time.time_ns()),
+            )
+        )
+
+    async def receipt(self, message_id: str) -> bytes | None:
+        """The signed receipt the receiving region gave for ``message_id``, if any."""
+        row = await self.db.run(
+            lambda c: c.execute("SELECT signed FROM receipts WHERE message_id = ?", (message_id,)).fetchone(),
+            write=False,
+        )
+        return None if row is None else bytes(row[0])
 
     async def events(self, case_no: str, after: int = 0) -> list[exchange_pb2.CaseEvent]:
         rows = await self.db.run(

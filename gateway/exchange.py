@@ -11,7 +11,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import nats.errors
@@ -39,6 +39,7 @@ from tongban.errors import (
 from tongban.ids import new_message_id
 from tongban.node import RegionSecrets
 from tongban.privacy import mask_subject
+from tongban.receipts import verify_receipt
 from tongban.registry import Registry
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
 
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("tongban.gateway")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?)$")
+
+
+class ReceiptKeeper(Protocol):
+    async def store_receipt(self, message_id: str, region: str, leaf_index: int, signed: bytes) -> None: ...
 
 
 class ReplyInvalid(TongbanError):
@@ -85,6 +90,8 @@ class ExchangeCore:
         self.ledger = ledger
         self.nc = nc
         self.tracer = tracer
+        self.receipts: ReceiptKeeper | None = None
+        """Where verified receipts are kept (the gateway's case store, once open)."""
 
     def _check(self, req: exchange_pb2.ServiceRequest, caller: Caller) -> None:
         """Catalogue validation plus the registry's view of region, service and caller."""
@@ -111,6 +118,24 @@ class ExchangeCore:
                 f"the registry does not allow {caller.system_id} of {caller.region} to call "
                 f"{req.service_code} in {req.target_region}"
             )
+
+    def check_receipt(
+        self, h: envelope_pb2.Header, *, sender: str, message_id: str, digest: bytes
+    ) -> envelope_pb2.Receipt:
+        """The signed receipt in ``h``: by ``sender``'s registry key, for our message and digest.
+
+        Raises:
+            EnvelopeRejected: RECEIPT_MISSING, RECEIPT_INVALID or RECEIPT_MISMATCH.
+        """
+        if not h.receipt:
+            raise EnvelopeRejected("RECEIPT_MISSING", "the answer carries no ledger receipt")
+        receipt = verify_receipt(
+            h.receipt,
+            lambda kid, region: self.registry.signing_public_key(kid, region=region, at_s=time.time()),
+        )
+        if receipt.region != sender or receipt.message_id != message_id or receipt.envelope_digest != digest:
+            raise EnvelopeRejected("RECEIPT_MISMATCH", "the receipt names another region, message or digest")
+        return receipt
 
     async def record_rejected(
         self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str, exc: TongbanError
@@ -315,6 +340,8 @@ class ExchangeCore:
                 raise ReplyInvalid("answer is neither a response nor a refusal")
             elif h.request_digest != sent.digest:
                 raise ReplyInvalid("answer names another request digest")
+            else:
+                receipt = self.check_receipt(h, sender=to, message_id=message_id, digest=sent.digest)
         except (EnvelopeRejected, ReplyInvalid) as exc:
             await self.ledger.append(
                 EntryDraft(
@@ -362,6 +389,8 @@ class ExchangeCore:
                 )
             )
             raise ReplyInvalid(f"the answer from {to} does not open") from exc
+        if self.receipts is not None:
+            await self.receipts.store_receipt(message_id, to, receipt.leaf_index, h.receipt)
         if body.WhichOneof("outcome") == "problem":
             reason = body.problem.reason if _REASON.match(body.problem.reason) else "?"
             await self.ledger.append(
@@ -378,6 +407,7 @@ class ExchangeCore:
             data=body.data,
             responded_at=body.responded_at,
             request_digest=sent.digest,
+            receipt=h.receipt,
             response_digest=verified.digest,
             responder_key_id=verified.signer_key_id,
             trace_id=trace_id,

@@ -16,19 +16,23 @@ from opentelemetry import trace
 from gateway.cases import CaseStore
 from gateway.exchange import ExchangeCore, ExchangeService
 from gateway.interceptors import GatewayInterceptor
+from gateway.ledger_service import LedgerService
 from gateway.ratelimit import PartnerLimiter
 from gateway.submit import CaseDesk
+from gateway.witness import CheckpointPublisher, Witness
 from ledger import LedgerStore
+from ledger.tree import LedgerTree
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
 from tongban.trust import RegistryWatcher
-from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = structlog.get_logger("tongban.gateway")
 EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
+LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 
 
 class Gateway:
@@ -61,6 +65,9 @@ class Gateway:
         self.ledger = ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
+        self.ledger_tree = LedgerTree()
+        self.publisher: CheckpointPublisher | None = None
+        self.witness: Witness | None = None
         self._owns_nc = nc is None
         self.tracer = tracer or trace.get_tracer("tongban.gateway")
         self.health = health.aio.HealthServicer()
@@ -117,13 +124,18 @@ class Gateway:
         try:
             self.cases = CaseStore(self.cfg.path(gw.case_store))
             await self.cases.open()
+            core.receipts = self.cases
             self.desk = CaseDesk(core, self.cases, nc)
             await self.desk.start()
             exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
+            ledger_pb2_grpc.add_LedgerServicer_to_server(
+                LedgerService(self.ledger, self.ledger_tree, self.latest_checkpoint), server
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection(
                 (
                     EXCHANGE,
+                    LEDGER,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -161,6 +173,19 @@ class Gateway:
             mutual_tls=bool(gw.client_ca),
         )
 
+    def latest_checkpoint(self) -> tuple[bytes, int, bytes] | None:
+        """(signed note, size, root) of the region's latest checkpoint, once one is signed."""
+        last = self.publisher.signer.last if self.publisher is not None else None
+        return None if last is None else (last.note, last.checkpoint.size, last.checkpoint.root)
+
+    async def _stop_ledger_parts(self) -> None:
+        if self.witness is not None:
+            await self.witness.stop()
+            self.witness = None
+        if self.publisher is not None:
+            await self.publisher.stop()
+            self.publisher = None
+
     async def _connect_and_watch(self) -> NATS:
         if self.nc is None:
 
@@ -181,11 +206,30 @@ class Gateway:
         if self.cfg.registry.watch and self.trust is None:
             self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
             await self.trust.start()
+        lc, region = self.cfg.ledger, self.cfg.region.code
+        if self.publisher is None:
+            self.publisher = CheckpointPublisher(
+                region,
+                self.nc,
+                self.ledger,
+                self.registry,
+                self.secrets,
+                state_path=self.cfg.path(lc.checkpoint_state),
+                interval_s=lc.checkpoint_interval_s,
+                tree=self.ledger_tree,
+            )
+            await self.publisher.start()
+        if lc.witness and self.witness is None:
+            self.witness = Witness(
+                region, self.nc, self.ledger, self.registry, state_path=self.cfg.path(lc.witness_state)
+            )
+            await self.witness.start()
         return self.nc
 
     async def _release(self) -> None:
         """Undo a start that failed half-way."""
         await self._close_desk()
+        await self._stop_ledger_parts()
         if self.trust is not None:
             await self.trust.stop()
             self.trust = None
@@ -212,6 +256,7 @@ class Gateway:
             self.desk.begin_stop()
         await server.stop(self.cfg.gateway.grace_s)
         await self._close_desk()
+        await self._stop_ledger_parts()
         if self.trust is not None:
             await self.trust.stop()
             self.trust = None

@@ -476,6 +476,15 @@ class CaseDesk:
         if row is None or row.message_id != h.in_reply_to or row.to_region != h.from_region:
             log.warning("event.unknown_case")
             return
+        if h.receipt:  # the first event of a case carries the handling region's ledger receipt
+            try:
+                receipt = self.core.check_receipt(
+                    h, sender=row.to_region, message_id=row.message_id, digest=row.request_digest
+                )
+            except EnvelopeRejected as exc:
+                log.warning("event.receipt_invalid", reason=exc.reason)
+            else:
+                await self.cases.store_receipt(row.message_id, row.to_region, receipt.leaf_index, h.receipt)
         recorded = {
             (e.detail.split(" ", 1)[0], e.detail.rsplit(" ", 1)[-1])
             for e in await self.ledger.by_message_id(row.message_id)

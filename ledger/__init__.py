@@ -1,7 +1,8 @@
 """The delivery ledger of one region: an append-only, hash-chained log of what happened to each message.
 
-Record with a :class:`LedgerStore` (``SQLiteLedger`` embedded; ``open_ledger`` opens one), check with
-:func:`verify_entries` or ``ledger.verify.verify_sqlite_file``. The entry encoding is specified in
+Record with a :class:`LedgerStore` (``SQLiteLedger`` embedded, ``open_ledger`` opens one; ``PostgresLedger``
+shared by a region's replicas), check with :func:`verify_entries`, :func:`verify_store` or
+``ledger.verify.verify_sqlite_file``. The entry encoding is specified in
 ``ledger.entry``.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 from ledger.entry import Entry, EntryDraft, Event
 from ledger.errors import ChainBroken, LedgerClosed, LedgerError
 from ledger.store import LedgerStore
+from ledger.store_postgres import PostgresLedger
 from ledger.store_sqlite import SQLiteLedger, open_ledger
 from ledger.verify import VerifyReport, verify_entries
+from ledger.verify_store import verify_store
 
 __all__ = [
     "ChainBroken",
@@ -21,8 +24,10 @@ __all__ = [
     "LedgerClosed",
     "LedgerError",
     "LedgerStore",
+    "PostgresLedger",
     "SQLiteLedger",
     "VerifyReport",
     "open_ledger",
     "verify_entries",
+    "verify_store",
 ]

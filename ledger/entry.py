@@ -65,6 +65,9 @@ class Event(enum.StrEnum):
     """A case status event, emitted (handling region) or received (submitting region)."""
     RESENT = "RESENT"
     """The reconciler re-sent a request it found neither forwarded nor in the outbound stream."""
+    WITNESS_ALARM = "WITNESS_ALARM"
+    """This region's witness saw another region's (``peer_region``) log fail to only grow: the detail names
+    both checkpoint sizes and roots. ``message_id`` is ``witness-<region>-<held size>-<new size>``."""
 
 
 @dataclass(frozen=True, slots=True)

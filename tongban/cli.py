@@ -395,27 +395,6 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def _cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from ledger import LedgerError
-    from ledger.verify import verify_sqlite_file
-
-    path = Path(args.file) if args.file else Path(args.state_dir) / args.region / "ledger.sqlite"
-    try:
-        report = verify_sqlite_file(path, region=args.region)
-    except LedgerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if report.ok:
-        name = args.region or path
-        print(f"ledger {name}: {report.count} entries, hash chain OK, head {report.head_hash.hex()}")
-        return 0
-    print(
-        f"ledger {args.region or path}: BROKEN at index {report.first_bad_index}: {report.reason} "
-        f"({report.count} entries read)"
-    )
-    return 1
-
-
 def _request_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True, help="GB/T 2260 code of the region holding the data")
     p.add_argument("--service", required=True, help="catalogue item code")
@@ -548,20 +527,22 @@ def build_parser() -> argparse.ArgumentParser:
     cli_trust.add_parsers(sub, _node_flags)
     natsconfig.add_parser(sub)
 
-    lg = sub.add_parser("ledger", help="ledger tools")
+    lg = sub.add_parser("ledger", help="a region's ledger: verify, prove, export, check a bundle")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)
-    v = lsub.add_parser("verify", help="check a region's ledger hash chain from scratch")
-    v.add_argument("--region", default="", help="region code (ledger at <state-dir>/<region>/ledger.sqlite)")
-    v.add_argument("--state-dir", default=DEFAULT_STATE)
-    v.add_argument("--file", default="", help="ledger file (instead of --region/--state-dir)")
-    v.set_defaults(func=_cmd_ledger_verify)
+    from tongban import cli_ledger
+
+    cli_ledger.add_parsers(lsub, _node_flags)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "ledger" and not (args.region or args.file):
-        print("tongban ledger verify: give --region or --file", file=sys.stderr)
+    if (
+        args.command == "ledger"
+        and args.ledger_command != "check-bundle"
+        and not (args.region or args.config or getattr(args, "file", ""))
+    ):
+        print(f"tongban ledger {args.ledger_command}: give --config or --region", file=sys.stderr)
         return 2
     if (
         args.command in ("dlq", "keys")

@@ -158,6 +158,15 @@ class LedgerConfig:
     """SQLite ledger file of this region."""
     synchronous: str = "FULL"
     """SQLite synchronous mode; FULL survives power loss, NORMAL only process crashes."""
+    checkpoint_state: str = "checkpoint.json"
+    """The last checkpoint this region signed (keep it with the ledger: it is what stops the region
+    from ever signing two inconsistent checkpoints)."""
+    checkpoint_interval_s: float = 60.0
+    """How often the gateway signs and publishes a checkpoint of the ledger to the peer regions."""
+    witness_state: str = "witnessed.json"
+    """The latest checkpoint this region verified of each peer region."""
+    witness: bool = True
+    """Witness the peer regions' checkpoints (turn off on all but one gateway replica per state file)."""
 
 
 @dataclass
@@ -248,6 +257,8 @@ class Config:
             raise ConfigError("[gateway] max_in_flight_per_connection must be >= 1")
         if self.keys.activation_delay_s < 0:
             raise ConfigError("[keys] activation_delay_s must be >= 0")
+        if self.ledger.checkpoint_interval_s <= 0:
+            raise ConfigError("[ledger] checkpoint_interval_s must be > 0")
         if self.registry.recheck_s <= 0:
             raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):

@@ -5,10 +5,12 @@ Each region's nats-server joins the hub as a leafnode with credentials of its ow
 requires (``verify: true``). The hub binds each region's user to permissions that let the region
 
 - publish only to *other* regions' inbound subjects: Query RPC ``tb.v1.rpc.<other>.>``, durable
-  requests ``tb.v1.req.<other>.>``, case events ``tb.v1.evt.<other>.>`` and ``tb.v1.ping.<other>``,
+  requests ``tb.v1.req.<other>.>``, case events ``tb.v1.evt.<other>.>``, ``tb.v1.ping.<other>``,
+  ledger checkpoints for the other's witness ``tb.v1.ckpt.<other>.>`` and consistency-proof
+  requests about the other's ledger ``tb.v1.lproof.<other>``,
   and replies into other regions' inboxes ``_INBOX_<other>.>`` (Query answers, and the JetStream
   PubAcks of its streams to another region's forwarder);
-- subscribe only to its own: the same four subject spaces of its own code and ``_INBOX_<own>.>``;
+- subscribe only to its own: the same six subject spaces of its own code and ``_INBOX_<own>.>``;
 - nothing under ``$JS.>``: no region reaches another region's JetStream API (``$JS.<code>.API.>``)
   through the hub, so none can create a consumer on another's ``IN_`` stream and read its requests.
 
@@ -99,6 +101,8 @@ def _inbound(region: str) -> list[str]:
         subjects.request_wildcard(region),
         subjects.event_wildcard(region),
         subjects.ping_subject(region),
+        subjects.checkpoint_wildcard(region),
+        subjects.ledger_proof_subject(region),
     ]
 
 

@@ -119,6 +119,22 @@ class Registry:
         reg.signed = data
         return reg
 
+    @classmethod
+    def read_unverified(cls, data: bytes) -> Registry:
+        """Index a SignedRegistry WITHOUT checking its signature: for a tool that reports "root key
+        not pinned" and shows what the document says; never for a node's decisions.
+
+        Raises:
+            RegistryError: it does not decode.
+        """
+        try:
+            doc = registry_pb2.TrustRegistry.FromString(registry_pb2.SignedRegistry.FromString(data).document)
+        except DecodeError as exc:
+            raise RegistryError("trust registry does not decode") from exc
+        reg = cls._index(doc)
+        reg.signed = data
+        return reg
+
     def adopt(self, newer: Registry) -> None:
         """Take over ``newer``'s contents in place, so every holder of this object sees them.
 

@@ -128,6 +128,32 @@ def case_notify_subject(region: str) -> str:
     return f"{PREFIX}.casechg.{_token(region, 'region')}"
 
 
+def checkpoint_subject(to_region: str, origin_region: str) -> str:
+    """Where ``origin_region`` publishes its signed ledger checkpoints for the witness of ``to_region``
+    (in the receiving region's inbound space). Payload: a signed note (``ledger.checkpoint``)."""
+    return f"{PREFIX}.ckpt.{_token(to_region, 'region')}.{_token(origin_region, 'region')}"
+
+
+def checkpoint_wildcard(region: str) -> str:
+    """Every checkpoint addressed to ``region``'s witness."""
+    return f"{PREFIX}.ckpt.{_token(region, 'region')}.>"
+
+
+def ledger_proof_subject(region: str) -> str:
+    """Request/reply subject on which ``region`` answers consistency-proof requests about its own ledger."""
+    return f"{PREFIX}.lproof.{_token(region, 'region')}"
+
+
+def witness_queue(region: str) -> str:
+    """Queue group of a region's witness: one replica handles each checkpoint."""
+    return f"tb-witness-{_token(region, 'region')}"
+
+
+def ledger_proof_queue(region: str) -> str:
+    """Queue group of a region's consistency-proof responders: one replica answers each request."""
+    return f"tb-lproof-{_token(region, 'region')}"
+
+
 def connector_queue(region: str) -> str:
     """Queue group shared by all connector replicas of a region."""
     return f"tb-connector-{_token(region, 'region')}"

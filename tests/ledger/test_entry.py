@@ -94,7 +94,7 @@ def test_seal_needs_a_time() -> None:
 
 def test_event_values_equal_names() -> None:
     assert [e.value for e in Event] == [e.name for e in Event]
-    assert len(Event) == 10
+    assert len(Event) == 11
 
 
 def test_draft_accepts_event_name() -> None:

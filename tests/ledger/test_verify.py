@@ -1,4 +1,4 @@
-"""Chain verification on in-memory entries (the store-backed tamper tests are in test_sqlite_ledger.py)."""
+"""Chain verification on in-memory entries (tamper tests through each store are in test_store.py)."""
 
 from __future__ import annotations
 

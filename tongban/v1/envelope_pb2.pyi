@@ -138,6 +138,7 @@ class Header(_message.Message):
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     ORIGIN_SYSTEM_FIELD_NUMBER: _builtins.int
     CASE_NO_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """26-character ULID-like id, unique per message."""
     kind: Global___MessageKind.ValueType
@@ -168,6 +169,10 @@ class Header(_message.Message):
     """Partner system that originated the request (region-local system id), e.g. szgov-ywtb."""
     case_no: _builtins.str
     """Case number (办件编号) of a Submit request and of its status events; not personal data."""
+    receipt: _builtins.bytes
+    """On a response or the first event of a case: the receiving region's signed receipt
+    (a serialised SignedReceipt) naming the ledger leaf that recorded the request.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -195,11 +200,79 @@ class Header(_message.Message):
         request_digest: _builtins.bytes = ...,
         origin_system: _builtins.str = ...,
         case_no: _builtins.str = ...,
+        receipt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "receipt", b"receipt", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Header: _TypeAlias = Header  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """Receipt says where a region's ledger recorded an envelope: the leaf index of its RECEIVED entry
+    and the envelope's digest. The holder can later ask for an inclusion proof of that leaf against
+    a checkpoint of the region it has witnessed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGION_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    ENVELOPE_DIGEST_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """GB/T 2260 code of the region whose ledger this is."""
+    leaf_index: _builtins.int
+    """Index of the ledger entry (the Merkle leaf) that recorded the envelope."""
+    envelope_digest: _builtins.bytes
+    """SHA-256 of the envelope as received."""
+    message_id: _builtins.str
+    """Message id of the envelope."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        region: _builtins.str = ...,
+        leaf_index: _builtins.int = ...,
+        envelope_digest: _builtins.bytes = ...,
+        message_id: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_digest", b"envelope_digest", "leaf_index", b"leaf_index", "message_id", b"message_id", "recorded_at", b"recorded_at", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class SignedReceipt(_message.Message):
+    """SignedReceipt carries the exact signed bytes of a Receipt and the region's signature over them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    receipt: _builtins.bytes
+    """Serialised Receipt."""
+    @_builtins.property
+    def signature(self) -> Global___Signature: ...
+    def __init__(
+        self,
+        *,
+        receipt: _builtins.bytes = ...,
+        signature: Global___Signature | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedReceipt: _TypeAlias = SignedReceipt  # noqa: Y015

@@ -428,6 +428,7 @@ class QueryResponse(_message.Message):
     RESPONSE_DIGEST_FIELD_NUMBER: _builtins.int
     RESPONDER_KEY_ID_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Message id of the request (the id to trace it by)."""
     service_code: _builtins.str
@@ -440,6 +441,10 @@ class QueryResponse(_message.Message):
     """Registry key id that signed the response."""
     trace_id: _builtins.str
     """W3C trace id (hex) of the exchange."""
+    receipt: _builtins.bytes
+    """The responding region's signed receipt (a serialised tongban.v1.SignedReceipt): the leaf of
+    its ledger that recorded this request. Keep it to prove the delivery later.
+    """
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """The answer, limited to the declared fields."""
@@ -458,10 +463,11 @@ class QueryResponse(_message.Message):
         response_digest: _builtins.bytes = ...,
         responder_key_id: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        receipt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "responded_at", b"responded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "message_id", b"message_id", "request_digest", b"request_digest", "responded_at", b"responded_at", "responder_key_id", b"responder_key_id", "responder_region", b"responder_region", "response_digest", b"response_digest", "service_code", b"service_code", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "message_id", b"message_id", "receipt", b"receipt", "request_digest", b"request_digest", "responded_at", b"responded_at", "responder_key_id", b"responder_key_id", "responder_region", b"responder_region", "response_digest", b"response_digest", "service_code", b"service_code", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

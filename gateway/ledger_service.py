@@ -1,0 +1,154 @@
+"""The Ledger gRPC service of a region's gateway: entries, inclusion and consistency proofs, and the
+latest signed checkpoint, for partners, peer regions and auditors.
+
+Proofs default to the size of the latest checkpoint (what a client can check a root against);
+without a checkpoint yet, to the tree's current size. The tree catches up with the store (which the
+region's connector appends to as well) before every answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ledger import Entry, LedgerStore
+from ledger.entry import canonical_bytes
+from ledger.merkle import leaf_hash
+from ledger.tree import LedgerTree
+from tongban.errors import InvalidRequest, NotFound, Violation
+from tongban.v1 import ledger_pb2, ledger_pb2_grpc
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+_SCAN_CHUNK = 5000
+
+LatestCheckpoint = Callable[[], "tuple[bytes, int, bytes] | None"]
+"""Returns (signed note, tree size, root hash) of the latest checkpoint, or None before the first."""
+
+
+def entry_message(e: Entry) -> ledger_pb2.LedgerEntry:
+    data = canonical_bytes(e)
+    t = Timestamp()
+    t.FromNanoseconds(e.time_ns)
+    return ledger_pb2.LedgerEntry(
+        index=e.index,
+        time=t,
+        region=e.region,
+        event=str(e.event),
+        message_id=e.message_id,
+        peer_region=e.peer_region,
+        service_code=e.service_code,
+        envelope_digest=e.envelope_digest,
+        trace_id=e.trace_id,
+        detail=e.detail,
+        prev_hash=e.prev_hash,
+        hash=e.entry_hash,
+        entry_bytes=data,
+        leaf_hash=leaf_hash(data),
+    )
+
+
+class LedgerService(ledger_pb2_grpc.LedgerServicer):
+    def __init__(self, store: LedgerStore, tree: LedgerTree, latest_checkpoint: LatestCheckpoint) -> None:
+        self.store = store
+        self.tree = tree
+        self.latest_checkpoint = latest_checkpoint
+
+    async def GetEntries(
+        self, request: ledger_pb2.GetEntriesRequest, context: Any
+    ) -> ledger_pb2.GetEntriesResponse:
+        limit = request.limit or DEFAULT_LIMIT
+        if limit > MAX_LIMIT:
+            raise InvalidRequest("limit too large", [Violation("limit", f"at most {MAX_LIMIT}")])
+        size = await self.store.size()
+        which = request.WhichOneof("selector")
+        if which == "message_id":
+            found = await self.store.by_message_id(request.message_id)
+        elif which == "trace_id":
+            found = await self.store.by_trace_id(request.trace_id)
+        elif which == "index_range":
+            r = request.index_range
+            if r.stop and r.stop < r.start:
+                raise InvalidRequest("bad range", [Violation("index_range.stop", "must not be below start")])
+            stop = min(r.stop or size, size, r.start + limit + 1)
+            found = await self.store.entries(min(r.start, size), stop)
+        elif which == "time_range":
+            found = await self._by_time(request.time_range, size, limit + 1)
+        else:
+            raise InvalidRequest(
+                "no selector",
+                [Violation("selector", "give message_id, trace_id, time_range or index_range")],
+            )
+        return ledger_pb2.GetEntriesResponse(
+            entries=[entry_message(e) for e in found[:limit]], tree_size=size, truncated=len(found) > limit
+        )
+
+    async def _by_time(self, r: ledger_pb2.TimeRange, size: int, want: int) -> list[Entry]:
+        """Entries whose time is in [start, end): a scan in index order (times follow commit order
+        closely but not strictly, so no binary search)."""
+        start = r.start.ToNanoseconds() if r.HasField("start") else 0
+        end = r.end.ToNanoseconds() if r.HasField("end") else 1 << 63
+        out: list[Entry] = []
+        for lo in range(0, size, _SCAN_CHUNK):
+            for e in await self.store.entries(lo, min(lo + _SCAN_CHUNK, size)):
+                if start <= e.time_ns < end:
+                    out.append(e)
+                    if len(out) >= want:
+                        return out
+        return out
+
+    async def _sizes(self, requested: int, field: str) -> int:
+        """The tree size to prove against: the requested one, or the latest checkpoint's."""
+        await self.tree.sync(self.store)
+        if requested == 0:
+            latest = self.latest_checkpoint()
+            requested = latest[1] if latest is not None else self.tree.size
+        if requested > self.tree.size:
+            raise InvalidRequest(
+                "tree size beyond the ledger", [Violation(field, f"the ledger has {self.tree.size} entries")]
+            )
+        return requested
+
+    async def GetInclusionProof(
+        self, request: ledger_pb2.GetInclusionProofRequest, context: Any
+    ) -> ledger_pb2.GetInclusionProofResponse:
+        size = await self._sizes(request.tree_size, "tree_size")
+        if request.leaf_index >= size:
+            latest = "" if request.tree_size else " of the latest checkpoint (ask with tree_size, or later)"
+            raise InvalidRequest(
+                "no such leaf", [Violation("leaf_index", f"must be below the tree size {size}{latest}")]
+            )
+        tree = self.tree.tree
+        return ledger_pb2.GetInclusionProofResponse(
+            leaf_index=request.leaf_index,
+            tree_size=size,
+            leaf_hash=tree.leaf(request.leaf_index),
+            proof=tree.inclusion_proof(request.leaf_index, size),
+            root_hash=tree.root(size),
+        )
+
+    async def GetConsistencyProof(
+        self, request: ledger_pb2.GetConsistencyProofRequest, context: Any
+    ) -> ledger_pb2.GetConsistencyProofResponse:
+        new_size = await self._sizes(request.new_size, "new_size")
+        if request.old_size > new_size:
+            raise InvalidRequest("bad sizes", [Violation("old_size", f"must not exceed new_size {new_size}")])
+        tree = self.tree.tree
+        return ledger_pb2.GetConsistencyProofResponse(
+            old_size=request.old_size,
+            new_size=new_size,
+            proof=tree.consistency_proof(request.old_size, new_size),
+            old_root=tree.root(request.old_size),
+            new_root=tree.root(new_size),
+        )
+
+    async def GetLatestCheckpoint(
+        self, request: ledger_pb2.GetLatestCheckpointRequest, context: Any
+    ) -> ledger_pb2.GetLatestCheckpointResponse:
+        latest = self.latest_checkpoint()
+        if latest is None:
+            raise NotFound("no checkpoint has been signed yet", reason="NO_CHECKPOINT")
+        note, size, root = latest
+        return ledger_pb2.GetLatestCheckpointResponse(checkpoint=note, tree_size=size, root_hash=root)

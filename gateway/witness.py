@@ -1,0 +1,541 @@
+"""Witnessed ledger checkpoints: each region publishes its signed tree heads, every other region checks that
+the log only ever grew.
+
+Two parts, both run in a region's gateway process:
+
+* :class:`CheckpointPublisher` signs checkpoints of the region's own ledger (``ledger.checkpoint``), on a
+  schedule and on demand, publishes each to every other region of the trust registry on
+  ``tb.v1.ckpt.<peer>.<own>`` (the peer's inbound space), and answers consistency-proof requests about its
+  ledger on ``tb.v1.lproof.<own>``.
+* :class:`Witness` takes the checkpoints addressed to its region, verifies each against the trust registry's
+  signing keys of the origin region, keeps the latest one per region on disk, and for every newer one asks
+  the origin for a consistency proof and verifies it. An inconsistent checkpoint — the proof does not verify,
+  the size went down, or the root changed at the same size — is an **alarm**: an error log line
+  ``witness.alarm`` naming the region and both sizes, the counter :attr:`Witness.alarms`, and a
+  ``WITNESS_ALARM`` entry in the witnessing region's own ledger.
+
+Wire format (core NATS, no personal data): a checkpoint message is the signed note itself. A proof request
+is JSON ``{"old_size": m, "new_size": n}``; the reply is ``{"proof": [base64 hash, ...]}`` or
+``{"error": "..."}``.
+Nothing in a checkpoint or a proof reply is used before it verifies: the note against the registry, the proof
+against two verified roots (a forged proof can fail to verify, never make an inconsistent log look
+consistent). A proof request that gets no usable answer is not an alarm — the held checkpoint stays, and the
+next checkpoint asks again — since a network fault looks the same; ``proof_failures`` counts them.
+
+Run one witness per region (a region's gateway replicas share the queue group, but each keeps its own state
+file: a replica with a fresh file would adopt whatever checkpoint it sees first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import nats.errors
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ledger.checkpoint import (
+    MAX_NOTE_BYTES,
+    Checkpoint,
+    CheckpointError,
+    CheckpointSigner,
+    SignedCheckpoint,
+    origin_of,
+    parse_and_verify,
+    read_note,
+    write_atomically,
+)
+from ledger.entry import EntryDraft, Event
+from ledger.errors import LedgerError
+from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from ledger.store import LedgerStore
+from ledger.tree import LedgerTree
+from tongban import subjects
+from tongban.envelope import EnvelopeRejected
+from tongban.node import RegionSecrets
+from tongban.registry import Registry
+from tongban.v1 import registry_pb2
+
+log = structlog.get_logger("gateway.witness")
+
+MAX_PROOF_REQUEST_BYTES: Final = 256
+MAX_PROOF_REPLY_BYTES: Final = 16384
+MAX_PROOF_HASHES: Final = 128
+"""A consistency proof has at most about 2·log2(size) hashes: 126 for a tree of 2**63 leaves."""
+_HASH_SIZE: Final = 32
+_PENDING_MSGS: Final = 1024
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _Subscriber:
+    """A subscription drained by a task of our own, so stop() can cancel and await it."""
+
+    def __init__(self, name: str, handle: Callable[[Msg], Any]) -> None:
+        self._name = name
+        self._handle = handle
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, nc: NATS, subject: str, queue: str) -> None:
+        self._sub = await nc.subscribe(subject, queue=queue, pending_msgs_limit=_PENDING_MSGS)
+        self._task = asyncio.create_task(self._drain(self._sub), name=self._name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        sub, self._sub = self._sub, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _drain(self, sub: Subscription) -> None:
+        async for msg in sub.messages:
+            try:
+                await self._handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "witness.handler_failed", task=self._name, error=type(exc).__name__, detail=str(exc)[:200]
+                )
+
+
+# -- the publishing side ----------------------------------------------------------------------------
+
+
+class CheckpointPublisher:
+    """Signs this region's ledger checkpoints, publishes them to every peer region, answers proof requests.
+
+    Args:
+        region: this region's code.
+        nc: a connection to the region's nats-server with the region's inbox prefix.
+        ledger: the region's ledger store (open).
+        registry: the live trust registry (peers are its other regions, read at each publication).
+        secrets: the region's keys; checkpoints are signed with ``secrets.signing``, the key in use now.
+        state_path: the signer's state file (the last signed checkpoint); keep it with the ledger.
+        interval_s: period of scheduled checkpoints.
+        publish_timeout_s: deadline of the flush after publishing one checkpoint to every peer.
+        tree: the ledger's tree to share (the gateway's, which its ledger service proves from); None: its own.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        nc: NATS,
+        ledger: LedgerStore,
+        registry: Registry,
+        secrets: RegionSecrets,
+        *,
+        state_path: str | os.PathLike[str],
+        interval_s: float = 60.0,
+        publish_timeout_s: float = 5.0,
+        tree: LedgerTree | None = None,
+    ) -> None:
+        self.region = region
+        self.nc = nc
+        self.registry = registry
+        self.publish_timeout_s = publish_timeout_s
+        self.signer = CheckpointSigner(
+            ledger,
+            key=lambda: secrets.signing,
+            state_path=state_path,
+            origin=origin_of(region),
+            interval_s=interval_s,
+            on_checkpoint=self.publish,
+            tree=tree,
+        )
+        self.published = 0
+        """Checkpoint publications (one per checkpoint, to all peers)."""
+        self._proofs = _Subscriber(f"lproof-{region}", self._answer)
+        self._started = False
+
+    async def start(self) -> None:
+        """Open the signer, answer proof requests, then publish a checkpoint now and every interval;
+        idempotent. A failed start releases what it took."""
+        if self._started:
+            return
+        await self.signer.open()
+        try:
+            await self._proofs.start(
+                self.nc, subjects.ledger_proof_subject(self.region), subjects.ledger_proof_queue(self.region)
+            )
+            await self.signer.start()
+        except BaseException:
+            await self._proofs.stop()
+            raise
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop the schedule and the proof responder (both awaited); idempotent."""
+        await self.signer.stop()
+        await self._proofs.stop()
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def publish_now(self) -> SignedCheckpoint:
+        """Sign a fresh checkpoint and publish it to every peer.
+
+        Raises:
+            CheckpointRefused: the ledger is not consistent with the last signed checkpoint.
+        """
+        signed = await self.signer.sign_now()
+        await self.publish(signed)
+        return signed
+
+    async def publish(self, signed: SignedCheckpoint) -> None:
+        """Publish a signed checkpoint to every other region of the registry."""
+        peers = sorted(code for code in self.registry.regions if code != self.region)
+        for peer in peers:
+            await self.nc.publish(subjects.checkpoint_subject(peer, self.region), signed.note)
+        await self.nc.flush(timeout=max(1, math.ceil(self.publish_timeout_s)))  # nats-py takes whole seconds
+        self.published += 1
+        log.info(
+            "witness.checkpoint_published", region=self.region, size=signed.checkpoint.size, peers=len(peers)
+        )
+
+    async def _answer(self, msg: Msg) -> None:
+        # Answer only into a registered region's inbox: the hub lets any region publish here, and an
+        # arbitrary reply subject would make this responder a relay into a third region's subjects.
+        reply_region = subjects.inbox_region(msg.reply or "")
+        if reply_region is None or self.registry.region(reply_region) is None:
+            log.warning("witness.proof_request_dropped", reason="reply subject is not a region inbox")
+            return
+        try:
+            old_size, new_size = _parse_proof_request(msg.data)
+            proof = await self.signer.consistency_proof(old_size, new_size)
+        except ValueError as exc:
+            await msg.respond(json.dumps({"error": str(exc)[:200]}).encode())
+            return
+        await msg.respond(json.dumps({"proof": [_b64(h) for h in proof]}).encode())
+        log.debug("witness.proof_answered", peer=reply_region, old_size=old_size, new_size=new_size)
+
+
+def _parse_proof_request(data: bytes) -> tuple[int, int]:
+    if len(data) > MAX_PROOF_REQUEST_BYTES:
+        raise ValueError("request too large")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ValueError("request is not JSON") from None
+    if not isinstance(doc, dict) or set(doc) != {"old_size", "new_size"}:
+        raise ValueError("request must be {old_size, new_size}")
+    old, new = doc["old_size"], doc["new_size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new)):
+        raise ValueError("sizes must be integers")
+    return old, new
+
+
+# -- the witnessing side ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """An inconsistency a witness saw in another region's log."""
+
+    region: str
+    held_size: int
+    held_root: bytes
+    new_size: int
+    new_root: bytes
+    reason: str
+
+    def detail(self) -> str:
+        return (
+            f"{self.reason}: held size {self.held_size} root {_b64(self.held_root)}, "
+            f"new size {self.new_size} root {_b64(self.new_root)}"
+        )
+
+
+class Witness:
+    """Verifies other regions' checkpoints and raises an alarm when a log did not only grow.
+
+    Args:
+        region: this (witnessing) region's code.
+        nc: a connection to the region's nats-server with the region's inbox prefix.
+        ledger: this region's ledger store (open), where alarms are recorded.
+        registry: the live trust registry (the origin regions' signing keys, read per checkpoint).
+        state_path: where the latest verified checkpoint of every region is kept (JSON, written atomically).
+        request_timeout_s: deadline of each consistency-proof request.
+        clock: seconds since the epoch (key validity is checked at receipt).
+
+    Attributes:
+        alarms: alarms raised (each distinct inconsistent checkpoint counts once).
+        verified: consistency proofs verified.
+        refused: checkpoints refused (malformed, wrong origin, unknown key, bad signature).
+        proof_failures: proof requests that got no usable answer (timeout, no responder, error, malformed).
+    """
+
+    def __init__(
+        self,
+        region: str,
+        nc: NATS,
+        ledger: LedgerStore,
+        registry: Registry,
+        *,
+        state_path: str | os.PathLike[str],
+        request_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.region = region
+        self.nc = nc
+        self.ledger = ledger
+        self.registry = registry
+        self.state_path = Path(state_path)
+        self.request_timeout_s = request_timeout_s
+        self._clock = clock
+        self.alarms = 0
+        self.verified = 0
+        self.refused = 0
+        self.proof_failures = 0
+        self._held: dict[str, SignedCheckpoint] = {}
+        self._alarmed: dict[str, tuple[int, bytes]] = {}
+        self._sub = _Subscriber(f"witness-{region}", self._receive)
+        self._loaded = False
+
+    def latest(self, region: str) -> Checkpoint | None:
+        """The latest verified checkpoint of ``region``, or None."""
+        held = self._held.get(region)
+        return held.checkpoint if held else None
+
+    def latest_note(self, region: str) -> bytes | None:
+        """The signed note of :meth:`latest` (evidence a third party can check)."""
+        held = self._held.get(region)
+        return held.note if held else None
+
+    async def start(self) -> None:
+        """Load the state file and subscribe to checkpoints addressed to this region; idempotent.
+
+        Raises:
+            LedgerError: the state file is unreadable.
+        """
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        await self._sub.stop()
+        await self._sub.start(
+            self.nc, subjects.checkpoint_wildcard(self.region), subjects.witness_queue(self.region)
+        )
+
+    async def stop(self) -> None:
+        """Unsubscribe and wait for the checkpoint being handled; idempotent."""
+        await self._sub.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _receive(self, msg: Msg) -> None:
+        origin_region = msg.subject.rsplit(".", 1)[-1]
+        if origin_region == self.region or self.registry.region(origin_region) is None:
+            log.warning("witness.checkpoint_dropped", origin_region=origin_region[:16], reason="not a peer")
+            return
+        await self.witness(origin_region, msg.data)
+
+    async def witness(self, origin_region: str, note: bytes) -> None:
+        """Check one checkpoint note of ``origin_region`` (what a NATS message delivers)."""
+        if len(note) > MAX_NOTE_BYTES:
+            self._refuse(origin_region, "note too large")
+            return
+        keys = self._signing_keys(origin_region)
+        if not keys:
+            self._refuse(origin_region, "no valid signing key in the registry")
+            return
+        origin = origin_of(origin_region)
+        try:
+            cp = parse_and_verify(note, {origin: keys}, origin=origin)
+        except CheckpointError as exc:
+            self._refuse(origin_region, str(exc.reason))
+            return
+        signed = SignedCheckpoint(cp, note)
+        held = self._held.get(origin_region)
+        if cp.size == 0 and cp.root != EMPTY_ROOT:
+            await self._alarm(held, signed, origin_region, "signed an empty tree with a non-empty root")
+            return
+        if held is None:
+            self._adopt(origin_region, signed, first=True)
+            return
+        old = held.checkpoint
+        if cp.size < old.size:
+            await self._alarm(held, signed, origin_region, "log shrank")
+        elif cp.size == old.size:
+            if cp.root != old.root:
+                await self._alarm(held, signed, origin_region, "different root at the same size")
+        elif old.size == 0:
+            self._adopt(origin_region, signed)
+        else:
+            proof = await self._request_proof(origin_region, old.size, cp.size)
+            if proof is None:
+                return
+            try:
+                verify_consistency(old.size, cp.size, old.root, cp.root, proof)
+            except ProofError:
+                await self._alarm(held, signed, origin_region, "consistency proof does not verify")
+                return
+            self.verified += 1
+            self._adopt(origin_region, signed)
+
+    def _signing_keys(self, region: str) -> list[Ed25519PublicKey]:
+        now = self._clock()
+        keys = []
+        for info in self.registry.keys_of(region, registry_pb2.KEY_USE_SIGNING):
+            try:
+                keys.append(self.registry.signing_public_key(info.key_id, region=region, at_s=now))
+            except EnvelopeRejected:
+                continue
+        return keys
+
+    async def _request_proof(self, region: str, old_size: int, new_size: int) -> list[bytes] | None:
+        request = json.dumps({"old_size": old_size, "new_size": new_size}).encode()
+        try:
+            reply = await self.nc.request(
+                subjects.ledger_proof_subject(region), request, timeout=self.request_timeout_s
+            )
+            proof = _parse_proof_reply(reply.data)
+        except (nats.errors.Error, TimeoutError, ValueError) as exc:
+            self.proof_failures += 1
+            log.warning(
+                "witness.proof_unavailable",
+                region=region,
+                old_size=old_size,
+                new_size=new_size,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
+            return None
+        return proof
+
+    def _refuse(self, region: str, reason: str) -> None:
+        self.refused += 1
+        log.warning("witness.checkpoint_refused", region=region, reason=reason)
+
+    def _adopt(self, region: str, signed: SignedCheckpoint, *, first: bool = False) -> None:
+        self._held[region] = signed
+        self._save()
+        log.info(
+            "witness.checkpoint_adopted" if first else "witness.checkpoint_verified",
+            region=region,
+            size=signed.checkpoint.size,
+        )
+
+    async def _alarm(
+        self, held: SignedCheckpoint | None, new: SignedCheckpoint, region: str, reason: str
+    ) -> None:
+        cp = new.checkpoint
+        if self._alarmed.get(region) == (cp.size, cp.root):
+            return  # the same conflicting checkpoint published again: already recorded
+        old = held.checkpoint if held else cp
+        alarm = Alarm(region, old.size, old.root, cp.size, cp.root, reason)
+        self._alarmed[region] = (cp.size, cp.root)
+        self._save()
+        log.error(
+            "witness.alarm",
+            region=region,
+            held_size=alarm.held_size,
+            new_size=alarm.new_size,
+            reason=reason,
+            held_root=_b64(alarm.held_root),
+            new_root=_b64(alarm.new_root),
+        )
+        try:
+            await self.ledger.append(
+                EntryDraft(
+                    event=Event.WITNESS_ALARM,
+                    message_id=f"witness-{region}-{alarm.held_size}-{alarm.new_size}",
+                    peer_region=region,
+                    service_code="",
+                    detail=alarm.detail(),
+                )
+            )
+        except LedgerError as exc:
+            log.error("witness.alarm_not_recorded", region=region, error=type(exc).__name__)
+        # Counted last, so whoever sees the counter move also finds the ledger entry.
+        self.alarms += 1
+
+    def _load(self) -> None:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            doc = json.loads(raw)
+            held = {r: read_note(n.encode("utf-8")) for r, n in doc["held"].items()}
+            alarmed = {r: (int(a["size"]), base64.b64decode(a["root"])) for r, a in doc["alarmed"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, CheckpointError) as exc:
+            raise LedgerError(f"witness state {self.state_path} is unreadable: {exc}") from None
+        for r, signed in held.items():
+            if signed.checkpoint.origin != origin_of(r):
+                raise LedgerError(
+                    f"witness state {self.state_path} holds a checkpoint of another log for {r}"
+                )
+        self._held, self._alarmed = held, alarmed
+
+    def _save(self) -> None:
+        doc = {
+            "v": 1,
+            "region": self.region,
+            "held": {r: s.note.decode("utf-8") for r, s in sorted(self._held.items())},
+            "alarmed": {r: {"size": n, "root": _b64(root)} for r, (n, root) in sorted(self._alarmed.items())},
+        }
+        write_atomically(self.state_path, json.dumps(doc, indent=1).encode())
+
+
+def _parse_proof_reply(data: bytes) -> list[bytes]:
+    if len(data) > MAX_PROOF_REPLY_BYTES:
+        raise ValueError("proof reply too large")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ValueError("proof reply is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("proof reply is not an object")
+    if "error" in doc:
+        raise ValueError(f"origin refused: {str(doc['error'])[:200]}")
+    hashes = doc.get("proof")
+    if not isinstance(hashes, list) or len(hashes) > MAX_PROOF_HASHES:
+        raise ValueError("proof reply has no proof list")
+    proof = []
+    for h in hashes:
+        if not isinstance(h, str):
+            raise ValueError("proof hash is not a string")
+        try:
+            raw = base64.b64decode(h, validate=True)
+        except binascii.Error:
+            raise ValueError("proof hash is not base64") from None
+        if len(raw) != _HASH_SIZE:
+            raise ValueError("proof hash is not 32 bytes")
+        proof.append(raw)
+    return proof

@@ -1,0 +1,218 @@
+"""Evidence bundles: a self-contained, offline-checkable extract of a region's ledger.
+
+A bundle (JSON) holds a signed checkpoint of the region's log, the entries asked for (their fields
+and canonical bytes) each with an inclusion proof against the checkpoint's root, the region's public
+signing keys, the root-signed trust registry that lists them, and optionally receipts the region
+signed. :func:`check_bundle` verifies all of it with nothing but the bundle (and, to anchor trust,
+the registry authority's public key):
+
+1. the registry's root signature (against the pinned root key, when given);
+2. that the bundle's keys are the region's signing keys in that registry;
+3. the checkpoint's signature by one of those keys, and its origin;
+4. every entry: fields → canonical bytes → leaf hash → inclusion proof → the checkpoint's root;
+5. every receipt: the region's signature, and that it names an included entry with the same digest.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
+from ledger.entry import Entry, Event, canonical_bytes
+from ledger.errors import LedgerError
+from ledger.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
+
+FORMAT = "tongban-ledger-bundle/1"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise LedgerError(f"bundle: {what} is not base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise LedgerError(f"bundle: {what} is not base64") from exc
+
+
+def _entry_json(e: Entry, proof: Sequence[bytes]) -> dict[str, Any]:
+    return {
+        "index": e.index,
+        "time_ns": e.time_ns,
+        "region": e.region,
+        "event": str(e.event),
+        "message_id": e.message_id,
+        "peer_region": e.peer_region,
+        "service_code": e.service_code,
+        "envelope_digest": _b64(e.envelope_digest),
+        "trace_id": e.trace_id,
+        "detail": e.detail,
+        "entry_bytes": _b64(canonical_bytes(e)),
+        "inclusion_proof": [_b64(h) for h in proof],
+    }
+
+
+def make_bundle(
+    *,
+    region: str,
+    entries: Iterable[Entry],
+    tree: MerkleTree,
+    checkpoint_note: bytes,
+    checkpoint_size: int,
+    public_keys: dict[str, bytes],
+    signed_registry: bytes,
+    receipts: Iterable[bytes] = (),
+) -> dict[str, Any]:
+    """The bundle for ``entries`` proven against the checkpoint of ``checkpoint_size``.
+
+    Args:
+        public_keys: the region's signing keys, key id → raw Ed25519 public key.
+    """
+    return {
+        "format": FORMAT,
+        "region": region,
+        "origin": origin_of(region),
+        "checkpoint": checkpoint_note.decode("utf-8"),
+        "public_keys": {kid: _b64(raw) for kid, raw in sorted(public_keys.items())},
+        "registry": _b64(signed_registry),
+        "entries": [_entry_json(e, tree.inclusion_proof(e.index, checkpoint_size)) for e in entries],
+        "receipts": [_b64(r) for r in receipts],
+    }
+
+
+@dataclass
+class BundleReport:
+    """What :func:`check_bundle` verified; ``problems`` is empty when everything did."""
+
+    region: str = ""
+    tree_size: int = 0
+    root: bytes = b""
+    entries: int = 0
+    receipts: list[tuple[int, str]] = field(default_factory=list)
+    root_key_pinned: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> BundleReport:
+    """Verify a bundle offline (see the module docstring). Never raises for a bad bundle: every
+    failure is a line in ``problems``, naming the entry index or receipt."""
+    from tongban.errors import RegistryError
+    from tongban.receipts import verify_receipt
+    from tongban.registry import Registry
+
+    report = BundleReport()
+    try:
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise LedgerError(f"not a {FORMAT} bundle")
+        region = str(doc["region"])
+        report.region = region
+        signed_registry = _unb64(doc["registry"], "registry")
+        keys = {str(k): _unb64(v, f"public key {k}") for k, v in dict(doc["public_keys"]).items()}
+    except (ValueError, KeyError, TypeError, LedgerError) as exc:
+        report.problems.append(f"bundle does not parse: {exc}")
+        return report
+
+    # 1–2. The keys are the region's, per a registry signed by the authority.
+    try:
+        if root_keys:
+            registry = Registry.from_signed(signed_registry, root_keys)
+            report.root_key_pinned = True
+        else:
+            registry = Registry.read_unverified(signed_registry)
+    except (RegistryError, ValueError) as exc:
+        report.problems.append(f"trust registry: {exc}")
+        return report
+    publics: dict[str, Ed25519PublicKey] = {}
+    for kid, raw in keys.items():
+        info = registry.keys.get(kid)
+        if info is None or info.region != region or info.public_raw != raw:
+            report.problems.append(f"key {kid} is not a signing key of {region} in the registry")
+            continue
+        publics[kid] = Ed25519PublicKey.from_public_bytes(raw)
+
+    # 3. The checkpoint.
+    origin = origin_of(region)
+    try:
+        cp = parse_and_verify(
+            str(doc["checkpoint"]).encode("utf-8"), {origin: list(publics.values())}, origin=origin
+        )
+    except (CheckpointError, KeyError) as exc:
+        report.problems.append(f"checkpoint: {exc}")
+        return report
+    report.tree_size, report.root = cp.size, cp.root
+
+    # 4. Entries.
+    digests: dict[int, tuple[bytes, str, str]] = {}
+    for raw_entry in doc.get("entries", []):
+        try:
+            e = Entry(
+                index=int(raw_entry["index"]),
+                time_ns=int(raw_entry["time_ns"]),
+                region=str(raw_entry["region"]),
+                event=Event(raw_entry["event"]),
+                message_id=str(raw_entry["message_id"]),
+                peer_region=str(raw_entry["peer_region"]),
+                service_code=str(raw_entry["service_code"]),
+                envelope_digest=_unb64(raw_entry["envelope_digest"], "envelope digest"),
+                trace_id=str(raw_entry["trace_id"]),
+                detail=str(raw_entry["detail"]),
+                prev_hash=b"",
+                entry_hash=b"",
+            )
+            entry_bytes = _unb64(raw_entry["entry_bytes"], "entry bytes")
+            proof = [_unb64(h, "proof hash") for h in raw_entry["inclusion_proof"]]
+        except (KeyError, TypeError, ValueError, LedgerError) as exc:
+            report.problems.append(f"entry {raw_entry.get('index', '?')!s}: does not parse ({exc})")
+            continue
+        if e.region != region:
+            report.problems.append(f"entry {e.index}: belongs to region {e.region}, not {region}")
+            continue
+        if canonical_bytes(e) != entry_bytes:
+            report.problems.append(f"entry {e.index}: its fields do not give its entry bytes")
+            continue
+        try:
+            verify_inclusion(leaf_hash(entry_bytes), e.index, cp.size, proof, cp.root)
+        except ProofError as exc:
+            report.problems.append(f"entry {e.index}: inclusion proof fails ({exc})")
+            continue
+        digests[e.index] = (e.envelope_digest, e.message_id, str(e.event))
+        report.entries += 1
+
+    # 5. Receipts.
+    def key_of(kid: str, r: str) -> Ed25519PublicKey:
+        from tongban.envelope import EnvelopeRejected
+
+        if r != region or kid not in publics:
+            raise EnvelopeRejected("RECEIPT_INVALID", f"receipt key {kid} of {r} is not in the bundle")
+        return publics[kid]
+
+    for i, text in enumerate(doc.get("receipts", [])):
+        try:
+            receipt = verify_receipt(_unb64(text, "receipt"), key_of)
+        except Exception as exc:  # EnvelopeRejected, LedgerError: reported, never raised
+            report.problems.append(f"receipt {i}: {exc}")
+            continue
+        recorded = digests.get(receipt.leaf_index)
+        if recorded is None:
+            report.problems.append(
+                f"receipt {i}: leaf {receipt.leaf_index} is not a verified entry of the bundle"
+            )
+        elif (recorded[0], recorded[1]) != (receipt.envelope_digest, receipt.message_id):
+            report.problems.append(f"receipt {i}: entry {receipt.leaf_index} records another envelope")
+        else:
+            report.receipts.append((receipt.leaf_index, receipt.message_id))
+    return report

@@ -1,0 +1,136 @@
+"""The ledger tools as an operator and an auditor run them (child processes).
+
+A delivered request's receipt, exported with an inclusion proof and the region's signed checkpoint,
+verifies offline from the bundle alone; any edit of the bundle is named. After a checkpoint was
+signed, editing, deleting, reordering or truncating entries in the SQLite file makes
+`tongban ledger verify` fail and name the first bad index.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SZ, WX, Stack, stop_stack
+from tests.e2e.cli import tongban
+from tests.e2e.requests import pension
+
+
+async def _delivered(stack: Stack, tmp_path: Path, n: int = 3) -> tuple[str, Path]:
+    """n queries from Shenzhen to Wuxi; the last one's message id and its receipt file."""
+    stub = stack.stub(SZ)
+    for _ in range(n):
+        resp = await stub.Query(pension(), timeout=10)
+    receipt = tmp_path / "receipt.bin"
+    receipt.write_bytes(resp.receipt)
+    return resp.message_id, receipt
+
+
+async def test_receipt_and_inclusion_proof_verify_offline_from_the_bundle(
+    stack: Stack, tmp_path: Path
+) -> None:
+    message_id, receipt = await _delivered(stack, tmp_path)
+    wx_cfg, bundle = str(stack.state.config_path(WX)), tmp_path / "bundle.json"
+    rc, out, err = await tongban(
+        "ledger",
+        "export",
+        "--config",
+        wx_cfg,
+        "--message-id",
+        message_id,
+        "--receipt",
+        str(receipt),
+        "-o",
+        str(bundle),
+    )
+    assert rc == 0, err
+    assert "2 entries, 1 receipts" in out
+    root_pub = str(stack.state.root / "root.pub")
+
+    rc, out, err = await tongban("ledger", "check-bundle", str(bundle), "--root-key", root_pub)
+    assert rc == 0, out + err
+    assert "trust registry: signed by the pinned root key" in out
+    assert (
+        f"receipt: {WX} recorded {message_id} at leaf" in out
+        and "bundle OK: 2 entries proven, 1 receipts" in out
+    )
+
+    doc = json.loads(bundle.read_text())
+    received = doc["entries"][0]
+
+    def edited(change: object) -> Path:
+        copy = json.loads(bundle.read_text())
+        change(copy)  # type: ignore[operator]
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps(copy))
+        return path
+
+    cases = {
+        "its fields do not give its entry bytes": lambda d: d["entries"][0].update(detail="edited"),
+        "inclusion proof fails": lambda d: (
+            d["entries"][0]["inclusion_proof"].reverse()
+            if len(d["entries"][0]["inclusion_proof"]) > 1
+            else d["entries"][0]["inclusion_proof"].append(d["entries"][0]["inclusion_proof"][0])
+        ),
+        f"leaf {received['index']} is not a verified entry": lambda d: d["entries"].pop(0),
+        "checkpoint": lambda d: d.update(checkpoint=d["checkpoint"].replace("\n", "\n\n", 1)),
+    }
+    for expected, change in cases.items():
+        rc, out, _ = await tongban("ledger", "check-bundle", str(edited(change)), "--root-key", root_pub)
+        assert rc == 1 and "FAILED:" in out and expected in out, (expected, out)
+    # A registry signed by another root: the keys cannot be trusted.
+    rc, out, _ = await tongban("ledger", "check-bundle", str(bundle), "--root-key", "00" * 32)
+    assert rc == 1 and "trust registry" in out
+
+    rc, out, err = await tongban("ledger", "prove", message_id, "--config", wx_cfg)
+    assert rc == 0, err
+    assert f"entry {received['index']} RECEIVED {message_id}" in out and "proof[0]" in out
+    assert f"tongban.example/ledger/{WX}" in out or "ledger/" in out  # the signed note follows
+
+
+def _tamper(path: Path, sql: str) -> None:
+    """What someone with file access can do: drop the append-only triggers, then edit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS entries_no_delete")
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "expected"),
+    [
+        (["UPDATE entries SET detail = 'edited' WHERE idx = 2"], "BROKEN at index 2"),
+        (["DELETE FROM entries WHERE idx = 3"], "BROKEN at index 3"),
+        (
+            [  # swap entries 1 and 2
+                "UPDATE entries SET idx = 1000 WHERE idx = 1",
+                "UPDATE entries SET idx = 1 WHERE idx = 2",
+                "UPDATE entries SET idx = 2 WHERE idx = 1000",
+            ],
+            "BROKEN at index 1",
+        ),
+        (["DELETE FROM entries WHERE idx >= 4"], "TRUNCATED: 4 entries, but checkpoint signed at 8"),
+    ],
+    ids=["edit", "delete", "reorder", "truncate"],
+)
+async def test_verify_names_the_first_bad_index(
+    stack: Stack, tmp_path: Path, statements: list[str], expected: str
+) -> None:
+    await _delivered(stack, tmp_path, n=4)  # 8 entries in Wuxi's ledger
+    wx_cfg = str(stack.state.config_path(WX))
+    rc, out, err = await tongban("ledger", "export", "--config", wx_cfg, "-o", str(tmp_path / "all.json"))
+    assert rc == 0, err  # signs a checkpoint of the ledger as it is
+    rc, out, err = await tongban("ledger", "verify", "--config", wx_cfg)
+    assert rc == 0 and "Merkle tree matches the signed checkpoint of 8 entries" in out, out + err
+    await stop_stack(stack)
+    path = stack.nodes[WX].cfg.path(stack.nodes[WX].cfg.ledger.path)
+    for sql in statements:
+        _tamper(path, sql)
+    rc, out, err = await tongban("ledger", "verify", "--config", wx_cfg)
+    assert rc == 1 and expected in out, out + err

@@ -1,0 +1,104 @@
+"""What only the PostgreSQL store has: its settings, its errors, the region lock and the primary key.
+
+The store contract itself runs on PostgreSQL too, in test_store.py; several processes appending at once are in
+test_postgres_concurrency.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger import LedgerError, PostgresLedger, SQLiteLedger
+
+from .conftest import PG_DSN
+from .helpers import REGION, make_draft
+
+pytestmark = pytest.mark.postgres
+
+
+def test_constructor_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="schema"):
+        PostgresLedger(PG_DSN, REGION, schema='x"; DROP TABLE entries; --')
+    with pytest.raises(ValueError, match="schema"):
+        PostgresLedger(PG_DSN, REGION, schema="Upper")
+    with pytest.raises(ValueError, match="max_batch"):
+        PostgresLedger(PG_DSN, REGION, max_batch=0)
+    with pytest.raises(ValueError, match="pool_size"):
+        PostgresLedger(PG_DSN, REGION, pool_size=0)
+    with pytest.raises(ValueError, match="timeout"):
+        PostgresLedger(PG_DSN, REGION, timeout=0)
+    with pytest.raises(ValueError, match="region"):
+        PostgresLedger(PG_DSN, "")
+
+
+async def test_unreachable_database_is_a_clear_ledger_error() -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    ledger = PostgresLedger("postgresql://ledger:s3cret@127.0.0.1:9/tongban", REGION, timeout=2)
+    with pytest.raises(
+        LedgerError, match=r"cannot connect to the ledger database postgresql://127\.0\.0\.1:9/"
+    ):
+        await ledger.open()
+    assert "s3cret" not in repr(ledger)
+
+
+async def test_same_drafts_same_entries_as_sqlite(
+    pg_schema: tuple[asyncpg.Connection, str], tmp_path: Path
+) -> None:
+    drafts = [make_draft(i, time_ns=1_700_000_000_000_000_000 + i, detail=f"第 {i} 步") for i in range(30)]
+    _, schema = pg_schema
+    async with (
+        SQLiteLedger(tmp_path / "l.db", REGION) as lite,
+        PostgresLedger(PG_DSN, REGION, schema=schema) as pg,
+    ):
+        for group in (drafts[:1], drafts[1:10], drafts[10:11], drafts[11:]):
+            assert await lite.append(*group) == await pg.append(*group)
+        assert await lite.entries() == await pg.entries()
+        assert await lite.head() == await pg.head()
+
+
+async def test_append_waits_for_the_region_lock_within_its_deadline(
+    pg_schema: tuple[asyncpg.Connection, str],
+) -> None:
+    """Another replica holding the region's append lock too long fails the batch cleanly, leaving nothing."""
+    conn, schema = pg_schema
+    async with PostgresLedger(PG_DSN, REGION, schema=schema, timeout=0.5) as ledger:
+        await ledger.append(make_draft(0))
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tongban.ledger:{schema}:{REGION}"
+            )
+            started = time.monotonic()
+            with pytest.raises(LedgerError, match="rolled back: timed out"):
+                await ledger.append(make_draft(1), make_draft(2))
+            assert 0.4 < time.monotonic() - started < 5
+        assert await ledger.size() == 1
+        [entry] = await ledger.append(make_draft(3))
+        assert entry.index == 1
+
+
+async def test_primary_key_refuses_a_second_entry_at_an_index(
+    pg_schema: tuple[asyncpg.Connection, str],
+) -> None:
+    """The last line against a fork: even a writer that skipped the lock cannot reuse an index."""
+    conn, schema = pg_schema
+    async with PostgresLedger(PG_DSN, REGION, schema=schema) as ledger:
+        await ledger.append(make_draft(0), make_draft(1))
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await conn.execute(f'INSERT INTO "{schema}".entries SELECT * FROM "{schema}".entries WHERE idx = 1')
+
+
+async def test_many_concurrent_callers_one_process(pg_schema: tuple[asyncpg.Connection, str]) -> None:
+    _, schema = pg_schema
+    async with PostgresLedger(PG_DSN, REGION, schema=schema, pool_size=2) as ledger:
+        # More callers than pooled connections: reads and appends queue for the pool, none fails.
+        appends = asyncio.gather(*(ledger.append(make_draft(i)) for i in range(300)))
+        reads = asyncio.gather(*(ledger.size() for _ in range(50)))
+        appended, sizes = await asyncio.gather(appends, reads)
+        assert sorted(entries[0].index for entries in appended) == list(range(300))
+        assert all(0 <= size <= 300 for size in sizes)
+        assert ledger.commits < 30

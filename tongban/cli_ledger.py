@@ -1,0 +1,248 @@
+"""`tongban ledger verify | prove | export | check-bundle`: a region's ledger, checked and proven.
+
+- ``verify`` recomputes the hash chain and the Merkle tree from the entries alone, and checks the
+  region's last signed checkpoint against them (signature, and the root of the tree at its size):
+  an edited, deleted, reordered or truncated entry, or a rewritten log, names the first bad index.
+- ``prove <message-id>`` prints the message's entries with inclusion proofs against a checkpoint.
+- ``export`` writes a self-contained evidence bundle (ledger/bundle.py) for some or all entries.
+- ``check-bundle`` verifies a bundle offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    v = lsub.add_parser(
+        "verify", help="recompute a region's hash chain and Merkle tree and check its last signed checkpoint"
+    )
+    v.add_argument("--file", default="", help="ledger file (chain and tree only, no checkpoint)")
+    node_flags(v)
+    v.set_defaults(func=_cmd_verify)
+
+    pr = lsub.add_parser("prove", help="inclusion proofs of a message's entries against a signed checkpoint")
+    pr.add_argument("message_id")
+    pr.add_argument("--json", action="store_true", help="print the evidence bundle instead of text")
+    node_flags(pr)
+    pr.set_defaults(func=_cmd_prove)
+
+    ex = lsub.add_parser(
+        "export", help="write a self-contained evidence bundle (entries, proofs, checkpoint, keys)"
+    )
+    ex.add_argument("--out", "-o", required=True, help="bundle file to write (JSON)")
+    ex.add_argument("--message-id", action="append", default=[], help="only this message's entries (repeat)")
+    ex.add_argument("--receipt", action="append", default=[], help="a SignedReceipt file to include (repeat)")
+    node_flags(ex)
+    ex.set_defaults(func=_cmd_export)
+
+    cb = lsub.add_parser("check-bundle", help="verify an evidence bundle offline")
+    cb.add_argument("bundle")
+    cb.add_argument(
+        "--root-key", default="", help="the registry authority's public key (hex, or a file of hex)"
+    )
+    cb.set_defaults(func=_cmd_check_bundle)
+
+
+def _ledger_path(args: argparse.Namespace) -> tuple[Any, Path]:
+    from tongban.cli import _tool_config
+
+    cfg = _tool_config(args)
+    return cfg, cfg.path(cfg.ledger.path)
+
+
+async def _evidence(cfg: Any, message_ids: list[str]) -> tuple[Any, list[Any], Any]:
+    """(signed checkpoint, entries, tree): a checkpoint signed now (consistent with the region's
+    last one, or refused), and the entries to prove against it."""
+    from ledger import SQLiteLedger
+    from ledger.checkpoint import CheckpointSigner
+    from tongban.node import load_registry, load_secrets
+
+    registry = load_registry(cfg)
+    secrets = load_secrets(cfg, registry)
+    async with SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code) as store:
+        signer = CheckpointSigner(
+            store, key=lambda: secrets.signing, state_path=cfg.path(cfg.ledger.checkpoint_state)
+        )
+        await signer.open()
+        signed = await signer.sign_now()
+        if message_ids:
+            entries = [e for m in message_ids for e in await store.by_message_id(m)]
+        else:
+            entries = await store.entries(0, signed.checkpoint.size)
+        entries = [e for e in entries if e.index < signed.checkpoint.size]
+        return signed, entries, signer.tree.tree
+
+
+def _bundle(cfg: Any, signed: Any, entries: list[Any], tree: Any, receipts: list[bytes]) -> dict[str, Any]:
+    from ledger.bundle import make_bundle
+    from tongban.node import load_registry
+    from tongban.v1 import registry_pb2
+
+    registry = load_registry(cfg)
+    region = cfg.region.code
+    keys = {k.key_id: k.public_raw for k in registry.keys_of(region, registry_pb2.KEY_USE_SIGNING)}
+    return make_bundle(
+        region=region,
+        entries=entries,
+        tree=tree,
+        checkpoint_note=signed.note,
+        checkpoint_size=signed.checkpoint.size,
+        public_keys=keys,
+        signed_registry=registry.signed,
+        receipts=receipts,
+    )
+
+
+def _cmd_prove(args: argparse.Namespace) -> int:
+    cfg, _ = _ledger_path(args)
+    signed, entries, tree = asyncio.run(_evidence(cfg, [args.message_id]))
+    if not entries:
+        print(
+            f"tongban ledger prove: no entry of message {args.message_id} in {cfg.region.code}'s ledger",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(_bundle(cfg, signed, entries, tree, []), ensure_ascii=False, indent=2))
+        return 0
+    cp = signed.checkpoint
+    print(f"region {cfg.region.code}: checkpoint of {cp.size} entries, root {cp.root.hex()}")
+    for e in entries:
+        print(f"entry {e.index} {e.event} {e.message_id} envelope {e.envelope_digest.hex()}")
+        print(f"  leaf {tree.leaf(e.index).hex()}")
+        for i, h in enumerate(tree.inclusion_proof(e.index, cp.size)):
+            print(f"  proof[{i}] {h.hex()}")
+    print("signed checkpoint:")
+    print(signed.note.decode("utf-8"), end="")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    cfg, _ = _ledger_path(args)
+    receipts = [Path(r).read_bytes() for r in args.receipt]
+    signed, entries, tree = asyncio.run(_evidence(cfg, args.message_id))
+    bundle = _bundle(cfg, signed, entries, tree, receipts)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(bundle, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(out)
+    print(
+        f"bundle of {cfg.region.code}: {len(entries)} entries, {len(receipts)} receipts, "
+        f"checkpoint of {signed.checkpoint.size} entries; written to {out}"
+    )
+    return 0
+
+
+def _cmd_check_bundle(args: argparse.Namespace) -> int:
+    from ledger.bundle import check_bundle
+    from tongban.node import parse_public_key
+
+    roots = []
+    if args.root_key:
+        p = Path(args.root_key)
+        roots.append(parse_public_key(p.read_text() if p.exists() else args.root_key))
+    try:
+        data = Path(args.bundle).read_bytes()
+    except OSError as exc:
+        print(f"tongban ledger check-bundle: {exc}", file=sys.stderr)
+        return 2
+    report = check_bundle(data, root_keys=roots)
+    if report.root_key_pinned:
+        print("trust registry: signed by the pinned root key")
+    else:
+        print("trust registry: root key NOT pinned (--root-key): the bundle's keys are taken as given")
+    if report.tree_size or report.root:
+        print(
+            f"checkpoint of {report.region}: {report.tree_size} entries, "
+            f"root {report.root.hex()}, signature OK"
+        )
+    for index, message_id in report.receipts:
+        print(f"receipt: {report.region} recorded {message_id} at leaf {index}: signature and inclusion OK")
+    if report.ok:
+        print(f"bundle OK: {report.entries} entries proven, {len(report.receipts)} receipts verified")
+        return 0
+    for problem in report.problems:
+        print(f"FAILED: {problem}")
+    return 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ledger import LedgerError
+    from ledger.verify import verify_sqlite_file
+
+    cfg = None
+    if args.file:
+        path = Path(args.file)
+    else:
+        cfg, path = _ledger_path(args)
+    try:
+        report = verify_sqlite_file(path, region=cfg.region.code if cfg else None)
+    except LedgerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    name = cfg.region.code if cfg else str(path)
+    if not report.ok:
+        print(
+            f"ledger {name}: BROKEN at index {report.first_bad_index}: {report.reason} "
+            f"({report.count} entries read)"
+        )
+        return 1
+    print(f"ledger {name}: {report.count} entries, hash chain OK, head {report.head_hash.hex()}")
+    if cfg is None:
+        return 0
+    return asyncio.run(_verify_checkpoint(cfg, path))
+
+
+async def _verify_checkpoint(cfg: Any, path: Path) -> int:
+    """The tree recomputed from the entries against the region's last signed checkpoint."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from ledger import SQLiteLedger
+    from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
+    from ledger.tree import LedgerTree
+    from tongban.node import load_registry
+    from tongban.v1 import registry_pb2
+
+    state = cfg.path(cfg.ledger.checkpoint_state)
+    if not state.exists():
+        print(f"ledger {cfg.region.code}: no signed checkpoint yet ({state})")
+        return 0
+    note = json.loads(state.read_text())["note"].encode("utf-8")
+    registry = load_registry(cfg)
+    keys = [
+        Ed25519PublicKey.from_public_bytes(k.public_raw)
+        for k in registry.keys_of(cfg.region.code, registry_pb2.KEY_USE_SIGNING)
+    ]
+    origin = origin_of(cfg.region.code)
+    try:
+        cp = parse_and_verify(note, {origin: keys}, origin=origin)
+    except CheckpointError as exc:
+        print(f"ledger {cfg.region.code}: the signed checkpoint does not verify: {exc}")
+        return 1
+    tree = LedgerTree()
+    async with SQLiteLedger(path, cfg.region.code) as store:
+        await tree.sync(store)
+    if tree.size < cp.size:
+        print(
+            f"ledger {cfg.region.code}: TRUNCATED: {tree.size} entries, but checkpoint signed at {cp.size} "
+            f"(first missing index {tree.size})"
+        )
+        return 1
+    if tree.tree.root(cp.size) != cp.root:
+        print(
+            f"ledger {cfg.region.code}: REWRITTEN: the tree of {cp.size} entries "
+            "does not match the signed checkpoint"
+        )
+        return 1
+    print(
+        f"ledger {cfg.region.code}: Merkle tree matches the signed checkpoint of {cp.size} entries "
+        f"(root {cp.root.hex()})"
+    )
+    return 0
