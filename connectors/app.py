@@ -9,7 +9,7 @@ from opentelemetry import trace
 
 from connectors.adapters import Adapter
 from connectors.runtime import Connector
-from ledger import SQLiteLedger
+from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
@@ -44,7 +44,7 @@ async def run(cfg: Config) -> None:
     )
     trace.set_tracer_provider(provider)
     registry = load_registry(cfg)
-    ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
+    ledger = store_for(cfg)
     connector = Connector(
         cfg,
         registry=registry,

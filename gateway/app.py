@@ -6,7 +6,7 @@ import structlog
 from opentelemetry import trace
 
 from gateway.server import Gateway
-from ledger import SQLiteLedger
+from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.node import load_registry, load_secrets
@@ -33,7 +33,7 @@ async def run(cfg: Config) -> None:
             ),
         )
     registry = load_registry(cfg)
-    ledger = SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code, synchronous=cfg.ledger.synchronous)
+    ledger = store_for(cfg)
     gateway = Gateway(
         cfg,
         registry=registry,

@@ -49,6 +49,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ledger.bundle import entry_json, proven_entry
 from ledger.checkpoint import (
     MAX_NOTE_BYTES,
     Checkpoint,
@@ -60,7 +61,7 @@ from ledger.checkpoint import (
     read_note,
     write_atomically,
 )
-from ledger.entry import EntryDraft, Event
+from ledger.entry import Entry, EntryDraft, Event
 from ledger.errors import LedgerError
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
@@ -75,6 +76,7 @@ log = structlog.get_logger("gateway.witness")
 
 MAX_PROOF_REQUEST_BYTES: Final = 256
 MAX_PROOF_REPLY_BYTES: Final = 16384
+MAX_ENTRY_REPLY_BYTES: Final = 65536
 MAX_PROOF_HASHES: Final = 128
 """A consistency proof has at most about 2·log2(size) hashes: 126 for a tree of 2**63 leaves."""
 _HASH_SIZE: Final = 32
@@ -230,6 +232,13 @@ class CheckpointPublisher:
             log.warning("witness.proof_request_dropped", reason="reply subject is not a region inbox")
             return
         try:
+            inclusion = _parse_inclusion_request(msg.data)
+            if inclusion is not None:
+                await msg.respond(json.dumps({"entry": await self._inclusion(*inclusion)}).encode())
+                log.debug(
+                    "witness.inclusion_answered", peer=reply_region, leaf=inclusion[0], size=inclusion[1]
+                )
+                return
             old_size, new_size = _parse_proof_request(msg.data)
             proof = await self.signer.consistency_proof(old_size, new_size)
         except ValueError as exc:
@@ -237,6 +246,54 @@ class CheckpointPublisher:
             return
         await msg.respond(json.dumps({"proof": [_b64(h) for h in proof]}).encode())
         log.debug("witness.proof_answered", peer=reply_region, old_size=old_size, new_size=new_size)
+
+    async def _inclusion(self, leaf_index: int, size: int) -> dict[str, Any]:
+        """One entry with its inclusion proof in the tree of ``size`` (what a receipt holder asks)."""
+        tree = self.signer.tree
+        await tree.sync(self.signer.store)
+        if not 0 <= leaf_index < size <= tree.size:
+            raise ValueError(f"cannot prove leaf {leaf_index} in a tree of size {size} (ledger: {tree.size})")
+        [entry] = await self.signer.store.entries(leaf_index, leaf_index + 1)
+        return entry_json(entry, tree.tree.inclusion_proof(leaf_index, size))
+
+
+def _parse_inclusion_request(data: bytes) -> tuple[int, int] | None:
+    """(leaf index, tree size) of an inclusion request, None for another kind of request."""
+    if len(data) > MAX_PROOF_REQUEST_BYTES:
+        raise ValueError("request too large")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ValueError("request is not JSON") from None
+    if not isinstance(doc, dict) or "leaf_index" not in doc:
+        return None
+    if set(doc) != {"leaf_index", "tree_size"}:
+        raise ValueError("request must be {leaf_index, tree_size}")
+    leaf, size = doc["leaf_index"], doc["tree_size"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (leaf, size)):
+        raise ValueError("leaf index and size must be integers")
+    return leaf, size
+
+
+async def fetch_proven_entry(
+    nc: NATS, region: str, leaf_index: int, checkpoint: Checkpoint, *, timeout_s: float = 5.0
+) -> Entry:
+    """Ask ``region`` for the entry at ``leaf_index`` with its inclusion proof in the tree of a
+    checkpoint we hold (and verified), and check it against that checkpoint's root.
+
+    Raises:
+        LedgerError: no usable answer, or the entry or proof does not check out.
+    """
+    request = json.dumps({"leaf_index": leaf_index, "tree_size": checkpoint.size}).encode()
+    try:
+        msg = await nc.request(subjects.ledger_proof_subject(region), request, timeout=timeout_s)
+        doc = json.loads(msg.data) if len(msg.data) <= MAX_ENTRY_REPLY_BYTES else None
+    except (nats.errors.Error, TimeoutError, ValueError) as exc:
+        raise LedgerError(f"{region} gave no inclusion proof ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or "entry" not in doc:
+        detail = doc.get("error", "malformed answer") if isinstance(doc, dict) else "malformed answer"
+        raise LedgerError(f"{region} gave no inclusion proof: {str(detail)[:200]}")
+    return proven_entry(doc["entry"], region=region, size=checkpoint.size, root=checkpoint.root)
 
 
 def _parse_proof_request(data: bytes) -> tuple[int, int]:

@@ -44,7 +44,8 @@ def _unb64(text: object, what: str) -> bytes:
         raise LedgerError(f"bundle: {what} is not base64") from exc
 
 
-def _entry_json(e: Entry, proof: Sequence[bytes]) -> dict[str, Any]:
+def entry_json(e: Entry, proof: Sequence[bytes]) -> dict[str, Any]:
+    """An entry's fields, canonical bytes and inclusion proof, as JSON values."""
     return {
         "index": e.index,
         "time_ns": e.time_ns,
@@ -84,9 +85,47 @@ def make_bundle(
         "checkpoint": checkpoint_note.decode("utf-8"),
         "public_keys": {kid: _b64(raw) for kid, raw in sorted(public_keys.items())},
         "registry": _b64(signed_registry),
-        "entries": [_entry_json(e, tree.inclusion_proof(e.index, checkpoint_size)) for e in entries],
+        "entries": [entry_json(e, tree.inclusion_proof(e.index, checkpoint_size)) for e in entries],
         "receipts": [_b64(r) for r in receipts],
     }
+
+
+def proven_entry(raw: Any, *, region: str, size: int, root: bytes) -> Entry:
+    """The entry ``raw`` (:func:`entry_json`) after checking that it is ``region``'s, that its fields
+    give its canonical bytes, and that its inclusion proof leads to ``root`` at ``size``.
+
+    Raises:
+        LedgerError: naming the entry and what failed.
+    """
+    try:
+        e = Entry(
+            index=int(raw["index"]),
+            time_ns=int(raw["time_ns"]),
+            region=str(raw["region"]),
+            event=Event(raw["event"]),
+            message_id=str(raw["message_id"]),
+            peer_region=str(raw["peer_region"]),
+            service_code=str(raw["service_code"]),
+            envelope_digest=_unb64(raw["envelope_digest"], "envelope digest"),
+            trace_id=str(raw["trace_id"]),
+            detail=str(raw["detail"]),
+            prev_hash=b"",
+            entry_hash=b"",
+        )
+        entry_bytes = _unb64(raw["entry_bytes"], "entry bytes")
+        proof = [_unb64(h, "proof hash") for h in raw["inclusion_proof"]]
+    except (KeyError, TypeError, ValueError, AttributeError, LedgerError) as exc:
+        index = raw.get("index", "?") if isinstance(raw, dict) else "?"
+        raise LedgerError(f"entry {index!s}: does not parse ({exc})") from None
+    if e.region != region:
+        raise LedgerError(f"entry {e.index}: belongs to region {e.region}, not {region}")
+    if canonical_bytes(e) != entry_bytes:
+        raise LedgerError(f"entry {e.index}: its fields do not give its entry bytes")
+    try:
+        verify_inclusion(leaf_hash(entry_bytes), e.index, size, proof, root)
+    except (ProofError, ValueError, IndexError) as exc:
+        raise LedgerError(f"entry {e.index}: inclusion proof fails ({exc})") from None
+    return e
 
 
 @dataclass
@@ -159,35 +198,9 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
     digests: dict[int, tuple[bytes, str, str]] = {}
     for raw_entry in doc.get("entries", []):
         try:
-            e = Entry(
-                index=int(raw_entry["index"]),
-                time_ns=int(raw_entry["time_ns"]),
-                region=str(raw_entry["region"]),
-                event=Event(raw_entry["event"]),
-                message_id=str(raw_entry["message_id"]),
-                peer_region=str(raw_entry["peer_region"]),
-                service_code=str(raw_entry["service_code"]),
-                envelope_digest=_unb64(raw_entry["envelope_digest"], "envelope digest"),
-                trace_id=str(raw_entry["trace_id"]),
-                detail=str(raw_entry["detail"]),
-                prev_hash=b"",
-                entry_hash=b"",
-            )
-            entry_bytes = _unb64(raw_entry["entry_bytes"], "entry bytes")
-            proof = [_unb64(h, "proof hash") for h in raw_entry["inclusion_proof"]]
-        except (KeyError, TypeError, ValueError, LedgerError) as exc:
-            report.problems.append(f"entry {raw_entry.get('index', '?')!s}: does not parse ({exc})")
-            continue
-        if e.region != region:
-            report.problems.append(f"entry {e.index}: belongs to region {e.region}, not {region}")
-            continue
-        if canonical_bytes(e) != entry_bytes:
-            report.problems.append(f"entry {e.index}: its fields do not give its entry bytes")
-            continue
-        try:
-            verify_inclusion(leaf_hash(entry_bytes), e.index, cp.size, proof, cp.root)
-        except ProofError as exc:
-            report.problems.append(f"entry {e.index}: inclusion proof fails ({exc})")
+            e = proven_entry(raw_entry, region=region, size=cp.size, root=cp.root)
+        except LedgerError as exc:
+            report.problems.append(str(exc))
             continue
         digests[e.index] = (e.envelope_digest, e.message_id, str(e.event))
         report.entries += 1

@@ -26,7 +26,8 @@ from connectors.adapters import Adapter
 from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from gateway.server import Gateway
-from ledger import SQLiteLedger
+from ledger import LedgerStore
+from ledger.configured import store_for
 from tests.helpers import eventually
 from tongban import subjects
 from tongban.catalogue import Catalogue
@@ -69,7 +70,7 @@ class Node:
 
     region: str
     cfg: Config
-    ledger: SQLiteLedger
+    ledger: LedgerStore
     gateway: Gateway | None = None
     connector: Connector | None = None
     adapters: dict[str, CountingAdapter] = field(default_factory=dict)
@@ -121,7 +122,7 @@ async def start_stack(
         for section, values in (config or {}).items():
             for key, value in values.items():
                 setattr(getattr(cfg, section), key, value)
-        ledger = SQLiteLedger(cfg.path(cfg.ledger.path), region)
+        ledger = store_for(cfg)
         await ledger.open()
         node = Node(region, cfg, ledger)
         nodes[region] = node

@@ -301,12 +301,11 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
     from connectors.cases import CaseWorker
     from connectors.runtime import Connector
     from connectors.state import ConnectorState
-    from ledger import SQLiteLedger
+    from ledger.configured import store_for
     from tongban.catalogue import Catalogue
     from tongban.node import load_registry, load_secrets
 
     cfg = _tool_config(args)
-    region = cfg.region.code
     update = StatusUpdate(args.status, args.local_code, args.local_system, args.note)
 
     async def run() -> int:
@@ -314,7 +313,7 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
         state = ConnectorState(cfg.path(cfg.connector.state_store))
         try:
             await state.open()
-            async with SQLiteLedger(cfg.path(cfg.ledger.path), region) as ledger:
+            async with store_for(cfg) as ledger:
                 connector = Connector(
                     cfg,
                     registry=(registry := load_registry(cfg)),
@@ -341,7 +340,8 @@ def _cmd_case_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from ledger import EntryDraft, Event, SQLiteLedger
+    from ledger import EntryDraft, Event
+    from ledger.configured import store_for
     from tongban import dlq
 
     cfg = _tool_config(args)
@@ -364,7 +364,7 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
                 return 0
             dead = await dlq.replay(nc, region, args.id)
             # An operator's action is on the record, like every other step.
-            async with SQLiteLedger(cfg.path(cfg.ledger.path), region) as ledger:
+            async with store_for(cfg) as ledger:
                 await ledger.append(
                     EntryDraft(
                         Event.RESENT,

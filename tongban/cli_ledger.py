@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,15 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
     node_flags(ex)
     ex.set_defaults(func=_cmd_export)
 
+    cr = lsub.add_parser(
+        "check-receipt",
+        help="prove a delivery: our receipt for a message, an inclusion proof from the receiving region, "
+        "checked against its checkpoint we witnessed",
+    )
+    cr.add_argument("message_id")
+    node_flags(cr)
+    cr.set_defaults(func=_cmd_check_receipt)
+
     cb = lsub.add_parser("check-bundle", help="verify an evidence bundle offline")
     cb.add_argument("bundle")
     cb.add_argument(
@@ -60,13 +70,13 @@ def _ledger_path(args: argparse.Namespace) -> tuple[Any, Path]:
 async def _evidence(cfg: Any, message_ids: list[str]) -> tuple[Any, list[Any], Any]:
     """(signed checkpoint, entries, tree): a checkpoint signed now (consistent with the region's
     last one, or refused), and the entries to prove against it."""
-    from ledger import SQLiteLedger
     from ledger.checkpoint import CheckpointSigner
+    from ledger.configured import store_for
     from tongban.node import load_registry, load_secrets
 
     registry = load_registry(cfg)
     secrets = load_secrets(cfg, registry)
-    async with SQLiteLedger(cfg.path(cfg.ledger.path), cfg.region.code) as store:
+    async with store_for(cfg) as store:
         signer = CheckpointSigner(
             store, key=lambda: secrets.signing, state_path=cfg.path(cfg.ledger.checkpoint_state)
         )
@@ -183,7 +193,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         cfg, path = _ledger_path(args)
     try:
-        report = verify_sqlite_file(path, region=cfg.region.code if cfg else None)
+        if cfg is not None and cfg.ledger.backend == "postgres":
+            report = asyncio.run(_verify_configured(cfg))
+        else:
+            report = verify_sqlite_file(path, region=cfg.region.code if cfg else None)
     except LedgerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,15 +210,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     print(f"ledger {name}: {report.count} entries, hash chain OK, head {report.head_hash.hex()}")
     if cfg is None:
         return 0
-    return asyncio.run(_verify_checkpoint(cfg, path))
+    return asyncio.run(_verify_checkpoint(cfg))
 
 
-async def _verify_checkpoint(cfg: Any, path: Path) -> int:
+async def _verify_configured(cfg: Any) -> Any:
+    from ledger import verify_store
+    from ledger.configured import store_for
+
+    async with store_for(cfg) as store:
+        return await verify_store(store, region=cfg.region.code)
+
+
+async def _verify_checkpoint(cfg: Any) -> int:
     """The tree recomputed from the entries against the region's last signed checkpoint."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from ledger import SQLiteLedger
     from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
+    from ledger.configured import store_for
     from ledger.tree import LedgerTree
     from tongban.node import load_registry
     from tongban.v1 import registry_pb2
@@ -227,7 +248,7 @@ async def _verify_checkpoint(cfg: Any, path: Path) -> int:
         print(f"ledger {cfg.region.code}: the signed checkpoint does not verify: {exc}")
         return 1
     tree = LedgerTree()
-    async with SQLiteLedger(path, cfg.region.code) as store:
+    async with store_for(cfg) as store:
         await tree.sync(store)
     if tree.size < cp.size:
         print(
@@ -246,3 +267,70 @@ async def _verify_checkpoint(cfg: Any, path: Path) -> int:
         f"(root {cp.root.hex()})"
     )
     return 0
+
+
+def _cmd_check_receipt(args: argparse.Namespace) -> int:
+    from gateway.cases import CaseStore
+    from gateway.witness import fetch_proven_entry
+    from ledger import LedgerError
+    from ledger.checkpoint import read_note
+    from tongban.cli import _tool_nats
+    from tongban.envelope import EnvelopeRejected
+    from tongban.node import load_registry
+    from tongban.receipts import verify_receipt
+
+    cfg, _ = _ledger_path(args)
+    registry = load_registry(cfg)
+
+    async def run() -> int:
+        cases = CaseStore(cfg.path(cfg.gateway.case_store))
+        await cases.open()
+        try:
+            signed = await cases.receipt(args.message_id)
+        finally:
+            await cases.close()
+        if signed is None:
+            print(f"no receipt for {args.message_id} in {cfg.region.code}'s case store", file=sys.stderr)
+            return 1
+        try:
+            receipt = verify_receipt(
+                signed, lambda kid, r: registry.signing_public_key(kid, region=r, at_s=time.time())
+            )
+        except EnvelopeRejected as exc:
+            print(f"FAILED: the receipt does not verify: {exc.message}")
+            return 1
+        print(
+            f"receipt: {receipt.region} recorded {receipt.message_id} at leaf {receipt.leaf_index}, "
+            "signature OK"
+        )
+        state = cfg.path(cfg.ledger.witness_state)
+        held = json.loads(state.read_text()).get("held", {}) if state.exists() else {}
+        if receipt.region not in held:
+            print(f"no checkpoint of {receipt.region} witnessed yet: try again after its next checkpoint")
+            return 1
+        cp = read_note(held[receipt.region].encode("utf-8")).checkpoint
+        if receipt.leaf_index >= cp.size:
+            print(
+                f"the witnessed checkpoint of {receipt.region} has {cp.size} entries, not yet leaf "
+                f"{receipt.leaf_index}: try again after its next checkpoint"
+            )
+            return 1
+        nc = await _tool_nats(cfg, "ledger")
+        try:
+            entry = await fetch_proven_entry(nc, receipt.region, receipt.leaf_index, cp)
+        except LedgerError as exc:
+            print(f"FAILED: {exc}")
+            return 1
+        finally:
+            await nc.close()
+        if (entry.message_id, entry.envelope_digest) != (receipt.message_id, receipt.envelope_digest):
+            print(f"FAILED: leaf {entry.index} of {receipt.region} records another envelope than the receipt")
+            return 1
+        print(
+            f"inclusion: leaf {entry.index} ({entry.event}) is in {receipt.region}'s ledger "
+            f"of {cp.size} entries, "
+            f"root {cp.root.hex()} (witnessed checkpoint): delivery proven"
+        )
+        return 0
+
+    return asyncio.run(run())

@@ -154,6 +154,13 @@ class ConnectorConfig:
 
 @dataclass
 class LedgerConfig:
+    backend: str = "sqlite"
+    """``sqlite`` (the file ``path``) or ``postgres`` (``dsn``): several gateway and connector
+    replicas of a region may append to one PostgreSQL ledger."""
+    dsn: str = ""
+    """PostgreSQL connection string, e.g. ``postgresql://tongban@db:5432/tongban`` (backend postgres)."""
+    pg_schema: str = "tongban_ledger"
+    """PostgreSQL schema holding the region's ledger tables."""
     path: str = "ledger.sqlite"
     """SQLite ledger file of this region."""
     synchronous: str = "FULL"
@@ -257,6 +264,10 @@ class Config:
             raise ConfigError("[gateway] max_in_flight_per_connection must be >= 1")
         if self.keys.activation_delay_s < 0:
             raise ConfigError("[keys] activation_delay_s must be >= 0")
+        if self.ledger.backend not in ("sqlite", "postgres"):
+            raise ConfigError("[ledger] backend must be sqlite or postgres")
+        if self.ledger.backend == "postgres" and not self.ledger.dsn:
+            raise ConfigError("[ledger] backend postgres needs a dsn")
         if self.ledger.checkpoint_interval_s <= 0:
             raise ConfigError("[ledger] checkpoint_interval_s must be > 0")
         if self.registry.recheck_s <= 0:

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import SZ, WX, Stack, stop_stack
 from tests.e2e.cli import tongban
 from tests.e2e.requests import pension
+from tests.helpers import eventually
 
 
 async def _delivered(stack: Stack, tmp_path: Path, n: int = 3) -> tuple[str, Path]:
@@ -134,3 +135,28 @@ async def test_verify_names_the_first_bad_index(
         _tamper(path, sql)
     rc, out, err = await tongban("ledger", "verify", "--config", wx_cfg)
     assert rc == 1 and expected in out, out + err
+
+
+async def test_sender_proves_a_delivery_from_its_receipt_and_a_witnessed_checkpoint(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Shenzhen holds Wuxi's receipt and has witnessed Wuxi's checkpoint: it fetches the inclusion
+    proof from Wuxi over NATS and checks it against that checkpoint."""
+    message_id, _ = await _delivered(stack, tmp_path, n=1)
+    sz_cfg = str(stack.state.config_path(SZ))
+    rc, out, _ = await tongban("ledger", "check-receipt", message_id, "--config", sz_cfg)
+    assert rc == 1 and "receipt: 320200 recorded" in out  # nothing witnessed that covers it yet
+    wx, sz = stack.nodes[WX].gateway, stack.nodes[SZ].gateway
+    assert wx is not None and wx.publisher is not None and sz is not None and sz.witness is not None
+    signed = await wx.publisher.signer.sign_now()
+    await wx.publisher.publish(signed)
+    witness = sz.witness
+    await eventually(
+        lambda: (cp := witness.latest(WX)) is not None and cp.size == signed.checkpoint.size,
+        what="Shenzhen witnesses Wuxi's checkpoint",
+    )
+    rc, out, err = await tongban("ledger", "check-receipt", message_id, "--config", sz_cfg)
+    assert rc == 0, out + err
+    assert f"in {WX}'s ledger of {signed.checkpoint.size} entries" in out and "delivery proven" in out
+    rc, out, _ = await tongban("ledger", "check-receipt", "01NOSUCHMESSAGE0000000000", "--config", sz_cfg)
+    assert rc == 1
