@@ -8,6 +8,7 @@ it reads whatever the store has beyond its own size.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Final
 
 from ledger.entry import EntryFields, canonical_bytes
@@ -17,6 +18,14 @@ from ledger.store import LedgerStore
 
 SYNC_CHUNK: Final = 10_000
 """Entries read per query while catching up: bounds memory, and keeps each read short."""
+
+
+_INLINE_HASHES: Final = 256
+"""Up to this many new entries are hashed on the event loop (a thread hop would cost more)."""
+
+
+def _leaf_hashes(entries: Sequence[EntryFields]) -> list[bytes]:
+    return [leaf_hash_of(entry) for entry in entries]
 
 
 def leaf_hash_of(entry: EntryFields) -> bytes:
@@ -90,5 +99,11 @@ class LedgerTree:
                         raise LedgerError(
                             f"ledger store returned entry {entry.index} where {start + offset} was expected"
                         )
-                self._tree.extend([leaf_hash_of(entry) for entry in entries])
+                if len(entries) > _INLINE_HASHES:
+                    # Encoding and hashing thousands of entries takes a while: off the event loop.
+                    # The tree itself is extended here, on the loop, where its readers are.
+                    hashes = await asyncio.to_thread(_leaf_hashes, entries)
+                else:
+                    hashes = _leaf_hashes(entries)
+                self._tree.extend(hashes)
             return self._tree.size
