@@ -131,7 +131,7 @@ class ExchangeCore:
             raise EnvelopeRejected("RECEIPT_MISSING", "the answer carries no ledger receipt")
         receipt = verify_receipt(
             h.receipt,
-            lambda kid, region: self.registry.signing_public_key(kid, region=region, at_s=time.time()),
+            lambda kid, region, _at: self.registry.signing_public_key(kid, region=region, at_s=time.time()),
         )
         if receipt.region != sender or receipt.message_id != message_id or receipt.envelope_digest != digest:
             raise EnvelopeRejected("RECEIPT_MISMATCH", "the receipt names another region, message or digest")
@@ -340,8 +340,12 @@ class ExchangeCore:
                 raise ReplyInvalid("answer is neither a response nor a refusal")
             elif h.request_digest != sent.digest:
                 raise ReplyInvalid("answer names another request digest")
-            else:
+            elif h.receipt:
                 receipt = self.check_receipt(h, sender=to, message_id=message_id, digest=sent.digest)
+            else:
+                # A connector of an older release (a rolling upgrade): served, without a receipt.
+                receipt = None
+                log.warning("reply.receipt_missing", peer_region=to)
         except (EnvelopeRejected, ReplyInvalid) as exc:
             await self.ledger.append(
                 EntryDraft(
@@ -389,7 +393,7 @@ class ExchangeCore:
                 )
             )
             raise ReplyInvalid(f"the answer from {to} does not open") from exc
-        if self.receipts is not None:
+        if self.receipts is not None and receipt is not None:
             await self.receipts.store_receipt(message_id, to, receipt.leaf_index, h.receipt)
         if body.WhichOneof("outcome") == "problem":
             reason = body.problem.reason if _REASON.match(body.problem.reason) else "?"

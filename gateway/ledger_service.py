@@ -65,8 +65,12 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         size = await self.store.size()
         which = request.WhichOneof("selector")
         if which == "message_id":
+            if not request.message_id:
+                raise InvalidRequest("empty selector", [Violation("message_id", "must not be empty")])
             found = await self.store.by_message_id(request.message_id)
         elif which == "trace_id":
+            if not request.trace_id:
+                raise InvalidRequest("empty selector", [Violation("trace_id", "must not be empty")])
             found = await self.store.by_trace_id(request.trace_id)
         elif which == "index_range":
             r = request.index_range

@@ -234,7 +234,8 @@ class CheckpointPublisher:
         try:
             inclusion = _parse_inclusion_request(msg.data)
             if inclusion is not None:
-                await msg.respond(json.dumps({"entry": await self._inclusion(*inclusion)}).encode())
+                entry = await self._inclusion(*inclusion, asker=reply_region)
+                await msg.respond(json.dumps({"entry": entry}).encode())
                 log.debug(
                     "witness.inclusion_answered", peer=reply_region, leaf=inclusion[0], size=inclusion[1]
                 )
@@ -247,13 +248,17 @@ class CheckpointPublisher:
         await msg.respond(json.dumps({"proof": [_b64(h) for h in proof]}).encode())
         log.debug("witness.proof_answered", peer=reply_region, old_size=old_size, new_size=new_size)
 
-    async def _inclusion(self, leaf_index: int, size: int) -> dict[str, Any]:
-        """One entry with its inclusion proof in the tree of ``size`` (what a receipt holder asks)."""
+    async def _inclusion(self, leaf_index: int, size: int, *, asker: str) -> dict[str, Any]:
+        """One entry with its inclusion proof in the tree of ``size`` (what a receipt holder asks):
+        only an entry about the asking region's own traffic (its ``peer_region``), so no region can
+        page through this region's dealings with the others."""
         tree = self.signer.tree
         await tree.sync(self.signer.store)
         if not 0 <= leaf_index < size <= tree.size:
             raise ValueError(f"cannot prove leaf {leaf_index} in a tree of size {size} (ledger: {tree.size})")
         [entry] = await self.signer.store.entries(leaf_index, leaf_index + 1)
+        if entry.peer_region != asker:
+            raise ValueError(f"leaf {leaf_index} is not about region {asker}'s traffic")
         return entry_json(entry, tree.tree.inclusion_proof(leaf_index, size))
 
 
@@ -293,7 +298,10 @@ async def fetch_proven_entry(
     if not isinstance(doc, dict) or "entry" not in doc:
         detail = doc.get("error", "malformed answer") if isinstance(doc, dict) else "malformed answer"
         raise LedgerError(f"{region} gave no inclusion proof: {str(detail)[:200]}")
-    return proven_entry(doc["entry"], region=region, size=checkpoint.size, root=checkpoint.root)
+    entry = proven_entry(doc["entry"], region=region, size=checkpoint.size, root=checkpoint.root)
+    if entry.index != leaf_index:
+        raise LedgerError(f"{region} answered with leaf {entry.index}, not leaf {leaf_index}")
+    return entry
 
 
 def _parse_proof_request(data: bytes) -> tuple[int, int]:
@@ -447,7 +455,21 @@ class Witness:
             return
         old = held.checkpoint
         if cp.size < old.size:
-            await self._alarm(held, signed, origin_region, "log shrank")
+            # An older checkpoint arriving late (another replica, a replay by anyone holding it) is
+            # a prefix of the one held: only a failing proof from it to the held one is an alarm.
+            if cp.size == 0:
+                return  # the empty tree is a prefix of every tree (its root was checked above)
+            proof = await self._request_proof(origin_region, cp.size, old.size)
+            if proof is None:
+                return
+            try:
+                verify_consistency(cp.size, old.size, cp.root, old.root, proof)
+            except ProofError:
+                await self._alarm(
+                    held, signed, origin_region, "older checkpoint is not a prefix of the held one"
+                )
+                return
+            log.debug("witness.stale_checkpoint", region=origin_region, size=cp.size, held_size=old.size)
         elif cp.size == old.size:
             if cp.root != old.root:
                 await self._alarm(held, signed, origin_region, "different root at the same size")

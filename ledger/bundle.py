@@ -27,6 +27,7 @@ from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
 from ledger.entry import Entry, Event, canonical_bytes
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
+from tongban.v1 import registry_pb2
 
 FORMAT = "tongban-ledger-bundle/1"
 
@@ -178,8 +179,16 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
     publics: dict[str, Ed25519PublicKey] = {}
     for kid, raw in keys.items():
         info = registry.keys.get(kid)
-        if info is None or info.region != region or info.public_raw != raw:
+        if (
+            info is None
+            or info.region != region
+            or info.public_raw != raw
+            or info.use != registry_pb2.KEY_USE_SIGNING
+        ):
             report.problems.append(f"key {kid} is not a signing key of {region} in the registry")
+            continue
+        if info.revoked:
+            report.problems.append(f"key {kid} of {region} is revoked in the registry")
             continue
         publics[kid] = Ed25519PublicKey.from_public_bytes(raw)
 
@@ -193,27 +202,31 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
         report.problems.append(f"checkpoint: {exc}")
         return report
     report.tree_size, report.root = cp.size, cp.root
+    entries_json, receipts_json = doc.get("entries", []), doc.get("receipts", [])
+    if not isinstance(entries_json, list) or not isinstance(receipts_json, list):
+        report.problems.append("bundle: entries and receipts must be lists")
+        return report
 
     # 4. Entries.
-    digests: dict[int, tuple[bytes, str, str]] = {}
-    for raw_entry in doc.get("entries", []):
+    digests: dict[int, tuple[bytes, str, Event]] = {}
+    for raw_entry in entries_json:
         try:
             e = proven_entry(raw_entry, region=region, size=cp.size, root=cp.root)
         except LedgerError as exc:
             report.problems.append(str(exc))
             continue
-        digests[e.index] = (e.envelope_digest, e.message_id, str(e.event))
+        digests[e.index] = (e.envelope_digest, e.message_id, e.event)
         report.entries += 1
 
     # 5. Receipts.
-    def key_of(kid: str, r: str) -> Ed25519PublicKey:
+    def key_of(kid: str, r: str, _at: float) -> Ed25519PublicKey:
         from tongban.envelope import EnvelopeRejected
 
         if r != region or kid not in publics:
             raise EnvelopeRejected("RECEIPT_INVALID", f"receipt key {kid} of {r} is not in the bundle")
         return publics[kid]
 
-    for i, text in enumerate(doc.get("receipts", [])):
+    for i, text in enumerate(receipts_json):
         try:
             receipt = verify_receipt(_unb64(text, "receipt"), key_of)
         except Exception as exc:  # EnvelopeRejected, LedgerError: reported, never raised
@@ -224,8 +237,10 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
             report.problems.append(
                 f"receipt {i}: leaf {receipt.leaf_index} is not a verified entry of the bundle"
             )
-        elif (recorded[0], recorded[1]) != (receipt.envelope_digest, receipt.message_id):
-            report.problems.append(f"receipt {i}: entry {receipt.leaf_index} records another envelope")
+        elif recorded != (receipt.envelope_digest, receipt.message_id, Event.RECEIVED):
+            report.problems.append(
+                f"receipt {i}: entry {receipt.leaf_index} is not the RECEIVED entry it names"
+            )
         else:
             report.receipts.append((receipt.leaf_index, receipt.message_id))
     return report

@@ -34,6 +34,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -554,6 +555,16 @@ class CheckpointSigner:
         return self.tree.tree.size
 
     def _sign_locked(self) -> SignedCheckpoint:
+        # Other processes of the region (another gateway on this host, `tongban ledger export`)
+        # sign with the same state file: under a file lock, the last checkpoint signed by anyone is
+        # the one to be consistent with.
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.state_path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._last = self._load() or self._last
+            return self._sign_with_lock_held()
+
+    def _sign_with_lock_held(self) -> SignedCheckpoint:
         size = self.tree.tree.size
         root = self.tree.tree.root(size)
         now_ms = int(self._clock() * 1000)

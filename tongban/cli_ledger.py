@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
     v = lsub.add_parser(
         "verify", help="recompute a region's hash chain and Merkle tree and check its last signed checkpoint"
     )
-    v.add_argument("--file", default="", help="ledger file (chain and tree only, no checkpoint)")
+    v.add_argument(
+        "--file", default="", help="a SQLite ledger file: its hash chain only (no tree, no checkpoint)"
+    )
     node_flags(v)
     v.set_defaults(func=_cmd_verify)
 
@@ -56,6 +57,11 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
     cb.add_argument("bundle")
     cb.add_argument(
         "--root-key", default="", help="the registry authority's public key (hex, or a file of hex)"
+    )
+    cb.add_argument(
+        "--allow-unpinned",
+        action="store_true",
+        help="check without --root-key (the bundle's own registry and keys are then taken as given)",
     )
     cb.set_defaults(func=_cmd_check_bundle)
 
@@ -155,6 +161,13 @@ def _cmd_check_bundle(args: argparse.Namespace) -> int:
     from tongban.node import parse_public_key
 
     roots = []
+    if not args.root_key and not args.allow_unpinned:
+        print(
+            "tongban ledger check-bundle: give --root-key (the registry authority's public key): "
+            "without it the bundle vouches for itself. --allow-unpinned checks anyway.",
+            file=sys.stderr,
+        )
+        return 2
     if args.root_key:
         p = Path(args.root_key)
         roots.append(parse_public_key(p.read_text() if p.exists() else args.root_key))
@@ -272,7 +285,7 @@ async def _verify_checkpoint(cfg: Any) -> int:
 def _cmd_check_receipt(args: argparse.Namespace) -> int:
     from gateway.cases import CaseStore
     from gateway.witness import fetch_proven_entry
-    from ledger import LedgerError
+    from ledger import Event, LedgerError
     from ledger.checkpoint import read_note
     from tongban.cli import _tool_nats
     from tongban.envelope import EnvelopeRejected
@@ -292,9 +305,11 @@ def _cmd_check_receipt(args: argparse.Namespace) -> int:
         if signed is None:
             print(f"no receipt for {args.message_id} in {cfg.region.code}'s case store", file=sys.stderr)
             return 1
+        # Months later the key may have been rotated out: it must have been valid when the receipt
+        # was signed (revoked keys are refused whatever the time).
         try:
             receipt = verify_receipt(
-                signed, lambda kid, r: registry.signing_public_key(kid, region=r, at_s=time.time())
+                signed, lambda kid, r, at: registry.signing_public_key(kid, region=r, at_s=at)
             )
         except EnvelopeRejected as exc:
             print(f"FAILED: the receipt does not verify: {exc.message}")
@@ -323,7 +338,11 @@ def _cmd_check_receipt(args: argparse.Namespace) -> int:
             return 1
         finally:
             await nc.close()
-        if (entry.message_id, entry.envelope_digest) != (receipt.message_id, receipt.envelope_digest):
+        if (entry.event, entry.message_id, entry.envelope_digest) != (
+            Event.RECEIVED,
+            receipt.message_id,
+            receipt.envelope_digest,
+        ):
             print(f"FAILED: leaf {entry.index} of {receipt.region} records another envelope than the receipt")
             return 1
         print(

@@ -94,14 +94,18 @@ def public_key(seed: bytes) -> str:
 # -- permissions ------------------------------------------------------------------------------------
 
 
-def _inbound(region: str) -> list[str]:
-    """Subjects a region is addressed on across the hub."""
+def _inbound(region: str, sender: str | None = None) -> list[str]:
+    """Subjects a region is addressed on across the hub. For one ``sender``, checkpoints only on
+    the subject that names the sender: a witness takes the origin from the subject, so the hub must
+    not let one region publish checkpoints under another's name."""
     return [
         subjects.rpc_wildcard(region),
         subjects.request_wildcard(region),
         subjects.event_wildcard(region),
         subjects.ping_subject(region),
-        subjects.checkpoint_wildcard(region),
+        subjects.checkpoint_wildcard(region)
+        if sender is None
+        else subjects.checkpoint_subject(region, sender),
         subjects.ledger_proof_subject(region),
     ]
 
@@ -112,7 +116,7 @@ def permissions(region: str, regions: Sequence[str]) -> dict[str, object]:
     return {
         "publish": {
             "allow": [
-                *(s for other in others for s in _inbound(other)),
+                *(s for other in others for s in _inbound(other, sender=region)),
                 *(f"{subjects.inbox_prefix(other)}.>" for other in others),
             ],
             "deny": [JS_API_DENY],

@@ -44,9 +44,12 @@ def sign_receipt(
     ).SerializeToString()
 
 
-def verify_receipt(data: bytes, public_key: Callable[[str, str], Ed25519PublicKey]) -> envelope_pb2.Receipt:
-    """Check a SignedReceipt; ``public_key(key_id, region)`` returns the region's signing key (and
-    refuses one that is unknown, of another region, revoked or expired).
+def verify_receipt(
+    data: bytes, public_key: Callable[[str, str, float], Ed25519PublicKey]
+) -> envelope_pb2.Receipt:
+    """Check a SignedReceipt; ``public_key(key_id, region, recorded_at_s)`` returns the region's
+    signing key, refusing one that is unknown, of another region, or not trusted for that time (a
+    live check uses now; an audit months later uses the receipt's time, refusing revoked keys).
 
     Raises:
         EnvelopeRejected: RECEIPT_INVALID (undecodable or bad signature), or the key lookup's refusal.
@@ -58,7 +61,8 @@ def verify_receipt(data: bytes, public_key: Callable[[str, str], Ed25519PublicKe
         raise EnvelopeRejected(RECEIPT_INVALID, "receipt does not decode") from exc
     if not signed.HasField("signature") or not receipt.region:
         raise EnvelopeRejected(RECEIPT_INVALID, "receipt is unsigned or names no region")
-    key = public_key(signed.signature.key_id, receipt.region)
+    recorded = receipt.recorded_at.seconds + receipt.recorded_at.nanos / 1e9
+    key = public_key(signed.signature.key_id, receipt.region, recorded)
     try:
         key.verify(signed.signature.sig, _DOMAIN + signed.receipt)
     except InvalidSignature as exc:

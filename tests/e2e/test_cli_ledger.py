@@ -8,16 +8,20 @@ signed, editing, deleting, reordering or truncating entries in the SQLite file m
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import SZ, WX, Stack, stop_stack
+from tests.conftest import QD, SZ, WX, Stack, stop_stack
 from tests.e2e.cli import tongban
 from tests.e2e.requests import pension
 from tests.helpers import eventually
+from tongban import subjects, trust
 
 
 async def _delivered(stack: Stack, tmp_path: Path, n: int = 3) -> tuple[str, Path]:
@@ -82,6 +86,24 @@ async def test_receipt_and_inclusion_proof_verify_offline_from_the_bundle(
     for expected, change in cases.items():
         rc, out, _ = await tongban("ledger", "check-bundle", str(edited(change)), "--root-key", root_pub)
         assert rc == 1 and "FAILED:" in out and expected in out, (expected, out)
+    # Without the authority's key the bundle would vouch for itself: refused unless asked for.
+    rc, _, err = await tongban("ledger", "check-bundle", str(bundle))
+    assert rc == 2 and "--root-key" in err
+    # Wuxi's signing key revoked in the (genuinely root-signed) registry of the bundle.
+    root = serialization.load_pem_private_key((stack.state.root / "root.key").read_bytes(), password=None)
+    assert isinstance(root, Ed25519PrivateKey)
+
+    def revoke_wuxi(d: dict[str, object]) -> None:
+        signed = base64.b64decode(str(d["registry"]))
+        revoked = trust.edit_signed(
+            signed,
+            root,
+            lambda doc: [setattr(k, "revoked", True) for r in doc.regions if r.code == WX for k in r.keys],
+        )
+        d["registry"] = base64.b64encode(revoked).decode()
+
+    rc, out, _ = await tongban("ledger", "check-bundle", str(edited(revoke_wuxi)), "--root-key", root_pub)
+    assert rc == 1 and f"of {WX} is revoked in the registry" in out
     # A registry signed by another root: the keys cannot be trusted.
     rc, out, _ = await tongban("ledger", "check-bundle", str(bundle), "--root-key", "00" * 32)
     assert rc == 1 and "trust registry" in out
@@ -160,3 +182,15 @@ async def test_sender_proves_a_delivery_from_its_receipt_and_a_witnessed_checkpo
     assert f"in {WX}'s ledger of {signed.checkpoint.size} entries" in out and "delivery proven" in out
     rc, out, _ = await tongban("ledger", "check-receipt", "01NOSUCHMESSAGE0000000000", "--config", sz_cfg)
     assert rc == 1
+    # Qingdao may not read Wuxi's entries about Shenzhen's traffic through the proof subject.
+    leaf = (await stack.nodes[WX].ledger.by_message_id(message_id))[0].index
+    qd = await stack.nats(QD)
+    try:
+        answer = await qd.request(
+            subjects.ledger_proof_subject(WX),
+            json.dumps({"leaf_index": leaf, "tree_size": signed.checkpoint.size}).encode(),
+            timeout=5,
+        )
+    finally:
+        await qd.close()
+    assert json.loads(answer.data) == {"error": f"leaf {leaf} is not about region {QD}'s traffic"}

@@ -33,7 +33,7 @@ def ledger_stub(stack: Stack, region: str) -> ledger_pb2_grpc.LedgerStub:
 def check_receipt(stack: Stack, signed: bytes) -> envelope_pb2.Receipt:
     registry = load_registry(Config.load(stack.state.config_path(SZ)))
     return verify_receipt(
-        signed, lambda kid, region: registry.signing_public_key(kid, region=region, at_s=time.time())
+        signed, lambda kid, region, _at: registry.signing_public_key(kid, region=region, at_s=time.time())
     )
 
 

@@ -245,7 +245,6 @@ async def test_witness_refuses_forgeries_and_alarms_on_rollback_and_fork(
             await witness_visible_from(wx.nc, sz)
             await publisher.publish_now()
             await eventually(lambda: held_size(witness) == 6, what="WX holds SZ@6")
-            await publisher.stop()
             leaves = [leaf_hash_of(e) for e in await sz.ledger.entries()]
             key, origin = sz.secrets.signing, origin_of(SZ)
             subject = subjects.checkpoint_subject(WX, SZ)
@@ -263,17 +262,20 @@ async def test_witness_refuses_forgeries_and_alarms_on_rollback_and_fork(
             await send(b"not a note")
             await eventually(lambda: witness.refused == 3, what="three refusals")
 
-            # A genuine larger checkpoint whose proof nobody serves: not adopted, not an alarm.
-            await sz.ledger.append(draft(6), draft(7))
-            leaves += [leaf_hash_of(e) for e in await sz.ledger.entries(6)]
-            await send(sign_checkpoint(Checkpoint(origin, 8, root_from_leaves(leaves), 2), key, origin))
-            await eventually(lambda: witness.proof_failures == 1, what="proof unavailable")
-            assert held_size(witness) == 6
-
             with capture_logs() as logs:
-                # Rollback: Shenzhen signs a smaller tree.
+                # An older genuine checkpoint arriving late (a replay, another replica): a prefix of
+                # the held one, proven so by Shenzhen: stale, not an alarm.
                 await send(
                     sign_checkpoint(Checkpoint(origin, 4, root_from_leaves(leaves[:4]), 3), key, origin)
+                )
+                await eventually(
+                    lambda: any(e["event"] == "witness.stale_checkpoint" for e in logs),
+                    what="stale checkpoint",
+                )
+                assert witness.alarms == 0
+                # Rollback: Shenzhen signs a smaller tree that is not a prefix of the one held.
+                await send(
+                    sign_checkpoint(Checkpoint(origin, 4, hashlib.sha256(b"y").digest(), 3), key, origin)
                 )
                 await eventually(lambda: witness.alarms == 1, what="rollback alarm")
                 # Fork: another root at the size Wuxi holds.
@@ -284,12 +286,23 @@ async def test_witness_refuses_forgeries_and_alarms_on_rollback_and_fork(
             found = [
                 (e["held_size"], e["new_size"], e["reason"]) for e in logs if e["event"] == "witness.alarm"
             ]
-            assert found == [(6, 4, "log shrank"), (6, 6, "different root at the same size")]
+            assert found == [
+                (6, 4, "older checkpoint is not a prefix of the held one"),
+                (6, 6, "different root at the same size"),
+            ]
             entries = await alarms_in(wx.ledger)
             assert [(e.peer_region, e.message_id) for e in entries] == [
                 (SZ, f"witness-{SZ}-6-4"),
                 (SZ, f"witness-{SZ}-6-6"),
             ]
+
+            # A genuine larger checkpoint whose proof nobody serves: not adopted, not an alarm.
+            await publisher.stop()
+            await sz.ledger.append(draft(6), draft(7))
+            leaves += [leaf_hash_of(e) for e in await sz.ledger.entries(6)]
+            await send(sign_checkpoint(Checkpoint(origin, 8, root_from_leaves(leaves), 2), key, origin))
+            await eventually(lambda: witness.proof_failures == 1, what="proof unavailable")
+            assert witness.alarms == 2
             assert held_size(witness) == 6
         finally:
             await publisher.stop()

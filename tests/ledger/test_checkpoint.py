@@ -297,3 +297,54 @@ async def test_signer_schedule_hands_over_checkpoints_and_stops(tmp_path: Path, 
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("checkpoints-")] == []
     finally:
         await ledger.close()
+
+
+async def test_two_signers_of_one_log_never_sign_inconsistent_checkpoints(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """A gateway and `tongban ledger export` sign with the same state file. The gateway signed at 4
+    and holds the honest 8 entries in memory; entry 6 is then edited on disk and the tool, reading
+    the file from scratch, signs the edited history at 8 (consistent with 4). The gateway's next
+    checkpoint must be refused: it would be inconsistent with the tool's."""
+    import sqlite3
+
+    state, path = tmp_path / "ckpt.json", tmp_path / "ledger.db"
+    ledger = await fill(path, 4)
+    try:
+        gateway = CheckpointSigner(ledger, key=key, state_path=state)
+        assert (await gateway.sign_now()).checkpoint.size == 4
+        await ledger.append(*(make_draft(i) for i in range(4, 8)))
+        await gateway.tree.sync(ledger)  # e.g. a proof request: the honest 8 leaves in memory
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("DROP TRIGGER entries_no_update")
+            conn.execute("UPDATE entries SET detail = 'edited' WHERE idx = 6")
+        finally:
+            conn.close()
+        edited = await CheckpointSigner(ledger, key=key, state_path=state).sign_now()
+        assert edited.checkpoint.size == 8
+        await ledger.append(make_draft(8))
+        with pytest.raises(CheckpointRefused) as caught:
+            await gateway.sign_now()
+        assert (caught.value.last_size, caught.value.size) == (8, 9)
+        assert json.loads(state.read_text())["note"] == edited.note.decode()  # nothing else signed
+    finally:
+        await ledger.close()
+
+
+async def test_a_signer_follows_what_another_process_signed(tmp_path: Path, key: SigningKey) -> None:
+    """Two signers over the same honest log: each new checkpoint is checked against the last one
+    either of them signed (read under the state file's lock)."""
+    state, path = tmp_path / "ckpt.json", tmp_path / "ledger.db"
+    ledger = await fill(path, 4)
+    try:
+        a = CheckpointSigner(ledger, key=key, state_path=state)
+        b = CheckpointSigner(ledger, key=key, state_path=state)
+        await a.sign_now()
+        await ledger.append(make_draft(4), make_draft(5))
+        by_b = await b.sign_now()
+        by_a = await a.sign_now()
+        assert a.last == by_a and by_a.checkpoint.size == by_b.checkpoint.size == 6
+        assert by_a.checkpoint.timestamp_ms >= by_b.checkpoint.timestamp_ms
+    finally:
+        await ledger.close()

@@ -306,6 +306,7 @@ async def test_nats_subscribe_to_another_regions_subjects_is_denied(
         subjects.dlq_subject(WX, SVC),  # another region's dead letters
         f"$JS.{WX}.API.CONSUMER.CREATE.IN_{WX}",  # another region's JetStream API
         f"$JS.{WX}.API.STREAM.MSG.GET.IN_{WX}",
+        subjects.checkpoint_subject(WX, QD),  # a checkpoint under another region's name
         "_INBOX.answer",  # the default inbox prefix: no region's
     ],
 )
