@@ -34,7 +34,7 @@ from nats.js.client import JetStreamContext
 
 from connectors.adapters import AdapterFailure, CaseAdapter, StatusUpdate, adapter_request, submit_via_call
 from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
-from ledger import EntryDraft, Event
+from ledger import Entry, EntryDraft, Event
 from tongban import envelope, messages, subjects, telemetry
 from tongban.delivery import policy_for
 from tongban.envelope import Reason
@@ -235,21 +235,32 @@ class CaseWorker:
                 else ("BACKEND_TIMEOUT" if isinstance(exc, TimeoutError) else "BACKEND_ERROR")
             )
             if attempt >= policy.max_attempts:
-                await self._dead_letter(msg, verified, reason, attempt)
+                await self._dead_letter(
+                    msg, verified, reason, attempt, receipt=self._receipt(received, verified)
+                )
                 return
             delay = policy.delay_after(attempt)
             log.warning("cases.retry", reason=reason, attempt=attempt, delay_s=delay)
             await msg.nak(delay=delay)
             return
-        receipt = sign_receipt(
+        await self._conclude(
+            msg,
+            verified,
+            updates,
+            exchange_pb2.DELIVERY_STATE_PROCESSED,
+            None,
+            receipt=self._receipt(received, verified),
+        )
+
+    def _receipt(self, received: Entry, verified: envelope.Verified) -> bytes:
+        """The signed receipt of the RECEIVED entry: the request is on record here, whatever the
+        back end made of it."""
+        return sign_receipt(
             region=self.region,
             leaf_index=received.index,
             envelope_digest=verified.digest,
-            message_id=h.message_id,
+            message_id=verified.header.message_id,
             key=self.connector.secrets.signing,
-        )
-        await self._conclude(
-            msg, verified, updates, exchange_pb2.DELIVERY_STATE_PROCESSED, None, receipt=receipt
         )
 
     async def attach(self) -> None:
@@ -474,7 +485,9 @@ class CaseWorker:
             )
         )
 
-    async def _dead_letter(self, msg: Msg, verified: envelope.Verified, reason: str, attempts: int) -> None:
+    async def _dead_letter(
+        self, msg: Msg, verified: envelope.Verified, reason: str, attempts: int, *, receipt: bytes = b""
+    ) -> None:
         h = verified.header
         await self._to_dlq(msg, h.message_id, h.service_code, reason, attempts)
         self.dead_lettered += 1
@@ -484,7 +497,13 @@ class CaseWorker:
             code=StatusCode.UNAVAILABLE.value[0],
         )
         await self._conclude(
-            msg, verified, [], exchange_pb2.DELIVERY_STATE_DEAD_LETTERED, problem, final=False
+            msg,
+            verified,
+            [],
+            exchange_pb2.DELIVERY_STATE_DEAD_LETTERED,
+            problem,
+            final=False,
+            receipt=receipt,
         )
 
     async def _to_dlq(self, msg: Msg, message_id: str, service: str, reason: str, attempts: int) -> None:

@@ -16,7 +16,7 @@ from tests.e2e.cli import tongban
 from tongban.catalogue import Catalogue
 from tongban.devstate import DevState
 from tongban.natsserver import Topology
-from tongban.v1 import exchange_pb2
+from tongban.v1 import envelope_pb2, exchange_pb2
 
 ATTEMPTS = 3
 
@@ -79,6 +79,15 @@ async def test_failing_back_end_dead_letters_then_replay_delivers_once(
     assert "BACKEND_FAILURE" in dead_entry.detail
     sz = await stack.nodes[SZ].ledger.by_message_id(receipt.message_id)
     assert Event.DEAD_LETTERED in [e.event for e in sz]
+    # Wuxi's signed receipt names the RECEIVED entry of the last attempt: the request is on record
+    # there even though the back end never took it.
+    gateway = stack.nodes[SZ].gateway
+    assert gateway is not None and gateway.cases is not None
+    signed = await gateway.cases.receipt(receipt.message_id)
+    assert signed is not None
+    held = envelope_pb2.Receipt.FromString(envelope_pb2.SignedReceipt.FromString(signed).receipt)
+    received = [e for e in entries if e.event == Event.RECEIVED]
+    assert held.leaf_index == received[-1].index and held.envelope_digest == received[-1].envelope_digest
 
     config = str(stack.state.config_path(WX))
     rc, out, err = await tongban("dlq", "list", "--config", config, "--json")
