@@ -77,6 +77,8 @@ log = structlog.get_logger("gateway.witness")
 MAX_PROOF_REQUEST_BYTES: Final = 256
 MAX_PROOF_REPLY_BYTES: Final = 16384
 MAX_ENTRY_REPLY_BYTES: Final = 65536
+_QUEUE_PER_REGION: Final = 16
+"""Checkpoints of one region waiting to be witnessed; beyond it the oldest is dropped."""
 MAX_PROOF_HASHES: Final = 128
 """A consistency proof has at most about 2·log2(size) hashes: 126 for a tree of 2**63 leaves."""
 _HASH_SIZE: Final = 32
@@ -384,6 +386,8 @@ class Witness:
         self._held: dict[str, SignedCheckpoint] = {}
         self._alarmed: dict[str, tuple[int, bytes]] = {}
         self._sub = _Subscriber(f"witness-{region}", self._receive)
+        self._queues: dict[str, asyncio.Queue[bytes]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._loaded = False
 
     def latest(self, region: str) -> Checkpoint | None:
@@ -411,8 +415,15 @@ class Witness:
         )
 
     async def stop(self) -> None:
-        """Unsubscribe and wait for the checkpoint being handled; idempotent."""
+        """Unsubscribe and stop the per-region workers; idempotent."""
         await self._sub.stop()
+        workers, self._workers = list(self._workers.values()), {}
+        for task in workers:
+            task.cancel()
+        for task in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._queues.clear()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -428,7 +439,29 @@ class Witness:
         if origin_region == self.region or self.registry.region(origin_region) is None:
             log.warning("witness.checkpoint_dropped", origin_region=origin_region[:16], reason="not a peer")
             return
-        await self.witness(origin_region, msg.data)
+        # One queue and one worker per origin region: a region that floods checkpoints, or never
+        # answers proof requests, delays only its own witnessing. A full queue drops its oldest
+        # note (a later one is checked against the held checkpoint all the same).
+        queue = self._queues.setdefault(origin_region, asyncio.Queue(maxsize=_QUEUE_PER_REGION))
+        if queue.full():
+            queue.get_nowait()
+            log.warning("witness.checkpoint_dropped", origin_region=origin_region, reason="queue full")
+        queue.put_nowait(msg.data)
+        worker = self._workers.get(origin_region)
+        if worker is None or worker.done():
+            self._workers[origin_region] = asyncio.create_task(
+                self._work(origin_region, queue), name=f"witness-{self.region}-{origin_region}"
+            )
+
+    async def _work(self, origin_region: str, queue: asyncio.Queue[bytes]) -> None:
+        while not queue.empty():
+            note = queue.get_nowait()
+            try:
+                await self.witness(origin_region, note)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("witness.handler_failed", region=origin_region, error=type(exc).__name__)
 
     async def witness(self, origin_region: str, note: bytes) -> None:
         """Check one checkpoint note of ``origin_region`` (what a NATS message delivers)."""

@@ -26,7 +26,7 @@ from ledger import EntryDraft, Event, SQLiteLedger
 from ledger.checkpoint import Checkpoint, CheckpointRefused, origin_of, sign_checkpoint
 from ledger.merkle import root_from_leaves
 from ledger.tree import leaf_hash_of
-from tests.conftest import SZ, WX
+from tests.conftest import QD, SZ, WX
 from tests.helpers import eventually
 from tests.ledger.helpers import raw_db
 from tongban import subjects
@@ -304,6 +304,51 @@ async def test_witness_refuses_forgeries_and_alarms_on_rollback_and_fork(
             await eventually(lambda: witness.proof_failures == 1, what="proof unavailable")
             assert witness.alarms == 2
             assert held_size(witness) == 6
+        finally:
+            await publisher.stop()
+            await witness.stop()
+
+
+async def test_a_region_that_stalls_its_proofs_delays_only_its_own_witnessing(
+    topology: Topology, state: DevState, tmp_path: Path
+) -> None:
+    """Qingdao floods Wuxi with growing checkpoints and never answers a proof request (each costs a
+    1 s timeout, 16 queued): Shenzhen's checkpoints are witnessed meanwhile, by their own worker."""
+    async with (
+        region(topology, state, SZ) as sz,
+        region(topology, state, WX) as wx,
+        region(topology, state, QD) as qd,
+    ):
+        witness = Witness(
+            WX, wx.nc, wx.ledger, wx.registry, state_path=tmp_path / "w.json", request_timeout_s=1.0
+        )
+        publisher = CheckpointPublisher(
+            SZ, sz.nc, sz.ledger, sz.registry, sz.secrets, state_path=tmp_path / "sz.json", interval_s=3600
+        )
+
+        async def never_answer(msg: Any) -> None:
+            return None
+
+        await qd.nc.subscribe(subjects.ledger_proof_subject(QD), cb=never_answer)
+        await qd.nc.flush()
+        try:
+            await witness.start()
+            await witness_visible_from(wx.nc, sz)
+            await witness_visible_from(wx.nc, qd)
+            origin, key = origin_of(QD), qd.secrets.signing
+            await qd.nc.publish(
+                subjects.checkpoint_subject(WX, QD),
+                sign_checkpoint(Checkpoint(origin, 1, hashlib.sha256(b"q1").digest(), 1), key, origin),
+            )
+            for size in range(2, 20):
+                cp = Checkpoint(origin, size, hashlib.sha256(f"q{size}".encode()).digest(), size)
+                await qd.nc.publish(subjects.checkpoint_subject(WX, QD), sign_checkpoint(cp, key, origin))
+            await qd.nc.flush()
+            await eventually(lambda: witness.proof_failures >= 1, what="Qingdao's proofs time out")
+            await sz.ledger.append(*(draft(i) for i in range(5)))
+            await publisher.start()  # publishes Shenzhen@5 now
+            await eventually(lambda: held_size(witness) == 5, timeout=5, what="Shenzhen witnessed meanwhile")
+            assert witness.proof_failures < 18  # Qingdao's queue is still being worked through
         finally:
             await publisher.stop()
             await witness.stop()
