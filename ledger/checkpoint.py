@@ -522,7 +522,7 @@ class CheckpointSigner:
                 and self.tree.tree.root(size) == last.checkpoint.root
             ):
                 return last
-            return self._sign_locked()
+            return await self._sign()
 
     async def sign_now(self) -> SignedCheckpoint:
         """Sign a fresh checkpoint of the ledger as it is now (a new timestamp even if it did not grow).
@@ -533,7 +533,7 @@ class CheckpointSigner:
         await self.open()
         async with self._lock:
             await self.tree.sync(self.store)
-            return self._sign_locked()
+            return await self._sign()
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """The consistency proof between two sizes of this ledger (what a witness asks for).
@@ -553,6 +553,22 @@ class CheckpointSigner:
     async def _sync(self) -> int:
         await self.tree.sync(self.store)
         return self.tree.tree.size
+
+    async def _sign(self) -> SignedCheckpoint:
+        """Sign under the lock that every signer of this log shares: the store's own (PostgreSQL:
+        all replicas of the region, on any host), else the state file's (processes of one host)."""
+        shared = getattr(self.store, "checkpoint_state", None)
+        if shared is None:
+            return self._sign_locked()
+        async with shared() as (note, save):
+            if note is not None:
+                stored = read_note(note)
+                if stored.checkpoint.origin != self.origin:
+                    raise LedgerError(f"the store's last checkpoint belongs to {stored.checkpoint.origin!r}")
+                self._last = stored
+            signed = self._sign_with_lock_held()
+            await save(signed.note)
+            return signed
 
     def _sign_locked(self) -> SignedCheckpoint:
         # Other processes of the region (another gateway on this host, `tongban ledger export`)

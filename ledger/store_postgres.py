@@ -23,7 +23,7 @@ import dataclasses
 import enum
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import urlsplit
@@ -127,6 +127,8 @@ class _Sql:
                 )""",
                 f"CREATE INDEX IF NOT EXISTS entries_message_id ON {entries} (region, message_id, idx)",
                 f"CREATE INDEX IF NOT EXISTS entries_trace_id ON {entries} (region, trace_id, idx)",
+                # The region's last signed checkpoint, shared by every replica that signs them.
+                f"CREATE TABLE IF NOT EXISTS {s}.checkpoints (region text PRIMARY KEY, note bytea NOT NULL)",
             ),
             insert=f"INSERT INTO {entries} ({_COLUMN_LIST}) SELECT * FROM unnest({unnest})",
             select=select,
@@ -427,6 +429,34 @@ class PostgresLedger:
     async def by_trace_id(self, trace_id: str) -> list[Entry]:
         """Every entry of one trace, in index order."""
         return await self._read(f"{self._sql.select} AND trace_id = $2 ORDER BY idx", trace_id)
+
+    @contextlib.asynccontextmanager
+    async def checkpoint_state(
+        self,
+    ) -> AsyncIterator[tuple[bytes | None, Callable[[bytes], Awaitable[None]]]]:
+        """The region's last signed checkpoint note and a way to replace it, both under a lock of the
+        region held until the block ends: every replica of the region that signs checkpoints checks
+        the last one anyone signed, so none signs one inconsistent with another's.
+
+        Yields:
+            (the last note or None, ``save(note)``), inside one transaction committed at the end.
+        """
+        res = self._require_open()
+        table = f'"{self._schema}".checkpoints'
+        async with res.pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            async with asyncio.timeout(self._timeout):
+                await conn.execute(_LOCK, f"{self._lock_key}:checkpoint")
+            row = await conn.fetchrow(f"SELECT note FROM {table} WHERE region = $1", self._region)
+
+            async def save(note: bytes) -> None:
+                await conn.execute(
+                    f"INSERT INTO {table} (region, note) VALUES ($1, $2) "
+                    "ON CONFLICT (region) DO UPDATE SET note = excluded.note",
+                    self._region,
+                    note,
+                )
+
+            yield (None if row is None else bytes(row[0])), save
 
     def _require_open(self) -> _Resources:
         if self._state is not _State.OPEN or self._res is None:

@@ -102,3 +102,38 @@ async def test_many_concurrent_callers_one_process(pg_schema: tuple[asyncpg.Conn
         assert sorted(entries[0].index for entries in appended) == list(range(300))
         assert all(0 <= size <= 300 for size in sizes)
         assert ledger.commits < 30
+
+
+async def test_replicas_on_other_hosts_never_sign_inconsistent_checkpoints(
+    pg_schema: tuple[asyncpg.Connection, str], tmp_path: Path
+) -> None:
+    """Two gateway replicas of one region on different hosts (each its own state file) sign
+    checkpoints of one PostgreSQL log: the last one either signed is kept in the database under the
+    region's lock, so after the table is edited the replica with the honest tree in memory refuses
+    to sign beside the other's checkpoint of the edited one."""
+    from ledger.checkpoint import CheckpointRefused, CheckpointSigner
+    from tongban.keys import SigningKey
+
+    conn, schema = pg_schema
+    key = SigningKey.generate(REGION)
+    store = PostgresLedger(PG_DSN, REGION, schema=schema)
+    await store.open()
+    try:
+        await store.append(*(make_draft(i) for i in range(4)))
+        a = CheckpointSigner(store, key=key, state_path=tmp_path / "host-a" / "ckpt.json")
+        assert (await a.sign_now()).checkpoint.size == 4
+        await store.append(*(make_draft(i) for i in range(4, 8)))
+        await a.tree.sync(store)  # replica A holds the honest 8 leaves
+        await conn.execute(f'DROP TRIGGER entries_no_update_delete ON "{schema}".entries')
+        await conn.execute(f"UPDATE \"{schema}\".entries SET detail = 'edited' WHERE idx = 6")
+        b = CheckpointSigner(store, key=key, state_path=tmp_path / "host-b" / "ckpt.json")
+        edited = await b.sign_now()  # consistent with 4, which B reads from the database
+        assert edited.checkpoint.size == 8
+        await store.append(make_draft(8))
+        with pytest.raises(CheckpointRefused) as caught:
+            await a.sign_now()
+        assert (caught.value.last_size, caught.value.size) == (8, 9)
+        row = await conn.fetchval(f'SELECT note FROM "{schema}".checkpoints WHERE region = $1', REGION)
+        assert bytes(row) == edited.note
+    finally:
+        await store.close()
