@@ -22,7 +22,6 @@ from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
-_SCAN_CHUNK = 5000
 
 LatestCheckpoint = Callable[[], "tuple[bytes, int, bytes] | None"]
 """Returns (signed note, tree size, root hash) of the latest checkpoint, or None before the first."""
@@ -79,7 +78,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             stop = min(r.stop or size, size, r.start + limit + 1)
             found = await self.store.entries(min(r.start, size), stop)
         elif which == "time_range":
-            found = await self._by_time(request.time_range, size, limit + 1)
+            found = await self._by_time(request.time_range, limit + 1)
         else:
             raise InvalidRequest(
                 "no selector",
@@ -89,19 +88,10 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             entries=[entry_message(e) for e in found[:limit]], tree_size=size, truncated=len(found) > limit
         )
 
-    async def _by_time(self, r: ledger_pb2.TimeRange, size: int, want: int) -> list[Entry]:
-        """Entries whose time is in [start, end): a scan in index order (times follow commit order
-        closely but not strictly, so no binary search)."""
+    async def _by_time(self, r: ledger_pb2.TimeRange, want: int) -> list[Entry]:
         start = r.start.ToNanoseconds() if r.HasField("start") else 0
-        end = r.end.ToNanoseconds() if r.HasField("end") else 1 << 63
-        out: list[Entry] = []
-        for lo in range(0, size, _SCAN_CHUNK):
-            for e in await self.store.entries(lo, min(lo + _SCAN_CHUNK, size)):
-                if start <= e.time_ns < end:
-                    out.append(e)
-                    if len(out) >= want:
-                        return out
-        return out
+        end = r.end.ToNanoseconds() if r.HasField("end") else (1 << 63) - 1
+        return await self.store.by_time(start, end, want)
 
     async def _sizes(self, requested: int, field: str) -> int:
         """The tree size to prove against: the requested one, or the latest checkpoint's."""

@@ -51,6 +51,7 @@ DDL: Final = (
     )""",
     "CREATE INDEX IF NOT EXISTS entries_message_id ON entries (message_id)",
     "CREATE INDEX IF NOT EXISTS entries_trace_id ON entries (trace_id)",
+    "CREATE INDEX IF NOT EXISTS entries_time ON entries (time_ns)",
     """CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries
        BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only: UPDATE refused'); END""",
     """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries

@@ -81,6 +81,11 @@ class LedgerStore(Protocol):
         """Every entry of one trace, in index order."""
         ...
 
+    async def by_time(self, start_ns: int, end_ns: int, limit: int) -> list[Entry]:
+        """At most ``limit`` entries with ``start_ns <= time_ns < end_ns``, in index order (indexed:
+        the cost follows the entries found, not the ledger's size)."""
+        ...
+
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(

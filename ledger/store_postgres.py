@@ -127,6 +127,7 @@ class _Sql:
                 )""",
                 f"CREATE INDEX IF NOT EXISTS entries_message_id ON {entries} (region, message_id, idx)",
                 f"CREATE INDEX IF NOT EXISTS entries_trace_id ON {entries} (region, trace_id, idx)",
+                f"CREATE INDEX IF NOT EXISTS entries_time ON {entries} (region, time_ns)",
                 # The region's last signed checkpoint, shared by every replica that signs them.
                 f"CREATE TABLE IF NOT EXISTS {s}.checkpoints (region text PRIMARY KEY, note bytea NOT NULL)",
             ),
@@ -429,6 +430,16 @@ class PostgresLedger:
     async def by_trace_id(self, trace_id: str) -> list[Entry]:
         """Every entry of one trace, in index order."""
         return await self._read(f"{self._sql.select} AND trace_id = $2 ORDER BY idx", trace_id)
+
+    async def by_time(self, start_ns: int, end_ns: int, limit: int) -> list[Entry]:
+        """At most ``limit`` entries with ``start_ns <= time_ns < end_ns``, in index order."""
+        found = await self._read(
+            f"{self._sql.select} AND time_ns >= $2 AND time_ns < $3 ORDER BY time_ns LIMIT $4",
+            start_ns,
+            end_ns,
+            limit,
+        )
+        return sorted(found, key=lambda e: e.index)
 
     @contextlib.asynccontextmanager
     async def checkpoint_state(

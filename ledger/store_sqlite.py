@@ -285,6 +285,14 @@ class SQLiteLedger:
         """Every entry of one trace, in index order."""
         return await self._read(f"{_sqlite.SELECT_ENTRIES} WHERE trace_id = ? ORDER BY idx", (trace_id,))
 
+    async def by_time(self, start_ns: int, end_ns: int, limit: int) -> list[Entry]:
+        """At most ``limit`` entries with ``start_ns <= time_ns < end_ns``, in index order."""
+        return await self._read(
+            f"SELECT * FROM ({_sqlite.SELECT_ENTRIES} WHERE time_ns >= ? AND time_ns < ? "
+            "ORDER BY time_ns LIMIT ?) ORDER BY idx",
+            (start_ns, end_ns, limit),
+        )
+
     def _require_open(self) -> _Resources:
         if self._state is not _State.OPEN or self._res is None:
             raise LedgerClosed(f"{self!r} is not open")

@@ -385,3 +385,12 @@ async def test_verify_store_on_empty_and_closed(backend: Backend) -> None:
     await ledger.close()
     with pytest.raises(LedgerClosed):
         await verify_store(ledger)
+
+
+async def test_entries_by_time_range(ledger: LedgerStore) -> None:
+    """Indexed time-range reads: bounds half-open, a limit, index order."""
+    await ledger.append(*(make_draft(i, time_ns=1_000 + 10 * i) for i in range(10)))
+    got = await ledger.by_time(1_020, 1_060, 100)
+    assert [e.index for e in got] == [2, 3, 4, 5]
+    assert [e.index for e in await ledger.by_time(1_020, 1_060, 2)] == [2, 3]
+    assert await ledger.by_time(5_000, 6_000, 10) == []
