@@ -22,7 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.errors import internal_status, to_status
 from gateway.ratelimit import PartnerLimiter
 from tongban.certs import partner_of
-from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError
+from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
 
 log = structlog.get_logger("tongban.gateway")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -86,7 +86,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         limiter: PartnerLimiter | None = None,
         dev_tokens: Sequence[str] = (),
         max_in_flight_per_connection: int = 0,
+        maintenance: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._maintenance = maintenance
         self._max_per_connection = max_in_flight_per_connection
         self._in_flight: dict[str, int] = {}
         self._dev_tokens = [
@@ -232,6 +234,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 if self._dev_mode:  # every answer of a dev gateway says so
                     await context.send_initial_metadata((("tongban-mode", "dev"),))
                 caller = self._caller(context, metadata)
+                if self._maintenance():
+                    raise Unavailable(
+                        "this gateway is in maintenance: retry, or use another replica", reason="MAINTENANCE"
+                    )
                 current_caller.set(caller)
                 self._enter(context.peer())
                 entered = True

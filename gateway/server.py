@@ -75,8 +75,16 @@ class Gateway:
         self.cases: CaseStore | None = None
         self.desk: CaseDesk | None = None
         self.port = 0
+        self.maintenance = False
+        """While the maintenance file exists: NOT_SERVING, new calls refused, in-flight ones finish."""
+        self._nats_up = False
+        self._maintenance_task: asyncio.Task[None] | None = None
 
-    async def _set_health(self, serving: bool) -> None:
+    async def _set_health(self, nats_up: bool | None = None) -> None:
+        """SERVING only while started, connected to NATS and not in maintenance."""
+        if nats_up is not None:
+            self._nats_up = nats_up
+        serving = self._nats_up and not self.maintenance and self.server is not None
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -112,6 +120,7 @@ class Gateway:
                     limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
                     dev_tokens=gw.dev_tokens,
                     max_in_flight_per_connection=gw.max_in_flight_per_connection,
+                    maintenance=lambda: self.maintenance,
                 )
             ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
@@ -159,6 +168,7 @@ class Gateway:
             raise
         self.server = server
         await self._set_health(nc.is_connected)
+        self._maintenance_task = asyncio.create_task(self._watch_maintenance(), name="gateway-maintenance")
         if gw.port_file:
             p = self.cfg.path(gw.port_file)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +182,18 @@ class Gateway:
             dev_mode=gw.dev_mode,
             mutual_tls=bool(gw.client_ca),
         )
+
+    async def _watch_maintenance(self) -> None:
+        """Follow the maintenance file (``tongban maintenance on|off``): a load balancer watching
+        health moves traffic away, and what is in flight finishes."""
+        path = self.cfg.path(self.cfg.gateway.maintenance_file)
+        while True:
+            on = path.exists()
+            if on != self.maintenance:
+                self.maintenance = on
+                log.warning("gateway.maintenance", region=self.cfg.region.code, on=on)
+                await self._set_health()
+            await asyncio.sleep(self.cfg.gateway.maintenance_poll_s)  # polling a file: no event to wait on
 
     def latest_checkpoint(self) -> tuple[bytes, int, bytes] | None:
         """(signed note, size, root) of the region's latest checkpoint, once one is signed."""
@@ -251,6 +273,11 @@ class Gateway:
         server, self.server = self.server, None
         if server is None:
             return
+        if self._maintenance_task is not None:
+            self._maintenance_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance_task
+            self._maintenance_task = None
         await self._set_health(False)
         if self.desk is not None:
             self.desk.begin_stop()

@@ -384,6 +384,22 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _cmd_maintenance(args: argparse.Namespace) -> int:
+    cfg = _tool_config(args)
+    path = cfg.path(cfg.gateway.maintenance_file)
+    if args.state == "on":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    elif args.state == "off":
+        path.unlink(missing_ok=True)
+    on = path.exists()
+    print(
+        f"gateway of {cfg.region.code}: maintenance {'ON' if on else 'off'} ({path}); "
+        f"the gateway follows within {cfg.gateway.maintenance_poll_s:g} s"
+    )
+    return 0
+
+
 def _whole_numbers(value: Any) -> Any:
     """protobuf Struct numbers are doubles: show 220.0 months as 220 again."""
     if isinstance(value, float) and value.is_integer():
@@ -524,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tongban import cli_trust, natsconfig
 
+    mt = sub.add_parser(
+        "maintenance", help="a gateway in or out of maintenance (NOT_SERVING, new calls refused)"
+    )
+    mt.add_argument("state", choices=("on", "off", "status"))
+    _node_flags(mt)
+    mt.set_defaults(func=_cmd_maintenance)
+
     cli_trust.add_parsers(sub, _node_flags)
     natsconfig.add_parser(sub)
 
@@ -545,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tongban ledger {args.ledger_command}: give --config or --region", file=sys.stderr)
         return 2
     if (
-        args.command in ("dlq", "keys")
+        args.command in ("dlq", "keys", "maintenance")
         or getattr(args, "case_command", "") == "report"
         or getattr(args, "registry_command", "") == "publish"
     ) and not (args.region or args.config):

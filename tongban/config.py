@@ -89,6 +89,10 @@ class GatewayConfig:
     dev_tokens: list[str] = field(default_factory=list)
     """Dev mode only: ``"<system-id>:<token>"`` entries; when set, callers must send
     ``authorization: Bearer <token>`` and are served as that system. Refused outside dev mode."""
+    maintenance_file: str = "maintenance"
+    """While this file exists the gateway is in maintenance (``tongban maintenance on|off``)."""
+    maintenance_poll_s: float = 1.0
+    """How often the gateway looks for the maintenance file."""
     max_in_flight_per_connection: int = 100
     """In-flight RPCs one client connection may have; beyond it RESOURCE_EXHAUSTED
     ``TOO_MANY_IN_FLIGHT`` with RetryInfo (open watches count too)."""
