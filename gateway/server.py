@@ -200,13 +200,17 @@ class Gateway:
         last = self.publisher.signer.last if self.publisher is not None else None
         return None if last is None else (last.note, last.checkpoint.size, last.checkpoint.root)
 
-    async def _stop_ledger_parts(self) -> None:
+    async def _stop_background(self) -> None:
+        """The NATS-side parts started with the connection: witness, checkpoints, registry watch."""
         if self.witness is not None:
             await self.witness.stop()
             self.witness = None
         if self.publisher is not None:
             await self.publisher.stop()
             self.publisher = None
+        if self.trust is not None:
+            await self.trust.stop()
+            self.trust = None
 
     async def _connect_and_watch(self) -> NATS:
         if self.nc is None:
@@ -251,10 +255,7 @@ class Gateway:
     async def _release(self) -> None:
         """Undo a start that failed half-way."""
         await self._close_desk()
-        await self._stop_ledger_parts()
-        if self.trust is not None:
-            await self.trust.stop()
-            self.trust = None
+        await self._stop_background()
         if self._owns_nc and self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
@@ -283,10 +284,7 @@ class Gateway:
             self.desk.begin_stop()
         await server.stop(self.cfg.gateway.grace_s)
         await self._close_desk()
-        await self._stop_ledger_parts()
-        if self.trust is not None:
-            await self.trust.stop()
-            self.trust = None
+        await self._stop_background()
         if self._owns_nc and self.nc is not None:
             try:
                 await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)

@@ -49,12 +49,14 @@ class RegionSecrets:
         region: str = "",
         key_files: tuple[Path, Path] | None = None,
         activation_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not signing or not sealing:
             raise ConfigError("a region needs a signing key and a sealing key")
         self.correlator = correlator
         self.region = region
         self.activation_delay_s = activation_delay_s
+        self._clock = clock
         self._key_files = key_files
         self._signing = {k.key_id: k for k in signing}
         self._sealing = {k.key_id: k for k in sealing}
@@ -68,7 +70,7 @@ class RegionSecrets:
     def signing(self) -> SigningKey:
         """The key to sign with now."""
         reg = self._registry
-        if reg is not None and (reg.version != self._selected_version or time.time() >= self._reselect_at):
+        if reg is not None and (reg.version != self._selected_version or self._clock() >= self._reselect_at):
             self._select(reg)
         return self._signer
 
@@ -117,7 +119,7 @@ class RegionSecrets:
             self._sealing.setdefault(kk.key_id, kk)
 
     def _select(self, registry: Registry) -> None:
-        now = time.time()
+        now = self._clock()
         valid = []
         for info in registry.keys_of(self.region, registry_pb2.KEY_USE_SIGNING):
             if info.key_id not in self._signing:

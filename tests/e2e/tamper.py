@@ -72,15 +72,29 @@ def craft(
     return built
 
 
-async def send(stack: Stack, data: bytes, service: str = "SBJFJLCX0001") -> exchange_pb2.Problem:
-    """Send to Wuxi's RPC subject, verify the signed answer is Wuxi's rejection, return its Problem."""
+async def ask_wuxi(stack: Stack, data: bytes, service: str = "SBJFJLCX0001") -> bytes:
+    """Send an envelope from Shenzhen's leaf to Wuxi's RPC subject; the raw answer."""
     nc = await stack.nats(SZ)
     try:
         msg = await nc.request(subjects.rpc_subject(WX, service), data, timeout=5)
     finally:
         await nc.close()
+    return bytes(msg.data)
+
+
+async def send_ok(stack: Stack, data: bytes) -> bytes:
+    """Send to Wuxi's RPC subject; the answer must be a response (served)."""
+    answer = await ask_wuxi(stack, data)
+    _, header = envelope.parse(answer)
+    assert header.kind == envelope_pb2.MESSAGE_KIND_RESPONSE
+    return answer
+
+
+async def send(stack: Stack, data: bytes, service: str = "SBJFJLCX0001") -> exchange_pb2.Problem:
+    """Send to Wuxi's RPC subject, verify the signed answer is Wuxi's rejection, return its Problem."""
+    answer = await ask_wuxi(stack, data, service)
     cfg = Config.load(stack.state.config_path(SZ))
-    reply = envelope.verify(msg.data, load_registry(cfg), now_s=time.time())
+    reply = envelope.verify(answer, load_registry(cfg), now_s=time.time())
     assert reply.header.from_region == WX
     assert reply.header.kind == envelope_pb2.MESSAGE_KIND_REJECTION
     assert reply.header.request_digest == envelope.digest(data)

@@ -93,17 +93,6 @@ async def test_altered_in_transit_is_refused_with_a_clear_error(
     assert stack.nodes[WX].backend_calls() == 0
 
 
-async def send_ok(stack: Stack, data: bytes) -> bytes:
-    nc = await stack.nats(SZ)
-    try:
-        msg = await nc.request(subjects.rpc_subject(WX, "SBJFJLCX0001"), data, timeout=5)
-    finally:
-        await nc.close()
-    _, header = envelope.parse(msg.data)
-    assert header.kind == envelope_pb2.MESSAGE_KIND_RESPONSE
-    return msg.data
-
-
 async def test_replayed_answer_is_refused_by_the_gateway(
     stack: Stack, relay: Callable[[Relay], Awaitable[None]]
 ) -> None:

@@ -35,8 +35,7 @@ from ledger import Entry, Event
 from tests.conftest import QD, REGIONS, SZ, WX, Stack, resigned_registry, start_stack, stop_stack
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
-from tests.e2e.tamper import body_flip, craft, header_flip, send, sig_flip
-from tests.e2e.test_in_transit import send_ok
+from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
 from tests.helpers import eventually
 from tongban import envelope, messages, subjects
 from tongban.config import Config

@@ -25,10 +25,9 @@ from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.e2e.tamper import craft, send
-from tests.e2e.test_in_transit import send_ok
+from tests.e2e.tamper import ask_wuxi, craft, send, send_ok
 from tests.helpers import eventually
-from tongban import envelope, subjects, trust
+from tongban import envelope, trust
 from tongban.config import Config
 from tongban.devstate import DevState
 from tongban.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
@@ -235,13 +234,7 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
         revoked_at = await publish_everywhere(stack, revoked)
 
         async def old_key_refused() -> bool:
-            data = craft(stack, signer=old_key).data
-            nc = await stack.nats(SZ)
-            try:
-                msg = await nc.request(subjects.rpc_subject(WX, "SBJFJLCX0001"), data, timeout=5)
-            finally:
-                await nc.close()
-            _, header = envelope.parse(msg.data)
+            _, header = envelope.parse(await ask_wuxi(stack, craft(stack, signer=old_key).data))
             return header.kind == envelope_pb2.MESSAGE_KIND_REJECTION
 
         await eventually(old_key_refused, what="old key refused")
