@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -184,7 +184,7 @@ class Connector:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _reply_allowed(self, msg: Msg) -> bool:
+    def _reply_allowed(self, msg: Msg, header: envelope_pb2.Header | None) -> bool:
         """Answers go only to a registered region's inbox — the inbox of the region the request
         claims to come from, when its header parses: a peer cannot make this connector publish into
         a third region's subjects (the hub lets every region publish to the others' inbound
@@ -192,19 +192,19 @@ class Connector:
         sender = subjects.inbox_region(msg.reply or "")
         if sender is None or self.registry.region(sender) is None:
             return False
-        header = envelope.header_or_none(msg.data)
         return header is None or header.from_region == sender
 
     async def _run(self, msg: Msg) -> None:
         try:
-            if not self._reply_allowed(msg):
+            header = envelope.header_or_none(msg.data)  # once: for the reply check and the labels
+            if not self._reply_allowed(msg, header):
                 log.warning(
                     "request.reply_subject_refused",
                     region=self.region,
                     reply_region=subjects.inbox_region(msg.reply or ""),
                 )
                 return
-            reply = await self.handle(msg.subject, msg.data)
+            reply = await self.handle(msg.subject, msg.data, header=header)
             await msg.respond(reply)
         except Exception as exc:
             # Only the type: an exception's text may quote request data.
@@ -274,12 +274,15 @@ class Connector:
         if self.state is not None and len(seen) > _SEEN_IN_MEMORY:
             seen.popitem(last=False)  # the store still remembers it
 
-    async def handle(self, subject: str, data: bytes) -> bytes:
-        """Answer one request envelope; returns the reply envelope (response or rejection)."""
+    async def handle(
+        self, subject: str, data: bytes, *, header: envelope_pb2.Header | Literal[False] | None = False
+    ) -> bytes:
+        """Answer one request envelope; returns the reply envelope (response or rejection).
+        ``header``: the unverified header if the caller parsed it already (for labels only)."""
         received_ns = time.time_ns()
         now = received_ns / 1e9
-        header: envelope_pb2.Header | None = None
-        header = envelope.header_or_none(data)
+        if header is False:
+            header = envelope.header_or_none(data)
         with self.receive_scope(header, subjects.rpc_wildcard(self.region)) as span:
             try:
                 return await self._process(subject, data, now, received_ns)
