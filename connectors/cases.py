@@ -31,6 +31,7 @@ from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from connectors.adapters import AdapterFailure, CaseAdapter, StatusUpdate, adapter_request, submit_via_call
 from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
@@ -153,7 +154,11 @@ class CaseWorker:
     async def _handle(self, msg: Msg) -> None:
         now = time.time()
         header = envelope.header_or_none(msg.data)
-        with self.connector.receive_scope(header, subjects.request_wildcard(self.region)):
+        with self.connector.receive_scope(
+            header,
+            subjects.request_wildcard(self.region),
+            (msg.headers or {}).get(subjects.Header.TRACEPARENT, ""),
+        ):
             # Until the ack (or nak, or term): a slow back end, state store or ledger must not let
             # the ack wait run out, or the request would be redelivered to a replica while in hand.
             heartbeat = asyncio.create_task(self._keep_alive(msg))
@@ -220,7 +225,7 @@ class CaseWorker:
         areq = adapter_request(h, request)
         try:
             with self.tracer.start_as_current_span(
-                "connector.adapter", attributes={"tongban.service_code": h.service_code}
+                "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": h.service_code}
             ):
                 remaining = messages.seconds(h.deadline) - time.time()
                 async with asyncio.timeout(max(remaining, 0.001)):

@@ -223,10 +223,20 @@ class Connector:
         return mid, svc, peer
 
     @contextlib.contextmanager
-    def receive_scope(self, header: envelope_pb2.Header | None, destination: str) -> Iterator[Span]:
+    def receive_scope(
+        self, header: envelope_pb2.Header | None, destination: str, transport_traceparent: str = ""
+    ) -> Iterator[Span]:
         """Log context and CONSUMER span of one received request, continuing the sender's trace;
-        labels only from well-formed values of the (not yet verified) header."""
-        parent = telemetry.context_from_traceparent(header.traceparent if header else "")
+        labels only from well-formed values of the (not yet verified) header.
+
+        The trace is the one the signed header names. A NATS ``traceparent`` header (set by a
+        forwarder on the way) only refines the parent span, and only within that same trace: an
+        unsigned header can never move a request into another trace.
+        """
+        signed = header.traceparent if header else ""
+        trace_id = telemetry.trace_id_of(signed)
+        refines = bool(trace_id) and telemetry.trace_id_of(transport_traceparent) == trace_id
+        parent = telemetry.context_from_traceparent(transport_traceparent if refines else signed)
         mid, svc, peer = self._labels(header)
         with (
             structlog.contextvars.bound_contextvars(
@@ -407,7 +417,7 @@ class Connector:
         body = exchange_pb2.ResponseBody()
         outcome = "OK"
         with self.tracer.start_as_current_span(
-            "connector.adapter", attributes={"tongban.service_code": svc}
+            "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
         ) as sp:
             try:
                 # Keep a little of the deadline for sealing, the ledger and the reply.

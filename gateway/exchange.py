@@ -233,21 +233,16 @@ class ExchangeCore:
             )
             raise Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
 
-        with self.tracer.start_as_current_span("gateway.seal_sign"):
-            built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
-        await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
-
         subject = subjects.rpc_subject(to, svc)
+        # The PRODUCER span is the one the envelope names as its parent (the traceparent is taken
+        # while the header is built inside it), so the provider's CONSUMER span hangs below it.
         with self.tracer.start_as_current_span(
             f"send {subjects.rpc_wildcard(to)}",
             kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": subject,
-                "tongban.message_id": message_id,
-            },
+            attributes=telemetry.send_attributes(subject, message_id, to, svc),
         ):
+            built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
+            await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
             try:
                 reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
             except TongbanError:
@@ -255,14 +250,16 @@ class ExchangeCore:
             except Exception as exc:
                 await self._record_internal(message_id, to, svc, trace_id, exc)
                 raise
-        with self.tracer.start_as_current_span("gateway.verify_reply"):
-            try:
-                return await self._accept_reply(reply, built, to, svc, trace_id)
-            except TongbanError:
-                raise
-            except Exception as exc:
-                await self._record_internal(message_id, to, svc, trace_id, exc)
-                raise
+        try:
+            with self.tracer.start_as_current_span("gateway.verify_reply"):
+                verified, problem, receipt = await self._verify_reply(reply, built, to, svc, trace_id)
+            with self.tracer.start_as_current_span("gateway.respond"):
+                return await self._respond(verified, problem, receipt, built, to, svc, trace_id)
+        except TongbanError:
+            raise
+        except Exception as exc:
+            await self._record_internal(message_id, to, svc, trace_id, exc)
+            raise
 
     async def _record_internal(
         self, message_id: str, to: str, svc: str, trace_id: str, exc: Exception
@@ -322,10 +319,14 @@ class ExchangeCore:
             )
             raise Unavailable("the region's NATS connection is down", reason="NATS_UNAVAILABLE") from exc
 
-    async def _accept_reply(
+    async def _verify_reply(
         self, data: bytes, sent: messages.Built, to: str, svc: str, trace_id: str
-    ) -> exchange_pb2.QueryResponse:
+    ) -> tuple[envelope.Verified, exchange_pb2.Problem | None, envelope_pb2.Receipt | None]:
+        """Signature, addressing and receipt of the answer (a response or a signed refusal); an
+        answer that fails is recorded, then raised."""
         message_id = sent.header.message_id
+        problem: exchange_pb2.Problem | None = None
+        receipt: envelope_pb2.Receipt | None = None
         try:
             verified = envelope.verify(data, self.registry, now_s=time.time())
             h = verified.header
@@ -344,7 +345,6 @@ class ExchangeCore:
                 receipt = self.check_receipt(h, sender=to, message_id=message_id, digest=sent.digest)
             else:
                 # A connector of an older release (a rolling upgrade): served, without a receipt.
-                receipt = None
                 log.warning("reply.receipt_missing", peer_region=to)
         except (EnvelopeRejected, ReplyInvalid) as exc:
             await self.ledger.append(
@@ -360,8 +360,21 @@ class ExchangeCore:
             )
             log.error("reply.invalid", reason=exc.reason)
             raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
+        return verified, problem, receipt
 
-        if h.kind == envelope_pb2.MESSAGE_KIND_REJECTION:
+    async def _respond(
+        self,
+        verified: envelope.Verified,
+        problem: exchange_pb2.Problem | None,
+        receipt: envelope_pb2.Receipt | None,
+        sent: messages.Built,
+        to: str,
+        svc: str,
+        trace_id: str,
+    ) -> exchange_pb2.QueryResponse:
+        """Record the verified answer and turn it into the caller's response (or error)."""
+        message_id, h = sent.header.message_id, verified.header
+        if problem is not None:
             # A signed refusal from the region we asked, for our message id. If it names another
             # request digest, what arrived there was not what we sent: the request was altered on
             # the way. A refusal can only make us fail, so it is reported, with that fact.

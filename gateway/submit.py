@@ -31,6 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from gateway.cases import CaseRow, CaseStore, IdempotencyConflict
 from gateway.exchange import ExchangeCore
@@ -253,10 +254,34 @@ class CaseDesk:
         now = time.time()
         deadline = now + ttl
         case_no = new_case_no(self.region)
-        with self.tracer.start_as_current_span("gateway.seal_sign"):
-            built = self.core.seal_request(
-                req, caller, message_id=message_id, deadline=deadline, case_no=case_no
-            )
+        with self.tracer.start_as_current_span(
+            f"publish {subjects.outbound_wildcard(self.region)}",
+            kind=SpanKind.PRODUCER,
+            attributes=telemetry.send_attributes(
+                subjects.outbound_subject(self.region, subjects.OutKind.REQUEST, to, svc, message_id),
+                message_id,
+                to,
+                svc,
+                operation="publish",
+            ),
+        ):
+            return await self._accept(req, caller, message_id, fingerprint, trace_id, deadline, case_no, now)
+
+    async def _accept(
+        self,
+        req: exchange_pb2.ServiceRequest,
+        caller: Caller,
+        message_id: str,
+        fingerprint: str,
+        trace_id: str,
+        deadline: float,
+        case_no: str,
+        now: float,
+    ) -> exchange_pb2.SubmitResponse:
+        """Seal, keep in the outbox, record, publish to the outbound stream (inside the PRODUCER
+        span the envelope and the stream message name as their parent)."""
+        svc, to = req.service_code, req.target_region
+        built = self.core.seal_request(req, caller, message_id=message_id, deadline=deadline, case_no=case_no)
         row = CaseRow(
             case_no=case_no,
             message_id=message_id,
@@ -270,6 +295,7 @@ class CaseDesk:
             envelope=built.data,
             out_subject=subjects.outbound_subject(self.region, subjects.OutKind.REQUEST, to, svc, message_id),
             deadline_ms=int(deadline * 1000),
+            # The stream message names the PRODUCER span too: the forwarder's span hangs below it.
             traceparent=telemetry.current_traceparent(),
             accepted_ns=int(now * 1e9),
         )

@@ -25,11 +25,14 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
-from tongban import subjects
+from tongban import subjects, telemetry
 from tongban.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.forwarder")
+_tracer = trace.get_tracer("tongban.forwarder")
 
 OnForwarded = Callable[[str, str, Msg], Awaitable[None]]
 """(message id, destination region, the outbound message)."""
@@ -43,6 +46,14 @@ _TRANSIENT = (
     nats.errors.ConnectionClosedError,
     nats.js.errors.ServiceUnavailableError,
 )
+
+
+def _delivered(msg: Msg) -> int:
+    """How many times JetStream has delivered ``msg`` (1 on the first delivery)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
 
 
 class Forwarder:
@@ -132,20 +143,33 @@ class Forwarder:
                 await sub.unsubscribe()
 
     def _retry_delay(self, msg: Msg) -> float:
-        try:
-            attempt = msg.metadata.num_delivered
-        except Exception:
-            attempt = 1
-        return min(0.1 * 2 ** min(attempt, 10), self.retry_max_s)
+        return min(0.1 * 2 ** min(_delivered(msg), 10), self.retry_max_s)
 
     async def _forward(self, msg: Msg) -> None:
         try:
-            _, dest, to, mid = subjects.destination_of(msg.subject)
+            kind, dest, to, mid = subjects.destination_of(msg.subject)
         except ValueError:
             log.error("forwarder.bad_subject")
             await msg.term()
             return
         headers = dict(msg.headers or {})
+        # One hop of the trace the message belongs to (named by the traceparent the gateway or
+        # connector put on it); the destination's consumer continues below this span.
+        wildcard = (
+            subjects.request_wildcard(to) if kind is subjects.OutKind.REQUEST else subjects.event_wildcard(to)
+        )
+        with _tracer.start_as_current_span(
+            f"forward {wildcard}",
+            context=telemetry.context_from_traceparent(headers.get(subjects.Header.TRACEPARENT, "")),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **telemetry.send_attributes(dest, mid, to, dest.split(".")[-1], operation="forward"),
+                "messaging.message.delivery_count": _delivered(msg),
+            },
+        ):
+            await self._send_on(msg, headers, dest, to, mid)
+
+    async def _send_on(self, msg: Msg, headers: dict[str, str], dest: str, to: str, mid: str) -> None:
         try:
             deadline_ms = int(headers.get(subjects.Header.DEADLINE_MS, "0"))
         except ValueError:
@@ -160,9 +184,10 @@ class Forwarder:
             subjects.Header.MESSAGE_ID: mid,
             subjects.Header.FROM_REGION: self.region,
         }
-        for name in (subjects.Header.TRACEPARENT, subjects.Header.DEADLINE_MS):
-            if name in headers:
-                out_headers[name] = headers[name]
+        if subjects.Header.DEADLINE_MS in headers:
+            out_headers[subjects.Header.DEADLINE_MS] = headers[subjects.Header.DEADLINE_MS]
+        if traceparent := telemetry.current_traceparent() or headers.get(subjects.Header.TRACEPARENT, ""):
+            out_headers[subjects.Header.TRACEPARENT] = traceparent
         try:
             assert self._js is not None
             await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from tongban import envelope
 from tongban.keys import SealingKey, SigningKey
@@ -15,6 +16,8 @@ REQUEST_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.RequestBody"
 RESPONSE_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.ResponseBody"
 PROBLEM_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.Problem"
 EVENT_CONTENT_TYPE = "application/x-protobuf;type=tongban.v1.CaseEventBody"
+
+_tracer = trace.get_tracer("tongban.envelope")
 
 
 def timestamp(at_s: float) -> Timestamp:
@@ -45,12 +48,18 @@ def build_sealed(
     recipient: object,
     signer: SigningKey,
 ) -> Built:
-    """Fill the suite and recipient, seal ``plaintext`` with the header as HPKE info, sign."""
+    """Fill the suite and recipient, seal ``plaintext`` with the header as HPKE info, sign.
+
+    Sealing and signing are spans of their own (``envelope.seal``, ``envelope.sign``): the two hops
+    a trace shows for every envelope built, on either side.
+    """
     header.suite = envelope.SUITE
     header.recipient_key_id = recipient_key_id
     header_bytes = header.SerializeToString(deterministic=True)
-    body = envelope.seal(plaintext, recipient, header_bytes)  # type: ignore[arg-type]
-    data = envelope.sign(header_bytes, body, signer)
+    with _tracer.start_as_current_span("envelope.seal"):
+        body = envelope.seal(plaintext, recipient, header_bytes)  # type: ignore[arg-type]
+    with _tracer.start_as_current_span("envelope.sign"):
+        data = envelope.sign(header_bytes, body, signer)
     return Built(data, envelope.digest(data), header)
 
 

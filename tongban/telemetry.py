@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -75,7 +76,9 @@ def configure_tracing(
     # Without an exporter nothing would read recorded spans: sample nothing (spans still carry trace
     # ids, so logs, ledgers and traceparent headers keep their correlation) and save the CPU.
     sampler = ParentBased(ALWAYS_ON) if (otlp_endpoint or processors) else ALWAYS_OFF
-    resource = Resource.create({"service.name": service_name, "tongban.region": region})
+    resource = Resource.create(
+        {"service.name": service_name, "tongban.region": region, "process.pid": os.getpid()}
+    )
     provider = TracerProvider(resource=resource, sampler=sampler)
     for p in processors or []:
         provider.add_span_processor(p)
@@ -113,3 +116,20 @@ def trace_id_of(traceparent: str) -> str:
 def current_trace_id() -> str:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def send_attributes(
+    subject: str, message_id: str, to_region: str, service_code: str, *, operation: str = "send"
+) -> dict[str, str]:
+    """Messaging semantic-convention attributes of a PRODUCER span (NATS as the system), plus
+    tongban's own: ids and codes only, never personal data."""
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": operation,
+        "messaging.destination.name": subject,
+        "messaging.message.id": message_id,
+        "tongban.message_id": message_id,
+        "tongban.peer_region": to_region,
+        "tongban.service_code": service_code,
+    }

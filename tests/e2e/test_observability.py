@@ -10,7 +10,7 @@ import pytest
 import structlog
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from structlog.testing import capture_logs
@@ -36,23 +36,41 @@ def spans(tracer_provider: TracerProvider) -> Iterator[InMemorySpanExporter]:
 
 async def test_one_trace_spans_both_regions(stack: Stack, spans: InMemorySpanExporter) -> None:
     resp = await stack.stub(SZ).Query(pension(), timeout=10)
-    by_name = {
-        s.name: s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == resp.trace_id
-    }
-    rpc = by_name["tongban.v1.Exchange/Query"]
-    send = by_name[f"send tb.v1.rpc.{WX}.>"]
-    receive = by_name["connector.receive"]
-    assert send.parent is not None and send.parent.span_id == rpc.context.span_id
-    # The connector continued the trace from the traceparent inside the signed header.
-    assert (
-        receive.parent is not None and receive.parent.span_id == by_name["gateway.seal_sign"].context.span_id
+    mine = [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == resp.trace_id]
+    by_id = {s.context.span_id: s for s in mine}
+
+    def parent_of(span: ReadableSpan) -> str:
+        assert span.parent is not None, span.name
+        return by_id[span.parent.span_id].name
+
+    children: dict[str, list[str]] = {}
+    for s in mine:
+        if s.parent is not None:
+            children.setdefault(by_id[s.parent.span_id].name, []).append(s.name)
+    by_name = {s.name: s for s in mine}
+    rpc, send = by_name["tongban.v1.Exchange/Query"], by_name[f"send tb.v1.rpc.{WX}.>"]
+    assert rpc.parent is None
+    assert sorted(children[rpc.name]) == sorted(
+        ["gateway.validate", send.name, "gateway.verify_reply", "gateway.respond"]
     )
-    assert receive.parent.is_remote
-    for child in ("connector.verify", "connector.open", "connector.adapter", "connector.reply"):
-        assert by_name[child].parent.span_id == receive.context.span_id  # type: ignore[union-attr]
+    # Sealing and signing happen inside the PRODUCER span the envelope names as its parent...
+    assert sorted(children[send.name]) == ["connector.receive", "envelope.seal", "envelope.sign"]
+    receive = by_name["connector.receive"]
+    assert receive.parent is not None and receive.parent.is_remote  # ...continued from the signed header
+    assert sorted(children["connector.receive"]) == [
+        "connector.adapter",
+        "connector.open",
+        "connector.reply",
+        "connector.verify",
+    ]
+    assert sorted(children["connector.reply"]) == ["envelope.seal", "envelope.sign"]  # sealed for Shenzhen
+    assert parent_of(by_name["connector.adapter"]) == "connector.receive"
+    assert rpc.attributes["rpc.system"] == "grpc" and rpc.attributes["rpc.method"] == "Query"
+    assert send.attributes["messaging.system"] == "nats"
+    assert send.attributes["messaging.destination.name"] == f"tb.v1.rpc.{WX}.SBJFJLCX0001"
     assert receive.attributes["messaging.system"] == "nats"
     assert receive.attributes["tongban.message_id"] == resp.message_id
-    for s in by_name.values():
+    for s in mine:
         assert PERSON not in str(dict(s.attributes or {}))
 
 
@@ -121,12 +139,20 @@ async def test_submit_trace_continues_in_the_handling_region(
     receipt = await stub.Submit(submit_request(), timeout=10)
     await watch(stub, receipt.case_no)
     mine = [s for s in spans.get_finished_spans() if format(s.context.trace_id, "032x") == receipt.trace_id]
+    by_id = {s.context.span_id: s for s in mine}
     by_name = {s.name: s for s in mine}
+    publish = by_name[f"publish tb.v1.out.{SZ}.>"]
+    forward = by_name[f"forward tb.v1.req.{WX}.>"]
     receive = by_name["connector.receive"]
-    # Days later and through two streams, the connector still continues the Submit's trace.
+    assert by_id[publish.parent.span_id].name == "tongban.v1.Exchange/Submit"  # type: ignore[union-attr]
+    # Days later and through two streams, the forwarder and then the connector continue the trace:
+    # the forwarder from the stream message's traceparent, the connector from the signed header,
+    # refined to the forwarder's span (same trace id) by the NATS header.
+    assert forward.parent is not None and forward.parent.span_id == publish.context.span_id
     assert receive.parent is not None and receive.parent.is_remote
-    assert receive.parent.span_id == by_name["gateway.seal_sign"].context.span_id
+    assert receive.parent.span_id == forward.context.span_id
     assert receive.attributes["messaging.destination.name"] == f"tb.v1.req.{WX}.>"
+    assert forward.attributes["messaging.destination.name"] == f"tb.v1.req.{WX}.YLBXZYJX0001"
     assert by_name["connector.adapter"].parent.span_id == receive.context.span_id  # type: ignore[union-attr]
     for s in mine:
         assert "44030419900307123X" not in str(dict(s.attributes or {}))
