@@ -25,6 +25,7 @@ from ledger.tree import LedgerTree
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
+from tongban.metrics import NO_METRICS, Metrics
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
 from tongban.trust import RegistryWatcher
@@ -33,6 +34,8 @@ from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_g
 log = structlog.get_logger("tongban.gateway")
 EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
 LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+LIVENESS = "tongban.liveness"
+"""Health service name that is SERVING while the process serves at all (a liveness probe's)."""
 
 
 class Gateway:
@@ -52,6 +55,7 @@ class Gateway:
         ledger: LedgerStore,
         nc: NATS | None = None,
         tracer: trace.Tracer | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         if not cfg.gateway.dev_mode and not cfg.gateway.client_ca:
             raise ConfigError(
@@ -70,6 +74,7 @@ class Gateway:
         self.witness: Witness | None = None
         self._owns_nc = nc is None
         self.tracer = tracer or trace.get_tracer("tongban.gateway")
+        self.metrics = metrics
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.cases: CaseStore | None = None
@@ -78,18 +83,36 @@ class Gateway:
         self.maintenance = False
         """While the maintenance file exists: NOT_SERVING, new calls refused, in-flight ones finish."""
         self._nats_up = False
-        self._maintenance_task: asyncio.Task[None] | None = None
+        self._ledger_ok = True
+        self._last_readiness: dict[str, bool] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    def readiness(self) -> dict[str, bool]:
+        """What must hold for Exchange to serve; all True means ready (gRPC health, ``/readyz``)."""
+        return {
+            "started": self.server is not None,
+            "nats": self._nats_up,
+            "ledger": self._ledger_ok,
+            "registry": self.secrets.signing_key_usable(),
+            "not_in_maintenance": not self.maintenance,
+        }
 
     async def _set_health(self, nats_up: bool | None = None) -> None:
-        """SERVING only while started, connected to NATS and not in maintenance."""
+        """Per service: Exchange (and "", what a load balancer asks) SERVING only when every
+        readiness condition holds; Ledger needs only the ledger (auditors read it while NATS is
+        down); LIVENESS while the server runs (a restart would not help a NOT_SERVING Exchange)."""
         if nats_up is not None:
             self._nats_up = nats_up
-        serving = self._nats_up and not self.maintenance and self.server is not None
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await self.health.set("", status)
-        await self.health.set(EXCHANGE, status)
+        ready = self.readiness()
+        if ready != self._last_readiness:
+            if self._last_readiness is not None:
+                log.warning("gateway.readiness", region=self.cfg.region.code, **ready)
+            self._last_readiness = ready
+        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", up if all(ready.values()) else down)
+        await self.health.set(EXCHANGE, up if all(ready.values()) else down)
+        await self.health.set(LEDGER, up if ready["started"] and ready["ledger"] else down)
+        await self.health.set(LIVENESS, up if ready["started"] else down)
 
     async def start(self) -> None:
         if self.server is not None:
@@ -109,6 +132,7 @@ class Gateway:
             ledger=self.ledger,
             nc=nc,
             tracer=self.tracer,
+            metrics=self.metrics,
         )
         server = grpc.aio.server(
             interceptors=[
@@ -121,6 +145,7 @@ class Gateway:
                     dev_tokens=gw.dev_tokens,
                     max_in_flight_per_connection=gw.max_in_flight_per_connection,
                     maintenance=lambda: self.maintenance,
+                    metrics=self.metrics,
                 )
             ],
             maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
@@ -168,7 +193,7 @@ class Gateway:
             raise
         self.server = server
         await self._set_health(nc.is_connected)
-        self._maintenance_task = asyncio.create_task(self._watch_maintenance(), name="gateway-maintenance")
+        self._health_task = asyncio.create_task(self._watch_health(), name="gateway-health")
         if gw.port_file:
             p = self.cfg.path(gw.port_file)
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -183,17 +208,26 @@ class Gateway:
             mutual_tls=bool(gw.client_ca),
         )
 
-    async def _watch_maintenance(self) -> None:
-        """Follow the maintenance file (``tongban maintenance on|off``): a load balancer watching
-        health moves traffic away, and what is in flight finishes."""
+    async def _watch_health(self) -> None:
+        """Follow the maintenance file (``tongban maintenance on|off``: a load balancer watching
+        health moves traffic away, and what is in flight finishes), probe the ledger, and re-check
+        the signing key's validity (time passes, keys get revoked)."""
         path = self.cfg.path(self.cfg.gateway.maintenance_file)
+        poll = self.cfg.gateway.maintenance_poll_s
         while True:
             on = path.exists()
             if on != self.maintenance:
                 self.maintenance = on
                 log.warning("gateway.maintenance", region=self.cfg.region.code, on=on)
-                await self._set_health()
-            await asyncio.sleep(self.cfg.gateway.maintenance_poll_s)  # polling a file: no event to wait on
+            try:
+                await asyncio.wait_for(self.ledger.size(), max(poll, 1.0))
+                self._ledger_ok = True
+            except Exception as exc:
+                if self._ledger_ok:
+                    log.error("gateway.ledger_unavailable", error=type(exc).__name__)
+                self._ledger_ok = False
+            await self._set_health()
+            await asyncio.sleep(poll)  # polling a file and probes: no event to wait on
 
     def latest_checkpoint(self) -> tuple[bytes, int, bytes] | None:
         """(signed note, size, root) of the region's latest checkpoint, once one is signed."""
@@ -274,11 +308,11 @@ class Gateway:
         server, self.server = self.server, None
         if server is None:
             return
-        if self._maintenance_task is not None:
-            self._maintenance_task.cancel()
+        if self._health_task is not None:
+            self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance_task
-            self._maintenance_task = None
+                await self._health_task
+            self._health_task = None
         await self._set_health(False)
         if self.desk is not None:
             self.desk.begin_stop()

@@ -86,6 +86,19 @@ class RegionSecrets:
                 return self._sealing[kid]
         return next(iter(self._sealing.values()))
 
+    def signing_key_usable(self) -> bool:
+        """Whether peers would accept our signature now: the key we sign with is in the registry,
+        not revoked and inside its validity period (a node that fails this is not ready)."""
+        key = self.signing
+        info = self._registry.keys.get(key.key_id) if self._registry is not None else None
+        if info is None:
+            return False
+        try:
+            info.check_valid(self._clock())
+        except EnvelopeRejected:
+            return False
+        return True
+
     @property
     def signing_key_ids(self) -> list[str]:
         return sorted(self._signing)
