@@ -21,6 +21,7 @@ from tests.e2e.requests import pension
 from tongban.catalogue import Catalogue
 from tongban.node import load_registry, load_secrets
 from tongban.telemetry import add_trace_ids
+from tongban.v1 import envelope_pb2
 
 PERSON = "320213198511200025"
 
@@ -156,3 +157,21 @@ async def test_submit_trace_continues_in_the_handling_region(
     assert by_name["connector.adapter"].parent.span_id == receive.context.span_id  # type: ignore[union-attr]
     for s in mine:
         assert "44030419900307123X" not in str(dict(s.attributes or {}))
+
+
+async def test_an_unsigned_traceparent_cannot_move_a_request_into_another_trace(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    """The NATS ``traceparent`` header only refines the parent within the trace the signed header
+    names; one naming another trace is ignored."""
+    connector = stack.nodes[WX].connector
+    assert connector is not None
+    signed_tp = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    same_trace = "00-" + "1" * 32 + "-" + "3" * 16 + "-01"
+    other_trace = "00-" + "9" * 32 + "-" + "4" * 16 + "-01"
+    header = envelope_pb2.Header(traceparent=signed_tp)
+    for transport, parent_span in ((same_trace, "3" * 16), (other_trace, "2" * 16), ("", "2" * 16)):
+        with connector.receive_scope(header, "tb.v1.req.320200.>", transport) as span:
+            assert isinstance(span, ReadableSpan) and span.parent is not None
+            assert format(span.context.trace_id, "032x") == "1" * 32
+            assert format(span.parent.span_id, "016x") == parent_span
