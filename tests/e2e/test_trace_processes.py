@@ -48,7 +48,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans: list[ExportedSpan] = []
 
-    async def Export(  # noqa: N802 (the OTLP service's name)
+    async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for rs in request.resource_spans:
