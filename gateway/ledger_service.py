@@ -1,6 +1,9 @@
 """The Ledger gRPC service of a region's gateway: entries, inclusion and consistency proofs, and the
 latest signed checkpoint, for partners, peer regions and auditors.
 
+Entries are selected by message id, trace id, case number (resolved through the gateway's case
+store to the case's request message), time range or index range.
+
 Proofs default to the size of the latest checkpoint (what a client can check a root against);
 without a checkpoint yet, to the tree's current size. The tree catches up with the store (which the
 region's connector appends to as well) before every answer.
@@ -8,8 +11,8 @@ region's connector appends to as well) before every answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,6 +28,17 @@ MAX_LIMIT = 10_000
 
 LatestCheckpoint = Callable[[], "tuple[bytes, int, bytes] | None"]
 """Returns (signed note, tree size, root hash) of the latest checkpoint, or None before the first."""
+
+
+class CaseRecord(Protocol):
+    """What the Ledger service needs of a case: the message id of its request."""
+
+    @property
+    def message_id(self) -> str: ...
+
+
+CaseLookup = Callable[[str], Awaitable["CaseRecord | None"]]
+"""The case of a case number, or None (the gateway's ``CaseStore.get``)."""
 
 
 def entry_message(e: Entry) -> ledger_pb2.LedgerEntry:
@@ -50,10 +64,27 @@ def entry_message(e: Entry) -> ledger_pb2.LedgerEntry:
 
 
 class LedgerService(ledger_pb2_grpc.LedgerServicer):
-    def __init__(self, store: LedgerStore, tree: LedgerTree, latest_checkpoint: LatestCheckpoint) -> None:
+    def __init__(
+        self,
+        store: LedgerStore,
+        tree: LedgerTree,
+        latest_checkpoint: LatestCheckpoint,
+        *,
+        case_lookup: CaseLookup | None = None,
+    ) -> None:
+        """Serve ``store``'s entries and proofs.
+
+        Args:
+            store: the region's ledger.
+            tree: the Merkle tree kept in step with ``store``.
+            latest_checkpoint: the latest signed checkpoint.
+            case_lookup: case number to case (the gateway's case store); without it the
+                ``case_no`` selector finds no case.
+        """
         self.store = store
         self.tree = tree
         self.latest_checkpoint = latest_checkpoint
+        self.case_lookup = case_lookup
 
     async def GetEntries(
         self, request: ledger_pb2.GetEntriesRequest, context: Any
@@ -71,6 +102,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             if not request.trace_id:
                 raise InvalidRequest("empty selector", [Violation("trace_id", "must not be empty")])
             found = await self.store.by_trace_id(request.trace_id)
+        elif which == "case_no":
+            found = await self.store.by_message_id(await self._case_message_id(request.case_no))
         elif which == "index_range":
             r = request.index_range
             if r.stop and r.stop < r.start:
@@ -82,11 +115,21 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         else:
             raise InvalidRequest(
                 "no selector",
-                [Violation("selector", "give message_id, trace_id, time_range or index_range")],
+                [Violation("selector", "give message_id, trace_id, case_no, time_range or index_range")],
             )
         return ledger_pb2.GetEntriesResponse(
             entries=[entry_message(e) for e in found[:limit]], tree_size=size, truncated=len(found) > limit
         )
+
+    async def _case_message_id(self, case_no: str) -> str:
+        if not case_no:
+            raise InvalidRequest("empty selector", [Violation("case_no", "must not be empty")])
+        case = await self.case_lookup(case_no) if self.case_lookup is not None else None
+        if case is None:
+            # Cases submitted through another region's gateway are known there (the case number
+            # starts with that region's code).
+            raise NotFound(f"no case {case_no} was submitted through this gateway", reason="CASE_NOT_FOUND")
+        return case.message_id
 
     async def _by_time(self, r: ledger_pb2.TimeRange, want: int) -> list[Entry]:
         start = r.start.ToNanoseconds() if r.HasField("start") else 0

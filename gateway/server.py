@@ -163,7 +163,10 @@ class Gateway:
             await self.desk.start()
             exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
             ledger_pb2_grpc.add_LedgerServicer_to_server(
-                LedgerService(self.ledger, self.ledger_tree, self.latest_checkpoint), server
+                LedgerService(
+                    self.ledger, self.ledger_tree, self.latest_checkpoint, case_lookup=self.cases.get
+                ),
+                server,
             )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection(

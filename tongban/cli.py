@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_trust.add_parsers(sub, _node_flags)
     natsconfig.add_parser(sub)
+    from tongban import cli_trace
+
+    cli_trace.add_parser(sub, _node_flags)
 
     lg = sub.add_parser("ledger", help="a region's ledger: verify, prove, export, check a bundle")
     lsub = lg.add_subparsers(dest="ledger_command", required=True)

@@ -1,7 +1,9 @@
 """``tongban dev``: a complete two-region stack on this machine, for trying tongban out.
 
-Starts the NATS topology (hub + one leaf per region), writes the dev trust domain, then one gateway
-and one connector process per region; waits until a request can really cross (gateway health
+Starts the NATS topology (hub + one leaf per region), picks a free port for each region's gateway,
+writes the dev trust domain (the registry names every gateway's address, so tools such as
+``tongban trace`` find the regions' gateways from it), then one gateway and one connector process per
+region; waits until a request can really cross (gateway health
 SERVING, every region's connector reachable from every other region's leaf), prints what runs
 where and a command to paste. Ctrl-C stops gateways first, then connectors, then NATS.
 """
@@ -10,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +45,30 @@ DEV_MODE_BANNER = """\
 #  offline, deploy/nats from `tongban nats-config`; deploy/threat-model.md     #
 ################################################################################
 """
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports for servers started a moment later.
+
+    Below the kernel's ephemeral range where it has one: a port the kernel hands out for port 0 or
+    for an outgoing connection could be taken again before the gateway binds it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(max(1024, low - 12000), low) if low > 2048 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 @dataclass
@@ -74,12 +102,14 @@ class DevStack:
         extra = {k: dict(v) for k, v in self.extra_config.items()}
         if self.otlp_endpoint:
             extra.setdefault("telemetry", {})["otlp_endpoint"] = self.otlp_endpoint
+        # Fixed ports, known before the gateways start, so the registry can name them.
         self.state = init_state(
             self.root,
             self.regions,
             nats_urls={r: self.topology.url(r) for r in self.regions},
             log_format=self.log_format,
             extra=extra,
+            gateway_ports=dict(zip(self.regions, free_ports(len(self.regions)), strict=True)),
         )
         for region in self.regions:
             self.state.port_file(region).unlink(missing_ok=True)
@@ -209,6 +239,10 @@ class DevStack:
             f"--approval-ref SZ-APPROVAL-2026-0001 --watch\n\n"
         )
         w(f"Check a ledger:  {exe} ledger verify --region {src} --state-dir {self.root}\n")
+        w(
+            f"Trace a request across regions (message id or case number from the answer):\n"
+            f"  {exe} trace <message-id|case-no> --region {src} --state-dir {self.root}\n"
+        )
         w("DEV MODE: never put real citizens' data through this stack.  Ctrl-C stops everything.\n")
         out.flush()
 

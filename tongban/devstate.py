@@ -105,8 +105,11 @@ def build_registry(
     version: int,
     names: Mapping[str, str] | None = None,
     valid_for_s: float = 365 * 86400,
+    gateway_addresses: Mapping[str, str] | None = None,
 ) -> registry_pb2.TrustRegistry:
-    """A registry in which every region provides ``services`` and every region may call every other."""
+    """A registry in which every region provides ``services`` and every region may call every other;
+    ``gateway_addresses`` (host:port by region) tell tools such as ``tongban trace`` where each
+    region's gateway listens."""
     now = time.time()
     svc = sorted(services)
     doc = registry_pb2.TrustRegistry(version=version, issued_at=timestamp(now))
@@ -114,6 +117,7 @@ def build_registry(
         region = doc.regions.add(
             code=code,
             name=(names or {}).get(code) or identifiers.KNOWN_REGIONS.get(code, code),
+            gateway_address=(gateway_addresses or {}).get(code, ""),
             provided_services=svc,
         )
         for kid, use, alg, pub in (
@@ -144,11 +148,16 @@ def init_state(
     catalogue: Catalogue | None = None,
     log_format: str = "json",
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    gateway_ports: Mapping[str, int] | None = None,
 ) -> DevState:
     """Create (or refresh) a dev trust domain under ``root``.
 
     Keys are kept across calls; the registry is re-signed with a higher version each time, and the
     configs are rewritten (NATS ports change from run to run).
+
+    A region given a port in ``gateway_ports`` has its gateway listen on ``127.0.0.1:<port>``, and
+    the registry names that address as its ``gateway_address``; the others listen on port 0 (the
+    port file says which) and the registry names no address.
     """
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,8 @@ def init_state(
     keys = {code: _region_keys(root, code) for code in regions}
     reg_path = root / "registry.signed"
     version = int(time.time() * 1000)
-    doc = build_registry(keys, cat.codes(), version=version, names=regions)
+    addresses = {code: f"127.0.0.1:{port}" for code, port in (gateway_ports or {}).items() if code in regions}
+    doc = build_registry(keys, cat.codes(), version=version, names=regions, gateway_addresses=addresses)
     tmp = reg_path.with_suffix(".tmp")
     tmp.write_bytes(sign_registry(doc, root_key))
     tmp.replace(reg_path)
@@ -174,7 +184,7 @@ def init_state(
             },
             "registry": {"file": "../registry.signed", "root_keys": ["../root.pub"]},
             "gateway": {
-                "listen": "127.0.0.1:0",
+                "listen": addresses.get(code, "127.0.0.1:0"),
                 "port_file": "gateway.port",
                 "dev_mode": True,
                 "system_id": DEV_SYSTEM,

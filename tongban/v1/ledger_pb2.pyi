@@ -143,9 +143,14 @@ class GetEntriesRequest(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     TIME_RANGE_FIELD_NUMBER: _builtins.int
     INDEX_RANGE_FIELD_NUMBER: _builtins.int
+    CASE_NO_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     trace_id: _builtins.str
+    case_no: _builtins.str
+    """办件编号 of a Submit made through this gateway: the entries of that case's request message.
+    NOT_FOUND (CASE_NOT_FOUND) for a case this gateway's case store does not hold.
+    """
     limit: _builtins.int
     """At most this many entries (0: the server's default, 1000)."""
     @_builtins.property
@@ -159,13 +164,14 @@ class GetEntriesRequest(_message.Message):
         trace_id: _builtins.str = ...,
         time_range: Global___TimeRange | None = ...,
         index_range: Global___IndexRange | None = ...,
+        case_no: _builtins.str = ...,
         limit: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["index_range", b"index_range", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "index_range", b"index_range", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_range", b"index_range", "limit", b"limit", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "index_range", b"index_range", "limit", b"limit", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["message_id", "trace_id", "time_range", "index_range"]  # noqa: Y015
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["message_id", "trace_id", "time_range", "index_range", "case_no"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
 

@@ -64,7 +64,7 @@ class LedgerServicer:
     """
 
     def GetEntries(self, request, context):
-        """Entries by message id, trace id, time range or index range (exactly one).
+        """Entries by message id, trace id, case number, time range or index range (exactly one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
