@@ -25,7 +25,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     configure_logging(fmt="console", level="warning")
     try:
-        asyncio.run(run_dev(Path(args.state_dir), otlp_endpoint=args.otlp))
+        asyncio.run(run_dev(Path(args.state_dir), otlp_endpoint=args.otlp, log_format=args.log_format))
     except (NatsServerError, RuntimeError, TimeoutError, OSError) as exc:
         print(f"tongban dev: {exc}", file=sys.stderr)
         return 1
@@ -447,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", default=DEFAULT_STATE, help="keys, registry, configs, ledgers (default .tongban)"
     )
     d.add_argument("--otlp", default="", help="OTLP/gRPC endpoint to export traces to (default: none)")
+    d.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="the processes' log files: human-friendly lines (default) or one JSON object per line",
+    )
     d.set_defaults(func=_cmd_dev)
 
     for role, func in (("gateway", _cmd_gateway), ("connector", _cmd_connector)):

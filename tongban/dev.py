@@ -247,8 +247,10 @@ class DevStack:
         out.flush()
 
 
-async def run_dev(root: Path, *, otlp_endpoint: str = "", out: TextIO = sys.stdout) -> None:
-    stack = DevStack(root, otlp_endpoint=otlp_endpoint)
+async def run_dev(
+    root: Path, *, otlp_endpoint: str = "", log_format: str = "console", out: TextIO = sys.stdout
+) -> None:
+    stack = DevStack(root, otlp_endpoint=otlp_endpoint, log_format=log_format)
     # Signals are handled from the first moment: a stop during start-up must stop what started.
     waiter = asyncio.create_task(wait_for_signal())
     starter = asyncio.create_task(stack.start())
