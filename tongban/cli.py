@@ -564,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tongban import cli_ledger
 
     cli_ledger.add_parsers(lsub, _node_flags)
+    from tongban import cli_report
+
+    cli_report.add_parsers(sub, _node_flags)
     return p
 
 
