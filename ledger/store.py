@@ -82,7 +82,8 @@ class LedgerStore(Protocol):
         ...
 
     async def by_time(self, start_ns: int, end_ns: int, limit: int) -> list[Entry]:
-        """At most ``limit`` entries with ``start_ns <= time_ns < end_ns``, in index order (indexed:
+        """At most ``limit`` entries with ``start_ns <= time_ns < end_ns``: the earliest by time when
+        more match (so a reader can page through a range by time), returned in index order (indexed:
         the cost follows the entries found, not the ledger's size)."""
         ...
 

@@ -394,3 +394,12 @@ async def test_entries_by_time_range(ledger: LedgerStore) -> None:
     assert [e.index for e in got] == [2, 3, 4, 5]
     assert [e.index for e in await ledger.by_time(1_020, 1_060, 2)] == [2, 3]
     assert await ledger.by_time(5_000, 6_000, 10) == []
+
+
+async def test_a_limited_time_range_read_takes_the_earliest_by_time(ledger: LedgerStore) -> None:
+    """Appended out of time order (clocks of replicas differ): the limit keeps the earliest times,
+    returned in index order, so a reader pages through a range by time without a gap."""
+    times = [1_050, 1_010, 1_040, 1_020, 1_030]
+    await ledger.append(*(make_draft(i, time_ns=t) for i, t in enumerate(times)))
+    got = await ledger.by_time(1_000, 2_000, 2)
+    assert [(e.index, e.time_ns) for e in got] == [(1, 1_010), (3, 1_020)]
