@@ -13,6 +13,7 @@ from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
+from tongban.metrics import ComponentMonitor, component_metrics
 from tongban.node import load_registry, load_secrets
 from tongban.process import serve_until_signal
 from tongban.telemetry import configure_tracing
@@ -45,22 +46,36 @@ async def run(cfg: Config) -> None:
     trace.set_tracer_provider(provider)
     registry = load_registry(cfg)
     ledger = store_for(cfg)
+    catalogue = Catalogue.load()
+    metrics = component_metrics(cfg, "connector", services=catalogue.codes())
     connector = Connector(
         cfg,
         registry=registry,
         secrets=load_secrets(cfg, registry),
-        catalogue=Catalogue.load(),
+        catalogue=catalogue,
         adapters=load_adapters(cfg),
         ledger=ledger,
         tracer=provider.get_tracer("tongban.connector"),
+        metrics=metrics,
+    )
+    monitor = ComponentMonitor(
+        cfg,
+        "connector",
+        metrics,
+        ledger=ledger,
+        registry=registry,
+        nats_connected=lambda: connector.nc is not None and connector.nc.is_connected,
+        readiness=connector.readiness,
     )
 
     async def start() -> None:
         await ledger.open()
+        await monitor.start()  # /livez answers (and /readyz says why not ready) while starting
         await connector.start()
 
     async def stop() -> None:
         await connector.stop()
+        await monitor.stop()
         await ledger.close()
         provider.shutdown()
 

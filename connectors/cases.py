@@ -42,6 +42,7 @@ from tongban.envelope import Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
+from tongban.metrics import Hop, set_outcome
 from tongban.receipts import sign_receipt
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -101,6 +102,7 @@ class CaseWorker:
             ack_wait_s=self.cfg.gateway.ack_wait_s,
             retry_max_s=self.cfg.gateway.forward_retry_max_s,
             publish_timeout_s=self.cfg.gateway.publish_timeout_s,
+            metrics=self.connector.metrics,
         )
         await self._forwarder.start()
         self._stopping = False
@@ -154,11 +156,16 @@ class CaseWorker:
     async def _handle(self, msg: Msg) -> None:
         now = time.time()
         header = envelope.header_or_none(msg.data)
-        with self.connector.receive_scope(
-            header,
-            subjects.request_wildcard(self.region),
-            (msg.headers or {}).get(subjects.Header.TRACEPARENT, ""),
+        with (
+            self.connector.receive_scope(
+                header,
+                subjects.request_wildcard(self.region),
+                (msg.headers or {}).get(subjects.Header.TRACEPARENT, ""),
+            ),
+            self.connector.measure(header, "Submit") as measured,
         ):
+            if _attempt(msg) > 1:
+                self.connector.metrics.redelivered(measured.service_code)
             # Until the ack (or nak, or term): a slow back end, state store or ledger must not let
             # the ack wait run out, or the request would be redelivered to a replica while in hand.
             heartbeat = asyncio.create_task(self._keep_alive(msg))
@@ -167,6 +174,7 @@ class CaseWorker:
             except Exception as exc:
                 # A bug or the ledger/state failing: not acked, so it is redelivered after a pause.
                 log.error("cases.internal_error", error=type(exc).__name__)
+                measured.outcome = "INTERNAL"
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=1.0)
             finally:
@@ -186,6 +194,7 @@ class CaseWorker:
             await self._send(events)
             await msg.ack_sync()
             log.info("cases.redelivered_done", outcome=outcome)
+            set_outcome("ALREADY_PROCESSED")
             return
         if messages.seconds(h.deadline) <= now:
             problem = exchange_pb2.Problem(
@@ -224,8 +233,13 @@ class CaseWorker:
         )
         areq = adapter_request(h, request)
         try:
-            with self.tracer.start_as_current_span(
-                "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": h.service_code}
+            with (
+                self.tracer.start_as_current_span(
+                    "connector.adapter",
+                    kind=SpanKind.CLIENT,
+                    attributes={"tongban.service_code": h.service_code},
+                ),
+                self.connector.metrics.hop(Hop.ADAPTER),
             ):
                 remaining = messages.seconds(h.deadline) - time.time()
                 async with asyncio.timeout(max(remaining, 0.001)):
@@ -246,6 +260,7 @@ class CaseWorker:
                 return
             delay = policy.delay_after(attempt)
             log.warning("cases.retry", reason=reason, attempt=attempt, delay_s=delay)
+            set_outcome(reason)
             await msg.nak(delay=delay)
             return
         await self._conclude(
@@ -345,6 +360,8 @@ class CaseWorker:
         ``receipt`` (the signed receipt of the RECEIVED entry) rides on the first event."""
         h = verified.header
         outcome = _OUTCOME_EVENT[delivery].value  # type: ignore[index]
+        dead = delivery == exchange_pb2.DELIVERY_STATE_DEAD_LETTERED
+        set_outcome("DEAD_LETTERED" if dead else problem.reason if problem is not None else "OK")
         if not updates:
             updates = [StatusUpdate(0)]  # a delivery outcome without a case status (expired, refused, ...)
 
@@ -526,6 +543,7 @@ class CaseWorker:
             },
         )
         log.warning("cases.dead_lettered", reason=reason, attempts=attempts)
+        self.connector.metrics.dead_lettered(service, reason)
 
     async def _poison(self, msg: Msg, header: envelope_pb2.Header | None, exc: TongbanError) -> None:
         """Unverifiable or undecodable: dead-lettered for the operator, never retried, no answer
@@ -538,6 +556,7 @@ class CaseWorker:
             EntryDraft(Event.REJECTED, label, peer or "?", svc or "?", digest, "", f"POISON: {exc.reason}")
         )
         await msg.term()
+        set_outcome(exc.reason)
         log.warning("cases.poison", reason=exc.reason)
 
 

@@ -40,6 +40,7 @@ from tongban.config import Config
 from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
 from tongban.ids import is_message_id, new_message_id
+from tongban.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.receipts import sign_receipt
 from tongban.registry import Registry
@@ -71,6 +72,7 @@ class Connector:
         nc: NATS | None = None,
         tracer: trace.Tracer | None = None,
         durable: bool = True,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.cfg = cfg
         self.region = cfg.region.code
@@ -83,6 +85,7 @@ class Connector:
         self.trust: RegistryWatcher | None = None
         self._owns_nc = nc is None
         self.tracer = tracer or trace.get_tracer("tongban.connector")
+        self.metrics = metrics
         self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
@@ -162,6 +165,19 @@ class Connector:
                 log.debug("connector.drain_failed", error=type(exc).__name__)
             self.nc = None
         log.info("connector.stopped", region=self.region, handled=self.handled)
+
+    def readiness(self) -> dict[str, bool]:
+        """What must hold for this connector to take requests; all True means ready (``/readyz``)."""
+        return {
+            "started": self._started and bool(self._subs),
+            "nats": self.nc is not None and self.nc.is_connected,
+            "registry": self.secrets.signing_key_usable(),
+        }
+
+    def measure(self, header: envelope_pb2.Header | None, rpc: str) -> RequestRecord:
+        """The metrics scope of one request (labels from the unverified header, as in the logs)."""
+        _, svc, peer = self._labels(header)
+        return self.metrics.request(rpc, service_code=svc or UNSET, peer_region=peer or UNSET)
 
     async def __aenter__(self) -> Connector:
         await self.start()
@@ -293,14 +309,19 @@ class Connector:
         now = received_ns / 1e9
         if header is False:
             header = envelope.header_or_none(data)
-        with self.receive_scope(header, subjects.rpc_wildcard(self.region)) as span:
+        with (
+            self.receive_scope(header, subjects.rpc_wildcard(self.region)) as span,
+            self.measure(header, "Query") as measured,
+        ):
             try:
                 return await self._process(subject, data, now, received_ns)
             except TongbanError as exc:
+                measured.outcome = exc.reason
                 span.set_status(Status(SpanStatus.ERROR, exc.reason))
                 return await self._refuse(data, header, exc)
             except Exception as exc:
                 # A bug, or the ledger failing: still answer, with nothing of the request in the log.
+                measured.outcome = "INTERNAL"
                 span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
                 log.error("request.internal_error", error=type(exc).__name__)
                 return await self._refuse(data, header, TongbanError("internal error at the provider"))
@@ -319,7 +340,7 @@ class Connector:
                 f"envelope of {len(data)} bytes is over the limit of {limit}",
                 code=StatusCode.RESOURCE_EXHAUSTED,
             )
-        with self.tracer.start_as_current_span("connector.verify"):
+        with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(Hop.VERIFY):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header
             if h.kind != envelope_pb2.MESSAGE_KIND_REQUEST:
@@ -361,7 +382,7 @@ class Connector:
         """Open the seal, check header/body agreement, the registry's access rule (again: never
         trusting the sending gateway alone) and the form; find the adapter."""
         h = verified.header
-        with self.tracer.start_as_current_span("connector.open"):
+        with self.tracer.start_as_current_span("connector.open"), self.metrics.hop(Hop.OPEN):
             plaintext = messages.open_body(
                 verified, self.secrets.sealing_for(verified.header.recipient_key_id)
             )
@@ -416,9 +437,12 @@ class Connector:
         )
         body = exchange_pb2.ResponseBody()
         outcome = "OK"
-        with self.tracer.start_as_current_span(
-            "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
-        ) as sp:
+        with (
+            self.tracer.start_as_current_span(
+                "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
+            ) as sp,
+            self.metrics.hop(Hop.ADAPTER),
+        ):
             try:
                 # Keep a little of the deadline for sealing, the ledger and the reply.
                 remaining = deadline - time.time()
@@ -452,9 +476,10 @@ class Connector:
                     )
                 )
             sp.set_attribute("tongban.outcome", outcome)
+        set_outcome(outcome)
         body.responded_at.CopyFrom(messages.timestamp(time.time()))
 
-        with self.tracer.start_as_current_span("connector.reply"):
+        with self.tracer.start_as_current_span("connector.reply"), self.metrics.hop(Hop.REPLY):
             recipient_kid, recipient = self.registry.sealing_key_for(h.from_region)
             reply_header = envelope_pb2.Header(
                 message_id=new_message_id(),

@@ -9,6 +9,7 @@ from gateway.server import Gateway
 from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
+from tongban.metrics import ComponentMonitor, component_metrics
 from tongban.node import load_registry, load_secrets
 from tongban.process import serve_until_signal
 from tongban.telemetry import configure_tracing
@@ -34,21 +35,35 @@ async def run(cfg: Config) -> None:
         )
     registry = load_registry(cfg)
     ledger = store_for(cfg)
+    catalogue = Catalogue.load()
+    metrics = component_metrics(cfg, "gateway", services=catalogue.codes())
     gateway = Gateway(
         cfg,
         registry=registry,
         secrets=load_secrets(cfg, registry),
-        catalogue=Catalogue.load(),
+        catalogue=catalogue,
         ledger=ledger,
         tracer=provider.get_tracer("tongban.gateway"),
+        metrics=metrics,
+    )
+    monitor = ComponentMonitor(
+        cfg,
+        "gateway",
+        metrics,
+        ledger=ledger,
+        registry=registry,
+        nats_connected=lambda: gateway.nc is not None and gateway.nc.is_connected,
+        readiness=gateway.readiness,
     )
 
     async def start() -> None:
         await ledger.open()
+        await monitor.start()  # /livez answers (and /readyz says why not ready) while starting
         await gateway.start()
 
     async def stop() -> None:
         await gateway.stop()
+        await monitor.stop()
         await ledger.close()
         provider.shutdown()
 

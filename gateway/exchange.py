@@ -37,6 +37,7 @@ from tongban.errors import (
     Violation,
 )
 from tongban.ids import new_message_id
+from tongban.metrics import NO_METRICS, Hop, Metrics, label_request
 from tongban.node import RegionSecrets
 from tongban.privacy import mask_subject
 from tongban.receipts import verify_receipt
@@ -81,8 +82,10 @@ class ExchangeCore:
         ledger: LedgerStore,
         nc: NATS,
         tracer: trace.Tracer,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.region = cfg.region.code
         self.registry = registry
         self.secrets = secrets
@@ -163,7 +166,7 @@ class ExchangeCore:
         extra: Callable[[], None] | None = None,
     ) -> None:
         """Catalogue and registry checks (plus ``extra``); a refusal is recorded, then raised."""
-        with self.tracer.start_as_current_span("gateway.validate"):
+        with self.tracer.start_as_current_span("gateway.validate"), self.metrics.hop(Hop.VALIDATE):
             try:
                 self._check(req, caller)
                 if extra is not None:
@@ -225,6 +228,7 @@ class ExchangeCore:
         structlog.contextvars.bind_contextvars(message_id=message_id)
         await self.validate(req, caller, message_id, trace_id)
         structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
+        label_request(svc, to)
         if not self.nc.is_connected:
             # nats-py would buffer the request while reconnecting and the caller would only see
             # its deadline pass; say at once that the region's bus is down.
@@ -241,17 +245,22 @@ class ExchangeCore:
             kind=SpanKind.PRODUCER,
             attributes=telemetry.send_attributes(subject, message_id, to, svc),
         ):
-            built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
+            with self.metrics.hop(Hop.SEAL_SIGN):
+                built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
             await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
             try:
-                reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
+                with self.metrics.hop(Hop.ROUND_TRIP):
+                    reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
             except TongbanError:
                 raise
             except Exception as exc:
                 await self._record_internal(message_id, to, svc, trace_id, exc)
                 raise
         try:
-            with self.tracer.start_as_current_span("gateway.verify_reply"):
+            with (
+                self.tracer.start_as_current_span("gateway.verify_reply"),
+                self.metrics.hop(Hop.VERIFY_REPLY),
+            ):
                 verified, problem, receipt = await self._verify_reply(reply, built, to, svc, trace_id)
             with self.tracer.start_as_current_span("gateway.respond"):
                 return await self._respond(verified, problem, receipt, built, to, svc, trace_id)

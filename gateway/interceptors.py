@@ -23,6 +23,7 @@ from gateway.errors import internal_status, to_status
 from gateway.ratelimit import PartnerLimiter
 from tongban.certs import partner_of
 from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
+from tongban.metrics import NO_METRICS, Metrics
 
 log = structlog.get_logger("tongban.gateway")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -87,7 +88,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         dev_tokens: Sequence[str] = (),
         max_in_flight_per_connection: int = 0,
         maintenance: Callable[[], bool] = lambda: False,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._maintenance = maintenance
         self._max_per_connection = max_in_flight_per_connection
         self._in_flight: dict[str, int] = {}
@@ -229,6 +232,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     "tongban.region": self._region,
                 },
             ) as span,
+            self._metrics.request(rpc) as measured,
         ):
             try:
                 if self._dev_mode:  # every answer of a dev gateway says so
@@ -250,6 +254,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 yield
                 log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
             except TongbanError as exc:
+                measured.outcome = exc.reason
                 span.set_status(Status(SpanStatus.ERROR, exc.reason))
                 span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
                 log.info(
@@ -263,6 +268,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception:
+                measured.outcome = "INTERNAL"
                 span.set_status(Status(SpanStatus.ERROR, "INTERNAL"))
                 log.exception("rpc.internal_error")
                 status = internal_status()

@@ -43,6 +43,7 @@ from tongban.envelope import EnvelopeRejected
 from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanError, Unavailable, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import is_message_id, new_message_id
+from tongban.metrics import Hop, label_request
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
 
@@ -144,6 +145,7 @@ class CaseDesk:
             ack_wait_s=gw.ack_wait_s,
             retry_max_s=gw.forward_retry_max_s,
             publish_timeout_s=gw.publish_timeout_s,
+            metrics=self.core.metrics,
         )
         await self._forwarder.start()
         stream = subjects.event_stream_name(self.region)
@@ -230,6 +232,7 @@ class CaseDesk:
         await self.core.validate(req, caller, message_id, trace_id, durable_checks)
         svc, to = req.service_code, req.target_region
         structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
+        label_request(svc, to)
         fingerprint = self.core.secrets.correlator.digest(
             req.SerializeToString(deterministic=True).hex(), label="submit"
         )
@@ -281,7 +284,10 @@ class CaseDesk:
         """Seal, keep in the outbox, record, publish to the outbound stream (inside the PRODUCER
         span the envelope and the stream message name as their parent)."""
         svc, to = req.service_code, req.target_region
-        built = self.core.seal_request(req, caller, message_id=message_id, deadline=deadline, case_no=case_no)
+        with self.core.metrics.hop(Hop.SEAL_SIGN):
+            built = self.core.seal_request(
+                req, caller, message_id=message_id, deadline=deadline, case_no=case_no
+            )
         row = CaseRow(
             case_no=case_no,
             message_id=message_id,
@@ -355,9 +361,10 @@ class CaseDesk:
         if row.traceparent:
             headers[subjects.Header.TRACEPARENT] = row.traceparent
         try:
-            await self._js.publish(
-                row.out_subject, row.envelope, timeout=self.cfg.gateway.publish_timeout_s, headers=headers
-            )
+            with self.core.metrics.hop(Hop.PUBLISH):
+                await self._js.publish(
+                    row.out_subject, row.envelope, timeout=self.cfg.gateway.publish_timeout_s, headers=headers
+                )
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             log.warning("submit.outbox_pending", message_id=row.message_id, error=type(exc).__name__)
             return False

@@ -196,6 +196,32 @@ class TelemetryConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """The operator endpoint of each process: ``/metrics`` (Prometheus), ``/livez``, ``/readyz``.
+
+    A region's gateway and connector read the same config file, so each role has its own address.
+    """
+
+    gateway_listen: str = ""
+    """``host:port`` of the gateway's endpoint, e.g. ``0.0.0.0:9464``; empty: no endpoint, no
+    metrics; port 0 picks a free port (written to ``gateway_port_file``)."""
+    gateway_port_file: str = ""
+    """If set, the gateway's bound endpoint port is written here."""
+    connector_listen: str = ""
+    """``host:port`` of the connector's endpoint, e.g. ``0.0.0.0:9465``; empty: off."""
+    connector_port_file: str = ""
+    """If set, the connector's bound endpoint port is written here."""
+    ledger_sample_s: float = 5.0
+    """How often the ledger's size is read for ``tongban_ledger_entries`` (and readiness)."""
+
+    def listen(self, role: str) -> tuple[str, str]:
+        """(listen address, port file) of ``role`` (``gateway`` or ``connector``)."""
+        if role == "gateway":
+            return self.gateway_listen, self.gateway_port_file
+        return self.connector_listen, self.connector_port_file
+
+
+@dataclass
 class Config:
     region: RegionConfig = field(default_factory=RegionConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -206,6 +232,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     """Directory relative paths are resolved against (the config file's directory)."""
 
@@ -251,6 +278,12 @@ class Config:
     def validate(self) -> None:
         if self.region.code and not (len(self.region.code) == 6 and self.region.code.isdigit()):
             raise ConfigError("[region] code must be a 6-digit GB/T 2260 code")
+        for listen in (self.metrics.gateway_listen, self.metrics.connector_listen):
+            host, sep, port = listen.rpartition(":")
+            if listen and not (sep and host and port.isdigit() and int(port) <= 65535):
+                raise ConfigError(f"[metrics] listen address {listen!r} is not host:port")
+        if self.metrics.ledger_sample_s <= 0:
+            raise ConfigError("[metrics] ledger_sample_s must be > 0")
         if self.log.format not in ("json", "console"):
             raise ConfigError("[log] format must be json or console")
         if self.ledger.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):

@@ -29,6 +29,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from tongban import subjects, telemetry
+from tongban.metrics import NO_METRICS, Hop, Metrics
 from tongban.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.forwarder")
@@ -71,7 +72,9 @@ class Forwarder:
         batch: int = 128,
         retry_max_s: float = 2.0,
         publish_timeout_s: float = 2.0,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self.metrics = metrics
         self.nc = nc
         self.region = region
         self.kind = kind
@@ -190,7 +193,8 @@ class Forwarder:
             out_headers[subjects.Header.TRACEPARENT] = traceparent
         try:
             assert self._js is not None
-            await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
+            with self.metrics.hop(Hop.FORWARD):
+                await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             if expired:
                 if self.on_expired is not None:

@@ -6,16 +6,15 @@ codes, names and a phone number (the vectors in tests/vectors/catalogue_requests
 applicant's name and phone), and some requests are refused for bad input that contains an ID. While
 it runs: the production log pipeline (JSON renderer, debug level) writes to a buffer, a wiretap on
 every region's nats-server records each subject, header and payload, and the tracer records every
-span. Then each personal value, and its first ten characters, is searched for in all of it.
-
-(Metrics: the gateway and connector export none yet — issue 6 adds them, and this test's scan.)
+span; afterwards every gateway's and connector's ``/metrics`` and ``/readyz`` are read over HTTP.
+Then each personal value, and its first ten characters, is searched for in all of it.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -25,11 +24,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import SZ, WX, Stack
+from tests.conftest import SZ, WX
 from tests.e2e.cases import submit_request
+from tests.e2e.metered import Metered, start_metered_stack, stop_metered_stack
 from tests.e2e.requests import build, cases
 from tests.helpers import eventually
 from tongban.catalogue import Catalogue
+from tongban.devstate import DevState
+from tongban.natsserver import Topology
 from tongban.telemetry import configure_logging
 from tongban.v1 import catalogue_pb2
 
@@ -58,6 +60,16 @@ def log_buffer() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
+async def metered(topology: Topology, state: DevState) -> AsyncIterator[Metered]:
+    """The stack, each gateway and connector with its metrics endpoint."""
+    m = await start_metered_stack(topology, state)
+    try:
+        yield m
+    finally:
+        await stop_metered_stack(m)
+
+
+@pytest.fixture
 def spans(tracer_provider: TracerProvider) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -77,9 +89,10 @@ def _span_text(s: ReadableSpan) -> str:
     )
 
 
-async def test_no_personal_data_in_logs_nats_spans_or_ledgers(
-    stack: Stack, log_buffer: io.StringIO, spans: InMemorySpanExporter
+async def test_no_personal_data_in_logs_nats_spans_ledgers_or_metrics(
+    metered: Metered, log_buffer: io.StringIO, spans: InMemorySpanExporter
 ) -> None:
+    stack = metered.stack
     tapped: list[str] = []
     taps = []
 
@@ -139,17 +152,25 @@ async def test_no_personal_data_in_logs_nats_spans_or_ledgers(
     for node in stack.nodes.values():
         ledger_text += "\n".join(repr(e) for e in await node.ledger.entries())
     nats_text = "\n".join(tapped)
+    metrics_text = ""
+    for region, role in metered.monitors:
+        for path in ("/metrics", "/readyz"):
+            status, body = await metered.get(region, role, path)
+            assert status == 200, (region, role, path)
+            metrics_text += body
     # The scan is only worth something if each source really saw the run.
     assert logs.count("\n") >= answered + submitted and '"message_id"' in logs
     assert len(tapped) > 20 and any(".req." in t for t in tapped) and any(".rpc." in t for t in tapped)
     assert len(spans.get_finished_spans()) > 20
     assert ledger_text.count("PROCESSED") >= answered
+    assert metrics_text.count("tongban_requests_total{") >= 4 and 'outcome="INVALID_REQUEST"' in metrics_text
     for value in personal_values():
         for where, text in (
             ("logs", logs),
             ("NATS", nats_text),
             ("spans", span_text),
             ("ledger", ledger_text),
+            ("metrics", metrics_text),
         ):
             assert value not in text, f"{value[:4]}… in clear in {where}"
             if len(value) >= 15:
