@@ -13,7 +13,7 @@ from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.errors import ConfigError
-from tongban.metrics import ComponentMonitor, component_metrics
+from tongban.metrics import component_metrics, monitor_component
 from tongban.node import load_registry, load_secrets
 from tongban.process import serve_until_signal
 from tongban.telemetry import configure_tracing
@@ -58,15 +58,7 @@ async def run(cfg: Config) -> None:
         tracer=provider.get_tracer("tongban.connector"),
         metrics=metrics,
     )
-    monitor = ComponentMonitor(
-        cfg,
-        "connector",
-        metrics,
-        ledger=ledger,
-        registry=registry,
-        nats_connected=lambda: connector.nc is not None and connector.nc.is_connected,
-        readiness=connector.readiness,
-    )
+    monitor = monitor_component(cfg, "connector", metrics, connector, ledger=ledger, registry=registry)
 
     async def start() -> None:
         await ledger.open()

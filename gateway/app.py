@@ -9,7 +9,7 @@ from gateway.server import Gateway
 from ledger.configured import store_for
 from tongban.catalogue import Catalogue
 from tongban.config import Config
-from tongban.metrics import ComponentMonitor, component_metrics
+from tongban.metrics import component_metrics, monitor_component
 from tongban.node import load_registry, load_secrets
 from tongban.process import serve_until_signal
 from tongban.telemetry import configure_tracing
@@ -46,15 +46,7 @@ async def run(cfg: Config) -> None:
         tracer=provider.get_tracer("tongban.gateway"),
         metrics=metrics,
     )
-    monitor = ComponentMonitor(
-        cfg,
-        "gateway",
-        metrics,
-        ledger=ledger,
-        registry=registry,
-        nats_connected=lambda: gateway.nc is not None and gateway.nc.is_connected,
-        readiness=gateway.readiness,
-    )
+    monitor = monitor_component(cfg, "gateway", metrics, gateway, ledger=ledger, registry=registry)
 
     async def start() -> None:
         await ledger.open()

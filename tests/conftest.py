@@ -33,6 +33,7 @@ from tongban import subjects
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.devstate import DevState, init_state
+from tongban.metrics import NO_METRICS, ComponentMonitor, Metrics, monitor_component
 from tongban.natsserver import Topology
 from tongban.node import load_registry, load_secrets
 from tongban.registry import Registry, sign_registry
@@ -74,6 +75,8 @@ class Node:
     gateway: Gateway | None = None
     connector: Connector | None = None
     adapters: dict[str, CountingAdapter] = field(default_factory=dict)
+    monitors: dict[str, ComponentMonitor] = field(default_factory=dict)
+    """Per role, when the stack runs with metrics: the operator endpoint and its sources."""
 
     @property
     def address(self) -> str:
@@ -110,10 +113,13 @@ async def start_stack(
     adapters: dict[str, dict[str, Adapter]] | None = None,
     catalogue: Catalogue | None = None,
     config: dict[str, dict[str, Any]] | None = None,
+    metered: bool = False,
 ) -> Stack:
     """Gateway + connector for every region in ``serving`` (other regions are in the registry only).
 
-    ``config`` overrides settings of every node (``{"connector": {"ack_wait_s": 1.0}}``).
+    ``config`` overrides settings of every node (``{"connector": {"ack_wait_s": 1.0}}``). ``metered``:
+    each gateway and connector has its metrics and operator endpoint, wired as its process wires them
+    (configure ``[metrics]`` through ``config``).
     """
     catalogue = catalogue or Catalogue.load()
     nodes: dict[str, Node] = {}
@@ -130,6 +136,7 @@ async def start_stack(
         node.adapters = {code: CountingAdapter(a) for code, a in base.items()}
         # Gateway and connector each load their own registry and keys, as their processes would.
         registry = load_registry(cfg)
+        metrics = Metrics("connector", region, services=catalogue.codes()) if metered else NO_METRICS
         node.connector = Connector(
             cfg,
             registry=registry,
@@ -137,12 +144,29 @@ async def start_stack(
             catalogue=catalogue,
             adapters=node.adapters,
             ledger=ledger,
+            metrics=metrics,
         )
+        if metered:
+            node.monitors["connector"] = monitor_component(
+                cfg, "connector", metrics, node.connector, ledger=ledger, registry=registry
+            )
+            await node.monitors["connector"].start()
         await node.connector.start()
         registry = load_registry(cfg)
+        metrics = Metrics("gateway", region, services=catalogue.codes()) if metered else NO_METRICS
         node.gateway = Gateway(
-            cfg, registry=registry, secrets=load_secrets(cfg, registry), catalogue=catalogue, ledger=ledger
+            cfg,
+            registry=registry,
+            secrets=load_secrets(cfg, registry),
+            catalogue=catalogue,
+            ledger=ledger,
+            metrics=metrics,
         )
+        if metered:
+            node.monitors["gateway"] = monitor_component(
+                cfg, "gateway", metrics, node.gateway, ledger=ledger, registry=registry
+            )
+            await node.monitors["gateway"].start()
         await node.gateway.start()
     stack = Stack(nodes, topology, state)
     # Subscription interest propagates through the hub asynchronously: wait until it has.
@@ -173,6 +197,8 @@ async def stop_stack(stack: Stack) -> None:
             await node.gateway.stop()
         if node.connector:
             await node.connector.stop()
+        for monitor in node.monitors.values():
+            await monitor.stop()
         await node.ledger.close()
 
     await asyncio.gather(*(stop(n) for n in stack.nodes.values()))

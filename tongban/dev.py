@@ -205,6 +205,14 @@ class DevStack:
         if self.topology is not None:
             await self.topology.stop()
 
+    def metrics_url(self, region: str, role: str) -> str:
+        """The /metrics address of a process, from the port file it wrote ('-' if none yet)."""
+        try:
+            port = int((self.root / region / f"{role}-metrics.port").read_text())
+        except (OSError, ValueError):
+            return "-"
+        return f"http://127.0.0.1:{port}/metrics"
+
     def describe(self, out: TextIO) -> None:
         assert self.topology is not None and self.state is not None
         cat = Catalogue.load()
@@ -221,6 +229,8 @@ class DevStack:
             w(f"    nats leaf      {self.topology.url(region)}  (JetStream domain {region})\n")
             w(f"    gateway        127.0.0.1:{self.ports[region]}  (gRPC: Exchange, health, reflection)\n")
             w(f"    connector      demo back ends, log {self.root / region / 'connector.log'}\n")
+            w(f"    metrics        {self.metrics_url(region, 'gateway')} (gateway), ")
+            w(f"{self.metrics_url(region, 'connector')} (connector); /livez, /readyz beside them\n")
             w(f"    ledger         {self.state.ledger_path(region)}\n")
         codes = list(self.regions)
         src, dst = codes[0], codes[min(1, len(codes) - 1)]

@@ -192,6 +192,13 @@ def init_state(
             "connector": {"adapters": "demo", "demo_db": "demo-backend.sqlite"},
             "ledger": {"path": "ledger.sqlite"},
             "log": {"format": log_format, "level": "info"},
+            # /metrics, /livez, /readyz of each process on a free loopback port (port files).
+            "metrics": {
+                "gateway_listen": "127.0.0.1:0",
+                "gateway_port_file": "gateway-metrics.port",
+                "connector_listen": "127.0.0.1:0",
+                "connector_port_file": "connector-metrics.port",
+            },
         }
         for section, values in (extra or {}).items():
             cfg.setdefault(section, {}).update(values)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
@@ -728,3 +728,28 @@ class ComponentMonitor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class Monitored(Protocol):
+    """What :func:`monitor_component` reads of a gateway or connector."""
+
+    @property
+    def nc(self) -> Any: ...
+
+    def readiness(self) -> Mapping[str, bool]: ...
+
+
+def monitor_component(
+    cfg: Config, role: str, metrics: Metrics, component: Monitored, *, ledger: Any, registry: Any
+) -> ComponentMonitor:
+    """The :class:`ComponentMonitor` of a gateway or connector: its NATS state and readiness as it
+    reports them, its ledger and the live registry it follows."""
+    return ComponentMonitor(
+        cfg,
+        role,
+        metrics,
+        ledger=ledger,
+        registry=registry,
+        nats_connected=lambda: component.nc is not None and bool(component.nc.is_connected),
+        readiness=component.readiness,
+    )

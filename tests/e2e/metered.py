@@ -8,29 +8,20 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import nats
-from nats.aio.client import Client as NATS
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from connectors.adapters import Adapter
-from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
-from connectors.runtime import Connector
-from gateway.server import Gateway
-from ledger.configured import store_for
-from tests.conftest import SZ, WX, Node, Stack
-from tests.helpers import eventually
-from tongban import subjects
+from connectors.demo.backends import DemoBackend, demo_adapters
+from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.devstate import DevState
-from tongban.metrics import ComponentMonitor, Metrics
+from tongban.metrics import ComponentMonitor
 from tongban.natsserver import Topology
-from tongban.node import load_registry, load_secrets
 
 METRICS_CONFIG = {
     "gateway_listen": "127.0.0.1:0",
@@ -43,10 +34,14 @@ METRICS_CONFIG = {
 
 @dataclass
 class Metered:
-    """A stack plus the monitor of each (region, role)."""
+    """A stack whose components have metrics, and ways to read their endpoints."""
 
     stack: Stack
-    monitors: dict[tuple[str, str], ComponentMonitor] = field(default_factory=dict)
+
+    @property
+    def monitors(self) -> dict[tuple[str, str], ComponentMonitor]:
+        """The monitor of each (region, role)."""
+        return {(n.region, role): m for n in self.stack.nodes.values() for role, m in n.monitors.items()}
 
     def url(self, region: str, role: str, path: str) -> str:
         return f"http://127.0.0.1:{self.monitors[region, role].port}{path}"
@@ -98,106 +93,29 @@ async def start_metered_stack(
     adapters: dict[str, dict[str, Adapter]] | None = None,
     catalogue: Catalogue | None = None,
 ) -> Metered:
-    """Like ``tests.conftest.start_stack``, each gateway and connector with its own metrics;
-    ``adapters`` replace single demo back ends (the others stay)."""
-    catalogue = catalogue or Catalogue.load()
-    metered = Metered(Stack({}, topology, state))
+    """``tests.conftest.start_stack`` with metrics and operator endpoints on port 0; ``adapters``
+    replace single demo back ends (the others stay)."""
+    merged: dict[str, dict[str, Adapter]] = {}
     for region in serving:
         cfg = Config.load(state.config_path(region))
-        for key, value in METRICS_CONFIG.items():
-            setattr(cfg.metrics, key, value)
-        ledger = store_for(cfg)
-        await ledger.open()
-        node = Node(region, cfg, ledger)
-        metered.stack.nodes[region] = node
-        base = dict(demo_adapters(DemoBackend(cfg.path(cfg.connector.demo_db))))
-        base.update((adapters or {}).get(region, {}))
-        node.adapters = {code: CountingAdapter(a) for code, a in base.items()}
-        registry = load_registry(cfg)
-        cm = Metrics("connector", region, services=catalogue.codes())
-        connector = node.connector = Connector(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=catalogue,
-            adapters=node.adapters,
-            ledger=ledger,
-            metrics=cm,
-        )
-        metered.monitors[region, "connector"] = monitor = ComponentMonitor(
-            cfg,
-            "connector",
-            cm,
-            ledger=ledger,
-            registry=registry,
-            nats_connected=connected(connector),
-            readiness=connector.readiness,
-        )
-        await monitor.start()
-        await connector.start()
-        registry = load_registry(cfg)
-        gm = Metrics("gateway", region, services=catalogue.codes())
-        gateway = node.gateway = Gateway(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=catalogue,
-            ledger=ledger,
-            metrics=gm,
-        )
-        metered.monitors[region, "gateway"] = monitor = ComponentMonitor(
-            cfg,
-            "gateway",
-            gm,
-            ledger=ledger,
-            registry=registry,
-            nats_connected=connected(gateway),
-            readiness=gateway.readiness,
-        )
-        await monitor.start()
-        await gateway.start()
-    await _wait_reachable(metered.stack, serving)
-    return metered
-
-
-def connected(component: Gateway | Connector) -> Callable[[], bool]:
-    return lambda: component.nc is not None and component.nc.is_connected
-
-
-async def _wait_reachable(stack: Stack, serving: tuple[str, ...]) -> None:
-    """Subscription interest propagates through the hub asynchronously: wait until it has."""
-    for src in serving:
-        nc = await stack.nats(src)
-        try:
-            for dst in serving:
-
-                async def reachable(dst: str = dst, nc: NATS = nc) -> bool:
-                    try:
-                        await nc.request(subjects.ping_subject(dst), b"", timeout=0.5)
-                        return True
-                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                        return False
-
-                await eventually(reachable, what=f"{dst} reachable from {src}")
-        finally:
-            await nc.close()
+        merged[region] = {
+            **demo_adapters(DemoBackend(cfg.path(cfg.connector.demo_db))),
+            **(adapters or {}).get(region, {}),
+        }
+    stack = await start_stack(
+        topology,
+        state,
+        serving=serving,
+        adapters=merged,
+        catalogue=catalogue,
+        config={"metrics": METRICS_CONFIG},
+        metered=True,
+    )
+    return Metered(stack)
 
 
 async def stop_metered_stack(metered: Metered) -> None:
-    """Components first, then their monitors, then the ledgers (as the processes stop)."""
-    for ch in metered.stack.channels:
-        await ch.close()
-
-    async def stop(node: Node) -> None:
-        if node.gateway:
-            await node.gateway.stop()
-        if node.connector:
-            await node.connector.stop()
-        for role in ("gateway", "connector"):
-            await metered.monitors[node.region, role].stop()
-        await node.ledger.close()
-
-    await asyncio.gather(*(stop(n) for n in metered.stack.nodes.values()))
+    await stop_stack(metered.stack)
 
 
 def readyz(body: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from tests.e2e.metered import Scrape, http_get
 from tests.e2e.requests import pension
 from tests.helpers import eventually
 from tongban.dev import DevStack
@@ -220,3 +221,24 @@ async def test_every_log_line_of_a_request_carries_its_trace_id(dev_stack: DevSt
     for path in logs.values():
         text = path.read_text()
         assert PERSON not in text and PERSON[:10] not in text
+
+
+async def test_each_process_serves_metrics_and_probes(dev_stack: DevStack) -> None:
+    """The dev stack's gateway and connector processes serve /metrics, /livez and /readyz; after a
+    query, both regions' counters show it."""
+    resp = await _query(dev_stack)
+    want = {(SZ, "gateway"): ("rpc", "Query"), (WX, "connector"): ("rpc", "Query")}
+    for (region, role), (label, value) in want.items():
+        url = dev_stack.metrics_url(region, role)
+        assert url.startswith("http://127.0.0.1:")
+
+        async def counted(url: str = url, label: str = label, value: str = value) -> bool:
+            status, text = await http_get(url)
+            return status == 200 and Scrape(text).total("tongban_requests_total", **{label: value}) >= 1
+
+        await eventually(counted, what=f"{region} {role} counts the query")
+        for probe in ("/livez", "/readyz"):
+            status, _ = await http_get(url.removesuffix("/metrics") + probe)
+            assert status == 200, (region, role, probe)
+        _, text = await http_get(url)
+        assert resp.message_id not in text and resp.trace_id not in text
