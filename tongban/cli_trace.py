@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tongban import outcomes
 from tongban.ids import is_message_id
 
 # Case numbers as gateway.submit.new_case_no makes them: submitting region, date, 10 characters.
 _CASE_NO = re.compile(r"^(?P<region>[0-9]{6})-[0-9]{8}-[0-9A-Z]{10}$")
 _REGION = re.compile(r"^[0-9]{6}$")
 _REASON = re.compile(r"\breason=(\S+)")
-_FAILURES = ("REJECTED", "EXPIRED", "DEAD_LETTERED")
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 _NO_ADDRESS = "the registry names no gateway address for it: give --peer REGION=HOST:PORT"
 _RED, _GREEN, _YELLOW, _BOLD, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
@@ -83,7 +83,7 @@ class Hop:
 
     @property
     def failing(self) -> bool:
-        return self.event in _FAILURES or (self.event == "RESPONDED" and self.detail != "OK")
+        return outcomes.is_failure(self.event, self.detail)
 
 
 @dataclass
@@ -145,13 +145,6 @@ def _address_from_config(cfg: Any, registry: Any) -> str:
         return f"{host}:{pf.read_text().strip()}"
     region = registry.region(cfg.region.code) if registry is not None else None
     return region.gateway_address if region is not None else ""
-
-
-def _reason(detail: str) -> str:
-    m = _REASON.search(detail)
-    if m:
-        return m.group(1)
-    return detail.removeprefix("REMOTE: ").removeprefix("POISON: ") or "-"
 
 
 def _hops(entries: Iterable[Any]) -> list[Hop]:
@@ -350,7 +343,7 @@ def verdict(trace: Trace) -> Verdict:
     ok = [h for h in hops[last_failure + 1 :] if _success(h)]
     if failures and not ok:
         first = failures[0]
-        reason = _reason(first.detail)
+        reason = outcomes.reason(first.event, first.detail)
         if first.event == "RESPONDED":
             text = f"answered with a problem by {first.peer_region}: {reason}"
             return Verdict("failed", text, first.peer_region, reason)
@@ -361,7 +354,7 @@ def verdict(trace: Trace) -> Verdict:
         answered = next((h for h in ok if h.event == "RESPONDED"), None)
         processed = next((h for h in ok if h.event == "PROCESSED"), None)
         if answered is not None:
-            to, how = answered.peer_region, "answered OK"
+            to, how = answered.peer_region, f"answered {answered.detail}"
         elif processed is not None:
             why = _REASON.search(processed.detail)
             to, how = processed.region, "processed" + (f" (outcome {why.group(1)})" if why else "")
@@ -374,9 +367,8 @@ def verdict(trace: Trace) -> Verdict:
         text = f"delivered to {to}: {how}" + _last_case_status(ok)
         if failures:
             f = failures[0]
-            text += (
-                f" (after {len(failures)} failed hop(s); first {f.event} at {f.region}: {_reason(f.detail)})"
-            )
+            first_why = outcomes.reason(f.event, f.detail)
+            text += f" (after {len(failures)} failed hop(s); first {f.event} at {f.region}: {first_why})"
         return Verdict("delivered", text, to)
     last = hops[-1]
     age = _duration(datetime.now(UTC).timestamp() * 1e9 - last.time_ns)

@@ -67,6 +67,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from tongban import outcomes
+
 if TYPE_CHECKING:
     # Only types: the core package stays importable without the ledger package (tongban/cli.py).
     from ledger.entry import Entry
@@ -112,14 +114,12 @@ DEFAULT_CHUNK: Final = 5000
 
 _NS: Final = 1_000_000_000
 _DAY_NS: Final = 86_400 * _NS
-_OK_DETAILS: Final = frozenset({"OK", "NOT_FOUND"})
 # Ledger event names (ledger.entry.Event values; compared as str).
 _OPENERS: Final = frozenset({"SUBMITTED", "RECEIVED"})
-_FAILURES: Final = frozenset({"REJECTED", "EXPIRED", "DEAD_LETTERED"})
+_FAILURES: Final = outcomes.FAILURE_EVENTS
 _CONCLUDES_SENT_QUERY: Final = frozenset({"RESPONDED", "REJECTED", "EXPIRED"})
 _CONCLUDES_SENT_CASE: Final = frozenset({"STATUS", *_FAILURES})
 _CONCLUDES_RECEIVED: Final = frozenset({"PROCESSED", *_FAILURES})
-_QUALIFIED_REASONS: Final = frozenset({"REMOTE", "REPLY_INVALID", "POISON"})
 _NUMBER: Final = re.compile(r"-|[0-9][0-9.,]*(?: ?(?:%|ms|s|min|h))?")
 """A table cell aligned to the right: a count, a rate or a duration (``-`` when there is none)."""
 
@@ -303,10 +303,7 @@ def _concludes(req: Request, e: Entry) -> bool:
 
 def _conclude(req: Request, e: Entry) -> Request:
     event = str(e.event)
-    ok = event == "STATUS" or (
-        event in ("RESPONDED", "PROCESSED")
-        and (e.detail in _OK_DETAILS or (e.detail.startswith("case=") and "reason=" not in e.detail))
-    )
+    ok = event == "STATUS" or (event in outcomes.ANSWER_EVENTS and outcomes.answered(e.detail))
     return dataclasses.replace(
         req,
         concluded_ns=e.time_ns,
@@ -316,24 +313,8 @@ def _conclude(req: Request, e: Entry) -> Request:
 
 
 def failure_reason(e: Entry) -> str:
-    """A short reason token from a failure entry's detail; the event's name when it holds none.
-
-    ``"case=C reason=BACKEND_TIMEOUT"`` and ``"seq=1 status=0 reason=EXPIRED event=..."`` give the
-    token after ``reason=``; ``"INVALID_FIELD: request.fields.x"`` gives ``INVALID_FIELD``;
-    ``"REMOTE: NOT_AUTHORISED (request altered in transit)"`` gives ``REMOTE:NOT_AUTHORISED``.
-    """
-    detail = e.detail.strip()
-    if "reason=" in detail:
-        token = detail.split("reason=", 1)[1].split()
-        return token[0] if token else str(e.event)
-    if not detail or detail.startswith(("case=", "seq=")):
-        return str(e.event)
-    head, sep, tail = detail.split(" (", 1)[0].partition(":")
-    head = head.strip()
-    words = tail.split()
-    if sep and head in _QUALIFIED_REASONS and words:
-        return f"{head}:{words[0]}"
-    return head or str(e.event)
+    """A short reason token from a failure entry's detail (:func:`tongban.outcomes.reason`)."""
+    return outcomes.reason(str(e.event), e.detail)
 
 
 def _refused(e: Entry) -> Request:

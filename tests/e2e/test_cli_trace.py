@@ -82,6 +82,7 @@ async def trace(stack: Stack, query: str, *extra: str) -> tuple[str, dict[str, o
     flags = ("--config", str(stack.state.config_path(SZ)), "--peer", f"{WX}={stack.nodes[WX].address}")
     rc, out, err = await tongban("trace", query, *flags, *extra)
     assert rc == 0, out + err
+    print(out)  # `pytest -s` shows the operator's view
     assert "\x1b[" not in out  # no colour into a pipe
     rc, doc_text, err = await tongban("trace", query, *flags, *extra, "--json")
     assert rc == 0, err
