@@ -85,6 +85,7 @@ class Gateway:
         self._nats_up = False
         self._ledger_ok = True
         self._last_readiness: dict[str, bool] | None = None
+        self._health_lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
 
     def readiness(self) -> dict[str, bool]:
@@ -103,16 +104,19 @@ class Gateway:
         down); LIVENESS while the server runs (a restart would not help a NOT_SERVING Exchange)."""
         if nats_up is not None:
             self._nats_up = nats_up
-        ready = self.readiness()
-        if ready != self._last_readiness:
-            if self._last_readiness is not None:
-                log.warning("gateway.readiness", region=self.cfg.region.code, **ready)
-            self._last_readiness = ready
-        up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", up if all(ready.values()) else down)
-        await self.health.set(EXCHANGE, up if all(ready.values()) else down)
-        await self.health.set(LEDGER, up if ready["started"] and ready["ledger"] else down)
-        await self.health.set(LIVENESS, up if ready["started"] else down)
+        # Serialised, and the snapshot taken inside: a disconnect callback running between the
+        # awaits below cannot leave an older snapshot as the last word.
+        async with self._health_lock:
+            ready = self.readiness()
+            if ready != self._last_readiness:
+                if self._last_readiness is not None:
+                    log.warning("gateway.readiness", region=self.cfg.region.code, **ready)
+                self._last_readiness = ready
+            up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set("", up if all(ready.values()) else down)
+            await self.health.set(EXCHANGE, up if all(ready.values()) else down)
+            await self.health.set(LEDGER, up if ready["started"] and ready["ledger"] else down)
+            await self.health.set(LIVENESS, up if ready["started"] else down)
 
     async def start(self) -> None:
         if self.server is not None:
@@ -218,18 +222,23 @@ class Gateway:
         path = self.cfg.path(self.cfg.gateway.maintenance_file)
         poll = self.cfg.gateway.maintenance_poll_s
         while True:
-            on = path.exists()
-            if on != self.maintenance:
-                self.maintenance = on
-                log.warning("gateway.maintenance", region=self.cfg.region.code, on=on)
             try:
-                await asyncio.wait_for(self.ledger.size(), max(poll, 1.0))
-                self._ledger_ok = True
+                on = path.exists()
+                if on != self.maintenance:
+                    self.maintenance = on
+                    log.warning("gateway.maintenance", region=self.cfg.region.code, on=on)
+                try:
+                    await asyncio.wait_for(self.ledger.size(), max(poll, 1.0))
+                    self._ledger_ok = True
+                except Exception as exc:
+                    if self._ledger_ok:
+                        log.error("gateway.ledger_unavailable", error=type(exc).__name__)
+                    self._ledger_ok = False
+                await self._set_health()
             except Exception as exc:
-                if self._ledger_ok:
-                    log.error("gateway.ledger_unavailable", error=type(exc).__name__)
-                self._ledger_ok = False
-            await self._set_health()
+                # A bug here must not freeze health (and maintenance) at its last value: say so,
+                # and look again at the next poll.
+                log.error("gateway.health_check_failed", error=type(exc).__name__)
             await asyncio.sleep(poll)  # polling a file and probes: no event to wait on
 
     def latest_checkpoint(self) -> tuple[bytes, int, bytes] | None:
