@@ -20,6 +20,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.metered import Scrape, http_get
 from tests.e2e.requests import pension
 from tests.helpers import eventually
@@ -197,10 +198,13 @@ async def test_every_log_line_of_a_request_carries_its_trace_id(dev_stack: DevSt
     }
 
     def lines() -> dict[tuple[str, str], list[dict[str, object]]]:
+        """The request's lines: any naming its message id or its trace id (complete lines only:
+        a process may be writing the last one)."""
         found: dict[tuple[str, str], list[dict[str, object]]] = {}
         for key, path in logs.items():
-            for raw in path.read_text().splitlines():
-                if resp.message_id in raw:
+            text = path.read_text()
+            for raw in text[: text.rfind("\n") + 1].splitlines():
+                if resp.message_id in raw or resp.trace_id in raw:
                     found.setdefault(key, []).append(json.loads(raw))
         return found
 
@@ -212,8 +216,8 @@ async def test_every_log_line_of_a_request_carries_its_trace_id(dev_stack: DevSt
     assert "request.processed" in events[(WX, "connector")]
     for (region, _), entries in found.items():
         for e in entries:
-            assert e["message_id"] == resp.message_id
-            assert e["trace_id"] == resp.trace_id, e
+            assert e.get("message_id") == resp.message_id, e
+            assert e.get("trace_id") == resp.trace_id, e
             for key, pattern in _HEX.items():
                 assert pattern.fullmatch(str(e[key])), e
             assert e["region"] == region and e["service_code"] == "SBJFJLCX0001"
@@ -221,6 +225,45 @@ async def test_every_log_line_of_a_request_carries_its_trace_id(dev_stack: DevSt
     for path in logs.values():
         text = path.read_text()
         assert PERSON not in text and PERSON[:10] not in text
+
+
+async def test_a_submit_trace_crosses_the_forwarder_into_the_other_regions_connector(
+    dev_stack: DevStack, receiver: tuple[Receiver, int]
+) -> None:
+    """Store and forward: Submit RPC → publish into Shenzhen's outbound stream → the forwarder's
+    hop into Wuxi's stream → Wuxi's connector (a durable consumer) → the back end."""
+    rec, _ = receiver
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{dev_stack.ports[SZ]}") as ch:
+        stub = exchange_pb2_grpc.ExchangeStub(ch)
+        receipt = await stub.Submit(submit_request(), timeout=10)
+        await watch(stub, receipt.case_no)
+    names = {
+        "rpc": "tongban.v1.Exchange/Submit",
+        "publish": f"publish tb.v1.out.{SZ}.>",
+        "forward": f"forward tb.v1.req.{WX}.>",
+        "receive": "connector.receive",
+        "adapter": "connector.adapter",
+    }
+    await eventually(
+        lambda: set(names.values()) <= {s.name for s in rec.of_trace(receipt.trace_id)},
+        timeout=30,
+        what="the Submit's hops exported",
+    )
+    spans = rec.of_trace(receipt.trace_id)
+    by_id = {s.span_id: s for s in spans}
+    first = {n: next(s for s in spans if s.name == n) for n in names.values()}
+    rpc, publish, forward, receive, adapter = (first[names[k]] for k in names)
+    assert rpc.parent_span_id == ""
+    assert by_id[publish.parent_span_id] is rpc
+    assert by_id[forward.parent_span_id] is publish  # from the stream message's traceparent
+    assert by_id[receive.parent_span_id] is forward  # the signed trace, refined by the NATS header
+    assert by_id[adapter.parent_span_id] is receive
+    assert (rpc.service, publish.service, forward.service) == ("tongban-gateway",) * 3
+    assert (receive.service, receive.region) == ("tongban-connector", WX)
+    assert rpc.pid != receive.pid
+    assert forward.attributes["messaging.operation.name"] == "forward"
+    assert forward.attributes["messaging.destination.name"] == f"tb.v1.req.{WX}.{CASE_SERVICE}"
+    assert receive.attributes["messaging.destination.name"] == f"tb.v1.req.{WX}.>"
 
 
 async def test_each_process_serves_metrics_and_probes(dev_stack: DevStack) -> None:
