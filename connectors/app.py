@@ -42,6 +42,7 @@ async def run(cfg: Config) -> None:
         cfg.telemetry.service_name or "tongban-connector",
         region=cfg.region.code,
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
+        otlp_ca=cfg.path(cfg.telemetry.otlp_ca).read_bytes() if cfg.telemetry.otlp_ca else None,
     )
     trace.set_tracer_provider(provider)
     registry = load_registry(cfg)

@@ -22,6 +22,7 @@ async def run(cfg: Config) -> None:
         cfg.telemetry.service_name or "tongban-gateway",
         region=cfg.region.code,
         otlp_endpoint=cfg.telemetry.otlp_endpoint,
+        otlp_ca=cfg.path(cfg.telemetry.otlp_ca).read_bytes() if cfg.telemetry.otlp_ca else None,
     )
     trace.set_tracer_provider(provider)
     if cfg.gateway.dev_mode:

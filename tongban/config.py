@@ -190,7 +190,11 @@ class LogConfig:
 @dataclass
 class TelemetryConfig:
     otlp_endpoint: str = ""
-    """OTLP/gRPC endpoint for traces; empty exports nothing."""
+    """OTLP/gRPC endpoint for traces; empty exports nothing. ``https://collector:4317`` uses TLS;
+    ``host:port`` or ``http://…`` is plaintext (a collector on the same host, or dev)."""
+    otlp_ca: str = ""
+    """PEM file of the CA that signed the collector's certificate (TLS endpoints; default: the
+    system's roots)."""
     service_name: str = ""
     """OpenTelemetry service.name; defaults to tongban-<role>."""
 

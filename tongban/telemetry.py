@@ -67,11 +67,18 @@ def configure_logging(*, fmt: str = "json", level: str = "info", stream: Any = N
 
 
 def configure_tracing(
-    service_name: str, *, region: str, otlp_endpoint: str = "", processors: list[SpanProcessor] | None = None
+    service_name: str,
+    *,
+    region: str,
+    otlp_endpoint: str = "",
+    otlp_ca: bytes | None = None,
+    processors: list[SpanProcessor] | None = None,
 ) -> TracerProvider:
     """Install a tracer provider; export by OTLP/gRPC if an endpoint is given, else nowhere.
 
-    Tests pass their own ``processors`` (e.g. a SimpleSpanProcessor over an InMemorySpanExporter).
+    ``https://host:port`` exports over TLS (the system's roots, or ``otlp_ca`` PEM); ``host:port``
+    or ``http://host:port`` in plaintext, for a collector on the same host or in dev. Tests pass
+    their own ``processors`` (e.g. a SimpleSpanProcessor over an InMemorySpanExporter).
     """
     # Without an exporter nothing would read recorded spans: sample nothing (spans still carry trace
     # ids, so logs, ledgers and traceparent headers keep their correlation) and save the CPU.
@@ -87,9 +94,15 @@ def configure_tracing(
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         except ImportError as exc:  # optional dependency
             raise RuntimeError("OTLP export needs opentelemetry-exporter-otlp-proto-grpc installed") from exc
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+        import grpc
+
+        tls = otlp_endpoint.startswith("https://")
+        exporter = OTLPSpanExporter(
+            endpoint=otlp_endpoint,
+            insecure=not tls,
+            credentials=grpc.ssl_channel_credentials(root_certificates=otlp_ca) if tls else None,
         )
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
