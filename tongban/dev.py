@@ -47,18 +47,22 @@ DEV_MODE_BANNER = """\
 """
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports for servers started a moment later.
+_HANDED_OUT: set[int] = set()
+
+
+def free_port() -> int:
+    """A free loopback port for a server started a moment later, never one this process handed
+    out before.
 
     Below the kernel's ephemeral range where it has one: a port the kernel hands out for port 0 or
-    for an outgoing connection could be taken again before the gateway binds it.
+    for an outgoing connection could be taken again before the server binds it (tests also use
+    this for servers that must keep their port across a restart).
     """
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 0
-    ports: list[int] = []
-    while len(ports) < count:
+    while True:
         port = random.randrange(max(1024, low - 12000), low) if low > 2048 else 0
         with socket.socket() as s:
             try:
@@ -66,9 +70,9 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 continue
             port = s.getsockname()[1]
-        if port not in ports:
-            ports.append(port)
-    return ports
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
@@ -109,7 +113,7 @@ class DevStack:
             nats_urls={r: self.topology.url(r) for r in self.regions},
             log_format=self.log_format,
             extra=extra,
-            gateway_ports=dict(zip(self.regions, free_ports(len(self.regions)), strict=True)),
+            gateway_ports={region: free_port() for region in self.regions},
         )
         for region in self.regions:
             self.state.port_file(region).unlink(missing_ok=True)
