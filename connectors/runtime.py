@@ -263,13 +263,10 @@ class Connector:
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "nats",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": destination,
+                    **telemetry.messaging_attributes(
+                        destination, mid, peer, svc, operation="process", operation_type="process"
+                    ),
                     "tongban.region": self.region,
-                    "tongban.message_id": mid,
-                    "tongban.service_code": svc,
-                    "tongban.peer_region": peer,
                 },
             ) as span,
         ):

@@ -243,7 +243,7 @@ class ExchangeCore:
         with self.tracer.start_as_current_span(
             f"send {subjects.rpc_wildcard(to)}",
             kind=SpanKind.PRODUCER,
-            attributes=telemetry.send_attributes(subject, message_id, to, svc),
+            attributes=telemetry.messaging_attributes(subject, message_id, to, svc),
         ):
             with self.metrics.hop(Hop.SEAL_SIGN):
                 built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)

@@ -260,7 +260,7 @@ class CaseDesk:
         with self.tracer.start_as_current_span(
             f"publish {subjects.outbound_wildcard(self.region)}",
             kind=SpanKind.PRODUCER,
-            attributes=telemetry.send_attributes(
+            attributes=telemetry.messaging_attributes(
                 subjects.outbound_subject(self.region, subjects.OutKind.REQUEST, to, svc, message_id),
                 message_id,
                 to,

@@ -150,7 +150,7 @@ class Forwarder:
 
     async def _forward(self, msg: Msg) -> None:
         try:
-            kind, dest, to, mid = subjects.destination_of(msg.subject)
+            kind, dest, to, svc, mid = subjects.destination_of(msg.subject)
         except ValueError:
             log.error("forwarder.bad_subject")
             await msg.term()
@@ -166,7 +166,7 @@ class Forwarder:
             context=telemetry.context_from_traceparent(headers.get(subjects.Header.TRACEPARENT, "")),
             kind=SpanKind.PRODUCER,
             attributes={
-                **telemetry.send_attributes(dest, mid, to, dest.split(".")[-1], operation="forward"),
+                **telemetry.messaging_attributes(dest, mid, to, svc, operation="forward"),
                 "messaging.message.delivery_count": _delivered(msg),
             },
         ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import NamedTuple
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -108,8 +109,19 @@ def outbound_wildcard(region: str) -> str:
     return f"{PREFIX}.out.{_token(region, 'region')}.>"
 
 
-def destination_of(out_subject: str) -> tuple[OutKind, str, str, str]:
-    """(kind, destination subject, to region, message id) of an outbound subject.
+class Destination(NamedTuple):
+    """Where an outbound message goes, read from its outbound subject."""
+
+    kind: OutKind
+    subject: str
+    """The destination region's stream subject."""
+    region: str
+    service_code: str
+    message_id: str
+
+
+def destination_of(out_subject: str) -> Destination:
+    """Kind, destination subject, region, service and message id of an outbound subject.
 
     Raises:
         ValueError: not an outbound subject.
@@ -120,7 +132,7 @@ def destination_of(out_subject: str) -> tuple[OutKind, str, str, str]:
     kind = OutKind(parts[4])
     to, svc, mid = parts[5], parts[6], parts[7]
     dest = request_subject(to, svc) if kind is OutKind.REQUEST else event_subject(to, svc)
-    return kind, dest, to, mid
+    return Destination(kind, dest, to, svc, mid)
 
 
 def case_notify_subject(region: str) -> str:

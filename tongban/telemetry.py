@@ -131,18 +131,25 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
-def send_attributes(
-    subject: str, message_id: str, to_region: str, service_code: str, *, operation: str = "send"
+def messaging_attributes(
+    subject: str,
+    message_id: str,
+    peer_region: str,
+    service_code: str,
+    *,
+    operation: str = "send",
+    operation_type: str = "send",
 ) -> dict[str, str]:
-    """Messaging semantic-convention attributes of a PRODUCER span (NATS as the system), plus
-    tongban's own: ids and codes only, never personal data."""
+    """Messaging semantic-convention attributes of a PRODUCER (``operation_type`` send) or
+    CONSUMER (process) span, NATS as the system, plus tongban's own: ids and codes only, never
+    personal data."""
     return {
         "messaging.system": "nats",
-        "messaging.operation.type": "send",
+        "messaging.operation.type": operation_type,
         "messaging.operation.name": operation,
         "messaging.destination.name": subject,
         "messaging.message.id": message_id,
         "tongban.message_id": message_id,
-        "tongban.peer_region": to_region,
+        "tongban.peer_region": peer_region,
         "tongban.service_code": service_code,
     }
