@@ -2,7 +2,10 @@
 latest signed checkpoint, for partners, peer regions and auditors.
 
 Entries are selected by message id, trace id, case number (resolved through the gateway's case
-store to the case's request message), time range or index range.
+store to the case's request message), time range or index range. By message id or trace id, the
+service also reads another region's entries about this region's traffic (``GetEntriesRequest.region``)
+through its peer reader, over NATS: an operator asks only their own gateway, whose partner
+certificates they hold, and the peer region answers the gateway's region, not the operator.
 
 Proofs default to the size of the latest checkpoint (what a client can check a root against);
 without a checkpoint yet, to the tree's current size. The tree catches up with the store (which the
@@ -12,19 +15,26 @@ region's connector appends to as well) before every answer.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import StatusCode
 
+from gateway.witness import PeerReadError
 from ledger import Entry, LedgerStore
 from ledger.entry import canonical_bytes
 from ledger.merkle import leaf_hash
 from ledger.tree import LedgerTree
-from tongban.errors import InvalidRequest, NotFound, Violation
+from tongban.errors import DeadlineExceeded, InvalidRequest, NotFound, TongbanError, Unavailable, Violation
+from tongban.ids import is_message_id, is_trace_id
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
+PEER_TIMEOUT_S: Final = 5.0
+"""Deadline of a read of another region's entries when the RPC has none (or a longer one)."""
+_PEER_MARGIN_S: Final = 0.1
+"""Kept from the RPC's remaining time for answering after the peer read."""
 
 LatestCheckpoint = Callable[[], "tuple[bytes, int, bytes] | None"]
 """Returns (signed note, tree size, root hash) of the latest checkpoint, or None before the first."""
@@ -39,6 +49,19 @@ class CaseRecord(Protocol):
 
 CaseLookup = Callable[[str], Awaitable["CaseRecord | None"]]
 """The case of a case number, or None (the gateway's ``CaseStore.get``)."""
+
+
+class PeerReader(Protocol):
+    """Reads another region's entries about this region's traffic (``gateway.witness.fetch_entries``
+    with the gateway's NATS connection bound).
+
+    Raises :class:`~gateway.witness.PeerReadError` (its ``reason``: ``PEER_UNREACHABLE``, ``PEER_REFUSED`` or
+    ``PEER_ANSWER_INVALID``) when there is no usable answer.
+    """
+
+    def __call__(
+        self, region: str, /, *, message_id: str = ..., trace_id: str = ..., timeout_s: float = ...
+    ) -> Awaitable[list[Entry]]: ...
 
 
 def entry_message(e: Entry) -> ledger_pb2.LedgerEntry:
@@ -71,6 +94,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         latest_checkpoint: LatestCheckpoint,
         *,
         case_lookup: CaseLookup | None = None,
+        peer_reader: PeerReader | None = None,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         """Serve ``store``'s entries and proofs.
 
@@ -80,11 +105,16 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             latest_checkpoint: the latest signed checkpoint.
             case_lookup: case number to case (the gateway's case store); without it the
                 ``case_no`` selector finds no case.
+            peer_reader: reads other regions' entries (``GetEntriesRequest.region``); without it
+                such reads are UNAVAILABLE.
+            peer_timeout_s: deadline of a peer read, shortened to the RPC's remaining time.
         """
         self.store = store
         self.tree = tree
         self.latest_checkpoint = latest_checkpoint
         self.case_lookup = case_lookup
+        self.peer_reader = peer_reader
+        self.peer_timeout_s = peer_timeout_s
 
     async def GetEntries(
         self, request: ledger_pb2.GetEntriesRequest, context: Any
@@ -92,6 +122,11 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         limit = request.limit or DEFAULT_LIMIT
         if limit > MAX_LIMIT:
             raise InvalidRequest("limit too large", [Violation("limit", f"at most {MAX_LIMIT}")])
+        if request.region and request.region != self.store.region:
+            found = await self._from_peer(request, context)
+            return ledger_pb2.GetEntriesResponse(
+                entries=[entry_message(e) for e in found[:limit]], truncated=len(found) > limit
+            )
         size = await self.store.size()
         which = request.WhichOneof("selector")
         if which == "message_id":
@@ -120,6 +155,43 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         return ledger_pb2.GetEntriesResponse(
             entries=[entry_message(e) for e in found[:limit]], tree_size=size, truncated=len(found) > limit
         )
+
+    async def _from_peer(self, request: ledger_pb2.GetEntriesRequest, context: Any) -> list[Entry]:
+        """``request.region``'s entries about this region's traffic, read through the peer reader
+        within the RPC's deadline."""
+        region, which = request.region, request.WhichOneof("selector")
+        if not (len(region) == 6 and region.isascii() and region.isdigit()):
+            raise InvalidRequest("bad region", [Violation("region", "must be a 6-digit region code")])
+        if which == "message_id" and is_message_id(request.message_id):
+            selector = {"message_id": request.message_id}
+        elif which == "trace_id" and is_trace_id(request.trace_id):
+            selector = {"trace_id": request.trace_id}
+        elif which in ("message_id", "trace_id"):
+            what = "a message id (26-character ULID)" if which == "message_id" else "32 lower-case hex digits"
+            raise InvalidRequest(
+                "malformed selector", [Violation(which, f"must be {what} to read another region")]
+            )
+        else:
+            raise InvalidRequest(
+                "selector not available for another region",
+                [Violation("region", "another region's entries are read by message_id or trace_id only")],
+            )
+        if self.peer_reader is None:
+            raise Unavailable(
+                "this gateway reads no other region's ledger (no NATS)", reason="PEER_UNREACHABLE"
+            )
+        remaining = context.time_remaining() if context is not None else None
+        timeout = (
+            self.peer_timeout_s if remaining is None else min(self.peer_timeout_s, remaining - _PEER_MARGIN_S)
+        )
+        if timeout <= 0:
+            raise DeadlineExceeded(f"no time left to read {region}'s entries")
+        try:
+            return await self.peer_reader(region, timeout_s=timeout, **selector)
+        except PeerReadError as exc:
+            if exc.reason == "PEER_UNREACHABLE":
+                raise Unavailable(str(exc), reason=exc.reason) from None
+            raise TongbanError(str(exc), reason=exc.reason, code=StatusCode.FAILED_PRECONDITION) from None
 
     async def _case_message_id(self, case_no: str) -> str:
         if not case_no:

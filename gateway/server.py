@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from gateway.interceptors import GatewayInterceptor
 from gateway.ledger_service import LedgerService
 from gateway.ratelimit import PartnerLimiter
 from gateway.submit import CaseDesk
-from gateway.witness import CheckpointPublisher, Witness
+from gateway.witness import CheckpointPublisher, Witness, fetch_entries
 from ledger import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.catalogue import Catalogue
@@ -168,7 +169,11 @@ class Gateway:
             exchange_pb2_grpc.add_ExchangeServicer_to_server(ExchangeService(core, self.desk), server)
             ledger_pb2_grpc.add_LedgerServicer_to_server(
                 LedgerService(
-                    self.ledger, self.ledger_tree, self.latest_checkpoint, case_lookup=self.cases.get
+                    self.ledger,
+                    self.ledger_tree,
+                    self.latest_checkpoint,
+                    case_lookup=self.cases.get,
+                    peer_reader=functools.partial(fetch_entries, nc),
                 ),
                 server,
             )

@@ -42,7 +42,7 @@ from tongban.delivery import is_terminal, policy_for
 from tongban.envelope import EnvelopeRejected
 from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanError, Unavailable, Violation
 from tongban.forwarder import Forwarder
-from tongban.ids import is_message_id, new_message_id
+from tongban.ids import is_case_no, is_message_id, new_case_no, new_message_id
 from tongban.metrics import Hop, label_request
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
@@ -50,7 +50,6 @@ from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
 log = structlog.get_logger("tongban.gateway")
 
 _IDEM_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_CASE_NO = re.compile(r"^[0-9]{6}-[0-9]{8}-[0-9A-Z]{10}$")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
 _FAILURE_EVENT = {
@@ -76,11 +75,6 @@ class IdempotencyKeyReused(TongbanError):
 
     code = StatusCode.ALREADY_EXISTS
     reason = "IDEMPOTENCY_KEY_REUSED"
-
-
-def new_case_no(region: str) -> str:
-    """办件编号: region, acceptance date, 10 random characters (e.g. 440300-20261122-7K3M9Q2XWA)."""
-    return f"{region}-{time.strftime('%Y%m%d', time.gmtime())}-{new_message_id()[-10:]}"
 
 
 @dataclass
@@ -492,7 +486,7 @@ class CaseDesk:
         first = events[0].sequence if events else 0
         if (
             not events
-            or not _CASE_NO.match(h.case_no)
+            or not is_case_no(h.case_no)
             or first < 1
             or any(ev.case_no != h.case_no or ev.sequence != first + i for i, ev in enumerate(events))
         ):
@@ -553,7 +547,7 @@ class CaseDesk:
 
     async def _own_case(self, case_no: str) -> CaseRow:
         caller = self._caller()
-        row = await self.cases.get(case_no) if _CASE_NO.match(case_no) else None
+        row = await self.cases.get(case_no) if is_case_no(case_no) else None
         if row is None or row.caller != caller.system_id:
             # Another system's case is reported as missing: no probing for case numbers.
             raise NotFound("no such case", reason="CASE_NOT_FOUND")

@@ -6,7 +6,8 @@ Two parts, both run in a region's gateway process:
 * :class:`CheckpointPublisher` signs checkpoints of the region's own ledger (``ledger.checkpoint``), on a
   schedule and on demand, publishes each to every other region of the trust registry on
   ``tb.v1.ckpt.<peer>.<own>`` (the peer's inbound space), and answers consistency-proof requests about its
-  ledger on ``tb.v1.lproof.<own>``.
+  ledger on ``tb.v1.lproof.<own>`` (and there, too, other regions' requests for its entries about their
+  own traffic).
 * :class:`Witness` takes the checkpoints addressed to its region, verifies each against the trust registry's
   signing keys of the origin region, keeps the latest one per region on disk, and for every newer one asks
   the origin for a consistency proof and verifies it. An inconsistent checkpoint — the proof does not verify,
@@ -16,7 +17,15 @@ Two parts, both run in a region's gateway process:
 
 Wire format (core NATS, no personal data): a checkpoint message is the signed note itself. A proof request
 is JSON ``{"old_size": m, "new_size": n}``; the reply is ``{"proof": [base64 hash, ...]}`` or
-``{"error": "..."}``.
+``{"error": "..."}``. Two more requests on the same subject serve other regions' operators, each answered
+only with entries about the asking region's own traffic (``peer_region`` is the region whose inbox the
+reply goes to, which the hub's permissions tie to that region's credentials):
+
+* ``{"leaf_index": i, "tree_size": n}``: one entry with its inclusion proof (:func:`fetch_proven_entry`);
+* ``{"entries": {"message_id": "..."}}`` or ``{"entries": {"trace_id": "..."}}``: the entries of one
+  message or trace, ``{"entries": [entry, ...], "truncated": bool}`` with each entry's fields, ``prev_hash``
+  and ``entry_hash`` (:func:`fetch_entries`), at most :data:`MAX_ENTRIES_PER_REPLY` of them and
+  :data:`MAX_ENTRY_REPLY_BYTES` in all.
 Nothing in a checkpoint or a proof reply is used before it verifies: the note against the registry, the proof
 against two verified roots (a forged proof can fail to verify, never make an inconsistent log look
 consistent). A proof request that gets no usable answer is not an alarm — the held checkpoint stays, and the
@@ -32,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import math
 import os
@@ -61,13 +71,14 @@ from ledger.checkpoint import (
     read_note,
     write_atomically,
 )
-from ledger.entry import Entry, EntryDraft, Event
+from ledger.entry import HASH_SIZE, Entry, EntryDraft, Event, canonical_bytes, chain_hash
 from ledger.errors import LedgerError
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
 from tongban import subjects
 from tongban.envelope import EnvelopeRejected
+from tongban.ids import is_message_id, is_trace_id
 from tongban.node import RegionSecrets
 from tongban.registry import Registry
 from tongban.v1 import registry_pb2
@@ -77,6 +88,9 @@ log = structlog.get_logger("gateway.witness")
 MAX_PROOF_REQUEST_BYTES: Final = 256
 MAX_PROOF_REPLY_BYTES: Final = 16384
 MAX_ENTRY_REPLY_BYTES: Final = 65536
+MAX_ENTRIES_PER_REPLY: Final = 200
+"""Entries in one answer to an entries request (a message has a dozen or so); beyond it, or beyond
+:data:`MAX_ENTRY_REPLY_BYTES`, the answer holds the first ones and says ``truncated``."""
 _QUEUE_PER_REGION: Final = 16
 """Checkpoints of one region waiting to be witnessed; beyond it the oldest is dropped."""
 MAX_PROOF_HASHES: Final = 128
@@ -129,7 +143,8 @@ class _Subscriber:
 
 
 class CheckpointPublisher:
-    """Signs this region's ledger checkpoints, publishes them to every peer region, answers proof requests.
+    """Signs this region's ledger checkpoints, publishes them to every peer region, answers proof and
+    entries requests.
 
     Args:
         region: this region's code.
@@ -234,7 +249,14 @@ class CheckpointPublisher:
             log.warning("witness.proof_request_dropped", reason="reply subject is not a region inbox")
             return
         try:
-            inclusion = _parse_inclusion_request(msg.data)
+            doc = _request_doc(msg.data)
+            selector = _parse_entries_request(doc)
+            if selector is not None:
+                reply, count = await self._entries(*selector, asker=reply_region)
+                await msg.respond(reply)
+                log.debug("witness.entries_answered", peer=reply_region, entries=count)
+                return
+            inclusion = _parse_inclusion_request(doc)
             if inclusion is not None:
                 entry = await self._inclusion(*inclusion, asker=reply_region)
                 await msg.respond(json.dumps({"entry": entry}).encode())
@@ -242,7 +264,7 @@ class CheckpointPublisher:
                     "witness.inclusion_answered", peer=reply_region, leaf=inclusion[0], size=inclusion[1]
                 )
                 return
-            old_size, new_size = _parse_proof_request(msg.data)
+            old_size, new_size = _parse_proof_request(doc)
             proof = await self.signer.consistency_proof(old_size, new_size)
         except ValueError as exc:
             await msg.respond(json.dumps({"error": str(exc)[:200]}).encode())
@@ -263,16 +285,67 @@ class CheckpointPublisher:
             raise ValueError(f"leaf {leaf_index} is not about region {asker}'s traffic")
         return entry_json(entry, tree.tree.inclusion_proof(leaf_index, size))
 
+    async def _entries(self, message_id: str, trace_id: str, *, asker: str) -> tuple[bytes, int]:
+        """The answer to an entries request: the message's or trace's entries about the asking
+        region's own traffic (its ``peer_region``), the first ones that fit, and how many."""
+        store = self.signer.store
+        found = await (store.by_message_id(message_id) if message_id else store.by_trace_id(trace_id))
+        theirs = [e for e in found if e.peer_region == asker]
+        parts: list[bytes] = []
+        room = MAX_ENTRY_REPLY_BYTES - len(b'{"entries":[],"truncated":false}')
+        for e in theirs[:MAX_ENTRIES_PER_REPLY]:
+            part = json.dumps(_entry_doc(e), separators=(",", ":"), ensure_ascii=False).encode()
+            if len(part) + 1 > room:
+                break
+            parts.append(part)
+            room -= len(part) + 1
+        truncated = b"true" if len(parts) < len(theirs) else b"false"
+        return b'{"entries":[' + b",".join(parts) + b'],"truncated":' + truncated + b"}", len(parts)
 
-def _parse_inclusion_request(data: bytes) -> tuple[int, int] | None:
-    """(leaf index, tree size) of an inclusion request, None for another kind of request."""
+
+def _entry_doc(e: Entry) -> dict[str, Any]:
+    """An entry as :func:`ledger.bundle.entry_json` encodes it, with its chain link instead of an
+    inclusion proof and without the canonical bytes (the asker re-encodes the fields and checks that
+    they hash, with ``prev_hash``, to ``entry_hash``)."""
+    doc = entry_json(e, ())
+    del doc["inclusion_proof"], doc["entry_bytes"]
+    doc["prev_hash"] = _b64(e.prev_hash)
+    doc["entry_hash"] = _b64(e.entry_hash)
+    return doc
+
+
+def _request_doc(data: bytes) -> dict[str, Any]:
+    """A request to the ledger proof responder, parsed (every kind is a small JSON object)."""
     if len(data) > MAX_PROOF_REQUEST_BYTES:
         raise ValueError("request too large")
     try:
         doc = json.loads(data)
     except ValueError:
         raise ValueError("request is not JSON") from None
-    if not isinstance(doc, dict) or "leaf_index" not in doc:
+    if not isinstance(doc, dict):
+        raise ValueError("request is not a JSON object")
+    return doc
+
+
+def _parse_entries_request(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """(message id, trace id) of an entries request, exactly one of them set; None for another kind
+    of request."""
+    if "entries" not in doc:
+        return None
+    selector = doc["entries"]
+    if set(doc) != {"entries"} or not isinstance(selector, dict) or len(selector) != 1:
+        raise ValueError('request must be {"entries": {"message_id" or "trace_id": ...}}')
+    [(key, value)] = selector.items()
+    if key == "message_id" and isinstance(value, str) and is_message_id(value):
+        return value, ""
+    if key == "trace_id" and isinstance(value, str) and is_trace_id(value):
+        return "", value
+    raise ValueError("entries are selected by a well-formed message_id (ULID) or trace_id (32 hex digits)")
+
+
+def _parse_inclusion_request(doc: dict[str, Any]) -> tuple[int, int] | None:
+    """(leaf index, tree size) of an inclusion request, None for another kind of request."""
+    if "leaf_index" not in doc:
         return None
     if set(doc) != {"leaf_index", "tree_size"}:
         raise ValueError("request must be {leaf_index, tree_size}")
@@ -306,14 +379,192 @@ async def fetch_proven_entry(
     return entry
 
 
-def _parse_proof_request(data: bytes) -> tuple[int, int]:
-    if len(data) > MAX_PROOF_REQUEST_BYTES:
-        raise ValueError("request too large")
+class PeerReadError(LedgerError):
+    """Another region's entries could not be read over NATS.
+
+    Attributes:
+        region: the region asked.
+        reason: ``PEER_UNREACHABLE`` (no responder, no answer in time, connection down),
+            ``PEER_REFUSED`` (it answered with an error) or ``PEER_ANSWER_INVALID`` (the answer is
+            malformed, or an entry is not the asked region's, not about our traffic, or does not hash
+            to its entry hash).
+    """
+
+    def __init__(self, message: str, *, region: str, reason: str) -> None:
+        super().__init__(message)
+        self.region = region
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (functools.partial(PeerReadError, region=self.region, reason=self.reason), (str(self),))
+
+
+async def fetch_entries(
+    nc: NATS, region: str, *, message_id: str = "", trace_id: str = "", timeout_s: float = 5.0
+) -> list[Entry]:
+    """The entries of ``region``'s ledger about one message or trace of our region's traffic, read
+    over NATS (our region's credentials on the hub are the authorisation; ``region`` answers only
+    with entries whose ``peer_region`` is ours), in index order.
+
+    Every entry is checked: it is ``region``'s, about our region, of the message or trace asked, and
+    its fields encode to bytes that hash, after its ``prev_hash``, to its ``entry_hash``. Our region
+    is the one whose inbox the connection's replies land in (what the responder sees), so ``nc``
+    must have been opened with the region's inbox prefix. An answer cut short at
+    :data:`MAX_ENTRIES_PER_REPLY` entries or :data:`MAX_ENTRY_REPLY_BYTES` is logged
+    (``witness.entries_truncated``) and its entries returned.
+
+    Args:
+        nc: a connection to our region's nats-server with our region's inbox prefix.
+        region: the region whose ledger to read.
+        message_id: the message (exactly one of ``message_id`` and ``trace_id``).
+        trace_id: the trace.
+        timeout_s: deadline of the request.
+
+    Raises:
+        ValueError: not exactly one well-formed selector.
+        PeerReadError: no usable answer (its ``reason`` says which kind).
+    """
+    if bool(message_id) == bool(trace_id):
+        raise ValueError("give exactly one of message_id and trace_id")
+    if message_id and not is_message_id(message_id):
+        raise ValueError("message_id is not a message id (26-character ULID)")
+    if trace_id and not is_trace_id(trace_id):
+        raise ValueError("trace_id is not a trace id (32 lower-case hex digits)")
+    asker = subjects.inbox_region(nc.new_inbox())
+    if asker is None:
+        raise ValueError("the NATS connection has no region inbox prefix: peers answer only into one")
+    selector = {"message_id": message_id} if message_id else {"trace_id": trace_id}
+    request = json.dumps({"entries": selector}).encode()
+    try:
+        msg = await nc.request(subjects.ledger_proof_subject(region), request, timeout=timeout_s)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise PeerReadError(
+            f"{region} did not answer over NATS ({type(exc).__name__})",
+            region=region,
+            reason="PEER_UNREACHABLE",
+        ) from None
+    entries, truncated = _parse_entries_reply(msg.data, region=region, asker=asker, selector=selector)
+    if truncated:
+        log.warning("witness.entries_truncated", region=region, entries=len(entries))
+    return entries
+
+
+def _parse_entries_reply(
+    data: bytes, *, region: str, asker: str, selector: dict[str, str]
+) -> tuple[list[Entry], bool]:
+    def invalid(why: str) -> PeerReadError:
+        return PeerReadError(
+            f"{region} answered unusably: {why}", region=region, reason="PEER_ANSWER_INVALID"
+        )
+
+    if len(data) > MAX_ENTRY_REPLY_BYTES:
+        raise invalid("answer too large")
     try:
         doc = json.loads(data)
     except ValueError:
-        raise ValueError("request is not JSON") from None
-    if not isinstance(doc, dict) or set(doc) != {"old_size", "new_size"}:
+        raise invalid("not JSON") from None
+    if isinstance(doc, dict) and set(doc) == {"error"}:
+        raise PeerReadError(
+            f"{region} refused the read: {str(doc['error'])[:200]}", region=region, reason="PEER_REFUSED"
+        )
+    if (
+        not isinstance(doc, dict)
+        or set(doc) != {"entries", "truncated"}
+        or not isinstance(doc["entries"], list)
+        or not isinstance(doc["truncated"], bool)
+    ):
+        raise invalid("not an entries answer")
+    if len(doc["entries"]) > MAX_ENTRIES_PER_REPLY:
+        raise invalid(f"more than {MAX_ENTRIES_PER_REPLY} entries")
+    [(key, value)] = selector.items()
+    entries: list[Entry] = []
+    for raw in doc["entries"]:
+        try:
+            e = _checked_entry(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise invalid(f"an entry does not parse ({str(exc)[:100]})") from None
+        if e.region != region:
+            raise invalid(f"entry {e.index} belongs to region {e.region}")
+        if e.peer_region != asker:
+            raise invalid(f"entry {e.index} is not about region {asker}'s traffic")
+        if getattr(e, key) != value:
+            raise invalid(f"entry {e.index} is not of the {key.replace('_', ' ')} asked")
+        if chain_hash(e.prev_hash, canonical_bytes(e)) != e.entry_hash:
+            raise invalid(f"entry {e.index}: its fields do not hash to its entry hash")
+        if entries and e.index <= entries[-1].index:
+            raise invalid("entries are not in index order")
+        entries.append(e)
+    return entries, doc["truncated"]
+
+
+_ENTRY_FIELDS: Final = frozenset(
+    (
+        "index",
+        "time_ns",
+        "region",
+        "event",
+        "message_id",
+        "peer_region",
+        "service_code",
+        "envelope_digest",
+        "trace_id",
+        "detail",
+        "prev_hash",
+        "entry_hash",
+    )
+)
+
+
+def _checked_entry(raw: Any) -> Entry:
+    """An :func:`_entry_doc` back to an :class:`Entry`, every field of its exact JSON type.
+
+    Raises:
+        KeyError, TypeError, ValueError: a field is missing or malformed.
+    """
+    if not isinstance(raw, dict):
+        raise TypeError("not an object")
+    if set(raw) != _ENTRY_FIELDS:
+        raise ValueError("not the fields of an entry")
+
+    def integer(name: str) -> int:
+        v = raw[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} is not a non-negative integer")
+        return v
+
+    def text(name: str) -> str:
+        v = raw[name]
+        if not isinstance(v, str):
+            raise TypeError(f"{name} is not a string")
+        return v
+
+    def digest(name: str, *, empty: bool = False) -> bytes:
+        try:
+            v = base64.b64decode(text(name), validate=True)
+        except binascii.Error:
+            raise ValueError(f"{name} is not base64") from None
+        if len(v) != HASH_SIZE and not (empty and not v):
+            raise ValueError(f"{name} is not {HASH_SIZE} bytes")
+        return v
+
+    return Entry(
+        index=integer("index"),
+        time_ns=integer("time_ns"),
+        region=text("region"),
+        event=Event(text("event")),
+        message_id=text("message_id"),
+        peer_region=text("peer_region"),
+        service_code=text("service_code"),
+        envelope_digest=digest("envelope_digest", empty=True),
+        trace_id=text("trace_id"),
+        detail=text("detail"),
+        prev_hash=digest("prev_hash"),
+        entry_hash=digest("entry_hash"),
+    )
+
+
+def _parse_proof_request(doc: dict[str, Any]) -> tuple[int, int]:
+    if set(doc) != {"old_size", "new_size"}:
         raise ValueError("request must be {old_size, new_size}")
     old, new = doc["old_size"], doc["new_size"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new)):

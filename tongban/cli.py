@@ -64,10 +64,14 @@ def _channel(args: argparse.Namespace) -> Any:
         return grpc.insecure_channel(args.gateway)
     if not all(tls):
         raise SystemExit("give --ca, --cert and --key together (mutual TLS)")
+    pem = {}
+    for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key)):
+        try:
+            pem[flag] = Path(path).read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(args.ca).read_bytes(),
-        private_key=Path(args.key).read_bytes(),
-        certificate_chain=Path(args.cert).read_bytes(),
+        root_certificates=pem["--ca"], private_key=pem["--key"], certificate_chain=pem["--cert"]
     )
     return grpc.secure_channel(args.gateway, credentials)
 

@@ -2,10 +2,17 @@
 
 The operator's local gateway is asked for the flow's entries (Ledger.GetEntries by message id, or by
 case number for a Submit made through it); every peer region those entries name is then asked for
-the same message id and trace id, through its gateway at the address the trust registry gives (or
-``--peer REGION=HOST:PORT``), and so on for the regions those entries name. The entries are merged
-into one timeline ordered by time, with the time since the previous hop, the failing hop marked
-and a one-line verdict. Nothing here needs a tracing back end: the ledgers are the record.
+the same message id and trace id, and so on for the regions those entries name. The entries are
+merged into one timeline ordered by time, with the time since the previous hop, the failing hop
+marked and a one-line verdict. Nothing here needs a tracing back end: the ledgers are the record.
+
+A peer region's ledger is read, by default, **through the local gateway**: GetEntries with
+``region`` set, which the gateway answers by asking that region over NATS with its own region's
+credentials; the peer answers with its entries about the local region's traffic only. The operator
+needs a certificate for their own gateway alone, which is all production gives them (a gateway
+accepts only its own region's partners). ``--peer REGION=HOST:PORT`` reads that region at its
+gateway directly instead, and ``--direct`` every peer region at the address the trust registry
+gives: development and operations set-ups where the operator's certificate is accepted everywhere.
 
 Each region stamps its entries with its own clock: across regions a duration includes the skew
 between their clocks (a hop may even appear to precede its cause by the skew).
@@ -22,17 +29,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tongban import outcomes
-from tongban.ids import is_message_id
+from tongban.ids import case_region, is_case_no, is_message_id
 
-# Case numbers as gateway.submit.new_case_no makes them: submitting region, date, 10 characters.
-_CASE_NO = re.compile(r"^(?P<region>[0-9]{6})-[0-9]{8}-[0-9A-Z]{10}$")
 _REGION = re.compile(r"^[0-9]{6}$")
 _REASON = re.compile(r"\breason=(\S+)")
 _UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
-_NO_ADDRESS = "the registry names no gateway address for it: give --peer REGION=HOST:PORT"
+_REFUSED = ("PERMISSION_DENIED", "UNAUTHENTICATED")
+_NO_ADDRESS = (
+    "the registry names no gateway address for it: give --peer REGION=HOST:PORT, or read it through "
+    "the local gateway (without --direct)"
+)
+
+Route = Callable[[str], "str | None"]
+"""How to read a peer region: its gateway's address to read it directly, "" when it should be read
+directly but no address is known, None to read it through the local gateway (over NATS)."""
 _RED, _GREEN, _YELLOW, _BOLD, _RESET = "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
 
 
@@ -43,10 +56,11 @@ def add_parser(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) 
     t = sub.add_parser(
         "trace",
         help="a request's timeline across regions from their ledgers (message id or case number)",
-        description="Rebuild a request's path across regions from the regions' ledgers, through their "
-        "gateways' Ledger service: one timeline ordered by time, the time between hops, the failing hop "
-        "and a verdict. Each region stamps entries with its own clock: durations across regions include "
-        "the skew between them.",
+        description="Rebuild a request's path across regions from the regions' ledgers: one timeline "
+        "ordered by time, the time between hops, the failing hop and a verdict. Peer regions' ledgers are "
+        "read through the local gateway, which asks them over NATS for their entries about this region's "
+        "traffic; --peer and --direct read them at their own gateways instead. Each region stamps entries "
+        "with its own clock: durations across regions include the skew between them.",
     )
     t.add_argument("id", metavar="MESSAGE_ID|CASE_NO", help="message id (26-character ULID) or case number")
     t.add_argument(
@@ -57,7 +71,13 @@ def add_parser(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) 
         action="append",
         default=[],
         metavar="REGION=HOST:PORT",
-        help="a peer region's gateway address, over the registry's (repeat)",
+        help="read this peer region directly at its gateway (repeat); needs a certificate it accepts",
+    )
+    t.add_argument(
+        "--direct",
+        action="store_true",
+        help="read every peer region directly at the gateway address the registry gives, not through the "
+        "local gateway (dev and ops set-ups where the operator's certificate is accepted everywhere)",
     )
     t.add_argument("--json", action="store_true", help="print a machine-readable document")
     t.add_argument("--timeout", type=float, default=5.0, help="deadline of each ledger read in seconds")
@@ -92,11 +112,17 @@ class RegionRead:
 
     region: str
     address: str
+    """The gateway asked: the region's own, or for ``path`` relay the local gateway."""
     local: bool = False
     status: str = "ok"
-    """ok, unreachable, error or no-address."""
+    """ok, unreachable, refused, error or no-address."""
     error: str = ""
     entries: int = 0
+    path: Literal["local", "relay", "direct"] = "direct"
+    """local: the local gateway's own ledger; relay: through the local gateway, which read the region
+    over NATS; direct: at the region's own gateway."""
+    via: str = ""
+    """For ``path`` relay, the region whose gateway relayed the read."""
 
 
 @dataclass(frozen=True)
@@ -201,8 +227,22 @@ class _Reader:
 
 
 def _problem(err: Any) -> tuple[str, str]:
+    """(status, "CODE (REASON): details") of a failed read."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
     code = err.code().name
-    return ("unreachable" if code in _UNREACHABLE else "error"), f"{code}: {err.details()}"
+    reason = ""
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:  # details that do not match the status: show the status alone
+        status = None
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = f" ({info.reason})"
+    kind = "unreachable" if code in _UNREACHABLE else "refused" if code in _REFUSED else "error"
+    return kind, f"{code}{reason}: {err.details()}"
 
 
 def collect(
@@ -210,33 +250,41 @@ def collect(
     *,
     local_address: str,
     local_region: str,
-    address_of: Callable[[str], str],
+    route: Route,
     reader: _Reader,
 ) -> Trace:
     """Read the local ledger, then every region the entries name, until no new region turns up.
 
-    Every region read is asked for the message id and for each trace id seen so far.
+    Every region read is asked for the message id and for each trace id seen so far; ``route`` says
+    whether through the local gateway or at which gateway directly.
     """
     from tongban.v1 import ledger_pb2
 
-    case = _CASE_NO.match(query)
+    case = is_case_no(query)
     first = ledger_pb2.GetEntriesRequest()
     if case:
         first.case_no = query
     else:
         first.message_id = query
-    local = RegionRead(local_region, local_address, local=True)
+    local = RegionRead(local_region, local_address, local=True, path="local")
     reads = [local]
     [(hops, err)] = reader.read_all([(local_address, first)])
     mine = hops
     if err is not None and err.code().name in _UNREACHABLE:
         raise LocalUnreachable(f"the local gateway {local_address} is unreachable ({_problem(err)[1]})")
     if err is not None and case and err.code().name == "NOT_FOUND":
-        # Submitted through another region's gateway: its case store knows the case.
-        home = case.group("region")
-        home_address = address_of(home) if home != local_region else ""
+        # Submitted through another region's gateway: only its case store knows the case, and only
+        # a direct read can ask it (a peer answers over NATS by message id or trace id alone).
+        home = case_region(query) or ""
+        home_address = route(home) if home != local_region else None
         if not home_address or home_address == local_address:
-            raise NotTraced(f"no case {query} at the gateway {local_address} ({_problem(err)[1]})")
+            hint = ""
+            if home != local_region and home_address != local_address:
+                hint = (
+                    f"; the case was submitted in {home}, whose gateway alone knows it: trace its "
+                    f"message id, or read {home} directly (--peer {home}=HOST:PORT, or --direct)"
+                )
+            raise NotTraced(f"no case {query} at the gateway {local_address} ({_problem(err)[1]}){hint}")
         reads.append(RegionRead(home, home_address))
         [(hops, err)] = reader.read_all([(home_address, first)])
         if err is not None or not hops:
@@ -264,7 +312,11 @@ def collect(
         trace_ids = {h.trace_id for h in found.values() if h.trace_id}
         for region in sorted({h.peer_region for h in found.values() if _REGION.match(h.peer_region)}):
             if region not in asked:
-                read = RegionRead(region, address_of(region))
+                address = route(region)
+                if address is None:
+                    read = RegionRead(region, local_address, path="relay", via=local.region)
+                else:
+                    read = RegionRead(region, address)
                 reads.append(read)
                 if read.address:
                     asked[region] = set()
@@ -276,10 +328,14 @@ def collect(
         for read in reads:
             if read.status != "ok":
                 continue
-            todo = [ledger_pb2.GetEntriesRequest(trace_id=t) for t in sorted(trace_ids - asked[read.region])]
+            region = read.region if read.path == "relay" else ""
+            todo = [
+                ledger_pb2.GetEntriesRequest(trace_id=t, region=region)
+                for t in sorted(trace_ids - asked[read.region])
+            ]
             if read.region not in by_id:
                 by_id.add(read.region)
-                todo.insert(0, ledger_pb2.GetEntriesRequest(message_id=message_id))
+                todo.insert(0, ledger_pb2.GetEntriesRequest(message_id=message_id, region=region))
             asked[read.region] |= trace_ids
             calls += [(read.address, req) for req in todo]
             owners += [read] * len(todo)
@@ -298,7 +354,7 @@ def collect(
     for h in ordered:
         if case_no:
             break
-        if h.event == "SUBMITTED" and _CASE_NO.match(h.detail):
+        if h.event == "SUBMITTED" and is_case_no(h.detail):
             case_no = h.detail
         elif m := re.search(r"\bcase=(\S+)", h.detail):
             case_no = m.group(1)
@@ -447,11 +503,20 @@ def render(trace: Trace, v: Verdict, *, colour: bool) -> str:
         + "  (look it up in the tracing back end, if one is configured)"
     )
     for r in trace.regions:
-        where = f"{r.region} {'(local) ' if r.local else ''}{r.address or '-'}"
+        where = {
+            "local": f"{r.region} (local) {r.address}",
+            "relay": f"{r.region} via {r.via}'s gateway (NATS)",
+            "direct": f"{r.region} {r.address or '-'} (direct)",
+        }[r.path]
         if r.status == "ok":
             lines.append(f"  ledger of {where}: {r.entries} {'entry' if r.entries == 1 else 'entries'}")
         else:
-            word = {"unreachable": "UNREACHABLE", "no-address": "NOT ASKED", "error": "ERROR"}[r.status]
+            word = {
+                "unreachable": "UNREACHABLE",
+                "refused": "REFUSED",
+                "no-address": "NOT ASKED",
+                "error": "ERROR",
+            }[r.status]
             lines.append(paint(f"  ledger of {where}: {word}: {r.error}", _YELLOW))
     header = ("", "TIME (UTC)", "REGION", "EVENT", "SERVICE", "+PREVIOUS", "DETAIL")
     table: list[tuple[str, ...]] = [header]
@@ -501,7 +566,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     configure_logging(fmt="console", level="error", stream=sys.stderr)
     query = args.id.strip()
-    if not (is_message_id(query) or _CASE_NO.match(query)):
+    if not (is_message_id(query) or is_case_no(query)):
         print(
             f"tongban trace: {query!r} is neither a message id (26 characters, e.g. 01JD3...) nor a case "
             "number (440300-20260301-7K3M9Q2XWA)",
@@ -526,9 +591,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
         print("tongban trace: give --gateway, or --config / --region of the local node", file=sys.stderr)
         return 2
 
-    def address_of(region: str) -> str:
+    def route(region: str) -> str | None:
         if region in peers:
             return peers[region]
+        if not args.direct:
+            return None
         r = registry.region(region) if registry is not None else None
         return r.gateway_address if r is not None else ""
 
@@ -538,7 +605,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             query,
             local_address=local_address,
             local_region=cfg.region.code if cfg is not None else "",
-            address_of=address_of,
+            route=route,
             reader=reader,
         )
     except LocalUnreachable as exc:

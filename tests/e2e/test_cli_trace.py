@@ -1,11 +1,14 @@
 """`tongban trace` as an operator runs it (child processes): one request's timeline across regions,
-rebuilt from the regions' ledgers through their gateways' Ledger service.
+rebuilt from the regions' ledgers.
 
-One stack serves the three outcomes: Wuxi has no back end for WFZJLZM00001 (a Query the gateway
-publishes and Wuxi's connector refuses), a back end that is always down for YLDYZGRZ0001 (a Submit
-retried, then dead-lettered) and the demo back ends for the rest (delivered). The in-process
-gateways listen on port 0, so peers are given with ``--peer``; the last test runs the dev stack,
-whose registry names every gateway's address, and traces with no overrides.
+The operator asks only their own gateway: it reads the peer regions' entries about its region's
+traffic over NATS (GetEntries with ``region``). One stack serves the three outcomes: Wuxi has no
+back end for WFZJLZM00001 (a Query the gateway publishes and Wuxi's connector refuses), a back end
+that is always down for YLDYZGRZ0001 (a Submit retried, then dead-lettered) and the demo back ends
+for the rest (delivered). ``--peer`` reads a region at its gateway directly; the dev stack's test
+reads with ``--direct`` at the addresses its registry names. With mutual TLS (production), an
+operator's certificate of Shenzhen opens Shenzhen's gateway only, and the relay still gives the
+whole timeline.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.cli import tongban
 from tests.e2e.requests import build, cases, pension
 from tests.helpers import eventually, free_port
+from tests.security.test_mtls import Pki
+from tongban import certs
 from tongban.catalogue import Catalogue
 from tongban.cli_trace import Hop, RegionRead, Trace, verdict
 from tongban.config import Config
 from tongban.devstate import DevState
 from tongban.natsserver import Topology
-from tongban.v1 import exchange_pb2, ledger_pb2, ledger_pb2_grpc
+from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 REFUSED = "WFZJLZM00001"  # no back end at Wuxi: its connector answers SERVICE_NOT_SERVED
 DEAD = "YLDYZGRZ0001"  # Wuxi's back end is down: retried, then dead-lettered
@@ -77,9 +82,15 @@ def verdict_line(out: str) -> str:
     return next(line for line in out.splitlines() if line.startswith("verdict: "))
 
 
+def relayed(region: str, via: str, entries: int) -> str:
+    """The summary line of a region read through ``via``'s gateway."""
+    return f"ledger of {region} via {via}'s gateway (NATS): {entries} entries"
+
+
 async def trace(stack: Stack, query: str, *extra: str) -> tuple[str, dict[str, object]]:
-    """The text and the --json document of a trace from Shenzhen's node, Wuxi's gateway given."""
-    flags = ("--config", str(stack.state.config_path(SZ)), "--peer", f"{WX}={stack.nodes[WX].address}")
+    """The text and the --json document of a trace from Shenzhen's node, asking Shenzhen's gateway
+    only (Wuxi read through it, over NATS)."""
+    flags = ("--config", str(stack.state.config_path(SZ)))
     rc, out, err = await tongban("trace", query, *flags, *extra)
     assert rc == 0, out + err
     print(out)  # `pytest -s` shows the operator's view
@@ -123,10 +134,12 @@ async def test_delivered_query_and_submit(trace_stack: Stack) -> None:
     }
     since = [r["since_previous_ms"] for r in doc["timeline"]]  # type: ignore[attr-defined,index]
     assert since[0] is None and all(s is not None and s >= 0 for s in since[1:])
-    assert [(r["region"], r["status"], r["entries"]) for r in doc["regions"]] == [  # type: ignore[attr-defined,index]
-        (SZ, "ok", 2),
-        (WX, "ok", 2),
+    assert [(r["region"], r["status"], r["entries"], r["path"]) for r in doc["regions"]] == [  # type: ignore[attr-defined,index]
+        (SZ, "ok", 2, "local"),
+        (WX, "ok", 2, "relay"),
     ]
+    assert f"ledger of {SZ} (local) {stack.nodes[SZ].address}: 2 entries" in out
+    assert relayed(WX, SZ, 2) in out
 
     receipt = await stub.Submit(submit_request(CASE_SERVICE), timeout=10)
     assert len(await watch(stub, receipt.case_no)) == 3
@@ -153,18 +166,22 @@ async def test_delivered_query_and_submit(trace_stack: Stack) -> None:
     assert doc["verdict"]["status"] == "delivered"  # type: ignore[index]
 
     # From the handling region's side: Wuxi's gateway does not know Shenzhen's case number, which
-    # names the region it was submitted in; Shenzhen's gateway resolves it.
+    # names the region it was submitted in; only Shenzhen's gateway resolves it, so it must be read
+    # directly. By message id, Wuxi's gateway reads Shenzhen's entries about Wuxi over NATS.
+    wx_cfg = str(stack.state.config_path(WX))
     rc, out, err = await tongban(
-        "trace",
-        receipt.case_no,
-        "--config",
-        str(stack.state.config_path(WX)),
-        "--peer",
-        f"{SZ}={stack.nodes[SZ].address}",
+        "trace", receipt.case_no, "--config", wx_cfg, "--peer", f"{SZ}={stack.nodes[SZ].address}"
     )
     assert rc == 0, out + err
     assert Counter((r, e) for r, e, _ in rows(out)) == Counter((r, e) for r, e, _ in got)
     assert f"ledger of {WX} (local) {stack.nodes[WX].address}: 5 entries" in out
+    assert f"ledger of {SZ} {stack.nodes[SZ].address} (direct): 5 entries" in out
+    rc, out, err = await tongban("trace", receipt.case_no, "--config", wx_cfg)
+    assert rc == 1 and f"the case was submitted in {SZ}" in err and "trace its message id" in err, err
+    rc, out, err = await tongban("trace", receipt.message_id, "--config", wx_cfg)
+    assert rc == 0, out + err
+    assert Counter((r, e) for r, e, _ in rows(out)) == Counter((r, e) for r, e, _ in got)
+    assert relayed(SZ, WX, 5) in out
     unknown = f"{SZ}-20260101-AAAAAAAAAA"
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         ch = grpc.aio.insecure_channel(stack.nodes[SZ].address)
@@ -250,12 +267,12 @@ async def test_unreachable_peer_is_reported_and_the_local_one_fails(trace_stack:
     sz_cfg = str(stack.state.config_path(SZ))
     rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg, "--peer", f"{WX}={nowhere}")
     assert rc == 0, out + err
-    assert f"ledger of {WX} {nowhere}: UNREACHABLE" in out
+    assert f"ledger of {WX} {nowhere} (direct): UNREACHABLE" in out
     assert rows(out) == [(SZ, Event.SUBMITTED, False), (SZ, Event.RESPONDED, False)]
     assert verdict_line(out) == f"verdict: delivered to {WX}: answered OK"  # from Shenzhen's record
-    # Without --peer the (test) registry names no address for Wuxi: said so, not guessed.
-    rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg)
-    assert rc == 0 and f"ledger of {WX} -: NOT ASKED" in out, out + err
+    # --direct, and the (test) registry names no address for Wuxi: said so, not guessed.
+    rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg, "--direct")
+    assert rc == 0 and f"ledger of {WX} - (direct): NOT ASKED" in out, out + err
 
     rc, out, err = await tongban("trace", resp.message_id, "--gateway", nowhere, "--timeout", "2")
     assert rc == 1 and f"the local gateway {nowhere} is unreachable" in err, out + err
@@ -263,6 +280,18 @@ async def test_unreachable_peer_is_reported_and_the_local_one_fails(trace_stack:
     assert rc == 2 and "neither a message id" in err
     rc, _, err = await tongban("trace", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "--config", sz_cfg)
     assert rc == 1 and "no ledger entry" in err
+
+    # Wuxi's gateway (and with it its answers over NATS) stopped: Shenzhen's gateway says so.
+    wx_gateway = stack.nodes[WX].gateway
+    assert wx_gateway is not None
+    await wx_gateway.stop()
+    rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg)
+    assert rc == 0, out + err
+    line = next(line for line in out.splitlines() if f"ledger of {WX}" in line)
+    assert line.startswith(
+        f"  ledger of {WX} via {SZ}'s gateway (NATS): UNREACHABLE: UNAVAILABLE (PEER_UNREACHABLE): "
+    )
+    assert verdict_line(out) == f"verdict: delivered to {WX}: answered OK"
 
 
 def test_verdict_in_transit_names_the_last_hop() -> None:
@@ -307,15 +336,113 @@ async def test_dev_stack_registry_names_the_gateways(tmp_path: Path) -> None:
         )
         assert rc == 0, err
         message_id = json.loads(out)["message_id"]
-        rc, out, err = await tongban("trace", message_id, "--region", SZ, "--state-dir", str(dev.root))
-        assert rc == 0, out + err
-        assert rows(out) == [
+        expected = [
             (SZ, Event.SUBMITTED, False),
             (WX, Event.RECEIVED, False),
             (WX, Event.PROCESSED, False),
             (SZ, Event.RESPONDED, False),
-        ], out
-        assert f"ledger of {WX} 127.0.0.1:{dev.ports[WX]}: 2 entries" in out
+        ]
+        node = ("--region", SZ, "--state-dir", str(dev.root))
+        rc, out, err = await tongban("trace", message_id, *node, "--direct")
+        assert rc == 0, out + err
+        assert rows(out) == expected, out
+        assert f"ledger of {WX} 127.0.0.1:{dev.ports[WX]} (direct): 2 entries" in out
         assert verdict_line(out) == f"verdict: delivered to {WX}: answered OK"
+        rc, out, err = await tongban("trace", message_id, *node)  # the gateways' processes relay
+        assert rc == 0, out + err
+        assert rows(out) == expected and relayed(WX, SZ, 2) in out, out
     finally:
         await dev.stop()
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """One partner CA for both gateways (as the other mTLS tests): Wuxi's gateway completes the
+    handshake with Shenzhen's certificate and then refuses the partner of another region."""
+    ca = certs.create_ca()
+    d = tmp_path / "certs"
+    certs.write(ca, d, "ca")
+    certs.write(certs.issue_server(ca, ["127.0.0.1", "localhost"]), d, "gateway")
+    certs.write(certs.issue_client(ca, certs.Partner(SZ, "sz-ops")), d, "sz-ops")
+    return Pki(ca, d)
+
+
+@pytest.fixture
+async def tls_stack(topology: Topology, state: DevState, pki: Pki) -> AsyncIterator[Stack]:
+    gateway = {
+        "dev_mode": False,
+        "tls_cert": str(pki.dir / "gateway.crt"),
+        "tls_key": str(pki.dir / "gateway.key"),
+        "client_ca": str(pki.dir / "ca.crt"),
+    }
+    s = await start_stack(topology, state, config={"gateway": gateway})
+    try:
+        yield s
+    finally:
+        await stop_stack(s)
+
+
+async def test_mutual_tls_operator_reads_every_region_through_its_own_gateway(
+    tls_stack: Stack, pki: Pki
+) -> None:
+    """Production: the operator holds a client certificate of Shenzhen, which only Shenzhen's
+    gateway accepts. Through it, the whole cross-region timeline; a direct read of Wuxi is refused,
+    and shown as such."""
+    stack = tls_stack
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.cert_pem,
+        private_key=(pki.dir / "sz-ops.key").read_bytes(),
+        certificate_chain=(pki.dir / "sz-ops.crt").read_bytes(),
+    )
+    ch = grpc.aio.secure_channel(stack.nodes[SZ].address, creds)
+    stack.channels.append(ch)
+    resp = await exchange_pb2_grpc.ExchangeStub(ch).Query(pension(), timeout=10)
+
+    tls = (
+        "--ca",
+        str(pki.dir / "ca.crt"),
+        "--cert",
+        str(pki.dir / "sz-ops.crt"),
+        "--key",
+        str(pki.dir / "sz-ops.key"),
+    )
+    out, doc = await trace(stack, resp.message_id, *tls)
+    expected = [
+        (SZ, Event.SUBMITTED, False),
+        (WX, Event.RECEIVED, False),
+        (WX, Event.PROCESSED, False),
+        (SZ, Event.RESPONDED, False),
+    ]
+    assert rows(out) == expected, out
+    assert doc_rows(doc) == expected
+    assert relayed(WX, SZ, 2) in out
+    assert verdict_line(out) == f"verdict: delivered to {WX}: answered OK"
+
+    # Without a certificate Shenzhen's gateway does not answer. (The in-process stack's TLS settings
+    # are not in node.toml, so the hint to give --ca/--cert/--key is not printed here.)
+    sz_cfg = str(stack.state.config_path(SZ))
+    rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg, "--timeout", "2")
+    assert rc == 1 and f"the local gateway {stack.nodes[SZ].address} is unreachable" in err, out + err
+
+    # Wuxi's gateway at its own address with Shenzhen's certificate: refused, a line of the output.
+    wx_address = stack.nodes[WX].address
+    rc, out, err = await tongban(
+        "trace", resp.message_id, "--config", sz_cfg, *tls, "--peer", f"{WX}={wx_address}"
+    )
+    assert rc == 0, out + err
+    assert "Traceback" not in out + err
+    line = next(line for line in out.splitlines() if f"ledger of {WX}" in line)
+    assert line.startswith(
+        f"  ledger of {WX} {wx_address} (direct): REFUSED: PERMISSION_DENIED (PARTNER_OF_ANOTHER_REGION): "
+    ), line
+    assert rows(out) == [(SZ, Event.SUBMITTED, False), (SZ, Event.RESPONDED, False)]
+
+    # Unreadable certificate files: one line, exit 1.
+    for flag in ("--ca", "--cert", "--key"):
+        bad = [*tls]
+        bad[bad.index(flag) + 1] = str(pki.dir / "missing.pem")
+        rc, out, err = await tongban("trace", resp.message_id, "--config", sz_cfg, *bad)
+        assert rc == 1, out + err
+        assert err.strip().splitlines() == [
+            f"cannot read {flag} {pki.dir / 'missing.pem'}: No such file or directory"
+        ]

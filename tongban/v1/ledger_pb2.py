@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/ledger.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x12\n\nmessage_id\x18\x05 \x01(\t\x12\x13\n\x0bpeer_region\x18\x06 \x01(\t\x12\x14\n\x0cservice_code\x18\x07 \x01(\t\x12\x17\n\x0f\x65nvelope_digest\x18\x08 \x01(\x0c\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\x0c\x12\x0c\n\x04hash\x18\x0c \x01(\x0c\x12\x13\n\x0b\x65ntry_bytes\x18\r \x01(\x0c\x12\x11\n\tleaf_hash\x18\x0e \x01(\x0c\")\n\nIndexRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04stop\x18\x02 \x01(\x04\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\x11GetEntriesRequest\x12\x14\n\nmessage_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08trace_id\x18\x02 \x01(\tH\x00\x12+\n\ntime_range\x18\x03 \x01(\x0b\x32\x15.tongban.v1.TimeRangeH\x00\x12-\n\x0bindex_range\x18\x04 \x01(\x0b\x32\x16.tongban.v1.IndexRangeH\x00\x12\x11\n\x07\x63\x61se_no\x18\x06 \x01(\tH\x00\x12\r\n\x05limit\x18\x05 \x01(\rB\n\n\x08selector\"d\n\x12GetEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.tongban.v1.LedgerEntry\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"w\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"t\n\x1bGetConsistencyProofResponse\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\x12\r\n\x05proof\x18\x03 \x03(\x0c\x12\x10\n\x08old_root\x18\x04 \x01(\x0c\x12\x10\n\x08new_root\x18\x05 \x01(\x0c\"\x1c\n\x1aGetLatestCheckpointRequest\"W\n\x1bGetLatestCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x32\x87\x03\n\x06Ledger\x12K\n\nGetEntries\x12\x1d.tongban.v1.GetEntriesRequest\x1a\x1e.tongban.v1.GetEntriesResponse\x12`\n\x11GetInclusionProof\x12$.tongban.v1.GetInclusionProofRequest\x1a%.tongban.v1.GetInclusionProofResponse\x12\x66\n\x13GetConsistencyProof\x12&.tongban.v1.GetConsistencyProofRequest\x1a\'.tongban.v1.GetConsistencyProofResponse\x12\x66\n\x13GetLatestCheckpoint\x12&.tongban.v1.GetLatestCheckpointRequest\x1a\'.tongban.v1.GetLatestCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/ledger.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x12\n\nmessage_id\x18\x05 \x01(\t\x12\x13\n\x0bpeer_region\x18\x06 \x01(\t\x12\x14\n\x0cservice_code\x18\x07 \x01(\t\x12\x17\n\x0f\x65nvelope_digest\x18\x08 \x01(\x0c\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\x0c\x12\x0c\n\x04hash\x18\x0c \x01(\x0c\x12\x13\n\x0b\x65ntry_bytes\x18\r \x01(\x0c\x12\x11\n\tleaf_hash\x18\x0e \x01(\x0c\")\n\nIndexRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04stop\x18\x02 \x01(\x04\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd7\x01\n\x11GetEntriesRequest\x12\x14\n\nmessage_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08trace_id\x18\x02 \x01(\tH\x00\x12+\n\ntime_range\x18\x03 \x01(\x0b\x32\x15.tongban.v1.TimeRangeH\x00\x12-\n\x0bindex_range\x18\x04 \x01(\x0b\x32\x16.tongban.v1.IndexRangeH\x00\x12\x11\n\x07\x63\x61se_no\x18\x06 \x01(\tH\x00\x12\r\n\x05limit\x18\x05 \x01(\r\x12\x0e\n\x06region\x18\x07 \x01(\tB\n\n\x08selector\"d\n\x12GetEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.tongban.v1.LedgerEntry\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"A\n\x18GetInclusionProofRequest\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"w\n\x19GetInclusionProofResponse\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\"@\n\x1aGetConsistencyProofRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\"t\n\x1bGetConsistencyProofResponse\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x10\n\x08new_size\x18\x02 \x01(\x04\x12\r\n\x05proof\x18\x03 \x03(\x0c\x12\x10\n\x08old_root\x18\x04 \x01(\x0c\x12\x10\n\x08new_root\x18\x05 \x01(\x0c\"\x1c\n\x1aGetLatestCheckpointRequest\"W\n\x1bGetLatestCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x32\x87\x03\n\x06Ledger\x12K\n\nGetEntries\x12\x1d.tongban.v1.GetEntriesRequest\x1a\x1e.tongban.v1.GetEntriesResponse\x12`\n\x11GetInclusionProof\x12$.tongban.v1.GetInclusionProofRequest\x1a%.tongban.v1.GetInclusionProofResponse\x12\x66\n\x13GetConsistencyProof\x12&.tongban.v1.GetConsistencyProofRequest\x1a\'.tongban.v1.GetConsistencyProofResponse\x12\x66\n\x13GetLatestCheckpoint\x12&.tongban.v1.GetLatestCheckpointRequest\x1a\'.tongban.v1.GetLatestCheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMERANGE']._serialized_start=414
   _globals['_TIMERANGE']._serialized_end=509
   _globals['_GETENTRIESREQUEST']._serialized_start=512
-  _globals['_GETENTRIESREQUEST']._serialized_end=711
-  _globals['_GETENTRIESRESPONSE']._serialized_start=713
-  _globals['_GETENTRIESRESPONSE']._serialized_end=813
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=815
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=880
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=882
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1001
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1003
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1067
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1069
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1185
-  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_start=1187
-  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_end=1215
-  _globals['_GETLATESTCHECKPOINTRESPONSE']._serialized_start=1217
-  _globals['_GETLATESTCHECKPOINTRESPONSE']._serialized_end=1304
-  _globals['_LEDGER']._serialized_start=1307
-  _globals['_LEDGER']._serialized_end=1698
+  _globals['_GETENTRIESREQUEST']._serialized_end=727
+  _globals['_GETENTRIESRESPONSE']._serialized_start=729
+  _globals['_GETENTRIESRESPONSE']._serialized_end=829
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=831
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=896
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=898
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1017
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1019
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1083
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1085
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1201
+  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_start=1203
+  _globals['_GETLATESTCHECKPOINTREQUEST']._serialized_end=1231
+  _globals['_GETLATESTCHECKPOINTRESPONSE']._serialized_start=1233
+  _globals['_GETLATESTCHECKPOINTRESPONSE']._serialized_end=1320
+  _globals['_LEDGER']._serialized_start=1323
+  _globals['_LEDGER']._serialized_end=1714
 # @@protoc_insertion_point(module_scope)

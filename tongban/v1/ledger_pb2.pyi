@@ -145,6 +145,7 @@ class GetEntriesRequest(_message.Message):
     INDEX_RANGE_FIELD_NUMBER: _builtins.int
     CASE_NO_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     trace_id: _builtins.str
     case_no: _builtins.str
@@ -153,6 +154,15 @@ class GetEntriesRequest(_message.Message):
     """
     limit: _builtins.int
     """At most this many entries (0: the server's default, 1000)."""
+    region: _builtins.str
+    """Read this region's entries about the serving gateway's region's traffic, over NATS (the serving
+    gateway asks that region with its own region's credentials; the region answers only with entries
+    whose peer_region is the serving gateway's region, at most 200 per read). Empty: the serving
+    gateway's own ledger. Only with message_id or trace_id (well-formed); with another selector,
+    INVALID_ARGUMENT. UNAVAILABLE (PEER_UNREACHABLE) when the region does not answer in time;
+    FAILED_PRECONDITION (PEER_REFUSED, PEER_ANSWER_INVALID) when it refuses or its answer does not
+    check out.
+    """
     @_builtins.property
     def time_range(self) -> Global___TimeRange: ...
     @_builtins.property
@@ -166,10 +176,11 @@ class GetEntriesRequest(_message.Message):
         index_range: Global___IndexRange | None = ...,
         case_no: _builtins.str = ...,
         limit: _builtins.int = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "index_range", b"index_range", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "index_range", b"index_range", "limit", b"limit", "message_id", b"message_id", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "index_range", b"index_range", "limit", b"limit", "message_id", b"message_id", "region", b"region", "selector", b"selector", "time_range", b"time_range", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["message_id", "trace_id", "time_range", "index_range", "case_no"]  # noqa: Y015
     _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
@@ -187,7 +198,7 @@ class GetEntriesResponse(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     tree_size: _builtins.int
-    """The ledger's size when read."""
+    """The ledger's size when read (0 for another region's entries, read with GetEntriesRequest.region)."""
     truncated: _builtins.bool
     """True when the limit cut the list short."""
     @_builtins.property

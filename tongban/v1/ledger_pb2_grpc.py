@@ -64,7 +64,8 @@ class LedgerServicer:
     """
 
     def GetEntries(self, request, context):
-        """Entries by message id, trace id, case number, time range or index range (exactly one).
+        """Entries by message id, trace id, case number, time range or index range (exactly one); by message
+        id or trace id also from another region's ledger, read over NATS (GetEntriesRequest.region).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,7 +36,9 @@ class LedgerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerAsyncStub: ...
     GetEntries: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.GetEntriesResponse]
-    """Entries by message id, trace id, case number, time range or index range (exactly one)."""
+    """Entries by message id, trace id, case number, time range or index range (exactly one); by message
+    id or trace id also from another region's ledger, read over NATS (GetEntriesRequest.region).
+    """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.GetInclusionProofResponse]
     """Proof that one entry is in the tree of a given size."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetConsistencyProofRequest, _ledger_pb2.GetConsistencyProofResponse]
@@ -52,7 +54,9 @@ class LedgerAsyncStub(LedgerStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetEntries: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.GetEntriesResponse]  # type: ignore[assignment]
-    """Entries by message id, trace id, case number, time range or index range (exactly one)."""
+    """Entries by message id, trace id, case number, time range or index range (exactly one); by message
+    id or trace id also from another region's ledger, read over NATS (GetEntriesRequest.region).
+    """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
     """Proof that one entry is in the tree of a given size."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetConsistencyProofRequest, _ledger_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
@@ -71,7 +75,9 @@ class LedgerServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.GetEntriesResponse, _abc.Awaitable[_ledger_pb2.GetEntriesResponse]]:
-        """Entries by message id, trace id, case number, time range or index range (exactly one)."""
+        """Entries by message id, trace id, case number, time range or index range (exactly one); by message
+        id or trace id also from another region's ledger, read over NATS (GetEntriesRequest.region).
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProof(
