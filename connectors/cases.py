@@ -156,13 +156,15 @@ class CaseWorker:
     async def _handle(self, msg: Msg) -> None:
         now = time.time()
         header = envelope.header_or_none(msg.data)
+        labels = self.connector._labels(header)
         with (
             self.connector.receive_scope(
                 header,
                 subjects.request_wildcard(self.region),
                 (msg.headers or {}).get(subjects.Header.TRACEPARENT, ""),
+                labels=labels,
             ),
-            self.connector.measure(header, "Submit") as measured,
+            self.connector.measure(labels, "Submit") as measured,
         ):
             if _attempt(msg) > 1:
                 self.connector.metrics.redelivered(measured.service_code)

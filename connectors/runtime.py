@@ -174,9 +174,10 @@ class Connector:
             "registry": self.secrets.signing_key_usable(),
         }
 
-    def measure(self, header: envelope_pb2.Header | None, rpc: str) -> RequestRecord:
-        """The metrics scope of one request (labels from the unverified header, as in the logs)."""
-        _, svc, peer = self._labels(header)
+    def measure(self, labels: tuple[str, str, str], rpc: str) -> RequestRecord:
+        """The metrics scope of one request; ``labels``: :meth:`_labels` of its unverified header
+        (as in the logs, and computed once for both)."""
+        _, svc, peer = labels
         return self.metrics.request(rpc, service_code=svc or UNSET, peer_region=peer or UNSET)
 
     async def __aenter__(self) -> Connector:
@@ -240,20 +241,26 @@ class Connector:
 
     @contextlib.contextmanager
     def receive_scope(
-        self, header: envelope_pb2.Header | None, destination: str, transport_traceparent: str = ""
+        self,
+        header: envelope_pb2.Header | None,
+        destination: str,
+        transport_traceparent: str = "",
+        *,
+        labels: tuple[str, str, str] | None = None,
     ) -> Iterator[Span]:
         """Log context and CONSUMER span of one received request, continuing the sender's trace;
         labels only from well-formed values of the (not yet verified) header.
 
         The trace is the one the signed header names. A NATS ``traceparent`` header (set by a
         forwarder on the way) only refines the parent span, and only within that same trace: an
-        unsigned header can never move a request into another trace.
+        unsigned header can never move a request into another trace. ``labels``: :meth:`_labels` of
+        ``header`` when the caller has them already.
         """
         signed = header.traceparent if header else ""
         trace_id = telemetry.trace_id_of(signed)
         refines = bool(trace_id) and telemetry.trace_id_of(transport_traceparent) == trace_id
         parent = telemetry.context_from_traceparent(transport_traceparent if refines else signed)
-        mid, svc, peer = self._labels(header)
+        mid, svc, peer = self._labels(header) if labels is None else labels
         with (
             structlog.contextvars.bound_contextvars(
                 region=self.region, message_id=mid, service_code=svc, peer_region=peer
@@ -306,9 +313,10 @@ class Connector:
         now = received_ns / 1e9
         if header is False:
             header = envelope.header_or_none(data)
+        labels = self._labels(header)
         with (
-            self.receive_scope(header, subjects.rpc_wildcard(self.region)) as span,
-            self.measure(header, "Query") as measured,
+            self.receive_scope(header, subjects.rpc_wildcard(self.region), labels=labels) as span,
+            self.measure(labels, "Query") as measured,
         ):
             try:
                 return await self._process(subject, data, now, received_ns)

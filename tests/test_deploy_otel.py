@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tongban.metrics import INSTRUMENTS, Hop
+from tongban.outcomes import ANSWERED
 from tongban.v1 import exchange_pb2
 
 OTEL = Path(__file__).resolve().parents[1] / "deploy" / "otel"
@@ -95,6 +96,27 @@ def test_dashboard_labels_are_the_metrics_labels(dashboard: dict[str, Any]) -> N
         for group in GROUPING.findall(expr):
             for label in (g.strip() for g in group.split(",")):
                 assert label in every_label, f"grouping by unknown label {label} ({expr})"
+
+
+def test_success_is_what_tongban_outcomes_calls_answered(dashboard: dict[str, Any]) -> None:
+    """Every expression that tells success from failure by ``outcome`` matches exactly
+    tongban.outcomes.ANSWERED (NOT_FOUND is an answer, not a failure), as ``tongban report``
+    counts: the panels cannot drift from the report or from each other."""
+    matchers = [
+        (op, value, expr)
+        for expr in exprs(dashboard)
+        for _, body in SELECTOR.findall(expr)
+        for label, op, value in MATCHER.findall(body)
+        if label == "outcome"
+    ]
+    assert {op for op, _, _ in matchers} == {"=~", "!~"}, "success and failure are both shown"
+    for op, value, expr in matchers:
+        assert op in ("=~", "!~"), f"outcome {op} {value!r}: one outcome is not success ({expr})"
+        assert set(value.split("|")) == ANSWERED, f"outcome {op} {value!r} is not ANSWERED ({expr})"
+    titles = {
+        p["title"] for p in dashboard["panels"] for t in p.get("targets", []) if "outcome=~" in t["expr"]
+    }
+    assert titles == {"Success rate by service (gateway)"}
 
 
 def test_dashboard_shape(dashboard: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import datetime as dt
 import itertools
 import json
 import math
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from ledger.entry import EntryDraft, Event
 from ledger.store_sqlite import SQLiteLedger
 from tests.e2e.cli import tongban
 from tongban.cli import main
+from tongban.ids import new_message_id
 from tongban.report import (
     BEIJING,
     Direction,
@@ -71,9 +73,10 @@ class Traffic:
     truths: list[Truth] = field(default_factory=list)
     n: int = 0
 
-    def mid(self) -> str:
+    def mid(self, at: int) -> str:
+        """A message id created at ``at`` (a ULID, as a gateway makes them)."""
         self.n += 1
-        return f"m-{self.n:04d}"
+        return new_message_id(at // MS)
 
     def add(
         self, event: Event, mid: str, peer: str, svc: str, at: int, detail: str = "", digest: bytes = DIGEST
@@ -92,7 +95,7 @@ class Traffic:
         counted: bool = True,
     ) -> None:
         """A query this region sent; counted unless it is one of the entries that must not be."""
-        m = self.mid()
+        m = self.mid(at)
         self.add(Event.SUBMITTED, m, peer, svc, at)
         self.add(end, m, peer, svc, at + latency, detail)
         if counted:
@@ -104,7 +107,7 @@ class Traffic:
 
     def served(self, peer: str, svc: str, at: int, latency: int, outcome: str = "OK") -> None:
         """A query this region answered (RECEIVED→PROCESSED)."""
-        m = self.mid()
+        m = self.mid(at)
         self.add(Event.RECEIVED, m, peer, svc, at)
         self.add(Event.PROCESSED, m, peer, svc, at + latency, outcome)
         ok = outcome == "OK"
@@ -144,7 +147,8 @@ def traffic() -> Traffic:
             t.query(QD, CERT, at, i * S)
     # Day 2: 6 cases to Wuxi: 4 answered after 30..33 s, one dead-lettered after 34 s, one pending.
     for i in range(6):
-        m, at = t.mid(), T0 + 2 * DAY + 11 * HOUR + i * 600 * S
+        at = T0 + 2 * DAY + 11 * HOUR + i * 600 * S
+        m = t.mid(at)
         t.add(Event.SUBMITTED, m, WX, TRANSFER, at, f"CASE-{i}")
         t.add(Event.PUBLISHED, m, WX, TRANSFER, at + MS, "TONGBAN_IN_320200")
         if i == 5:
@@ -173,7 +177,8 @@ def traffic() -> Traffic:
     # Day 4: 5 cases from Qingdao handled here, each received twice (a retry): 4 processed after 2 s,
     # one dead-lettered after 60 s (its DEAD_LETTERED written twice, as a redelivery may).
     for i in range(5):
-        m, at = t.mid(), T0 + 4 * DAY + 15 * HOUR + i * 300 * S
+        at = T0 + 4 * DAY + 15 * HOUR + i * 300 * S
+        m = t.mid(at)
         t.add(Event.RECEIVED, m, QD, RECORD, at, f"case=C{i} attempt=1")
         t.add(Event.RECEIVED, m, QD, RECORD, at + S, f"case=C{i} attempt=2")
         if i == 0:
@@ -195,7 +200,7 @@ def traffic() -> Traffic:
     for i in range(3):
         t.add(
             Event.REJECTED,
-            t.mid(),
+            t.mid(T0 + 5 * DAY + i * S),
             WX,
             PENSION_QUERY,
             T0 + 5 * DAY + i * S,
@@ -206,7 +211,7 @@ def traffic() -> Traffic:
     # Day 6: 10 envelopes from Qingdao refused by this connector, all in one nanosecond.
     burst = T0 + 6 * DAY + 10 * HOUR
     for _ in range(10):
-        t.add(Event.REJECTED, t.mid(), QD, RECORD, burst, "SIGNATURE_INVALID")
+        t.add(Event.REJECTED, t.mid(burst - S), QD, RECORD, burst, "SIGNATURE_INVALID")
         t.truths.append(Truth("in", RECORD, f"{QD}→{SZ}", "failed", "SIGNATURE_INVALID", None, 6))
     # The week's last minute: a query answered only after the week (its outcome is looked up).
     t.query(WX, LATE, T_END - 60 * S, 120 * S)
@@ -214,7 +219,7 @@ def traffic() -> Traffic:
     # witness alarm, one opened after the week.
     t.query(WX, PENSION_QUERY, T0 - HOUR, 2 * HOUR, counted=False)
     t.query(WX, PENSION_QUERY, T0 - HOUR, 3 * HOUR, Event.EXPIRED, "NO_REPLY_IN_DEADLINE", counted=False)
-    t.add(Event.REJECTED, t.mid(), "?", "?", T0 + 2 * HOUR, "EVENT: SIGNATURE_INVALID")
+    t.add(Event.REJECTED, t.mid(T0 + 2 * HOUR), "?", "?", T0 + 2 * HOUR, "EVENT: SIGNATURE_INVALID")
     t.add(Event.WITNESS_ALARM, f"witness-{WX}-3-2", WX, "", T0 + 3 * HOUR, "size 3 -> 2", b"")
     t.query(WX, PENSION_QUERY, T_END + S, 5 * MS, counted=False)
     return t
@@ -505,3 +510,39 @@ async def test_an_empty_period_renders(tmp_path: Path) -> None:
     assert "requests 0" in render_text(report) and "(none)" in render_text(report)
     write_chart(report, tmp_path / "empty.svg")
     assert ET.parse(tmp_path / "empty.svg").getroot().tag.endswith("svg")
+
+
+async def test_cli_names_what_it_cannot_do_in_one_line(synthetic: tuple[Path, Traffic]) -> None:
+    """A chart into a directory that is not there: said before the ledger is read (no tables, no
+    traceback). A ledger that cannot be opened (PostgreSQL down): one line too."""
+    path, _ = synthetic
+    cfg = str(path / "node.toml")
+    rc, out, err = await tongban(
+        "report",
+        "--config",
+        cfg,
+        "--since",
+        SINCE,
+        "--until",
+        UNTIL,
+        "--chart",
+        str(path / "nodir" / "x.png"),
+    )
+    assert (rc, out) == (1, "")
+    assert err.splitlines() == [
+        f"tongban report: --chart {path / 'nodir' / 'x.png'}: no directory {path / 'nodir'}"
+    ]
+
+    with socket.socket() as s:  # a port nothing listens on: the database is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg = path / "pg.toml"
+    pg.write_text(
+        f'[region]\ncode = "{SZ}"\n[ledger]\nbackend = "postgres"\n'
+        f'dsn = "postgresql://postgres@127.0.0.1:{port}/tongban"\n',
+        encoding="utf-8",
+    )
+    rc, out, err = await tongban("report", "--config", str(pg), "--since", SINCE, "--until", UNTIL)
+    assert (rc, out) == (1, "")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"tongban report: cannot read the ledger of {SZ}: cannot connect"), err

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -49,6 +52,7 @@ def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None])
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ledger.configured import store_for
+    from ledger.errors import LedgerError
     from tongban.catalogue import Catalogue
     from tongban.cli import _tool_config
     from tongban.report import collect, dumps, period_window, render_text, window_between, write_chart
@@ -65,8 +69,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.chart and not args.chart.lower().endswith((".png", ".svg")):
         print("tongban report: --chart must name a .png or .svg file", file=sys.stderr)
         return 2
+    # One clock: a period ending now ends when the report is made, with nothing after it to read.
+    now_ns = time.time_ns()
     try:
-        window = window_between(args.since, args.until) if args.since else period_window(args.period)
+        window = (
+            window_between(args.since, args.until, now_ns=now_ns)
+            if args.since
+            else period_window(args.period, now_ns=now_ns)
+        )
     except ValueError as exc:
         print(f"tongban report: {exc}", file=sys.stderr)
         return 2
@@ -75,17 +85,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
         # Opening would create an empty ledger: say what is missing instead.
         print(f"tongban report: no ledger at {cfg.path(cfg.ledger.path)}", file=sys.stderr)
         return 1
+    if args.chart and (problem := _chart_dir_problem(Path(args.chart))):
+        # Before the ledger is read: not a traceback after the tables.
+        print(f"tongban report: --chart {args.chart}: {problem}", file=sys.stderr)
+        return 1
 
     async def run() -> Any:
         async with store_for(cfg) as store:
-            return await collect(store, window, top=args.top, min_requests=args.min_requests)
+            return await collect(store, window, top=args.top, min_requests=args.min_requests, now_ns=now_ns)
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except (LedgerError, OSError) as exc:  # the database is down, the file unreadable, …
+        print(f"tongban report: cannot read the ledger of {cfg.region.code}: {exc}", file=sys.stderr)
+        return 1
     names = {item.code: item.name for item in Catalogue.load()}
     print(dumps(report, names) if args.json else render_text(report, names, rows=args.rows), end="")
     if args.json:
         print()
     if args.chart:
-        path = write_chart(report, args.chart)
+        try:
+            path = write_chart(report, args.chart)
+        except OSError as exc:
+            print(f"tongban report: cannot write the chart {args.chart}: {exc}", file=sys.stderr)
+            return 1
         print(f"chart written to {path}", file=sys.stderr)
     return 0
+
+
+def _chart_dir_problem(chart: Path) -> str:
+    """Why the chart could not be written into its directory, or "" when it can."""
+    where = chart.parent
+    if not where.is_dir():
+        return f"no directory {where}"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"directory {where} is not writable"
+    if chart.is_dir():
+        return "is a directory"
+    return ""

@@ -16,11 +16,12 @@ Definitions:
   - *received* (direction ``in``: this region answered, its connector wrote the entries), opened by
     its first ``RECEIVED`` (a redelivered case opens once), concluded by its first ``PROCESSED``,
     ``REJECTED``, ``EXPIRED`` or ``DEAD_LETTERED``.
-  - *refused*: a ``REJECTED``, ``EXPIRED`` or ``DEAD_LETTERED`` of a message with no ``SUBMITTED``
-    or ``RECEIVED`` anywhere in the ledger: refused before it was opened. Without an envelope
-    digest the gateway refused a partner's call before sealing it (``out``); with one the connector
-    refused an envelope it could not verify or open (``in``). It has no latency. ``REJECTED``
-    entries about case events (detail ``EVENT: ...``) are not requests.
+  - *refused*: a ``REJECTED``, ``EXPIRED`` or ``DEAD_LETTERED`` of a message with no ``SUBMITTED``,
+    ``RECEIVED`` or failure entry before it in the ledger: refused before it was opened (a second
+    refusal of the same message is not another request). Without an envelope digest the gateway
+    refused a partner's call before sealing it (``out``); with one the connector refused an
+    envelope it could not verify or open (``in``). It has no latency. ``REJECTED`` entries about
+    case events (detail ``EVENT: ...``) are not requests.
 
 * **Outcome**: *ok* when concluded by ``RESPONDED``/``PROCESSED`` with detail ``OK`` or
   ``NOT_FOUND`` (the back end answered that it holds no record: an answer, not a failure), by a
@@ -44,14 +45,18 @@ Definitions:
 * **Buckets** of the volume series: days for periods up to 31 days, weeks (from Monday) up to 92,
   calendar months beyond.
 
-The ledger is read in time order by :meth:`~ledger.store.LedgerStore.by_time` in chunks; what is held is
-the open requests, the refusals waiting for their look-up, and counters and latencies (8 bytes a request
-and group) per group, never the period's entries or concluded requests.
+The ledger is read in time order by :meth:`~ledger.store.LedgerStore.by_time` in chunks, in a few
+ranges (:func:`collect`): the minutes before the period, the period, and after it only while requests
+are still open; a look-up by message id only for the few failures that range reads cannot settle. What
+is held is the open requests, the ids of messages opened or refused in the last minutes (ledger time),
+the failures waiting to be settled, and counters and latencies (8 bytes a request and group) per group,
+never the period's entries or concluded requests.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -61,13 +66,14 @@ import re
 import time
 import unicodedata
 from array import array
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tongban import outcomes
+from tongban.ids import is_message_id
 
 if TYPE_CHECKING:
     # Only types: the core package stays importable without the ledger package (tongban/cli.py).
@@ -111,6 +117,13 @@ BEIJING: Final = dt.timezone(dt.timedelta(hours=8), "UTC+8")
 
 DEFAULT_CHUNK: Final = 5000
 """Entries read from the ledger at once."""
+DEFAULT_HORIZON_NS: Final = 10 * 60 * 1_000_000_000
+"""How long the ids of opened and refused messages are remembered (longer than a connector's
+freshness window of 5 minutes plus clock skew: refusals of queries are settled from memory)."""
+DEFAULT_SKEW_NS: Final = 120 * 1_000_000_000
+"""How far a sender's clock (a message id's creation time) may run ahead of this region's."""
+DEFAULT_LOOKUPS: Final = 64
+"""At most this many failures are settled by a look-up each; more by one read of the ledger."""
 
 _NS: Final = 1_000_000_000
 _DAY_NS: Final = 86_400 * _NS
@@ -120,6 +133,10 @@ _FAILURES: Final = outcomes.FAILURE_EVENTS
 _CONCLUDES_SENT_QUERY: Final = frozenset({"RESPONDED", "REJECTED", "EXPIRED"})
 _CONCLUDES_SENT_CASE: Final = frozenset({"STATUS", *_FAILURES})
 _CONCLUDES_RECEIVED: Final = frozenset({"PROCESSED", *_FAILURES})
+_DIGEST_LABEL: Final = "sha256:"
+"""How a connector names an envelope without a usable message id (``sha256:`` + digest prefix)."""
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+"""Digits of a message id (tongban.ids: Crockford base32)."""
 _NUMBER: Final = re.compile(r"-|[0-9][0-9.,]*(?: ?(?:%|ms|s|min|h))?")
 """A table cell aligned to the right: a count, a rate or a duration (``-`` when there is none)."""
 
@@ -332,59 +349,133 @@ def _refused(e: Entry) -> Request:
 
 
 class RequestTracker:
-    """Folds a period's entries, in time order, into requests; pure (no I/O).
+    """Folds entries, in time order, into requests; pure (no I/O).
 
-    Feed every entry to :meth:`add`, which returns the requests each one concludes. What the period
+    Feed the entries of the period to :meth:`add`, which returns the requests each one concludes
+    or refuses, after :meth:`warm` with those of the ``horizon_ns`` before it. What the entries
     alone cannot settle is left for the caller to look up in the ledger: :attr:`unopened` (failure
-    entries of messages not opened in the period: a request refused before it was opened, or the end
-    of one opened earlier, which is not this period's) and :meth:`still_open` (requests not concluded
-    by the period's end).
+    entries that may belong to a message opened long before, see :meth:`settle_unopened`) and
+    :meth:`still_open` (requests not concluded by the period's end, see :meth:`settle_open`).
+
+    Args:
+        horizon_ns: how long the ids of opened (and refused) messages are remembered, in ledger
+            time: a failure whose message was created within this horizon is settled from memory.
+        skew_ns: how far a message id's creation time (the sender's clock) may be ahead of this
+            region's clock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, horizon_ns: int = DEFAULT_HORIZON_NS, skew_ns: int = DEFAULT_SKEW_NS) -> None:
+        self.horizon_ns, self.skew_ns = horizon_ns, skew_ns
         self._open: dict[str, Request] = {}
+        self._seen: dict[str, int] = {}
+        """Ids of messages opened or failed within the horizon: time of the latest such entry."""
+        self._seen_order: deque[tuple[int, str]] = deque()
         self.unopened: dict[str, Entry] = {}
-        """The first failure entry of each message not open when it came, by message id."""
+        """The first failure entry of each message the memory cannot settle, by message id."""
+
+    def warm(self, e: Entry) -> None:
+        """Take an entry from just before the period (time order): only remembered."""
+        self._forget(e.time_ns)
+        if str(e.event) in _OPENERS or _is_failure(e):
+            self._remember(e)
 
     def add(self, e: Entry) -> list[Request]:
-        """Take the next entry (time order); the requests it concludes (none or one)."""
-        req = self._open.get(e.message_id)
+        """Take the next entry of the period (time order); the requests it concludes or refuses
+        (none or one)."""
+        self._forget(e.time_ns)
+        mid, event = e.message_id, str(e.event)
+        req = self._open.get(mid)
         if req is not None:
             if _concludes(req, e):
-                del self._open[e.message_id]
+                del self._open[mid]
+                self._remember(e)
                 return [_conclude(req, e)]
             return []
-        if str(e.event) in _OPENERS:
-            self._open[e.message_id] = _opened(e)
-        elif str(e.event) in _FAILURES and not e.detail.startswith("EVENT:"):
-            self.unopened.setdefault(e.message_id, e)
+        if event in _OPENERS:
+            self._open[mid] = _opened(e)
+            self._remember(e)
+        elif _is_failure(e) and mid not in self._seen and mid not in self.unopened:
+            if self._created_within_horizon(e):
+                # Any opener or earlier failure of this message came after its creation: within
+                # the horizon, so it would be remembered. None is: refused before it was opened.
+                self._remember(e)
+                return [_refused(e)]
+            self.unopened[mid] = e
+        elif _is_failure(e):
+            self._remember(e)
         return []
 
     def still_open(self) -> list[Request]:
         """Requests opened and not (yet) concluded, in opening order."""
         return list(self._open.values())
 
-    @staticmethod
-    def settle_unopened(first: Entry, history: Sequence[Entry]) -> Request | None:
-        """A refused request from an unopened failure entry and its message's whole ``history`` in
-        the ledger; None when the message was opened (its request is another period's, or counted)."""
-        if any(str(h.event) in _OPENERS for h in history):
+    @property
+    def open_count(self) -> int:
+        """How many requests are open."""
+        return len(self._open)
+
+    def settle_open(self, e: Entry) -> Request | None:
+        """Take an entry from after the period (time order): the open request it concludes, if any
+        (it is then no longer open)."""
+        req = self._open.get(e.message_id)
+        if req is None or not _concludes(req, e):
             return None
-        return _refused(first)
+        del self._open[e.message_id]
+        return _conclude(req, e)
 
     @staticmethod
-    def settle_open(req: Request, later: Iterable[Entry]) -> Request:
-        """An open request concluded by the first of ``later`` entries that concludes it (any order),
-        or still pending."""
-        for e in sorted(later, key=lambda x: (x.time_ns, x.index)):
-            if e.message_id == req.message_id and _concludes(req, e):
-                return _conclude(req, e)
-        return req
+    def settle_unopened(first: Entry, before: Iterable[Entry]) -> Request | None:
+        """A refused request from an :attr:`unopened` failure entry, given entries of its message
+        (any, in any order: those not before ``first`` are skipped); None when an opener or a failure
+        came before it (its request is another one, counted where it was opened or refused)."""
+        return None if any(_precedes(h, first) for h in before) else _refused(first)
+
+    def _created_within_horizon(self, e: Entry) -> bool:
+        if e.message_id.startswith(_DIGEST_LABEL):
+            return True  # an envelope with no usable id, named by its digest: nothing else has this name
+        created = _message_id_ns(e.message_id)
+        return created is not None and created - self.skew_ns >= e.time_ns - self.horizon_ns
+
+    def _remember(self, e: Entry) -> None:
+        self._seen[e.message_id] = e.time_ns
+        self._seen_order.append((e.time_ns, e.message_id))
+
+    def _forget(self, now_ns: int) -> None:
+        order, seen, oldest = self._seen_order, self._seen, now_ns - self.horizon_ns
+        while order and order[0][0] < oldest:
+            at, mid = order.popleft()
+            if seen.get(mid) == at:
+                del seen[mid]
+
+
+def _precedes(h: Entry, first: Entry) -> bool:
+    """Whether ``h`` is an opener or a failure of ``first``'s message before it."""
+    return (
+        h.message_id == first.message_id
+        and (h.time_ns, h.index) < (first.time_ns, first.index)
+        and (str(h.event) in _OPENERS or _is_failure(h))
+    )
+
+
+def _is_failure(e: Entry) -> bool:
+    """A failure entry that may be a request's: not one about a case event (``EVENT: ...``)."""
+    return str(e.event) in _FAILURES and not e.detail.startswith("EVENT:")
+
+
+def _message_id_ns(message_id: str) -> int | None:
+    """Creation time of a message id (a ULID: 48-bit milliseconds first, as tongban.ids makes them),
+    or None when it is not one."""
+    if not is_message_id(message_id):
+        return None
+    ms = 0
+    for ch in message_id[:10]:
+        ms = ms * 32 + _CROCKFORD.index(ch)
+    return ms * 1_000_000
 
 
 async def read_window(
     store: LedgerStore, start_ns: int, end_ns: int, *, chunk: int = DEFAULT_CHUNK
-) -> AsyncIterator[Entry]:
+) -> AsyncGenerator[Entry, None]:
     """The entries with ``start_ns <= time_ns < end_ns`` in (time, index) order, read ``chunk`` at a
     time: never the whole range at once."""
     if chunk < 1:
@@ -632,24 +723,92 @@ async def collect(
     min_requests: int = 5,
     now_ns: int | None = None,
     chunk: int = DEFAULT_CHUNK,
+    horizon_ns: int = DEFAULT_HORIZON_NS,
+    skew_ns: int = DEFAULT_SKEW_NS,
+    lookups: int = DEFAULT_LOOKUPS,
 ) -> Report:
-    """The report of ``store``'s ledger over ``window``: reads the period in chunks, then looks up
-    by message id what the period alone cannot settle (module docstring)."""
+    """The report of ``store``'s ledger over ``window`` as known at ``now_ns`` (default: now).
+
+    The ledger is read in time order, ``chunk`` entries at a time (:func:`read_window`), in at most
+    four ranges, never one query per request:
+
+    1. ``horizon_ns`` before the period, only to remember which messages were opened or failed
+       there (a failure in the period of a request opened just before it is not a refusal).
+    2. The period: requests are opened and concluded; a failure entry of a message not open is a
+       refusal when its message id (a ULID, which carries its creation time) was created within
+       ``horizon_ns`` (less ``skew_ns``) of it and the tracker remembers no opener or failure of it:
+       an earlier entry of the message would be at most that old. The refusals a flood of calls
+       produces (the gateway's, within milliseconds of the id; a connector's, within its freshness
+       window) are all settled so.
+    3. The rest, failures of messages created before the horizon (a case dead-lettered after hours
+       of retries, one refused when it arrived days late, a request opened before the period), are
+       settled by one look-up by message id each when there are at most ``lookups`` of them, else
+       by one read from the earliest one's creation (less ``skew_ns``) to the last of them.
+    4. When the period ended before ``now_ns`` and requests are still open: from the period's end
+       to ``now_ns``, until every one is concluded (a conclusion after the period counts).
+
+    Args:
+        store: the region's ledger.
+        window: the period.
+        top: entries in each 堵点 list.
+        min_requests: the smallest group the 堵点 lists consider.
+        now_ns: what "now" is: the period's end for a period that ends now (one clock for both,
+            so no read after it), and the report's generation time.
+        chunk: entries read at once.
+        horizon_ns: how long ids are remembered (memory: the ids of messages opened or failed
+            within it, besides the open requests).
+        skew_ns: how far a sender's clock may run ahead.
+        lookups: the most failures settled by look-ups by message id.
+    """
     now_ns = time.time_ns() if now_ns is None else now_ns
-    tracker, builder = RequestTracker(), ReportBuilder(store.region, window)
+    tracker = RequestTracker(horizon_ns=horizon_ns, skew_ns=skew_ns)
+    builder = ReportBuilder(store.region, window)
+    async for e in read_window(store, window.start_ns - horizon_ns, window.start_ns, chunk=chunk):
+        tracker.warm(e)
     async for e in read_window(store, window.start_ns, window.end_ns, chunk=chunk):
         for req in tracker.add(e):
             builder.add(req)
-    for first in tracker.unopened.values():
-        settled = tracker.settle_unopened(first, await store.by_message_id(first.message_id))
-        if settled is not None:
-            builder.add(settled)
+    for settled in await _settle_unopened(store, tracker, skew_ns=skew_ns, lookups=lookups, chunk=chunk):
+        builder.add(settled)
+    if window.end_ns < now_ns and tracker.open_count:
+        async with contextlib.aclosing(read_window(store, window.end_ns, now_ns, chunk=chunk)) as later:
+            async for e in later:
+                if (concluded := tracker.settle_open(e)) is not None:
+                    builder.add(concluded)
+                    if not tracker.open_count:
+                        break
     for req in tracker.still_open():
-        if window.end_ns < now_ns:
-            history = await store.by_message_id(req.message_id)
-            req = tracker.settle_open(req, [h for h in history if h.time_ns >= window.end_ns])
         builder.add(req)
     return builder.build(top=top, min_requests=min_requests, generated_ns=now_ns)
+
+
+async def _settle_unopened(
+    store: LedgerStore, tracker: RequestTracker, *, skew_ns: int, lookups: int, chunk: int
+) -> list[Request]:
+    """The refused requests among the tracker's unopened failures (:func:`collect`, step 3)."""
+    firsts = list(tracker.unopened.values())
+    created = {e.message_id: _message_id_ns(e.message_id) for e in firsts}
+    # Ids that are not ULIDs carry no time to bound a read by: looked up whatever their number.
+    by_id = [e for e in firsts if created[e.message_id] is None]
+    timed = [e for e in firsts if created[e.message_id] is not None]
+    if len(by_id) + len(timed) <= lookups:
+        by_id, timed = by_id + timed, []
+    out = []
+    for first in by_id:
+        history = await store.by_message_id(first.message_id)
+        if (settled := tracker.settle_unopened(first, history)) is not None:
+            out.append(settled)
+    if timed:
+        pending = {e.message_id: e for e in timed}
+        earlier: set[str] = set()
+        lo = min(ns for e in timed if (ns := created[e.message_id]) is not None) - skew_ns
+        hi = max(e.time_ns for e in timed)
+        async for h in read_window(store, lo, hi + 1, chunk=chunk):
+            failed = pending.get(h.message_id)
+            if failed is not None and _precedes(h, failed):
+                earlier.add(h.message_id)
+        out += [_refused(e) for e in timed if e.message_id not in earlier]
+    return out
 
 
 # -- output -----------------------------------------------------------------------------------
