@@ -111,7 +111,9 @@ class Gateway:
             ready = self.readiness()
             if ready != self._last_readiness:
                 if self._last_readiness is not None:
-                    log.warning("gateway.readiness", region=self.cfg.region.code, **ready)
+                    # A warning while serving; a stop going NOT_SERVING is routine.
+                    emit = log.warning if ready["started"] else log.info
+                    emit("gateway.readiness", region=self.cfg.region.code, **ready)
                 self._last_readiness = ready
             up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
             await self.health.set("", up if all(ready.values()) else down)

@@ -215,7 +215,7 @@ class MetricsConfig:
     """``host:port`` of the connector's endpoint, e.g. ``0.0.0.0:9465``; empty: off."""
     connector_port_file: str = ""
     """If set, the connector's bound endpoint port is written here."""
-    ledger_sample_s: float = 5.0
+    ledger_sample_s: float = 1.0
     """How often the ledger's size is read for ``tongban_ledger_entries`` (and readiness)."""
 
     def listen(self, role: str) -> tuple[str, str]:
