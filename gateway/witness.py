@@ -41,6 +41,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -497,22 +498,8 @@ def _parse_entries_reply(
     return entries, doc["truncated"]
 
 
-_ENTRY_FIELDS: Final = frozenset(
-    (
-        "index",
-        "time_ns",
-        "region",
-        "event",
-        "message_id",
-        "peer_region",
-        "service_code",
-        "envelope_digest",
-        "trace_id",
-        "detail",
-        "prev_hash",
-        "entry_hash",
-    )
-)
+_ENTRY_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Entry))
+"""The keys of an entry document: exactly the fields of :class:`Entry`."""
 
 
 def _checked_entry(raw: Any) -> Entry:

@@ -29,7 +29,7 @@ from gateway.server import Gateway
 from ledger import LedgerStore
 from ledger.configured import store_for
 from tests.helpers import eventually
-from tongban import subjects
+from tongban import certs, subjects
 from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.devstate import DevState, init_state
@@ -248,3 +248,39 @@ def resigned_registry(state: DevState, edit: Callable[[registry_pb2.TrustRegistr
     edit(doc)
     doc.version += 1
     return Registry.from_signed(sign_registry(doc, root), [root.public_key()])  # type: ignore[arg-type]
+
+
+@dataclass
+class Pki:
+    """A test partner CA, its files in ``dir``."""
+
+    ca: certs.Issued
+    dir: Path
+
+    def client(self, region: str = SZ, system: str = "szgov-ywtb", **kw: object) -> certs.Issued:
+        return certs.issue_client(self.ca, certs.Partner(region, system), **kw)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A partner CA and a gateway server certificate (``certs/ca.crt``, ``certs/gateway.*``)."""
+    ca = certs.create_ca()
+    d = tmp_path / "certs"
+    certs.write(ca, d, "ca")
+    certs.write(certs.issue_server(ca, ["127.0.0.1", "localhost"]), d, "gateway")
+    return Pki(ca, d)
+
+
+@pytest.fixture
+async def tls_stack(topology: Topology, state: DevState, pki: Pki) -> AsyncIterator[Stack]:
+    gateway = {
+        "dev_mode": False,
+        "tls_cert": str(pki.dir / "gateway.crt"),
+        "tls_key": str(pki.dir / "gateway.key"),
+        "client_ca": str(pki.dir / "ca.crt"),
+    }
+    s = await start_stack(topology, state, config={"gateway": gateway})
+    try:
+        yield s
+    finally:
+        await stop_stack(s)

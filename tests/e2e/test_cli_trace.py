@@ -24,12 +24,11 @@ import pytest
 
 from connectors.demo.backends import DemoBackend, FailingAdapter, demo_adapters
 from ledger import Event
-from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
+from tests.conftest import SZ, WX, Pki, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.cli import tongban
 from tests.e2e.requests import build, cases, pension
 from tests.helpers import eventually, free_port
-from tests.security.test_mtls import Pki
 from tongban import certs
 from tongban.catalogue import Catalogue
 from tongban.cli_trace import Hop, RegionRead, Trace, verdict
@@ -355,40 +354,16 @@ async def test_dev_stack_registry_names_the_gateways(tmp_path: Path) -> None:
         await dev.stop()
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    """One partner CA for both gateways (as the other mTLS tests): Wuxi's gateway completes the
-    handshake with Shenzhen's certificate and then refuses the partner of another region."""
-    ca = certs.create_ca()
-    d = tmp_path / "certs"
-    certs.write(ca, d, "ca")
-    certs.write(certs.issue_server(ca, ["127.0.0.1", "localhost"]), d, "gateway")
-    certs.write(certs.issue_client(ca, certs.Partner(SZ, "sz-ops")), d, "sz-ops")
-    return Pki(ca, d)
-
-
-@pytest.fixture
-async def tls_stack(topology: Topology, state: DevState, pki: Pki) -> AsyncIterator[Stack]:
-    gateway = {
-        "dev_mode": False,
-        "tls_cert": str(pki.dir / "gateway.crt"),
-        "tls_key": str(pki.dir / "gateway.key"),
-        "client_ca": str(pki.dir / "ca.crt"),
-    }
-    s = await start_stack(topology, state, config={"gateway": gateway})
-    try:
-        yield s
-    finally:
-        await stop_stack(s)
-
-
 async def test_mutual_tls_operator_reads_every_region_through_its_own_gateway(
     tls_stack: Stack, pki: Pki
 ) -> None:
     """Production: the operator holds a client certificate of Shenzhen, which only Shenzhen's
     gateway accepts. Through it, the whole cross-region timeline; a direct read of Wuxi is refused,
-    and shown as such."""
+    and shown as such. (One partner CA serves both gateways, as in the other mTLS tests: Wuxi's
+    gateway completes the handshake with Shenzhen's certificate, then refuses a partner of another
+    region.)"""
     stack = tls_stack
+    certs.write(pki.client(SZ, "sz-ops"), pki.dir, "sz-ops")
     creds = grpc.ssl_channel_credentials(
         root_certificates=pki.ca.cert_pem,
         private_key=(pki.dir / "sz-ops.key").read_bytes(),

@@ -9,8 +9,6 @@ from the certificate, never from the request.
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.conftest import SZ, Stack, start_stack, stop_stack
+from tests.conftest import SZ, Pki, Stack
 from tests.e2e.cases import submit_request
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
@@ -26,41 +24,7 @@ from tongban import certs
 from tongban.config import Config
 from tongban.devstate import DevState
 from tongban.errors import ConfigError
-from tongban.natsserver import Topology
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
-
-
-@dataclass
-class Pki:
-    ca: certs.Issued
-    dir: Path
-
-    def client(self, region: str = SZ, system: str = "szgov-ywtb", **kw: object) -> certs.Issued:
-        return certs.issue_client(self.ca, certs.Partner(region, system), **kw)
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    ca = certs.create_ca()
-    d = tmp_path / "certs"
-    certs.write(ca, d, "ca")
-    certs.write(certs.issue_server(ca, ["127.0.0.1", "localhost"]), d, "gateway")
-    return Pki(ca, d)
-
-
-@pytest.fixture
-async def tls_stack(topology: Topology, state: DevState, pki: Pki) -> AsyncIterator[Stack]:
-    gateway = {
-        "dev_mode": False,
-        "tls_cert": str(pki.dir / "gateway.crt"),
-        "tls_key": str(pki.dir / "gateway.key"),
-        "client_ca": str(pki.dir / "ca.crt"),
-    }
-    s = await start_stack(topology, state, config={"gateway": gateway})
-    try:
-        yield s
-    finally:
-        await stop_stack(s)
 
 
 def channel(
