@@ -17,21 +17,18 @@ The head is not cached: ``size()`` and ``head()`` read the table, since other re
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import enum
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 
 from ledger import _sqlite
+from ledger._batching import BatchingStore, Request, State
 from ledger.entry import ZERO_HASH, Entry, EntryDraft, seal
 from ledger.errors import LedgerClosed, LedgerError
 
@@ -65,27 +62,12 @@ _DB_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Inter
 _TRIGGERS: Final = ("entries_no_update_delete", "entries_no_truncate")
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Resources:
     """Everything that exists only while the ledger is open."""
 
     pool: asyncpg.Pool
     writer: asyncio.Task[None]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Request:
-    """One ``append`` call waiting for its batch."""
-
-    drafts: tuple[EntryDraft, ...]
-    future: asyncio.Future[list[Entry]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,7 +139,7 @@ class _Sql:
         )
 
 
-class PostgresLedger:
+class PostgresLedger(BatchingStore[_Resources]):
     """A region's ledger in PostgreSQL; implements :class:`~ledger.store.LedgerStore`.
 
     Several objects, in one process or many, may append to the same (schema, region) at once: they produce
@@ -205,25 +187,12 @@ class PostgresLedger:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._dsn = dsn
         self._where = _describe(dsn, schema)
-        self._region = region
         self._schema = schema
-        self._max_batch = max_batch
         self._pool_size = pool_size
         self._timeout = timeout
         self._sql = _Sql.for_schema(schema)
         self._lock_key = f"tongban.ledger:{schema}:{region}"
-        self._state = _State.NEW
-        self._res: _Resources | None = None
-        self._lifecycle = asyncio.Lock()
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._closer: asyncio.Future[None] | None = None
-        self.commits = 0
-
-    @property
-    def region(self) -> str:
-        """The region whose ledger this is."""
-        return self._region
+        self._init_batching(region, max_batch)
 
     @property
     def schema(self) -> str:
@@ -232,18 +201,6 @@ class PostgresLedger:
 
     def __repr__(self) -> str:
         return f"PostgresLedger({self._where}, region={self._region!r}, state={self._state.value})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Connect, create the schema if needed, check it belongs to this region and start the writer.
@@ -256,9 +213,9 @@ class PostgresLedger:
                 version, or it belongs to another region.
         """
         async with self._lifecycle:
-            if self._state is _State.OPEN:
+            if self._state is State.OPEN:
                 return
-            if self._state is not _State.NEW:
+            if self._state is not State.NEW:
                 raise LedgerClosed(f"{self!r} was closed; open a new PostgresLedger")
             try:
                 async with asyncio.timeout(self._timeout):
@@ -284,7 +241,7 @@ class PostgresLedger:
                 self._run_writer(pool), name=f"ledger-{self._region}-writer"
             )
             self._res = _Resources(pool, writer)
-            self._state = _State.OPEN
+            self._state = State.OPEN
             log.info("ledger.opened", region=self._region, store=self._where, size=size)
 
     async def _prepare(self, pool: asyncpg.Pool) -> int:
@@ -329,25 +286,6 @@ class PostgresLedger:
             raise LedgerError(f"cannot open the ledger {self._where}: {_brief(exc)}") from exc
         return 0 if row is None else _decode(row).index + 1
 
-    async def close(self) -> None:
-        """Commit every queued append, stop the writer and release the connections. Idempotent.
-
-        Appends that were queued before ``close`` complete normally; appends after it raise LedgerClosed.
-        Concurrent calls all wait for the same shutdown, and cancelling one does not interrupt it.
-        """
-        async with self._lifecycle:
-            if self._state is _State.NEW:
-                self._state = _State.CLOSED
-            if self._state is _State.CLOSED:
-                return
-            if self._closer is None:
-                assert self._res is not None  # OPEN always has resources
-                self._state = _State.CLOSING
-                self._wakeup.set()
-                self._closer = asyncio.ensure_future(self._shutdown(self._res))
-            closer = self._closer
-        await asyncio.shield(closer)
-
     async def _shutdown(self, res: _Resources) -> None:
         try:
             await asyncio.wait([res.writer])
@@ -359,34 +297,8 @@ class PostgresLedger:
                 res.pool.terminate()
         finally:
             self._res = None
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
         log.info("ledger.closed", region=self._region, store=self._where)
-
-    async def append(self, *drafts: EntryDraft) -> list[Entry]:
-        """Append drafts atomically; see :meth:`ledger.store.LedgerStore.append`.
-
-        Drafts without ``time_ns`` get the time of this call. Once called, the drafts are committed with their
-        batch even if the caller is cancelled meanwhile: cancellation does not withdraw an append (look the
-        message up with :meth:`by_message_id` to learn its fate).
-
-        Raises:
-            LedgerClosed: the ledger is not open.
-            LedgerError: the batch transaction failed (its cause is chained); nothing of it was written.
-            TypeError: an argument is not an EntryDraft.
-        """
-        self._require_open()
-        if not drafts:
-            return []
-        for draft in drafts:
-            if not isinstance(draft, EntryDraft):
-                raise TypeError(f"append takes EntryDraft, not {type(draft).__name__}")
-        now = time.time_ns()
-        stamped = tuple(d if d.time_ns is not None else dataclasses.replace(d, time_ns=now) for d in drafts)
-        future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        # Queued synchronously, so the order of append() calls is the order of this process's batches.
-        self._pending.append(_Request(stamped, future))
-        self._wakeup.set()
-        return await future
 
     async def size(self) -> int:
         """Number of committed entries (read from the database: other replicas append too)."""
@@ -469,14 +381,6 @@ class PostgresLedger:
 
             yield (None if row is None else bytes(row[0])), save
 
-    def _require_open(self) -> _Resources:
-        if self._state is not _State.OPEN or self._res is None:
-            raise LedgerClosed(f"{self!r} is not open")
-        if self._res.writer.done():
-            # Only a bug or an outside cancellation ends the writer early; appends would wait forever.
-            raise LedgerError(f"{self!r}: its writer task has stopped")
-        return self._res
-
     async def _read(self, sql: str, *args: object) -> list[Entry]:
         res = self._require_open()
         try:
@@ -488,11 +392,11 @@ class PostgresLedger:
 
     async def _run_writer(self, pool: asyncpg.Pool) -> None:
         """Group commit: whatever queued up while the previous batch was committing forms the next batch."""
-        batch: list[_Request] = []
+        batch: list[Request] = []
         try:
             while True:
                 if not self._pending:
-                    if self._state is not _State.OPEN:
+                    if self._state is not State.OPEN:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -527,16 +431,6 @@ class PostgresLedger:
                 _fail(request.future, exc, len(request.drafts))
             self._pending.clear()
             raise
-
-    def _take_batch(self) -> list[_Request]:
-        # Strict FIFO (never skip ahead to fill a batch), so the log keeps the order of the append() calls.
-        batch = [self._pending.popleft()]
-        count = len(batch[0].drafts)
-        while self._pending and count + len(self._pending[0].drafts) <= self._max_batch:
-            request = self._pending.popleft()
-            count += len(request.drafts)
-            batch.append(request)
-        return batch
 
     async def _write_batch(self, pool: asyncpg.Pool, drafts: Sequence[EntryDraft]) -> list[Entry]:
         """Seal drafts after the region's current head and insert them in one transaction, or leave nothing.

@@ -16,21 +16,18 @@ has committed, so a failed batch leaves both the file and the head as they were.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
-import enum
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import structlog
 
 from ledger import _sqlite
+from ledger._batching import BatchingStore, Request, State
 from ledger.entry import ZERO_HASH, Entry, EntryDraft, seal
 from ledger.errors import LedgerClosed, LedgerError
 
@@ -39,13 +36,6 @@ log = structlog.get_logger(__name__)
 SYNCHRONOUS_LEVELS: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_S: Final = 5.0
 """How long a connection waits for a lock held by another process (a verifier, a backup) before failing."""
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,15 +49,7 @@ class _Resources:
     writer: asyncio.Task[None]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Request:
-    """One ``append`` call waiting for its batch."""
-
-    drafts: tuple[EntryDraft, ...]
-    future: asyncio.Future[list[Entry]]
-
-
-class SQLiteLedger:
+class SQLiteLedger(BatchingStore[_Resources]):
     """A region's ledger in a SQLite file; implements :class:`~ledger.store.LedgerStore`.
 
     Args:
@@ -102,22 +84,9 @@ class SQLiteLedger:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._path = os.fspath(path)
-        self._region = region
         self._synchronous = level
-        self._max_batch = max_batch
-        self._state = _State.NEW
-        self._res: _Resources | None = None
-        self._lifecycle = asyncio.Lock()
-        self._pending: collections.deque[_Request] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._closer: asyncio.Future[None] | None = None
+        self._init_batching(region, max_batch)
         self._head: Entry | None = None
-        self.commits = 0
-
-    @property
-    def region(self) -> str:
-        """The region whose ledger this is."""
-        return self._region
 
     @property
     def path(self) -> str:
@@ -126,18 +95,6 @@ class SQLiteLedger:
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({self._path!r}, region={self._region!r}, state={self._state.value})"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def open(self) -> None:
         """Open the file (creating it and its schema if needed), load the head and start the writer.
@@ -150,9 +107,9 @@ class SQLiteLedger:
                 another region.
         """
         async with self._lifecycle:
-            if self._state is _State.OPEN:
+            if self._state is State.OPEN:
                 return
-            if self._state is not _State.NEW:
+            if self._state is not State.NEW:
                 raise LedgerClosed(f"{self!r} was closed; open a new SQLiteLedger")
             loop = asyncio.get_running_loop()
             name = f"ledger-{self._region}"
@@ -177,27 +134,8 @@ class SQLiteLedger:
                 self._run_writer(write_executor, write_conn), name=f"ledger-{self._region}-writer"
             )
             self._res = _Resources(write_executor, write_conn, read_executor, read_conn, writer)
-            self._state = _State.OPEN
+            self._state = State.OPEN
             log.info("ledger.opened", region=self._region, path=self._path, size=_size(head))
-
-    async def close(self) -> None:
-        """Commit every queued append, stop the writer and close the file. Idempotent.
-
-        Appends that were queued before ``close`` complete normally; appends after it raise LedgerClosed.
-        Concurrent calls all wait for the same shutdown, and cancelling one does not interrupt it.
-        """
-        async with self._lifecycle:
-            if self._state is _State.NEW:
-                self._state = _State.CLOSED
-            if self._state is _State.CLOSED:
-                return
-            if self._closer is None:
-                assert self._res is not None  # OPEN always has resources
-                self._state = _State.CLOSING
-                self._wakeup.set()
-                self._closer = asyncio.ensure_future(self._shutdown(self._res))
-            closer = self._closer
-        await asyncio.shield(closer)
 
     async def _shutdown(self, res: _Resources) -> None:
         loop = asyncio.get_running_loop()
@@ -212,34 +150,8 @@ class SQLiteLedger:
             res.write_executor.shutdown(wait=False)
             res.read_executor.shutdown(wait=False)
             self._res = None
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
         log.info("ledger.closed", region=self._region, path=self._path, size=_size(self._head))
-
-    async def append(self, *drafts: EntryDraft) -> list[Entry]:
-        """Append drafts atomically; see :meth:`ledger.store.LedgerStore.append`.
-
-        Drafts without ``time_ns`` get the time of this call. Once called, the drafts are committed with their
-        batch even if the caller is cancelled meanwhile: cancellation does not withdraw an append (look the
-        message up with :meth:`by_message_id` to learn its fate).
-
-        Raises:
-            LedgerClosed: the ledger is not open.
-            LedgerError: the batch transaction failed (its cause is chained); nothing of it was written.
-            TypeError: an argument is not an EntryDraft.
-        """
-        self._require_open()
-        if not drafts:
-            return []
-        for draft in drafts:
-            if not isinstance(draft, EntryDraft):
-                raise TypeError(f"append takes EntryDraft, not {type(draft).__name__}")
-        now = time.time_ns()
-        stamped = tuple(d if d.time_ns is not None else dataclasses.replace(d, time_ns=now) for d in drafts)
-        future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
-        # Queued synchronously, so the order of append() calls is the order of the log.
-        self._pending.append(_Request(stamped, future))
-        self._wakeup.set()
-        return await future
 
     async def size(self) -> int:
         """Number of committed entries (read from the file: other processes may append too)."""
@@ -293,14 +205,6 @@ class SQLiteLedger:
             (start_ns, end_ns, limit),
         )
 
-    def _require_open(self) -> _Resources:
-        if self._state is not _State.OPEN or self._res is None:
-            raise LedgerClosed(f"{self!r} is not open")
-        if self._res.writer.done():
-            # Only a bug or an outside cancellation ends the writer early; appends would wait forever.
-            raise LedgerError(f"{self!r}: its writer task has stopped")
-        return self._res
-
     async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Entry]:
         res = self._require_open()
         loop = asyncio.get_running_loop()
@@ -309,11 +213,11 @@ class SQLiteLedger:
     async def _run_writer(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
         """Group commit: whatever queued up while the previous batch was committing forms the next batch."""
         loop = asyncio.get_running_loop()
-        batch: list[_Request] = []
+        batch: list[Request] = []
         try:
             while True:
                 if not self._pending:
-                    if self._state is not _State.OPEN:
+                    if self._state is not State.OPEN:
                         return
                     self._wakeup.clear()
                     await self._wakeup.wait()
@@ -349,16 +253,6 @@ class SQLiteLedger:
                 _fail(request.future, exc, len(request.drafts))
             self._pending.clear()
             raise
-
-    def _take_batch(self) -> list[_Request]:
-        # Strict FIFO (never skip ahead to fill a batch), so the log keeps the order of the append() calls.
-        batch = [self._pending.popleft()]
-        count = len(batch[0].drafts)
-        while self._pending and count + len(self._pending[0].drafts) <= self._max_batch:
-            request = self._pending.popleft()
-            count += len(request.drafts)
-            batch.append(request)
-        return batch
 
 
 async def open_ledger(path: str | os.PathLike[str], region: str, **kw: Any) -> SQLiteLedger:

@@ -1,0 +1,157 @@
+"""What both ledger stores share: the open/close lifecycle and the queue of appends that their writer
+task commits in batches (group commit).
+
+A store subclasses :class:`BatchingStore`, sets up its fields with :meth:`BatchingStore._init_batching`,
+implements ``open`` (which creates its resources, one of them the writer task, and sets the state to
+OPEN) and ``_shutdown`` (which waits for the writer to drain the queue and releases the resources),
+and has its writer take work with :meth:`BatchingStore._take_batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import time
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
+
+from ledger.entry import Entry, EntryDraft
+from ledger.errors import LedgerClosed, LedgerError
+
+
+class State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Request:
+    """One ``append`` call waiting for its batch."""
+
+    drafts: tuple[EntryDraft, ...]
+    future: asyncio.Future[list[Entry]]
+
+
+class Resources(Protocol):
+    """What a store holds only while open; the writer task among it."""
+
+    @property
+    def writer(self) -> asyncio.Task[None]: ...
+
+
+R = TypeVar("R", bound=Resources)
+
+
+class BatchingStore(Generic[R]):
+    """Lifecycle and append queue of a ledger store (see the module docstring)."""
+
+    _region: str
+    _max_batch: int
+    _state: State
+    _res: R | None
+    _lifecycle: asyncio.Lock
+    _pending: collections.deque[Request]
+    _wakeup: asyncio.Event
+    _closer: asyncio.Future[None] | None
+    commits: int
+
+    def _init_batching(self, region: str, max_batch: int) -> None:
+        self._region = region
+        self._max_batch = max_batch
+        self._state = State.NEW
+        self._res = None
+        self._lifecycle = asyncio.Lock()
+        self._pending = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closer = None
+        self.commits = 0
+
+    @property
+    def region(self) -> str:
+        """The region whose ledger this is."""
+        return self._region
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def _shutdown(self, res: R) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Commit every queued append, stop the writer and release what the store holds. Idempotent.
+
+        Appends that were queued before ``close`` complete normally; appends after it raise LedgerClosed.
+        Concurrent calls all wait for the same shutdown, and cancelling one does not interrupt it.
+        """
+        async with self._lifecycle:
+            if self._state is State.NEW:
+                self._state = State.CLOSED
+            if self._state is State.CLOSED:
+                return
+            if self._closer is None:
+                assert self._res is not None  # OPEN always has resources
+                self._state = State.CLOSING
+                self._wakeup.set()
+                self._closer = asyncio.ensure_future(self._shutdown(self._res))
+            closer = self._closer
+        await asyncio.shield(closer)
+
+    async def append(self, *drafts: EntryDraft) -> list[Entry]:
+        """Append drafts atomically; see :meth:`ledger.store.LedgerStore.append`.
+
+        Drafts without ``time_ns`` get the time of this call. Once called, the drafts are committed with their
+        batch even if the caller is cancelled meanwhile: cancellation does not withdraw an append (look the
+        message up with ``by_message_id`` to learn its fate).
+
+        Raises:
+            LedgerClosed: the ledger is not open.
+            LedgerError: the batch transaction failed (its cause is chained); nothing of it was written.
+            TypeError: an argument is not an EntryDraft.
+        """
+        self._require_open()
+        if not drafts:
+            return []
+        for draft in drafts:
+            if not isinstance(draft, EntryDraft):
+                raise TypeError(f"append takes EntryDraft, not {type(draft).__name__}")
+        now = time.time_ns()
+        stamped = tuple(d if d.time_ns is not None else dataclasses.replace(d, time_ns=now) for d in drafts)
+        future: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
+        # Queued synchronously, so the order of append() calls is the order of this process's batches.
+        self._pending.append(Request(stamped, future))
+        self._wakeup.set()
+        return await future
+
+    def _require_open(self) -> R:
+        if self._state is not State.OPEN or self._res is None:
+            raise LedgerClosed(f"{self!r} is not open")
+        if self._res.writer.done():
+            # Only a bug or an outside cancellation ends the writer early; appends would wait forever.
+            raise LedgerError(f"{self!r}: its writer task has stopped")
+        return self._res
+
+    def _take_batch(self) -> list[Request]:
+        # Strict FIFO (never skip ahead to fill a batch), so the log keeps the order of the append() calls.
+        batch = [self._pending.popleft()]
+        count = len(batch[0].drafts)
+        while self._pending and count + len(self._pending[0].drafts) <= self._max_batch:
+            request = self._pending.popleft()
+            count += len(request.drafts)
+            batch.append(request)
+        return batch
