@@ -238,8 +238,9 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
                         report.retried_calls += 1
                         if time.monotonic() > budget:
                             break
-                        # The behaviour under test: a partner backs off (jittered) before retrying.
-                        await asyncio.sleep(0.05 + rng.random() * 0.2)
+                        # A partner backs off (jittered) before retrying: behaviour under test, not a wait.
+                        backoff_s = 0.05 + rng.random() * 0.2
+                        await asyncio.sleep(backoff_s)  # the partner's back-off (behaviour under test)
 
         async def chaos() -> None:
             for fraction, what, kill, start in schedule:

@@ -67,6 +67,15 @@ async def trace_stack(topology: Topology, state: DevState) -> AsyncIterator[Stac
         await stop_stack(s)
 
 
+DELIVERED_QUERY = [
+    (SZ, Event.SUBMITTED, False),
+    (WX, Event.RECEIVED, False),
+    (WX, Event.PROCESSED, False),
+    (SZ, Event.RESPONDED, False),
+]
+"""The timeline rows (region, event, failing) of a delivered Shenzhen → Wuxi query."""
+
+
 def rows(out: str) -> list[tuple[str, str, bool]]:
     """(region, event, marked as the failing hop) of each timeline row."""
     found = []
@@ -112,12 +121,7 @@ async def test_delivered_query_and_submit(trace_stack: Stack) -> None:
     stub = stack.stub(SZ)
     resp = await stub.Query(pension(), timeout=10)
     out, doc = await trace(stack, resp.message_id)
-    expected = [
-        (SZ, Event.SUBMITTED, False),
-        (WX, Event.RECEIVED, False),
-        (WX, Event.PROCESSED, False),
-        (SZ, Event.RESPONDED, False),
-    ]
+    expected = DELIVERED_QUERY
     assert rows(out) == expected, out
     assert doc_rows(doc) == expected
     assert f"message {resp.message_id}" in out and f"trace id {resp.trace_id}" in out
@@ -335,12 +339,7 @@ async def test_dev_stack_registry_names_the_gateways(tmp_path: Path) -> None:
         )
         assert rc == 0, err
         message_id = json.loads(out)["message_id"]
-        expected = [
-            (SZ, Event.SUBMITTED, False),
-            (WX, Event.RECEIVED, False),
-            (WX, Event.PROCESSED, False),
-            (SZ, Event.RESPONDED, False),
-        ]
+        expected = DELIVERED_QUERY
         node = ("--region", SZ, "--state-dir", str(dev.root))
         rc, out, err = await tongban("trace", message_id, *node, "--direct")
         assert rc == 0, out + err
@@ -382,12 +381,7 @@ async def test_mutual_tls_operator_reads_every_region_through_its_own_gateway(
         str(pki.dir / "sz-ops.key"),
     )
     out, doc = await trace(stack, resp.message_id, *tls)
-    expected = [
-        (SZ, Event.SUBMITTED, False),
-        (WX, Event.RECEIVED, False),
-        (WX, Event.PROCESSED, False),
-        (SZ, Event.RESPONDED, False),
-    ]
+    expected = DELIVERED_QUERY
     assert rows(out) == expected, out
     assert doc_rows(doc) == expected
     assert relayed(WX, SZ, 2) in out
