@@ -580,6 +580,16 @@ class Alarm:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class FirstSight:
+    """When a witness first trusted a region's log, and the checkpoint it trusted (no proof exists
+    from nothing: trust on first use)."""
+
+    at_ms: int
+    size: int
+    root: bytes
+
+
 class Witness:
     """Verifies other regions' checkpoints and raises an alarm when a log did not only grow.
 
@@ -597,6 +607,7 @@ class Witness:
         verified: consistency proofs verified.
         refused: checkpoints refused (malformed, wrong origin, unknown key, bad signature).
         proof_failures: proof requests that got no usable answer (timeout, no responder, error, malformed).
+        trusted_on_first_use: logs first adopted without a proof (their first non-empty checkpoint).
     """
 
     def __init__(
@@ -623,6 +634,8 @@ class Witness:
         self.proof_failures = 0
         self._held: dict[str, SignedCheckpoint] = {}
         self._alarmed: dict[str, tuple[int, bytes]] = {}
+        self._first_sight: dict[str, FirstSight] = {}
+        self.trusted_on_first_use = 0
         self._sub = _Subscriber(f"witness-{region}", self._receive)
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -632,6 +645,10 @@ class Witness:
         """The latest verified checkpoint of ``region``, or None."""
         held = self._held.get(region)
         return held.checkpoint if held else None
+
+    def first_sight(self, region: str) -> FirstSight | None:
+        """When and what this witness trusted on first use of ``region``'s log, or None."""
+        return self._first_sight.get(region)
 
     def latest_note(self, region: str) -> bytes | None:
         """The signed note of :meth:`latest` (evidence a third party can check)."""
@@ -721,8 +738,10 @@ class Witness:
         if cp.size == 0 and cp.root != EMPTY_ROOT:
             await self._alarm(held, signed, origin_region, "signed an empty tree with a non-empty root")
             return
-        if held is None:
-            self._adopt(origin_region, signed, first=True)
+        if held is None or (held.checkpoint.size == 0 and cp.size > 0):
+            # Nothing earlier (or only the empty tree) to prove this one against: RFC 9162 has no
+            # consistency proof from size 0. Adopting it is trust on first use, and is said so.
+            self._trust_first(origin_region, signed)
             return
         old = held.checkpoint
         if cp.size < old.size:
@@ -744,8 +763,6 @@ class Witness:
         elif cp.size == old.size:
             if cp.root != old.root:
                 await self._alarm(held, signed, origin_region, "different root at the same size")
-        elif old.size == 0:
-            self._adopt(origin_region, signed)
         else:
             proof = await self._request_proof(origin_region, old.size, cp.size)
             if proof is None:
@@ -791,6 +808,16 @@ class Witness:
     def _refuse(self, region: str, reason: str) -> None:
         self.refused += 1
         log.warning("witness.checkpoint_refused", region=region, reason=reason)
+
+    def _trust_first(self, region: str, signed: SignedCheckpoint) -> None:
+        """Adopt the first non-empty checkpoint of ``region``'s log without a proof, on record: the
+        state file keeps when, at which size and root (what every later checkpoint is proven against),
+        and the log line is a warning an operator can alarm on if it appears after the first days."""
+        cp = signed.checkpoint
+        self._first_sight[region] = FirstSight(int(self._clock() * 1000), cp.size, cp.root)
+        self.trusted_on_first_use += 1
+        log.warning("witness.trust_on_first_use", region=region, size=cp.size, root=_b64(cp.root))
+        self._adopt(region, signed, first=True)
 
     def _adopt(self, region: str, signed: SignedCheckpoint, *, first: bool = False) -> None:
         self._held[region] = signed
@@ -844,6 +871,10 @@ class Witness:
             doc = json.loads(raw)
             held = {r: read_note(n.encode("utf-8")) for r, n in doc["held"].items()}
             alarmed = {r: (int(a["size"]), base64.b64decode(a["root"])) for r, a in doc["alarmed"].items()}
+            first_sight = {
+                r: FirstSight(int(f["at_ms"]), int(f["size"]), base64.b64decode(f["root"]))
+                for r, f in doc.get("first_sight", {}).items()
+            }
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, CheckpointError) as exc:
             raise LedgerError(f"witness state {self.state_path} is unreadable: {exc}") from None
         for r, signed in held.items():
@@ -851,7 +882,7 @@ class Witness:
                 raise LedgerError(
                     f"witness state {self.state_path} holds a checkpoint of another log for {r}"
                 )
-        self._held, self._alarmed = held, alarmed
+        self._held, self._alarmed, self._first_sight = held, alarmed, first_sight
 
     def _save(self) -> None:
         doc = {
@@ -859,6 +890,10 @@ class Witness:
             "region": self.region,
             "held": {r: s.note.decode("utf-8") for r, s in sorted(self._held.items())},
             "alarmed": {r: {"size": n, "root": _b64(root)} for r, (n, root) in sorted(self._alarmed.items())},
+            "first_sight": {
+                r: {"at_ms": f.at_ms, "size": f.size, "root": _b64(f.root)}
+                for r, f in sorted(self._first_sight.items())
+            },
         }
         write_atomically(self.state_path, json.dumps(doc, indent=1).encode())
 

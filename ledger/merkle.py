@@ -353,9 +353,11 @@ def verify_consistency(
     """Check that the tree of ``old_size`` leaves with ``old_root`` is a prefix of the one with ``new_root``.
 
     The algorithm of RFC 9162 §2.1.4.2, after checking that the proof has exactly the number of hashes the
-    two sizes need. Edge cases: equal sizes need an empty proof and equal roots; ``old_size`` 0 needs an
-    empty proof and ``old_root`` equal to :data:`EMPTY_ROOT` (every tree extends the empty one, but a root
-    claimed for size 0 must be the empty tree's).
+    two sizes need. Edge cases: equal sizes need an empty proof and equal roots (for size 0, the empty
+    tree's :data:`EMPTY_ROOT`). A proof from size 0 to a larger tree is refused: RFC 9162 defines
+    consistency proofs only for ``0 < old_size``, and "consistent with the empty tree" holds for every
+    root, so accepting it would vouch for a root nothing checked (transparency-dev/merkle refuses it as
+    meaningless too). A witness's first non-empty checkpoint of a log is trust on first use, and says so.
 
     Args:
         old_size: the earlier tree size.
@@ -387,9 +389,7 @@ def verify_consistency(
             raise ProofError(f"{what}: the root of an empty tree must be SHA-256 of nothing")
         return
     if old_size == 0:
-        if old_root != EMPTY_ROOT:
-            raise ProofError(f"{what}: the root of an empty tree must be SHA-256 of nothing")
-        return
+        raise ProofError(f"{what}: a consistency proof from the empty tree proves nothing (RFC 9162: 0 < m)")
     path = list(proof)
     if old_size & (old_size - 1) == 0:
         # The old tree is a complete subtree at the left edge; the proof leaves out the hash already known.

@@ -149,14 +149,20 @@ async def test_witness_verifies_growth_and_alarms_on_a_rewritten_log(
         )
         rewritten: CheckpointPublisher | None = None
         try:
-            await witness.start()
-            await publisher.start()
-            await witness_visible_from(wx.nc, sz)
-            await reachable(wx.nc, subjects.ledger_proof_subject(SZ), b"{}")
-
-            # Growth: 5 → 8 → 10, each step proven consistent by a proof Shenzhen serves.
-            await publisher.publish_now()
-            await eventually(lambda: held_size(witness) == 5, what="WX holds SZ@5")
+            # Growth: 5 → 8 → 10, each step proven consistent by a proof Shenzhen serves. The first
+            # checkpoint has nothing to be proven against: trusted on first use, logged and recorded.
+            with capture_logs() as first_logs:
+                await witness.start()
+                await publisher.start()
+                await witness_visible_from(wx.nc, sz)
+                await reachable(wx.nc, subjects.ledger_proof_subject(SZ), b"{}")
+                await publisher.publish_now()
+                await eventually(lambda: held_size(witness) == 5, what="WX holds SZ@5")
+            [tofu] = [e for e in first_logs if e["event"] == "witness.trust_on_first_use"]
+            assert (tofu["log_level"], tofu["region"], tofu["size"]) == ("warning", SZ, 5)
+            first = witness.first_sight(SZ)
+            assert first is not None and (first.size, witness.trusted_on_first_use) == (5, 1)
+            assert json.loads(witness_state.read_text())["first_sight"][SZ]["size"] == 5
             for n in (8, 10):
                 await sz.ledger.append(*(draft(i) for i in range(await sz.ledger.size(), n)))
                 await publisher.publish_now()
@@ -224,6 +230,8 @@ async def test_witness_verifies_growth_and_alarms_on_a_rewritten_log(
         await again.start()
         try:
             assert held_size(again) == 10
+            first = again.first_sight(SZ)
+            assert first is not None and first.size == 5  # the record of trusting it survives too
         finally:
             await again.stop()
 
