@@ -72,6 +72,8 @@ class CaseRow:
     message_id: str
     caller: str
     idem_key: str
+    """Keyed digest of the caller's idempotency key ('' without one): the key itself is caller
+    text and is never stored."""
     fingerprint: str
     service: str
     to_region: str

@@ -143,18 +143,13 @@ class ExchangeCore:
     async def record_rejected(
         self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str, exc: TongbanError
     ) -> None:
-        """One REJECTED entry for a request refused here; region and service only if well-formed."""
-        to, svc = req.target_region, req.service_code
+        """One REJECTED entry for a request refused here. Region and service are caller text: they
+        are recorded only when the registry names the region and the catalogue the service (a
+        well-formed value is not enough: an ID number is well-formed), else '?'."""
+        to = req.target_region if self.registry.region(req.target_region) is not None else "?"
+        svc = req.service_code if req.service_code in self.catalogue else "?"
         await self.ledger.append(
-            EntryDraft(
-                Event.REJECTED,
-                message_id,
-                to if to.isdigit() and len(to) <= 12 else "?",
-                svc if svc.isalnum() and len(svc) <= 36 else "?",
-                b"",
-                trace_id,
-                _ledger_detail(exc),
-            )
+            EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, _ledger_detail(exc))
         )
 
     async def validate(

@@ -14,10 +14,10 @@ from typing import Any
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.errors import internal_status, to_status
 from gateway.ratelimit import PartnerLimiter
@@ -26,7 +26,14 @@ from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, Tongba
 from tongban.metrics import NO_METRICS, Metrics
 
 log = structlog.get_logger("tongban.gateway")
-_PROPAGATOR = TraceContextTextMapPropagator()
+_ROOT = otel_context.Context()
+"""Every RPC starts a trace of its own. A partner's ``traceparent`` is caller text: adopting it would put
+caller-chosen bytes (an ID number shaped as a trace id, say) into every log line, ledger entry and span of
+the request, and let a partner join or force-sample our traces. It is neither adopted nor kept, not even
+as a span link (a link stores the caller's ids verbatim); the answer's ``tongban-trace-id`` metadata
+tells the partner which trace is ours, and it correlates from its side."""
+TRACE_ID_METADATA = "tongban-trace-id"
+"""Initial-metadata key of every answer: the trace id this gateway opened for the call."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,16 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    def _initial_metadata(self, span: trace.Span) -> tuple[tuple[str, str], ...]:
+        """Every answer names the trace this gateway opened for it (the partner correlates its own
+        records with ours by it); a dev gateway's answers also say dev mode."""
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        return (
+            ((TRACE_ID_METADATA, trace_id), ("tongban-mode", "dev"))
+            if self._dev_mode
+            else ((TRACE_ID_METADATA, trace_id),)
+        )
+
     def _caller(self, context: grpc.aio.ServicerContext, metadata: dict[str, Any]) -> Caller:
         """Dev mode: the system a dev token names, or the configured system when there are no
         tokens. Otherwise the partner the verified client certificate names (the TLS handshake
@@ -212,31 +229,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self, service: str, rpc: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[None]:
         start = time.perf_counter()
-        parent = (
-            _PROPAGATOR.extract({"traceparent": metadata["traceparent"]})
-            if "traceparent" in metadata
-            else None
-        )
         token = current_caller.set(None)
         entered = False
         with (
             structlog.contextvars.bound_contextvars(rpc=rpc, region=self._region),
             self._tracer.start_as_current_span(
                 f"{service}/{rpc}",
-                context=parent,
+                context=_ROOT,
                 kind=SpanKind.SERVER,
                 attributes={
                     "rpc.system": "grpc",
                     "rpc.service": service,
                     "rpc.method": rpc,
                     "tongban.region": self._region,
+                    "tongban.partner_trace_context": "traceparent" in metadata,
                 },
             ) as span,
             self._metrics.request(rpc) as measured,
         ):
             try:
-                if self._dev_mode:  # every answer of a dev gateway says so
-                    await context.send_initial_metadata((("tongban-mode", "dev"),))
+                await context.send_initial_metadata(self._initial_metadata(span))
                 caller = self._caller(context, metadata)
                 if self._maintenance():
                     raise Unavailable(

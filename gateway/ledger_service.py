@@ -26,7 +26,7 @@ from ledger.entry import canonical_bytes
 from ledger.merkle import leaf_hash
 from ledger.tree import LedgerTree
 from tongban.errors import DeadlineExceeded, InvalidRequest, NotFound, TongbanError, Unavailable, Violation
-from tongban.ids import is_message_id, is_trace_id
+from tongban.ids import is_case_no, is_message_id, is_trace_id
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 DEFAULT_LIMIT = 1000
@@ -196,11 +196,12 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
     async def _case_message_id(self, case_no: str) -> str:
         if not case_no:
             raise InvalidRequest("empty selector", [Violation("case_no", "must not be empty")])
-        case = await self.case_lookup(case_no) if self.case_lookup is not None else None
+        lookup = self.case_lookup if is_case_no(case_no) else None
+        case = await lookup(case_no) if lookup is not None else None
         if case is None:
             # Cases submitted through another region's gateway are known there (the case number
-            # starts with that region's code).
-            raise NotFound(f"no case {case_no} was submitted through this gateway", reason="CASE_NOT_FOUND")
+            # starts with that region's code). The number asked for is caller text: never echoed.
+            raise NotFound("no such case was submitted through this gateway", reason="CASE_NOT_FOUND")
         return case.message_id
 
     async def _by_time(self, r: ledger_pb2.TimeRange, want: int) -> list[Entry]:

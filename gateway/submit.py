@@ -230,8 +230,9 @@ class CaseDesk:
         fingerprint = self.core.secrets.correlator.digest(
             req.SerializeToString(deterministic=True).hex(), label="submit"
         )
-        if req.idempotency_key:
-            existing = await self.cases.by_idempotency_key(caller.system_id, req.idempotency_key)
+        idem_ref = self._idempotency_ref(req.idempotency_key)
+        if idem_ref:
+            existing = await self.cases.by_idempotency_key(caller.system_id, idem_ref)
             if existing is not None:
                 return await self._replayed(existing, fingerprint, message_id, req, trace_id)
         if not self.nc.is_connected:
@@ -262,13 +263,21 @@ class CaseDesk:
                 operation="publish",
             ),
         ):
-            return await self._accept(req, caller, message_id, fingerprint, trace_id, deadline, case_no, now)
+            return await self._accept(
+                req, caller, message_id, idem_ref, fingerprint, trace_id, deadline, case_no, now
+            )
+
+    def _idempotency_ref(self, key: str) -> str:
+        """What the case store keeps of a caller's idempotency key: a keyed digest, never the key
+        (a caller may choose any value, an ID number included)."""
+        return self.core.secrets.correlator.digest(key, label="idempotency-key") if key else ""
 
     async def _accept(
         self,
         req: exchange_pb2.ServiceRequest,
         caller: Caller,
         message_id: str,
+        idem_ref: str,
         fingerprint: str,
         trace_id: str,
         deadline: float,
@@ -286,7 +295,7 @@ class CaseDesk:
             case_no=case_no,
             message_id=message_id,
             caller=caller.system_id,
-            idem_key=req.idempotency_key,
+            idem_key=idem_ref,
             fingerprint=fingerprint,
             service=svc,
             to_region=to,
@@ -306,7 +315,7 @@ class CaseDesk:
             stored, inserted = await self.cases.insert(row)
         except IdempotencyConflict:
             # Taken by a concurrent Submit since the look-up above: the same answer as there.
-            existing = await self.cases.by_idempotency_key(caller.system_id, req.idempotency_key)
+            existing = await self.cases.by_idempotency_key(caller.system_id, idem_ref)
             assert existing is not None
             return await self._replayed(existing, fingerprint, message_id, req, trace_id)
         if not inserted:
