@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/tongban/v1/*.proto)
+V1_SINCE := ad0e494dc111bc87f014af90b139929a16061da8
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test bench chaos fuzz protos lint typecheck clean
@@ -43,8 +44,15 @@ protos: $(STAMP) ## regenerate tongban/v1/ from protos/ (buf lint first)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
-lint: $(STAMP) ## buf lint, ruff, mypy
+lint: $(STAMP) ## buf lint, buf breaking (tongban.v1 only grows), ruff, mypy
 	cd protos && ../$(BIN)/buf lint
+	# The contract in the working tree against every version of protos/ on main since $(V1_SINCE)
+	# (the last break: CaseEventBody.event became repeated events, an inter-region message).
+	@refs="$$(git rev-list --first-parent $(V1_SINCE)^..HEAD -- protos)" && test -n "$$refs" && \
+	for ref in $$refs; do \
+		$(BIN)/buf breaking protos --against ".git#ref=$$ref,subdir=protos" || \
+			{ echo "tongban.v1 breaks partners' code built on $$ref: put the change in v2"; exit 1; }; \
+	done
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -38,7 +38,7 @@ from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
 from ledger import Entry, EntryDraft, Event
 from tongban import envelope, messages, subjects, telemetry
 from tongban.delivery import policy_for
-from tongban.envelope import Reason
+from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
@@ -189,6 +189,17 @@ class CaseWorker:
             await self._poison(msg, header, exc)
             return
         h = verified.header
+        # On the region's replay record too: a query carrying this id (or this id as a query later)
+        # is a replay, whatever the path; the stream's own redeliveries pass.
+        expires_s = max(messages.seconds(h.deadline), now) + self.cfg.connector.clock_skew_s
+        if not await self.state.first_sighting(h.message_id, expires_s=expires_s, now_s=now, path="case"):
+            replayed = EnvelopeRejected(
+                Reason.REPLAYED,
+                "this message id was already received as a query",
+                code=StatusCode.ALREADY_EXISTS,
+            )
+            await self._poison(msg, header, replayed)
+            return
         done = await self.state.processed(h.message_id)
         if done is not None:
             outcome, events = done

@@ -298,7 +298,7 @@ class Connector:
             replayed = not await self.state.first_sighting(message_id, expires_s=expires_s, now_s=now)
         if replayed:
             raise EnvelopeRejected(
-                "REPLAYED", "this message id was already received", code=StatusCode.ALREADY_EXISTS
+                Reason.REPLAYED, "this message id was already received", code=StatusCode.ALREADY_EXISTS
             )
         seen[message_id] = expires_s
         if self.state is not None and len(seen) > _SEEN_IN_MEMORY:
@@ -348,8 +348,17 @@ class Connector:
         with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(Hop.VERIFY):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header
-            if h.kind != envelope_pb2.MESSAGE_KIND_REQUEST:
+            if h.kind not in (envelope_pb2.MESSAGE_KIND_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_REQUEST):
                 raise EnvelopeRejected(Reason.MALFORMED, "not a request", code=StatusCode.INVALID_ARGUMENT)
+            # One kind never passes as the other: a case copied from a stream onto the RPC subject
+            # would run the back end a second time, outside the case's processed record.
+            wanted = envelope_pb2.MESSAGE_KIND_CASE_REQUEST if durable else envelope_pb2.MESSAGE_KIND_REQUEST
+            if h.kind != wanted or bool(h.case_no) != durable:
+                raise EnvelopeRejected(
+                    Reason.KIND_MISMATCH,
+                    "a case request arrives only from the inbound stream, a query only on the RPC subject",
+                    code=StatusCode.FAILED_PRECONDITION,
+                )
             if h.to_region != self.region:
                 raise EnvelopeRejected(
                     Reason.WRONG_RECIPIENT,
@@ -372,12 +381,6 @@ class Connector:
             if created > now + window.clock_skew_s:
                 raise EnvelopeRejected(
                     Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew"
-                )
-            if durable and not h.case_no:
-                raise EnvelopeRejected(
-                    Reason.MALFORMED,
-                    "a durable request carries a case number",
-                    code=StatusCode.INVALID_ARGUMENT,
                 )
             return verified
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from tongban.delivery import TERMINAL_STATUSES
 from tongban.sqlitedb import SqliteDb
@@ -45,12 +46,20 @@ _SCHEMA = (
         data BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS out_events_message ON out_events (message_id, seq)",
-    # Query message ids within the freshness window: replay protection across restarts and replicas.
-    """CREATE TABLE IF NOT EXISTS seen (
+    # Every request message id this region received, on either path, until it can no longer be
+    # accepted (a query's freshness window, a case's deadline): replay protection across restarts,
+    # replicas and paths. ``path`` is 'query' or 'case'.
+    """CREATE TABLE IF NOT EXISTS seen_ids (
         message_id TEXT PRIMARY KEY,
-        expires_s REAL NOT NULL
+        expires_s REAL NOT NULL,
+        path TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_s)",
+    "CREATE INDEX IF NOT EXISTS seen_ids_expiry ON seen_ids (expires_s)",
+    # Stores made before paths were recorded kept query ids only, in ``seen``: fold them in once.
+    "CREATE TABLE IF NOT EXISTS seen (message_id TEXT PRIMARY KEY, expires_s REAL NOT NULL)",
+    "INSERT OR IGNORE INTO seen_ids (message_id, expires_s, path) "
+    "SELECT message_id, expires_s, 'query' FROM seen",
+    "DROP TABLE seen",
 )
 
 _SEEN_PURGE_BATCH = 5000
@@ -100,6 +109,10 @@ Build = Callable[[int], list[OutEvent]]
 """Given the first free sequence number of the case, build the signed events."""
 
 
+Arrival = Literal["query", "case"]
+"""The path a request arrived on: the RPC subject (Query) or the region's inbound stream (Submit)."""
+
+
 class ConnectorState:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDb(path, _SCHEMA)
@@ -111,10 +124,15 @@ class ConnectorState:
     async def close(self) -> None:
         await self.db.close()
 
-    async def first_sighting(self, message_id: str, *, expires_s: float, now_s: float) -> bool:
-        """Remember ``message_id`` until ``expires_s``; False if it is remembered already (a replay).
+    async def first_sighting(
+        self, message_id: str, *, expires_s: float, now_s: float, path: Arrival = "query"
+    ) -> bool:
+        """Remember ``message_id`` until ``expires_s``; False if that is a replay.
 
-        One statement decides, so two replicas sharing the store cannot both take one id.
+        A query id is a replay if it was seen before on either path. A case id may come again on
+        the case path (streams redeliver; the processed record answers those) but not after it came
+        as a query, nor a query after a case. One statement decides, so two replicas sharing the
+        store cannot both take one id.
         """
 
         purge = now_s >= self._next_purge_s
@@ -124,15 +142,16 @@ class ConnectorState:
         def tx(conn: sqlite3.Connection) -> bool:
             if purge:
                 conn.execute(
-                    "DELETE FROM seen WHERE message_id IN "
-                    "(SELECT message_id FROM seen WHERE expires_s <= ? LIMIT ?)",
+                    "DELETE FROM seen_ids WHERE message_id IN "
+                    "(SELECT message_id FROM seen_ids WHERE expires_s <= ? LIMIT ?)",
                     (now_s, _SEEN_PURGE_BATCH),
                 )
             cur = conn.execute(
-                "INSERT INTO seen (message_id, expires_s) VALUES (?, ?) "
-                "ON CONFLICT (message_id) DO UPDATE SET expires_s = excluded.expires_s "
-                "WHERE seen.expires_s <= ?",
-                (message_id, expires_s, now_s),
+                "INSERT INTO seen_ids (message_id, expires_s, path) VALUES (?, ?, ?) "
+                "ON CONFLICT (message_id) DO UPDATE "
+                "SET expires_s = MAX(seen_ids.expires_s, excluded.expires_s), path = excluded.path "
+                "WHERE seen_ids.expires_s <= ? OR (excluded.path = 'case' AND seen_ids.path = 'case')",
+                (message_id, expires_s, path, now_s),
             )
             return cur.rowcount == 1
 

@@ -185,7 +185,9 @@ class ExchangeCore:
         id_no = req.applicant.id_no
         header = envelope_pb2.Header(
             message_id=message_id,
-            kind=envelope_pb2.MESSAGE_KIND_REQUEST,
+            # The kind names the path (a case travels the streams, a query the RPC subject); the
+            # receiver binds it to where the envelope arrived.
+            kind=envelope_pb2.MESSAGE_KIND_CASE_REQUEST if case_no else envelope_pb2.MESSAGE_KIND_REQUEST,
             service_code=req.service_code,
             from_region=self.region,
             to_region=to,

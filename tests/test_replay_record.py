@@ -1,4 +1,4 @@
-"""The connector's persistent replay record (connectors/state.py ``seen``)."""
+"""The connector's persistent replay record (connectors/state.py ``seen_ids``)."""
 
 from __future__ import annotations
 
@@ -51,4 +51,33 @@ async def test_expired_ids_are_purged(tmp_path: Path) -> None:
     finally:
         await state.close()
     with sqlite3.connect(path) as conn:
-        assert [r[0] for r in conn.execute("SELECT message_id FROM seen")] == ["new"]
+        assert [r[0] for r in conn.execute("SELECT message_id FROM seen_ids")] == ["new"]
+
+
+async def test_one_record_covers_both_paths(tmp_path: Path) -> None:
+    """A case may come again on the case path (stream redeliveries); an id seen on one path is a
+    replay on the other, in both orders."""
+    state = ConnectorState(tmp_path / "state.sqlite")
+    await state.open()
+    try:
+        assert await state.first_sighting("CASE", expires_s=1000.0, now_s=100.0, path="case")
+        assert await state.first_sighting("CASE", expires_s=1000.0, now_s=150.0, path="case")  # redelivered
+        assert not await state.first_sighting("CASE", expires_s=400.0, now_s=200.0, path="query")
+        assert await state.first_sighting("QUERY", expires_s=400.0, now_s=100.0, path="query")
+        assert not await state.first_sighting("QUERY", expires_s=1000.0, now_s=110.0, path="case")
+        assert not await state.first_sighting("QUERY", expires_s=400.0, now_s=120.0, path="query")
+    finally:
+        await state.close()
+
+
+async def test_a_store_from_before_paths_keeps_its_query_ids(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE seen (message_id TEXT PRIMARY KEY, expires_s REAL NOT NULL)")
+        conn.execute("INSERT INTO seen VALUES ('OLD', 1000.0)")
+    state = ConnectorState(path)
+    await state.open()
+    try:
+        assert not await state.first_sighting("OLD", expires_s=1000.0, now_s=100.0, path="case")
+    finally:
+        await state.close()

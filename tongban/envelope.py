@@ -56,6 +56,11 @@ class Reason:
     STALE = "STALE"
     FROM_THE_FUTURE = "FROM_THE_FUTURE"
     EXPIRED = "EXPIRED"
+    REPLAYED = "REPLAYED"
+    """A request message id this region has received before (on either path)."""
+    KIND_MISMATCH = "KIND_MISMATCH"
+    """An envelope of one kind on the path of another (a case request on the query subject, or the
+    reverse)."""
 
 
 class EnvelopeRejected(EnvelopeError):

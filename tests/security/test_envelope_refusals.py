@@ -33,6 +33,7 @@ import pytest_asyncio
 from connectors.runtime import Connector
 from ledger import Entry, Event
 from tests.conftest import QD, REGIONS, SZ, WX, Stack, resigned_registry, start_stack, stop_stack
+from tests.e2e.cases import submit_request
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
@@ -767,6 +768,73 @@ async def test_envelope_that_is_not_a_request_is_refused(scene: Scene) -> None:
         message="not a request",
         message_id=built.header.message_id,
     )
+
+
+async def test_a_case_copied_from_the_stream_onto_the_query_subject_is_refused(scene: Scene) -> None:
+    """An insider copies a Submit envelope out of Wuxi's inbound stream and republishes it, within
+    its freshness window, on the Query subject with Shenzhen's inbox as the reply: refused by kind,
+    the back end is not called again, Wuxi's ledger gains a REJECTED and no second RECEIVED."""
+    stack = scene.stack
+    wx_nc = await stack.nats(WX)
+    copied: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def copy(msg: Any) -> None:
+        if not copied.done():
+            copied.set_result((msg.subject, bytes(msg.data)))
+
+    try:
+        await wx_nc.subscribe(subjects.request_wildcard(WX), cb=copy)
+        await wx_nc.flush()
+        await scene.rebase()
+        receipt = await stack.stub(SZ).Submit(submit_request(key=f"kind-{time.time_ns()}"), timeout=10)
+        subject, data = await asyncio.wait_for(copied, 10)
+    finally:
+        await wx_nc.close()
+    _, header = envelope.parse(data)
+    assert header.kind == envelope_pb2.MESSAGE_KIND_CASE_REQUEST and header.case_no == receipt.case_no
+    mid = receipt.message_id
+
+    async def handled() -> bool:
+        return [e.event for e in await scene.entries(WX) if e.message_id == mid][:2] == [
+            Event.RECEIVED,
+            Event.PROCESSED,
+        ]
+
+    await eventually(handled, what="the case handled in Wuxi")
+    calls = scene.backend_calls()
+    assert calls == 1
+    problem = await send(stack, data, subject.rsplit(".", 1)[-1])
+    assert (problem.reason, problem.code) == ("KIND_MISMATCH", Code.FAILED_PRECONDITION.value[0])
+    assert scene.backend_calls() == calls
+    assert [(e.event, e.detail) for e in await scene.entries(WX) if e.message_id == mid][-1] == (
+        Event.REJECTED,
+        "KIND_MISMATCH",
+    )
+    assert [e.event for e in await scene.entries(WX) if e.message_id == mid].count(Event.RECEIVED) == 1
+
+
+async def test_a_query_put_into_the_inbound_stream_is_dead_lettered(scene: Scene) -> None:
+    """The other way round: a Query envelope published into Wuxi's inbound stream is poison."""
+    built = scene.craft()
+    nc = await scene.stack.nats(SZ)
+    try:
+        await nc.jetstream().publish(
+            subjects.request_subject(WX, SERVICE),
+            built.data,
+            headers={subjects.Header.MSG_ID: built.header.message_id},
+        )
+    finally:
+        await nc.close()
+
+    async def refused() -> list[tuple[str, str]]:
+        return [
+            (e.event, e.detail) for e in await scene.entries(WX) if e.message_id == built.header.message_id
+        ]
+
+    await eventually(refused, what="the query refused by the case worker")
+    assert [event for event, _ in await refused()] == [Event.REJECTED]
+    assert "KIND_MISMATCH" in (await refused())[0][1]
+    assert scene.backend_calls() == 0
 
 
 async def test_sealed_body_that_does_not_decode_is_refused(scene: Scene) -> None:

@@ -37,6 +37,11 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """Body: sealed CaseEventBody; a case status event from the handling region (in_reply_to names
     the Submit request, case_no the case).
     """
+    MESSAGE_KIND_CASE_REQUEST: _MessageKind.ValueType  # 5
+    """Body: sealed RequestBody of a Submit (a case, carried store-and-forward through the streams;
+    case_no set). A receiver takes it only from its inbound stream, and takes a MESSAGE_KIND_REQUEST
+    (a Query, no case_no) only on its RPC subject: one kind never passes as the other.
+    """
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """MessageKind says what the body of an envelope is."""
@@ -51,6 +56,11 @@ MESSAGE_KIND_REJECTION: MessageKind.ValueType  # 3
 MESSAGE_KIND_EVENT: MessageKind.ValueType  # 4
 """Body: sealed CaseEventBody; a case status event from the handling region (in_reply_to names
 the Submit request, case_no the case).
+"""
+MESSAGE_KIND_CASE_REQUEST: MessageKind.ValueType  # 5
+"""Body: sealed RequestBody of a Submit (a case, carried store-and-forward through the streams;
+case_no set). A receiver takes it only from its inbound stream, and takes a MESSAGE_KIND_REQUEST
+(a Query, no case_no) only on its RPC subject: one kind never passes as the other.
 """
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
