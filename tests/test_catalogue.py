@@ -527,3 +527,84 @@ def test_response_projection(catalogue: Catalogue) -> None:
     assert item is not None
     assert response_projection(item, []) == tuple(item.response_fields)
     assert response_projection(item, ["records", "status", "status", "home_address"]) == ("status", "records")
+
+
+# --------------------------------------------------------------------------- characters partners may send
+
+TEXT_FIELDS = [
+    # (path, service code, the mutation setting the field, identity field)
+    ("request.applicant.name", P, lambda v: _set("applicant.name", v), True),
+    ("request.fields[branch_name]", E, lambda v: _set_field("branch_name", v), False),
+    ("request.governance.purpose_text", P, lambda v: _set("governance.purpose_text", v), False),
+    ("request.governance.data_grade", P, lambda v: _set("governance.data_grade", v), True),
+    ("request.governance.requester.org_uscc", P, lambda v: _set("governance.requester.org_uscc", v), True),
+    (
+        "request.governance.requester.department",
+        P,
+        lambda v: _set("governance.requester.department", v),
+        True,
+    ),
+    (
+        "request.governance.requester.operator_digest",
+        P,
+        lambda v: _set("governance.requester.operator_digest", v),
+        True,
+    ),
+]
+REFUSED_EVERYWHERE = {
+    "NUL": "\x00",
+    "TAB": "\t",
+    "DEL": "\x7f",
+    "C1 NEL": "\x85",
+    "RLO U+202E": "\u202e",
+    "LRI U+2066": "\u2066",
+    "RLM U+200F": "\u200f",
+    "ALM U+061C": "\u061c",
+    "LINE SEPARATOR": "\u2028",
+    "noncharacter U+FFFF": "\uffff",
+}
+REFUSED_IN_IDENTITY = {
+    "ZWSP U+200B": "\u200b",
+    "ZWJ U+200D": "\u200d",
+    "BOM U+FEFF": "\ufeff",
+    "SHY": "\u00ad",
+}
+
+
+@pytest.mark.parametrize(
+    ("char_name", "char"), list(REFUSED_EVERYWHERE.items()), ids=list(REFUSED_EVERYWHERE)
+)
+@pytest.mark.parametrize(("path", "code", "setter", "identity"), TEXT_FIELDS, ids=[f[0] for f in TEXT_FIELDS])
+def test_text_fields_refuse_controls_and_bidi_overrides(
+    catalogue: Catalogue, path: str, code: str, setter: Any, identity: bool, char_name: str, char: str
+) -> None:
+    """tongban/text.py's rule, field by field: one violation on that field, naming the code point,
+    never the value."""
+    request = build(BY_CODE[code])
+    setter(f"王{char}小明")(request)
+    error = violations_of(catalogue, request)
+    assert [v.field for v in error.violations] == [path], char_name
+    assert f"U+{ord(char):04X}" in error.violations[0].description
+    assert "小明" not in error.violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("char_name", "char"), list(REFUSED_IN_IDENTITY.items()), ids=list(REFUSED_IN_IDENTITY)
+)
+@pytest.mark.parametrize(("path", "code", "setter", "identity"), TEXT_FIELDS, ids=[f[0] for f in TEXT_FIELDS])
+def test_identity_fields_also_refuse_invisible_formatting(
+    catalogue: Catalogue, path: str, code: str, setter: Any, identity: bool, char_name: str, char: str
+) -> None:
+    request = build(BY_CODE[code])
+    setter(f"王{char}小明")(request)
+    if identity:
+        assert [v.field for v in violations_of(catalogue, request).violations] == [path], char_name
+    else:
+        validate_request(catalogue, request, today=TODAY)  # free text keeps emoji joiners and the like
+
+
+@pytest.mark.parametrize("name", ["欧阳·娜娜", "Zoë Müller", "ئەخمەت", "阿依古丽·买买提", "O'Brien-Smith"])
+def test_real_names_pass(catalogue: Catalogue, name: str) -> None:
+    request = build(BY_CODE[P])
+    request.applicant.name = name
+    validate_request(catalogue, request, today=TODAY)

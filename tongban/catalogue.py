@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from google.protobuf import json_format
 
 from tongban import identifiers
 from tongban.errors import ConfigError, InvalidRequest, PermissionDenied, Violation
+from tongban.text import unsafe_character
 from tongban.v1 import catalogue_pb2, exchange_pb2
 
 __all__ = [
@@ -51,6 +51,8 @@ _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _INTEGER = re.compile(r"-?[0-9]+")
 _REGION6 = re.compile(r"[0-9]{6}")
 _MAX_NAME_LENGTH = 64
+_MAX_TEXT_LENGTH = 512
+"""Free text in the governance block (申请事由, department names): bounded like form values."""
 # Unknown form fields and declared fields are caller-controlled lists: past this many, the rest are
 # summarised in one violation so a hostile request cannot blow up the error trailer.
 _MAX_LISTED = 16
@@ -319,6 +321,8 @@ def _check_applicant(
             out.append(Violation("request.applicant.phone", problem))
     if len(applicant.name) > _MAX_NAME_LENGTH:
         out.append(Violation("request.applicant.name", f"Name is longer than {_MAX_NAME_LENGTH} characters."))
+    elif problem := unsafe_character(applicant.name, identity=True):
+        out.append(Violation("request.applicant.name", problem))
     return out
 
 
@@ -383,9 +387,7 @@ def _value_problem(
 ) -> str | None:
     t = spec.type
     if t == catalogue_pb2.FIELD_TYPE_STRING:
-        if any(unicodedata.category(ch) == "Cc" for ch in value):
-            return "Value contains control characters."
-        return None
+        return unsafe_character(value)
     if t in _IDENTIFIER_TYPES:
         return _identifier_problem(t, value, today=today, uscc_strict=uscc_strict)
     if t == catalogue_pb2.FIELD_TYPE_DATE:
@@ -419,6 +421,26 @@ def _check_reference(value: str, path: str, missing: str) -> list[Violation]:
             )
         ]
     return []
+
+
+def _check_texts(governance: exchange_pb2.Governance) -> list[Violation]:
+    """The governance block's free and identity texts, by the rule of :mod:`tongban.text` (the
+    references have their own stricter pattern)."""
+    r = governance.requester
+    texts = (
+        ("request.governance.purpose_text", governance.purpose_text, False),
+        ("request.governance.data_grade", governance.data_grade, True),
+        ("request.governance.requester.org_uscc", r.org_uscc, True),
+        ("request.governance.requester.department", r.department, True),
+        ("request.governance.requester.operator_digest", r.operator_digest, True),
+    )
+    out = []
+    for path, value, identity in texts:
+        if len(value) > _MAX_TEXT_LENGTH:
+            out.append(Violation(path, f"Longer than {_MAX_TEXT_LENGTH} characters."))
+        elif problem := unsafe_character(value, identity=identity):
+            out.append(Violation(path, problem))
+    return out
 
 
 def _check_governance(item: CatalogueItem, governance: exchange_pb2.Governance) -> list[Violation]:
@@ -468,6 +490,7 @@ def _check_governance(item: CatalogueItem, governance: exchange_pb2.Governance) 
                     "This service returns sensitive personal data: the request must say so.",
                 )
             )
+    out += _check_texts(governance)
     offered = set(item.response_fields)
     bad = [i for i, name in enumerate(governance.declared_fields) if name not in offered]
     for i in bad[:_MAX_LISTED]:

@@ -43,6 +43,17 @@ def _field(name: str, value: str | None) -> Edit:
     return edit
 
 
+def _name(value: str) -> Edit:
+    def edit(q: exchange_pb2.QueryRequest) -> None:
+        q.request.applicant.name = value
+
+    return edit
+
+
+def _enterprise_registry() -> exchange_pb2.QueryRequest:
+    return build(next(c for c in cases() if c["service_code"] == "NZQYSLDJ0001"))
+
+
 def _medical() -> exchange_pb2.QueryRequest:
     return build(next(c for c in cases() if c["service_code"] == "YDJYDJBA0001"))
 
@@ -70,6 +81,15 @@ BAD: list[tuple[str, Callable[[], exchange_pb2.QueryRequest], Edit | None, str]]
     ("oversized-field", pension, _field("insurance_type", "1" * 10_000), "request.fields[insurance_type]"),
     ("bad-date", pension, _field("period_start", "2026-02-30"), "request.fields[period_start]"),
     ("unknown-field", pension, _field("favourite_colour", "blue"), "request.fields[favourite_colour]"),
+    # Display spoofing and truncation in the receiving region's case system (tongban/text.py).
+    ("nul-in-name", pension, _name("王\x00小明"), "request.applicant.name"),
+    ("bidi-override-in-name", pension, _name("\u202e明小王"), "request.applicant.name"),
+    (
+        "bidi-override-in-form-field",
+        _enterprise_registry,
+        _field("branch_name", "分公司\u202egpj.exe"),
+        "request.fields[branch_name]",
+    ),
 ]
 
 

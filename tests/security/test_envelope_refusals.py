@@ -770,6 +770,18 @@ async def test_envelope_that_is_not_a_request_is_refused(scene: Scene) -> None:
     )
 
 
+async def test_bidi_override_in_a_name_is_refused_by_the_connector_too(scene: Scene) -> None:
+    """A sending gateway that skipped the check: the provider applies the character rule itself."""
+    request = pension().request
+    request.applicant.name = "\u202e明小王"
+    built = scene.craft(request=request)
+    problem = await send(scene.stack, built.data)
+    assert (problem.reason, problem.code) == ("INVALID_REQUEST", Code.INVALID_ARGUMENT.value[0])
+    assert [v.field for v in problem.field_violations] == ["request.applicant.name"]
+    assert "U+202E" in problem.field_violations[0].description
+    assert scene.backend_calls() == 0
+
+
 async def test_a_case_copied_from_the_stream_onto_the_query_subject_is_refused(scene: Scene) -> None:
     """An insider copies a Submit envelope out of Wuxi's inbound stream and republishes it, within
     its freshness window, on the Query subject with Shenzhen's inbox as the reply: refused by kind,
