@@ -90,6 +90,7 @@ class Connector:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._peer_in_flight: dict[str, int] = {}
         self._started = False
         self.handled = 0
         self.durable = durable
@@ -433,6 +434,41 @@ class Connector:
             )
         await self._check_replay(h.message_id, now)
         request, item, adapter = self.open_request(verified)
+        peer = h.from_region
+        self._take_peer_slot(peer)
+        try:
+            return await self._answer(verified, request, item, adapter, now, received_ns)
+        finally:
+            self._peer_in_flight[peer] -= 1
+
+    def _take_peer_slot(self, peer: str) -> None:
+        """One region may hold at most ``max_in_flight_per_region`` of this connector's requests:
+        a region flooding valid requests at a slow back end must not take every slot from the
+        others. Over the bound it gets a signed refusal at once (it may retry), before its request
+        reaches the back end or the ledger's RECEIVED."""
+        limit = self.cfg.connector.max_in_flight_per_region
+        taken = self._peer_in_flight.get(peer, 0)
+        if taken >= limit:
+            raise Refused(
+                "PEER_BUSY",
+                f"region {peer} has {taken} requests in progress here (at most {limit}): retry shortly",
+                StatusCode.RESOURCE_EXHAUSTED,
+            )
+        self._peer_in_flight[peer] = taken + 1
+
+    async def _answer(
+        self,
+        verified: envelope.Verified,
+        request: exchange_pb2.ServiceRequest,
+        item: CatalogueItem,
+        adapter: Adapter,
+        now: float,
+        received_ns: int,
+    ) -> bytes:
+        """Record RECEIVED, call the back end within the deadline, seal and sign the answer, record
+        PROCESSED; the reply envelope."""
+        h = verified.header
+        deadline = messages.seconds(h.deadline)
         svc = h.service_code
 
         allowed = response_projection(item, tuple(request.governance.declared_fields))

@@ -136,6 +136,10 @@ class ConnectorConfig:
     """Requests created further in the future than this are refused."""
     max_in_flight: int = 256
     """Requests processed concurrently by one connector process."""
+    max_in_flight_per_region: int = 192
+    """Of those, Query requests one sending region may have in progress at once; beyond it the
+    region gets a signed RESOURCE_EXHAUSTED ``PEER_BUSY`` refusal, so one region flooding a slow back
+    end leaves room for the others."""
     max_envelope_bytes: int = 2 << 20
     """Larger request envelopes are refused unread (the gateway's own limit is 1 MiB a message)."""
     adapters: str = "demo"
@@ -301,6 +305,8 @@ class Config:
             system, sep, token = entry.partition(":")
             if not sep or not system or len(token) < 16:
                 raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
+        if self.connector.max_in_flight_per_region < 1:
+            raise ConfigError("[connector] max_in_flight_per_region must be >= 1")
         if self.gateway.max_in_flight_per_connection < 1:
             raise ConfigError("[gateway] max_in_flight_per_connection must be >= 1")
         if self.keys.activation_delay_s < 0:
