@@ -115,6 +115,8 @@ class Gateway:
         self._health_task: asyncio.Task[None] | None = None
         self.reach: PeerReach | None = None
         """Peer regions answering through the hub, probed while the gateway serves."""
+        self.interceptor: GatewayInterceptor | None = None
+        """The server's interceptor once started (its ``calls`` count what is in flight)."""
         metrics.observe(peers_reachable=self._peers_reachable)
 
     def readiness(self) -> dict[str, bool]:
@@ -182,25 +184,24 @@ class Gateway:
             tracer=self.tracer,
             metrics=self.metrics,
         )
+        self.interceptor = GatewayInterceptor(
+            region=self.cfg.region.code,
+            dev_mode=gw.dev_mode,
+            dev_system_id=gw.system_id,
+            tracer=self.tracer,
+            limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
+            dev_tokens=gw.dev_tokens,
+            limits=ConcurrencyLimits(
+                per_connection=gw.max_in_flight_per_connection,
+                unary_per_partner=gw.max_in_flight_per_partner,
+                streams_per_partner=gw.max_streams_per_partner,
+                total=gw.max_concurrent_rpcs,
+            ),
+            maintenance=lambda: self.maintenance,
+            metrics=self.metrics,
+        )
         server = grpc.aio.server(
-            interceptors=[
-                GatewayInterceptor(
-                    region=self.cfg.region.code,
-                    dev_mode=gw.dev_mode,
-                    dev_system_id=gw.system_id,
-                    tracer=self.tracer,
-                    limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
-                    dev_tokens=gw.dev_tokens,
-                    limits=ConcurrencyLimits(
-                        per_connection=gw.max_in_flight_per_connection,
-                        unary_per_partner=gw.max_in_flight_per_partner,
-                        streams_per_partner=gw.max_streams_per_partner,
-                        total=gw.max_concurrent_rpcs,
-                    ),
-                    maintenance=lambda: self.maintenance,
-                    metrics=self.metrics,
-                )
-            ],
+            interceptors=[self.interceptor],
             # No maximum_concurrent_rpcs: gRPC's cap counts health checks too, so partners filling
             # it took the gateway out of its load balancer; the interceptor bounds calls instead.
             options=[
