@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -172,7 +173,8 @@ async def test_one_partner_with_1100_streams_starves_neither_health_nor_other_pa
     streams: list[grpc.aio.UnaryStreamCall] = []  # type: ignore[type-arg]
     try:
         stubs = [exchange_pb2_grpc.ExchangeStub(ch) for ch in channels]
-        case_a = (await stubs[0].Submit(submit_request(key="limits-a"), timeout=10, metadata=bearer(a))).case_no
+        submitted = await stubs[0].Submit(submit_request(key="limits-a"), timeout=10, metadata=bearer(a))
+        case_a = submitted.case_no
         other_stub = exchange_pb2_grpc.ExchangeStub(other)
         case_b = (
             await other_stub.Submit(submit_request(key="limits-b"), timeout=10, metadata=bearer(b))
@@ -232,3 +234,76 @@ async def test_one_partner_with_1100_streams_starves_neither_health_nor_other_pa
             await ch.close()
     await eventually(lambda: calls.total == 0, what="every stream uncounted once it ended")
     assert calls.held(a) == calls.held(b) == (0, 0)
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""The client connection preface and an empty SETTINGS frame: an HTTP/2 connection, then silence."""
+
+
+def established_to(port: int) -> int:
+    """Server-side TCP connections of this host on ``port`` (the kernel's table, not the client's
+    view: a socket the gateway still holds open counts)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a dual-stack listener's are in tcp6
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if int(local.rpartition(":")[2], 16) == port and state == "01":
+                count += 1
+    return count
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """Read until the server closes the socket (EOF or reset); anything it sends first is ignored."""
+    try:
+        while await reader.read(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.fixture
+async def idle_stack(topology: Topology, state: DevState) -> AsyncIterator[Stack]:
+    stack = await start_stack(topology, state, config={"gateway": {"max_connection_idle_s": 2.0}})
+    try:
+        yield stack
+    finally:
+        await stop_stack(stack)
+
+
+async def test_idle_and_silent_connections_are_closed(idle_stack: Stack) -> None:
+    """Finding 6: 200 raw TCP sockets that never speak, 200 that open HTTP/2 and go silent and 10
+    gRPC channels whose call ended: the gateway closes every one after ``max_connection_idle_s``
+    (the sockets read EOF, the kernel holds no connection to the port, the channels go IDLE), and a
+    channel's next call simply reconnects."""
+    node = idle_stack.nodes[SZ]
+    port = node.gateway.port if node.gateway else 0
+    sockets = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(400)))
+    for _, writer in sockets[200:]:
+        writer.write(HTTP2_PREFACE)
+    opened = established_to(port)  # well within the idle time: every socket is still open
+    assert opened == 400
+    channels = [grpc.aio.insecure_channel(node.address, options=OWN) for _ in range(10)]
+    try:
+        for ch in channels:
+            assert await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert ch.get_state() == grpc.ChannelConnectivity.READY
+        closed = await asyncio.wait_for(
+            asyncio.gather(*(closed_by_server(reader) for reader, _ in sockets)), timeout=30
+        )
+        assert all(closed)
+
+        def channels_idle() -> bool:
+            return all(ch.get_state() == grpc.ChannelConnectivity.IDLE for ch in channels)
+
+        await eventually(channels_idle, what="every channel's connection closed by the gateway")
+        await eventually(lambda: established_to(port) == 0, what="no connection left on the gateway")
+        print(f"connections to the gateway: {opened} sockets + 10 channels open, none after the idle time")
+        stub = health_pb2_grpc.HealthStub(channels[0])
+        answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING  # reconnected on demand
+    finally:
+        for _, writer in sockets:
+            writer.close()
+        for ch in channels:
+            await ch.close()
