@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from connectors.demo.backends import DemoBackend, demo_adapters
 from ledger import Event
-from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
+from tests.conftest import SZ, WX, Pki, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
@@ -307,3 +307,30 @@ async def test_idle_and_silent_connections_are_closed(idle_stack: Stack) -> None
             writer.close()
         for ch in channels:
             await ch.close()
+
+
+async def test_an_unfinished_tls_handshake_is_closed(topology: Topology, state: DevState, pki: Pki) -> None:
+    """Under mutual TLS a silent socket never gets as far as an HTTP/2 connection, so no idle timer
+    runs for it: ``handshake_timeout_s`` closes it (gRPC's own default would keep it 120 s)."""
+    gateway = {
+        "dev_mode": False,
+        "tls_cert": str(pki.dir / "gateway.crt"),
+        "tls_key": str(pki.dir / "gateway.key"),
+        "client_ca": str(pki.dir / "ca.crt"),
+        "handshake_timeout_s": 1.0,
+        "max_connection_idle_s": 3600.0,
+    }
+    stack = await start_stack(topology, state, config={"gateway": gateway})
+    sockets: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        port = stack.nodes[SZ].gateway.port if stack.nodes[SZ].gateway else 0
+        sockets = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(100)))
+        closed = await asyncio.wait_for(
+            asyncio.gather(*(closed_by_server(reader) for reader, _ in sockets)), timeout=30
+        )
+        assert all(closed)
+        await eventually(lambda: established_to(port) == 0, what="no half-open connection left")
+    finally:
+        for _, writer in sockets:
+            writer.close()
+        await stop_stack(stack)
