@@ -1,4 +1,5 @@
-"""Cross-cutting concerns of the gateway: per-RPC span, log context, caller identity, error mapping."""
+"""Cross-cutting concerns of the gateway: per-RPC span, log context, caller identity, limits, error
+mapping."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from gateway.errors import internal_status, to_status
-from gateway.ratelimit import PartnerLimiter
+from gateway.ratelimit import CallCounter, ConcurrencyLimits, PartnerLimiter
 from tongban.certs import partner_of
 from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
 from tongban.metrics import NO_METRICS, Metrics
@@ -34,6 +35,12 @@ as a span link (a link stores the caller's ids verbatim); the answer's ``tongban
 tells the partner which trace is ours, and it correlates from its side."""
 TRACE_ID_METADATA = "tongban-trace-id"
 """Initial-metadata key of every answer: the trace id this gateway opened for the call."""
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+"""The one RPC never counted nor refused by the gateway's limits: a load balancer's probe must see
+the gateway's health even when partners hold every slot (it answers from memory at once)."""
+_UNBOUNDED = ConcurrencyLimits(
+    per_connection=1 << 62, unary_per_partner=1 << 62, streams_per_partner=1 << 62, total=1 << 62
+)
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,14 @@ def _refuse_undecodable(request: Any) -> None:
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every tongban RPC (unary and server-streaming): identity, span, log context, error
-    mapping, access log.
+    """Wraps every tongban RPC (unary and server-streaming): identity, span, log context, limits,
+    error mapping, access log.
 
-    Health and reflection RPCs pass through untouched.
+    Calls in flight are bounded per connection, per partner system (unary calls and streams apart,
+    over all its connections) and on the whole gateway (``limits``; gRPC's own server-wide
+    ``maximum_concurrent_rpcs`` is not used: it would refuse health checks too). Health ``Check``
+    passes untouched and uncounted; health ``Watch`` and reflection streams have no partner
+    identity and count against their connection and the gateway.
     """
 
     def __init__(
@@ -93,14 +104,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         tracer: trace.Tracer,
         limiter: PartnerLimiter | None = None,
         dev_tokens: Sequence[str] = (),
-        max_in_flight_per_connection: int = 0,
+        limits: ConcurrencyLimits | None = None,
         maintenance: Callable[[], bool] = lambda: False,
         metrics: Metrics = NO_METRICS,
     ) -> None:
         self._metrics = metrics
         self._maintenance = maintenance
-        self._max_per_connection = max_in_flight_per_connection
-        self._in_flight: dict[str, int] = {}
+        self.calls = CallCounter(limits or _UNBOUNDED)
         self._dev_tokens = [
             (token.encode(), system) for system, _, token in (t.partition(":") for t in dev_tokens)
         ]
@@ -117,8 +127,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method  # type: ignore[attr-defined]
-        if handler is None or not method.startswith("/tongban."):
+        if handler is None or method == HEALTH_CHECK:
             return handler
+        if not method.startswith("/tongban."):
+            return self._counted(handler)
         service, _, rpc = method.lstrip("/").partition("/")
         metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
         if handler.unary_unary is not None:
@@ -139,7 +151,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._scope(service, rpc, metadata, context):
+                async with self._scope(service, rpc, metadata, context, stream=True):
                     _refuse_undecodable(request)
                     async for item in inner_stream(request, context):
                         yield item
@@ -185,24 +197,59 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         structlog.contextvars.bind_contextvars(partner=partner.system_id)
         return Caller(region=partner.region, system_id=partner.system_id)
 
-    def _enter(self, peer: str) -> None:
-        """Count an RPC against its client connection (``peer`` is the connection's address);
-        beyond the bound, RESOURCE_EXHAUSTED at once rather than an unbounded queue."""
-        n = self._in_flight.get(peer, 0)
-        if self._max_per_connection and n >= self._max_per_connection:
-            raise RateLimited(
-                f"{n} calls are already in flight on this connection (at most {self._max_per_connection})",
-                retry_after_s=0.05,
-                reason="TOO_MANY_IN_FLIGHT",
-            )
-        self._in_flight[peer] = n + 1
+    def _enter(self, peer: str, partner: str | None, *, stream: bool) -> None:
+        """Count an RPC against its client connection (``peer`` is the connection's address), its
+        partner and the gateway; beyond a bound, RESOURCE_EXHAUSTED at once rather than an
+        unbounded queue."""
+        self.calls.enter(peer, partner, stream=stream)
 
-    def _leave(self, peer: str) -> None:
-        n = self._in_flight.get(peer, 1) - 1
-        if n:
-            self._in_flight[peer] = n
-        else:
-            self._in_flight.pop(peer, None)
+    def _leave(self, peer: str, partner: str | None, *, stream: bool) -> None:
+        self.calls.leave(peer, partner, stream=stream)
+
+    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Health Watch and reflection: counted against their connection and the gateway (a stream
+        each, whoever opens them), refused beyond the bounds like a tongban RPC."""
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._held(context):
+                    async for item in inner_us(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self._held(context):
+                    async for item in inner_ss(requests, context):
+                        yield item
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # no other RPC without a partner is served (health Check is exempt)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        peer = context.peer()
+        try:
+            self._enter(peer, None, stream=True)
+        except RateLimited as exc:
+            log.info("rpc.refused", code=exc.code.name, reason=exc.reason)
+            status = to_status(exc, region=self._region)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        try:
+            yield
+        finally:
+            self._leave(peer, None, stream=True)
 
     def _token_system(self, metadata: dict[str, Any]) -> str:
         scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
@@ -226,7 +273,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _scope(
-        self, service: str, rpc: str, metadata: dict[str, Any], context: grpc.aio.ServicerContext
+        self,
+        service: str,
+        rpc: str,
+        metadata: dict[str, Any],
+        context: grpc.aio.ServicerContext,
+        *,
+        stream: bool = False,
     ) -> AsyncIterator[None]:
         start = time.perf_counter()
         token = current_caller.set(None)
@@ -255,7 +308,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         "this gateway is in maintenance: retry, or use another replica", reason="MAINTENANCE"
                     )
                 current_caller.set(caller)
-                self._enter(context.peer())
+                self._enter(context.peer(), caller.system_id, stream=stream)
                 entered = True
                 wait = self._limiter.take(caller.system_id)
                 if wait > 0:
@@ -287,5 +340,5 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, status.trailing_metadata)
             finally:
                 if entered:
-                    self._leave(context.peer())
+                    self._leave(context.peer(), caller.system_id, stream=stream)
                 current_caller.reset(token)

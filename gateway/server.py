@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -18,13 +19,14 @@ from gateway.cases import CaseStore
 from gateway.exchange import ExchangeCore, ExchangeService
 from gateway.interceptors import GatewayInterceptor
 from gateway.ledger_service import LedgerService
-from gateway.ratelimit import PartnerLimiter
+from gateway.ratelimit import ConcurrencyLimits, PartnerLimiter
+from gateway.reach import PeerReach
 from gateway.submit import CaseDesk
 from gateway.witness import CheckpointPublisher, Witness, fetch_entries
 from ledger import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.catalogue import Catalogue
-from tongban.config import Config
+from tongban.config import Config, GatewayConfig
 from tongban.errors import ConfigError
 from tongban.metrics import NO_METRICS, Metrics
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
@@ -37,13 +39,36 @@ EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
 LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 LIVENESS = "tongban.liveness"
 """Health service name that is SERVING while the process serves at all (a liveness probe's)."""
+CROSS_REGION = "tongban.cross_region"
+"""Health service name that is SERVING while Exchange is and some peer region answers through the
+hub: what a Query (an answer now from another region) needs beyond what Submit needs."""
+
+
+def connection_options(gw: GatewayConfig) -> list[tuple[str, int]]:
+    """gRPC core channel arguments of the server's connection policy (names: grpc_types.h)."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    return [
+        ("grpc.server_handshake_timeout_ms", ms(gw.handshake_timeout_s)),
+        ("grpc.max_connection_idle_ms", ms(gw.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(gw.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(gw.max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(gw.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(gw.keepalive_timeout_s)),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(gw.min_client_ping_interval_s)),
+        ("grpc.keepalive_permit_without_calls", int(gw.permit_keepalive_without_calls)),
+        ("grpc.http2.max_ping_strikes", gw.max_ping_strikes),
+    ]
 
 
 class Gateway:
     """One gateway process of a region. ``async with Gateway(...)`` starts and stops it.
 
     Health: the overall and Exchange statuses are SERVING only once NATS is connected, and go
-    NOT_SERVING while the NATS connection is down.
+    NOT_SERVING while the NATS connection is down. ``tongban.cross_region`` also needs a peer
+    region to answer through the hub (Submit does not: it stores and forwards).
     """
 
     def __init__(
@@ -88,6 +113,11 @@ class Gateway:
         self._last_readiness: dict[str, bool] | None = None
         self._health_lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
+        self.reach: PeerReach | None = None
+        """Peer regions answering through the hub, probed while the gateway serves."""
+        self.interceptor: GatewayInterceptor | None = None
+        """The server's interceptor once started (its ``calls`` count what is in flight)."""
+        metrics.observe(peers_reachable=self._peers_reachable)
 
     def readiness(self) -> dict[str, bool]:
         """What must hold for Exchange to serve; all True means ready (gRPC health, ``/readyz``)."""
@@ -98,6 +128,18 @@ class Gateway:
             "registry": self.secrets.signing_key_usable(),
             "not_in_maintenance": not self.maintenance,
         }
+
+    def cross_region(self) -> bool:
+        """Whether Query can be answered now: ready, and some peer region answers through the hub."""
+        return all(self.readiness().values()) and self.reach is not None and self.reach.any
+
+    def informational(self) -> Mapping[str, bool]:
+        """Shown beside the readiness checks (``/readyz``) without failing readiness: Submit works
+        while the hub is down."""
+        return {"cross_region": self.cross_region()}
+
+    def _peers_reachable(self) -> Mapping[str, bool]:
+        return self.reach.reachable if self.reach is not None else {}
 
     async def _set_health(self, nats_up: bool | None = None) -> None:
         """Per service: Exchange (and "", what a load balancer asks) SERVING only when every
@@ -120,6 +162,7 @@ class Gateway:
             await self.health.set(EXCHANGE, up if all(ready.values()) else down)
             await self.health.set(LEDGER, up if ready["started"] and ready["ledger"] else down)
             await self.health.set(LIVENESS, up if ready["started"] else down)
+            await self.health.set(CROSS_REGION, up if self.cross_region() else down)
 
     async def start(self) -> None:
         if self.server is not None:
@@ -141,25 +184,31 @@ class Gateway:
             tracer=self.tracer,
             metrics=self.metrics,
         )
+        self.interceptor = GatewayInterceptor(
+            region=self.cfg.region.code,
+            dev_mode=gw.dev_mode,
+            dev_system_id=gw.system_id,
+            tracer=self.tracer,
+            limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
+            dev_tokens=gw.dev_tokens,
+            limits=ConcurrencyLimits(
+                per_connection=gw.max_in_flight_per_connection,
+                unary_per_partner=gw.max_in_flight_per_partner,
+                streams_per_partner=gw.max_streams_per_partner,
+                total=gw.max_concurrent_rpcs,
+            ),
+            maintenance=lambda: self.maintenance,
+            metrics=self.metrics,
+        )
         server = grpc.aio.server(
-            interceptors=[
-                GatewayInterceptor(
-                    region=self.cfg.region.code,
-                    dev_mode=gw.dev_mode,
-                    dev_system_id=gw.system_id,
-                    tracer=self.tracer,
-                    limiter=PartnerLimiter(gw.rate_per_partner_s, gw.burst_per_partner),
-                    dev_tokens=gw.dev_tokens,
-                    max_in_flight_per_connection=gw.max_in_flight_per_connection,
-                    maintenance=lambda: self.maintenance,
-                    metrics=self.metrics,
-                )
-            ],
-            maximum_concurrent_rpcs=gw.max_concurrent_rpcs,
+            interceptors=[self.interceptor],
+            # No maximum_concurrent_rpcs: gRPC's cap counts health checks too, so partners filling
+            # it took the gateway out of its load balancer; the interceptor bounds calls instead.
             options=[
                 ("grpc.max_receive_message_length", gw.max_message_bytes),
                 ("grpc.max_send_message_length", gw.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                *connection_options(gw),
             ],
         )
         try:
@@ -206,6 +255,7 @@ class Gateway:
             await self._release()  # nothing half-started stays behind: loops, store thread, watcher, NATS
             raise
         self.server = server
+        self.reach = PeerReach(self.cfg.region.code, nc, self.registry, timeout_s=gw.peer_probe_timeout_s)
         await self._set_health(nc.is_connected)
         self._health_task = asyncio.create_task(self._watch_health(), name="gateway-health")
         if gw.port_file:
@@ -223,6 +273,27 @@ class Gateway:
         )
 
     async def _watch_health(self) -> None:
+        """The health watches, ended together when the gateway stops (the task is cancelled)."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_local(), name="gateway-health-local")
+            tg.create_task(self._watch_peers(), name="gateway-health-peers")
+
+    async def _watch_peers(self) -> None:
+        """Ping the peer regions through the hub; on a change, say so and update health."""
+        interval = self.cfg.gateway.peer_probe_interval_s
+        while True:
+            reach = self.reach
+            try:
+                if reach is not None and await reach.probe():
+                    up = sorted(r for r, ok in reach.reachable.items() if ok)
+                    emit = log.info if up else log.warning
+                    emit("gateway.peers", region=self.cfg.region.code, reachable=up, cross_region=bool(up))
+                    await self._set_health()
+            except Exception as exc:
+                log.error("gateway.peer_probe_failed", error=type(exc).__name__)
+            await asyncio.sleep(interval)  # periodic probes: there is no event to wait on
+
+    async def _watch_local(self) -> None:
         """Follow the maintenance file (``tongban maintenance on|off``: a load balancer watching
         health moves traffic away, and what is in flight finishes), probe the ledger, and re-check
         the signing key's validity (time passes, keys get revoked)."""

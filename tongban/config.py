@@ -80,8 +80,17 @@ class GatewayConfig:
     """Largest gRPC message accepted."""
     max_field_length: int = 256
     """Default upper bound on a form field's length."""
-    max_concurrent_rpcs: int = 1024
-    """Bound on in-flight RPCs; beyond it callers get RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = 2048
+    """Bound on RPCs in flight on the whole gateway, every partner's together (streams included);
+    beyond it RESOURCE_EXHAUSTED ``GATEWAY_BUSY`` with RetryInfo. gRPC health ``Check`` is never
+    counted nor refused, so a busy gateway stays in its load balancer."""
+    max_in_flight_per_partner: int = 200
+    """Unary calls one partner system may have in flight over all its connections; beyond it
+    RESOURCE_EXHAUSTED ``PARTNER_TOO_MANY_IN_FLIGHT`` with RetryInfo."""
+    max_streams_per_partner: int = 256
+    """WatchCase streams one partner system may hold open over all its connections; beyond it
+    RESOURCE_EXHAUSTED ``PARTNER_TOO_MANY_STREAMS`` with RetryInfo (1 s). A partner following more
+    cases polls GetCase for the rest."""
     dev_mode: bool = False
     """Plaintext gRPC without partner authentication. Never in production."""
     system_id: str = "dev-partner"
@@ -109,6 +118,35 @@ class GatewayConfig:
     identity is the certificate's ``urn:tongban:partner:<region>:<system-id>`` URI SAN."""
     grace_s: float = 5.0
     """Graceful-stop grace period for in-flight RPCs."""
+    handshake_timeout_s: float = 10.0
+    """A connection that has not finished its TLS handshake by then is closed (gRPC's default is
+    120 s: sockets opened and left silent would pile up)."""
+    max_connection_idle_s: float = 60.0
+    """A connection with no RPC for this long is closed (GOAWAY; a client reconnects at its next
+    call). A plaintext (dev) socket that never speaks HTTP/2 is closed after this too."""
+    max_connection_age_s: float = 1800.0
+    """Any connection is asked to go away after this long (spreads partners over replicas added
+    since, and re-checks their client certificates at the next handshake)."""
+    max_connection_age_grace_s: float = 60.0
+    """After ``max_connection_age_s``, RPCs still running get this long before the connection is
+    closed; a WatchCase cut then resumes with ``after_sequence`` on a new connection."""
+    keepalive_time_s: float = 60.0
+    """The gateway pings a connection silent for this long, to find dead peers (and free their
+    streams) without waiting for TCP."""
+    keepalive_timeout_s: float = 20.0
+    """A ping unanswered for this long closes the connection."""
+    min_client_ping_interval_s: float = 30.0
+    """Clients may ping at most this often while they send nothing; faster pings are strikes."""
+    permit_keepalive_without_calls: bool = False
+    """Whether client pings on a connection with no RPC are allowed (off: they are strikes, and
+    idle connections stay idle until ``max_connection_idle_s`` closes them)."""
+    max_ping_strikes: int = 2
+    """Bad pings tolerated before the connection is closed with GOAWAY ``ENHANCE_YOUR_CALM``."""
+    peer_probe_interval_s: float = 5.0
+    """How often the gateway pings every registered peer region through the hub (gRPC health
+    ``tongban.cross_region``, gauge ``tongban_peer_reachable``)."""
+    peer_probe_timeout_s: float = 1.0
+    """A peer region that has not answered a ping by then counts as unreachable."""
     case_store: str = "cases.sqlite"
     """SQLite file of the cases this region submitted (outbox, receipts, status events); shared by
     the region's gateway replicas."""
@@ -307,8 +345,33 @@ class Config:
                 raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
         if self.connector.max_in_flight_per_region < 1:
             raise ConfigError("[connector] max_in_flight_per_region must be >= 1")
-        if self.gateway.max_in_flight_per_connection < 1:
-            raise ConfigError("[gateway] max_in_flight_per_connection must be >= 1")
+        gw = self.gateway
+        limits = (
+            gw.max_in_flight_per_connection,
+            gw.max_in_flight_per_partner,
+            gw.max_streams_per_partner,
+            gw.max_concurrent_rpcs,
+        )
+        if min(limits) < 1:
+            raise ConfigError(
+                "[gateway] max_in_flight_per_connection, max_in_flight_per_partner, "
+                "max_streams_per_partner and max_concurrent_rpcs must be >= 1"
+            )
+        timers = (
+            gw.handshake_timeout_s,
+            gw.max_connection_idle_s,
+            gw.max_connection_age_s,
+            gw.keepalive_time_s,
+            gw.keepalive_timeout_s,
+            gw.min_client_ping_interval_s,
+            gw.peer_probe_interval_s,
+            gw.peer_probe_timeout_s,
+        )
+        if min(timers) <= 0 or gw.max_connection_age_grace_s < 0 or gw.max_ping_strikes < 0:
+            raise ConfigError(
+                "[gateway] connection timers must be > 0 (max_connection_age_grace_s and "
+                "max_ping_strikes >= 0)"
+            )
         if self.keys.activation_delay_s < 0:
             raise ConfigError("[keys] activation_delay_s must be >= 0")
         if self.ledger.backend not in ("sqlite", "postgres"):

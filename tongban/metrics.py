@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
@@ -148,6 +148,14 @@ INSTRUMENTS: Final = (
         "tongban.registry.version", "gauge", "1", _COMMON, "Version of the trust registry this process holds"
     ),
     Instrument("tongban.nats.connected", "gauge", "1", _COMMON, "1 while the NATS connection is up, else 0"),
+    Instrument(
+        "tongban.peer.reachable",
+        "gauge",
+        "1",
+        (*_COMMON, "peer_region"),
+        "Gateway: 1 while the peer region answered the last ping through the hub, else 0 (every "
+        "peer 0: the hub link is down; Query fails, Submit stores and forwards)",
+    ),
 )
 BY_NAME: Final = {i.name: i for i in INSTRUMENTS}
 
@@ -334,6 +342,7 @@ class Metrics:
         self._nats: Callable[[], bool] | None = None
         self._registry_version: Callable[[], int] | None = None
         self._ledger_entries: Callable[[], int | None] | None = None
+        self._peers: Callable[[], Mapping[str, bool]] | None = None
         # Plain counts, read by the observable instruments below at each scrape.
         self._in_flight: dict[str, int] = {}
         """Requests in flight by (cleaned) RPC label."""
@@ -369,6 +378,7 @@ class Metrics:
             ("tongban.ledger.entries", self._observe_ledger),
             ("tongban.registry.version", self._observe_registry),
             ("tongban.nats.connected", self._observe_nats),
+            ("tongban.peer.reachable", self._observe_peers),
         ):
             spec = BY_NAME[name]
             meter.create_observable_gauge(
@@ -457,6 +467,8 @@ class Metrics:
             case ("rd", rpc, svc, peer):
                 # Called with cleaned values only (from _new_series).
                 attrs = {**self._base, "rpc": rpc, "service_code": svc, "peer_region": peer}
+            case ("pr", peer):
+                attrs = {**self._base, "peer_region": _peer(peer)}
             case ("sd", svc):
                 attrs = {**self._base, "service_code": self._service(svc)}
             case ("dl", svc, reason):
@@ -480,6 +492,7 @@ class Metrics:
         nats_connected: Callable[[], bool] | None = None,
         registry_version: Callable[[], int] | None = None,
         ledger_entries: Callable[[], int | None] | None = None,
+        peers_reachable: Callable[[], Mapping[str, bool]] | None = None,
     ) -> None:
         """Where the gauges read their values at each scrape (called from the endpoint's thread:
         plain attribute reads only, never I/O)."""
@@ -491,6 +504,8 @@ class Metrics:
             self._registry_version = registry_version
         if ledger_entries is not None:
             self._ledger_entries = ledger_entries
+        if peers_reachable is not None:
+            self._peers = peers_reachable
 
     def _observe_requests(self, _: CallbackOptions) -> Iterable[Observation]:
         # dict.copy() is one step under the GIL: the event loop may add a series meanwhile.
@@ -503,6 +518,12 @@ class Metrics:
         if self._nats is None:
             return []
         return [Observation(1 if self._nats() else 0, self._base)]
+
+    def _observe_peers(self, _: CallbackOptions) -> Iterable[Observation]:
+        if self._peers is None:
+            return []
+        # Peer codes come from the root-signed registry; cleaned anyway, like every label.
+        return [Observation(1 if ok else 0, self._attrs(("pr", peer))) for peer, ok in self._peers().items()]
 
     def _observe_registry(self, _: CallbackOptions) -> Iterable[Observation]:
         if self._registry_version is None:
@@ -591,6 +612,9 @@ class LedgerSampler:
 # -- the operator endpoint ----------------------------------------------------------------------------
 
 Readiness = Callable[[], Mapping[str, bool]]
+NOT_REQUIRED = "not_required"
+"""Key of ``/readyz``'s JSON holding checks shown but not required for readiness (e.g. a gateway's
+``cross_region``: Submit still works while the hub is down)."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -622,6 +646,8 @@ class OperatorEndpoint:
         metrics: the component's metrics (``/metrics`` is empty when they are disabled).
         readiness: named checks, all True when the component can take requests.
         port_file: if set, the bound port is written there once serving.
+        informational: named checks shown under ``not_required`` in ``/readyz``, which they do
+            not fail.
     """
 
     def __init__(
@@ -631,8 +657,10 @@ class OperatorEndpoint:
         *,
         readiness: Readiness = dict,
         port_file: Path | None = None,
+        informational: Readiness = dict,
     ) -> None:
         self.listen = listen
+        self.informational = informational
         self.host, self._want_port = parse_listen(listen)
         self.metrics = metrics
         self.readiness = readiness
@@ -659,10 +687,18 @@ class OperatorEndpoint:
                 log.warning("metrics.readiness_failed", error=type(exc).__name__)
                 checks = {"readiness": False}
             ready = all(checks.values())
+            body: dict[str, object] = dict(checks)
+            try:
+                shown = {k: bool(v) for k, v in self.informational().items()}
+            except Exception as exc:  # not required: say it could not be told, stay ready
+                log.warning("metrics.informational_failed", error=type(exc).__name__)
+                shown = {"informational": False}
+            if shown:
+                body[NOT_REQUIRED] = shown
             start_response(
                 "200 OK" if ready else "503 Service Unavailable", [("Content-Type", "application/json")]
             )
-            return [json.dumps(checks, sort_keys=True).encode() + b"\n"]
+            return [json.dumps(body, sort_keys=True).encode() + b"\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: /metrics, /livez, /readyz\n"]
 
@@ -720,14 +756,18 @@ def component_metrics(cfg: Config, role: str, *, services: Iterable[str]) -> Met
 
 
 def component_endpoint(
-    cfg: Config, role: str, metrics: Metrics, readiness: Readiness
+    cfg: Config, role: str, metrics: Metrics, readiness: Readiness, informational: Readiness = dict
 ) -> OperatorEndpoint | None:
     """The operator endpoint of a ``role`` process, or None when ``[metrics]`` configures none."""
     listen, port_file = cfg.metrics.listen(role)
     if not listen:
         return None
     return OperatorEndpoint(
-        listen, metrics, readiness=readiness, port_file=cfg.path(port_file) if port_file else None
+        listen,
+        metrics,
+        readiness=readiness,
+        port_file=cfg.path(port_file) if port_file else None,
+        informational=informational,
     )
 
 
@@ -742,6 +782,7 @@ class ComponentMonitor:
             itself (the gateway, for gRPC health) keeps its own, so ``/readyz`` and gRPC health
             agree and the ledger has one probe per component.
         nats_connected: read at each scrape (the component's connection may come and go).
+        informational: checks ``/readyz`` shows without requiring them (see :data:`NOT_REQUIRED`).
     """
 
     def __init__(
@@ -754,6 +795,7 @@ class ComponentMonitor:
         registry: Any,
         nats_connected: Callable[[], bool],
         readiness: Readiness,
+        informational: Readiness = dict,
     ) -> None:
         self.metrics = metrics
         self.sampler = LedgerSampler(ledger, interval_s=cfg.metrics.ledger_sample_s)
@@ -763,7 +805,7 @@ class ComponentMonitor:
             registry_version=lambda: int(registry.version),
             ledger_entries=lambda: self.sampler.size,
         )
-        self.endpoint = component_endpoint(cfg, role, metrics, self.ready)
+        self.endpoint = component_endpoint(cfg, role, metrics, self.ready, informational)
 
     def ready(self) -> Mapping[str, bool]:
         """The component's readiness checks, with the sampler's ``ledger`` check unless it has its own."""
@@ -806,6 +848,13 @@ class Monitored(Protocol):
     def readiness(self) -> Mapping[str, bool]: ...
 
 
+@runtime_checkable
+class Informative(Protocol):
+    """A component with checks to show beside its readiness, not required for it (the gateway)."""
+
+    def informational(self) -> Mapping[str, bool]: ...
+
+
 def monitor_component(
     cfg: Config, role: str, metrics: Metrics, component: Monitored, *, ledger: Any, registry: Any
 ) -> ComponentMonitor:
@@ -819,4 +868,5 @@ def monitor_component(
         registry=registry,
         nats_connected=lambda: component.nc is not None and bool(component.nc.is_connected),
         readiness=component.readiness,
+        informational=component.informational if isinstance(component, Informative) else dict,
     )

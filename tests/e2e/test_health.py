@@ -1,20 +1,29 @@
 """gRPC health of a gateway, per service: Exchange (and "") is SERVING only when NATS, the ledger and
 the registry are ready and the gateway is not in maintenance; Ledger needs only the ledger;
-``tongban.liveness`` says the process serves at all (issue 6, health)."""
+``tongban.liveness`` says the process serves at all (issue 6, health); ``tongban.cross_region`` also
+needs a peer region to answer through the hub (issue 12, finding 9)."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import SZ, Stack
+from gateway.server import CROSS_REGION
+from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
+from tests.e2e.cases import submit_request
 from tests.e2e.cli import tongban
 from tests.e2e.grpc_errors import details_of
+from tests.e2e.metered import METRICS_CONFIG, Metered, readyz
 from tests.e2e.requests import pension
 from tests.helpers import eventually
 from tests.security.test_registry_live import _shenzhen_signing_key, root_key
 from tongban import trust
+from tongban.devstate import DevState
+from tongban.natsserver import Topology
 
 SERVICES = ("", "tongban.v1.Exchange")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -138,3 +147,59 @@ async def test_exchange_is_not_serving_once_its_own_signing_key_is_revoked(stack
     await eventually(unready, what="NOT_SERVING with a revoked signing key")
     assert node.gateway.readiness()["registry"] is False
     assert (await per_service(stack))["tongban.v1.Ledger"] == SERVING
+
+
+@pytest.fixture
+async def probed(topology: Topology, state: DevState) -> AsyncIterator[Metered]:
+    """A metered stack whose gateways ping their peer regions every 0.2 s."""
+    stack = await start_stack(
+        topology,
+        state,
+        config={"metrics": METRICS_CONFIG, "gateway": {"peer_probe_interval_s": 0.2}},
+        metered=True,
+    )
+    try:
+        yield Metered(stack)
+    finally:
+        await stop_stack(stack)
+
+
+async def test_hub_down_takes_cross_region_out_but_not_submit(probed: Metered) -> None:
+    """Finding 9: with the hub killed, ``tongban.cross_region`` goes NOT_SERVING and the peer gauge
+    says 0, while Exchange and "" stay SERVING, ``/readyz`` stays 200 (showing cross_region false)
+    and a Submit is accepted (store and forward); the hub back, cross_region SERVING again."""
+    stack = probed.stack
+
+    async def health(service: str) -> int:
+        async with grpc.aio.insecure_channel(stack.nodes[SZ].address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            return (await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status
+
+    async def reachable(peer: str) -> float:
+        return (await probed.scrape(SZ, "gateway")).total("tongban_peer_reachable", peer_region=peer)
+
+    async def cross_region(status: int) -> bool:
+        return await health(CROSS_REGION) == status
+
+    await eventually(functools.partial(cross_region, SERVING), what="cross-region SERVING with the hub up")
+    assert await reachable(WX) == 1 and await reachable(QD) == 0  # QD is registered, serves nothing
+
+    await stack.topology.hub.kill()
+    await eventually(functools.partial(cross_region, NOT_SERVING), what="cross-region NOT_SERVING")
+    assert await reachable(WX) == 0
+    assert {s: await health(s) for s in SERVICES} == dict.fromkeys(SERVICES, SERVING)
+    status, body = await probed.get(SZ, "gateway", "/readyz")
+    checks = readyz(body)
+    assert status == 200 and checks["not_required"] == {"cross_region": False}, body
+    receipt = await stack.stub(SZ).Submit(submit_request(key="hub-down"), timeout=10)
+    assert receipt.case_no and not receipt.replayed
+    print(f"hub down: cross_region NOT_SERVING, Exchange SERVING, Submit accepted ({receipt.case_no})")
+
+    await stack.topology.hub.start()
+    await stack.topology.hub.wait_leafnodes(len(stack.topology.leaves))
+    await eventually(
+        functools.partial(cross_region, SERVING), timeout=30, what="cross-region SERVING with the hub back"
+    )
+    assert await reachable(WX) == 1
+    _, body = await probed.get(SZ, "gateway", "/readyz")
+    assert readyz(body)["not_required"] == {"cross_region": True}
