@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/tongban/v1/*.proto)
 V1_SINCE := ad0e494dc111bc87f014af90b139929a16061da8
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench chaos fuzz protos lint typecheck clean
+.PHONY: help install run test soak bench chaos fuzz protos lint typecheck clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,22 @@ run: $(STAMP) ## start the two-region dev stack (Shenzhen 440300, Wuxi 320200); 
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q
+
+SOAK_RUNS ?= 3
+
+soak: $(STAMP) ## the whole suite 3 times in a row with a CPU hog on one core; stops at the first failure
+	@hog=""; trap 'test -n "$$hog" && kill $$hog 2>/dev/null; true' EXIT INT TERM; \
+	$(BIN)/python -c 'while True: pass' & hog=$$!; \
+	echo "soak: CPU hog pid $$hog, $(SOAK_RUNS) runs"; \
+	for i in $$(seq 1 $(SOAK_RUNS)); do \
+		start=$$(date +%s); \
+		if $(BIN)/python -m pytest -q -p no:cacheprovider; then \
+			echo "soak: run $$i/$(SOAK_RUNS) passed in $$(( $$(date +%s) - start )) s"; \
+		else \
+			echo "soak: run $$i/$(SOAK_RUNS) FAILED after $$(( $$(date +%s) - start )) s"; exit 1; \
+		fi; \
+	done; \
+	echo "soak: $(SOAK_RUNS)/$(SOAK_RUNS) runs passed"
 
 bench: $(STAMP) ## Query and Submit vs bare NATS paths; ledger append, Merkle proofs and full verify at 1M entries
 	$(BIN)/python -m bench.query_bench

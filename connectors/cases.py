@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -44,6 +44,7 @@ from tongban.forwarder import Forwarder
 from tongban.ids import new_message_id
 from tongban.metrics import Hop, set_outcome
 from tongban.receipts import sign_receipt
+from tongban.shutdown import Deadline, finish_task, finish_tasks
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from connectors.runtime import Connector
 
 log = structlog.get_logger("tongban.connector")
+
+_FETCH_STOP_S = 2.0
+"""How long a stop waits for the fetch loop to notice its stop flag (one fetch is 0.25 s)."""
 
 _OUTCOME_EVENT = {
     exchange_pb2.DELIVERY_STATE_PROCESSED: Event.PROCESSED,
@@ -108,24 +112,26 @@ class CaseWorker:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(sub), name="case-worker")
 
-    async def stop(self) -> None:
-        """Stop fetching, let in-flight requests finish (or be redelivered later), stop forwarding."""
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Stop fetching, let in-flight requests finish within ``[nats] drain_timeout_s`` (and the
+        deadline; by default ``[process] grace_s`` from now), cancel the rest (not acked:
+        redelivered after the ack wait, and the processed record makes that safe), stop forwarding."""
         task, self._task = self._task, None
         if task is None:
             return
+        deadline = deadline or Deadline(self.cfg.process.grace_s)
         self._stopping = True
         # Events of requests still in flight wait in the outbound stream for the next forwarder
         # of the region (another replica, or this one restarted): stopping it now loses nothing.
-        stops = [asyncio.wait_for(task, 2.0)]
+        steps: list[Coroutine[Any, Any, object]] = [
+            finish_task(task, timeout=deadline.budget(_FETCH_STOP_S), what="case worker")
+        ]
         if self._forwarder is not None:
-            stops.append(self._forwarder.stop())
-        await asyncio.gather(*stops, return_exceptions=True)
-        if self._inflight:
-            _, late = await asyncio.wait(self._inflight, timeout=self.cfg.nats.drain_timeout_s)
-            for t in late:
-                t.cancel()  # not acked: redelivered to another replica after the ack wait
-            if late:
-                await asyncio.wait(late)
+            steps.append(self._forwarder.stop(deadline))
+        await asyncio.gather(*steps)
+        await finish_tasks(
+            self._inflight, timeout=deadline.budget(self.cfg.nats.drain_timeout_s), what="cases in flight"
+        )
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         batch = max(1, self.cfg.connector.fetch_batch)

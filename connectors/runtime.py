@@ -44,6 +44,7 @@ from tongban.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.receipts import sign_receipt
 from tongban.registry import Registry
+from tongban.shutdown import Deadline, finish_tasks, within
 from tongban.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -130,42 +131,47 @@ class Connector:
             raise
         log.info("connector.started", region=self.region, subject=subjects.rpc_wildcard(self.region))
 
-    async def stop(self) -> None:
-        """Stop taking requests, finish the in-flight ones, close. Idempotent."""
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Stop taking requests, finish the in-flight ones, close; idempotent. Bounded by
+        ``deadline`` (by default ``[process] grace_s`` from now): in-flight requests get ``[nats]
+        drain_timeout_s`` and at most half of what is left, then are cancelled (a Query's caller
+        gets its deadline error from the gateway, a case is redelivered), and every later step
+        has its share."""
         if not self._started:
             return
         self._started = False
+        deadline = deadline or Deadline(self.cfg.process.grace_s)
         for sub in self._subs:
-            try:
-                # drain: stop new deliveries but hand every message already received to _on_msg.
-                await sub.drain()
-            except Exception as exc:  # connection may already be gone
-                log.debug("connector.drain_sub_failed", error=type(exc).__name__)
+            # drain: stop new deliveries but hand every message already received to _on_msg.
+            await within(sub.drain(), timeout=deadline.budget(1.0), what="connector subscription")
         self._subs.clear()
         if self.cases is not None:
-            await self.cases.stop()
+            await within(self.cases.stop(deadline), timeout=deadline.remaining(), what="case worker")
             self.cases = None
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=self.cfg.nats.drain_timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                log.warning("connector.cancelled_in_flight", count=len(late))
-                await asyncio.wait(late)
+        await finish_tasks(
+            self._tasks,
+            timeout=min(self.cfg.nats.drain_timeout_s, deadline.remaining() / 2),
+            what="queries in flight",
+        )
         # In-flight requests are done: only now close what they use.
         if self.state is not None:
-            await self.state.close()
+            await within(self.state.close(), timeout=deadline.budget(2.0), what="connector state")
             self.state = None
         if self.trust is not None:
-            await self.trust.stop()
+            await self.trust.stop(timeout=deadline.budget(2.0))
             self.trust = None
         if self._owns_nc and self.nc is not None:
-            try:
-                await self.nc.drain()
-            except Exception as exc:
-                log.debug("connector.drain_failed", error=type(exc).__name__)
-            self.nc = None
-        log.info("connector.stopped", region=self.region, handled=self.handled)
+            nc, self.nc = self.nc, None
+            if (
+                not await within(
+                    nc.drain(), timeout=deadline.budget(self.cfg.nats.drain_timeout_s), what="nats drain"
+                )
+                and not nc.is_closed
+            ):
+                await within(nc.close(), timeout=deadline.budget(1.0), what="nats close")
+        log.info(
+            "connector.stopped", region=self.region, handled=self.handled, overran=deadline.remaining() == 0
+        )
 
     def readiness(self) -> dict[str, bool]:
         """What must hold for this connector to take requests; all True means ready (``/readyz``)."""

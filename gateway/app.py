@@ -11,7 +11,8 @@ from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.metrics import component_metrics, monitor_component
 from tongban.node import load_registry, load_secrets
-from tongban.process import serve_until_signal
+from tongban.process import serve_until_signal, stop_node
+from tongban.shutdown import Deadline
 from tongban.telemetry import configure_tracing
 
 log = structlog.get_logger("tongban.gateway")
@@ -54,10 +55,7 @@ async def run(cfg: Config) -> None:
         await monitor.start()  # /livez answers (and /readyz says why not ready) while starting
         await gateway.start()
 
-    async def stop() -> None:
-        await gateway.stop()
-        await monitor.stop()
-        await ledger.close()
-        provider.shutdown()
+    async def stop(deadline: Deadline) -> None:
+        await stop_node(deadline, gateway, monitor=monitor, ledger=ledger, provider=provider)
 
-    await serve_until_signal(start, stop)
+    await serve_until_signal(start, stop, grace_s=cfg.process.grace_s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from tongban.errors import ConfigError
 from tongban.metrics import NO_METRICS, Metrics
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
+from tongban.shutdown import Deadline, stop_task, within
 from tongban.trust import RegistryWatcher
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
@@ -39,6 +39,8 @@ EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
 LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
 LIVENESS = "tongban.liveness"
 """Health service name that is SERVING while the process serves at all (a liveness probe's)."""
+_PART_STOP_S = 3.0
+"""Bound of each part's stop after the RPCs (case desk, case store, witness, checkpoints, watch)."""
 CROSS_REGION = "tongban.cross_region"
 """Health service name that is SERVING while Exchange is and some peer region answers through the
 hub: what a Query (an answer now from another region) needs beyond what Submit needs."""
@@ -324,16 +326,17 @@ class Gateway:
         last = self.publisher.signer.last if self.publisher is not None else None
         return None if last is None else (last.note, last.checkpoint.size, last.checkpoint.root)
 
-    async def _stop_background(self) -> None:
-        """The NATS-side parts started with the connection: witness, checkpoints, registry watch."""
+    async def _stop_background(self, deadline: Deadline) -> None:
+        """The NATS-side parts started with the connection: witness, checkpoints, registry watch;
+        each within its share of ``deadline``."""
         if self.witness is not None:
-            await self.witness.stop()
+            await within(self.witness.stop(), timeout=deadline.budget(_PART_STOP_S), what="witness")
             self.witness = None
         if self.publisher is not None:
-            await self.publisher.stop()
+            await within(self.publisher.stop(), timeout=deadline.budget(_PART_STOP_S), what="checkpoints")
             self.publisher = None
         if self.trust is not None:
-            await self.trust.stop()
+            await within(self.trust.stop(), timeout=deadline.budget(_PART_STOP_S), what="registry watch")
             self.trust = None
 
     async def _connect_and_watch(self) -> NATS:
@@ -378,44 +381,55 @@ class Gateway:
 
     async def _release(self) -> None:
         """Undo a start that failed half-way."""
-        await self._close_desk()
-        await self._stop_background()
-        if self._owns_nc and self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
-            self.nc = None
+        deadline = Deadline(self.cfg.process.grace_s)
+        await self._close_desk(deadline)
+        await self._stop_background(deadline)
+        await self._close_nats(deadline)
 
-    async def _close_desk(self) -> None:
+    async def _close_desk(self, deadline: Deadline) -> None:
         if self.desk is not None:
-            await self.desk.stop()
+            await within(self.desk.stop(deadline), timeout=deadline.budget(_PART_STOP_S), what="case desk")
             self.desk = None
         if self.cases is not None:
-            await self.cases.close()
+            await within(self.cases.close(), timeout=deadline.budget(_PART_STOP_S), what="case store")
             self.cases = None
 
-    async def stop(self) -> None:
-        """Graceful: NOT_SERVING first, let in-flight RPCs finish within the grace, drain NATS."""
+    async def _close_nats(self, deadline: Deadline) -> None:
+        """Drain our own connection (its subscriptions' pending messages handled, its buffer
+        flushed) within ``[nats] drain_timeout_s`` and the deadline; close it if that overran."""
+        nc, self.nc = self.nc, None
+        if not self._owns_nc or nc is None:
+            self.nc = nc
+            return
+        budget = deadline.budget(self.cfg.nats.drain_timeout_s)
+        if not await within(nc.drain(), timeout=budget, what="nats drain") and not nc.is_closed:
+            await within(nc.close(), timeout=deadline.budget(1.0), what="nats close")
+
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Graceful and bounded: NOT_SERVING first, in-flight RPCs finish within ``[gateway]
+        grace_s`` (at most half of what is left of ``deadline``, the rest is for what follows),
+        then the case desk, the NATS-side parts and the connection, each within its share.
+
+        Args:
+            deadline: the whole stop's (the process's, from SIGTERM); by default ``[process]
+                grace_s`` from now.
+        """
         server, self.server = self.server, None
         if server is None:
             return
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
-            self._health_task = None
-        await self._set_health(False)
+        deadline = deadline or Deadline(self.cfg.process.grace_s)
+        task, self._health_task = self._health_task, None
+        await stop_task(task, timeout=deadline.budget(1.0), what="gateway health")
+        await within(self._set_health(False), timeout=deadline.budget(1.0), what="health")
         if self.desk is not None:
             self.desk.begin_stop()
-        await server.stop(self.cfg.gateway.grace_s)
-        await self._close_desk()
-        await self._stop_background()
-        if self._owns_nc and self.nc is not None:
-            try:
-                await asyncio.wait_for(self.nc.drain(), self.cfg.nats.drain_timeout_s)
-            except Exception as exc:
-                log.debug("gateway.drain_failed", error=type(exc).__name__)
-            self.nc = None
-        log.info("gateway.stopped", region=self.cfg.region.code)
+        grace = min(self.cfg.gateway.grace_s, deadline.remaining() / 2)
+        # grpc cancels what is still running after the grace; the margin is for that.
+        await within(server.stop(grace), timeout=grace + 1.0, what="grpc server")
+        await self._close_desk(deadline)
+        await self._stop_background(deadline)
+        await self._close_nats(deadline)
+        log.info("gateway.stopped", region=self.cfg.region.code, overran=deadline.remaining() == 0)
 
     async def __aenter__(self) -> Gateway:
         await self.start()

@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -44,11 +45,14 @@ from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanEr
 from tongban.forwarder import Forwarder
 from tongban.ids import is_case_no, is_message_id, new_case_no, new_message_id
 from tongban.metrics import Hop, label_request
+from tongban.shutdown import Deadline, finish_tasks, within
 from tongban.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")
 
+_LOOP_STOP_S = 3.0
+"""How long a stop waits for the event consumer's batch in hand and a reconciler pass to end."""
 _IDEM_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 
@@ -171,21 +175,30 @@ class CaseDesk:
             for ev in ev_set:
                 ev.set()
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """End the watches and loops (their stop flag is set; cancelled if they overrun), stop the
+        forwarder, unsubscribe; within ``deadline`` (by default ``[process] grace_s`` from now)."""
         if self._js is None:
             return
         self._js = None
+        deadline = deadline or Deadline(self.cfg.process.grace_s)
         self.begin_stop()
-        waits = [asyncio.wait_for(t, 3.0) for t in (*self._tasks, *self._background)]
+        steps: list[Coroutine[Any, Any, object]] = [
+            finish_tasks(
+                (*self._tasks, *self._background), timeout=deadline.budget(_LOOP_STOP_S), what="case desk"
+            )
+        ]
         if self._forwarder is not None:
-            waits.append(self._forwarder.stop())
-        for result in await asyncio.gather(*waits, return_exceptions=True):
-            if isinstance(result, Exception) and not isinstance(result, TimeoutError):
-                log.warning("casedesk.task_failed", error=type(result).__name__)
+            steps.append(self._forwarder.stop(deadline))
+        await asyncio.gather(*steps)
         self._tasks.clear()
         if self._notify_sub is not None:
-            with contextlib.suppress(Exception):
-                await self._notify_sub.unsubscribe()  # type: ignore[attr-defined]
+            sub, self._notify_sub = self._notify_sub, None
+            await within(
+                sub.unsubscribe(),  # type: ignore[attr-defined]
+                timeout=deadline.budget(1.0),
+                what="case notifications",
+            )
 
     # -- Submit ------------------------------------------------------------------------------
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import dataclasses
 import functools
 import json
@@ -82,6 +81,7 @@ from tongban.envelope import EnvelopeRejected
 from tongban.ids import is_message_id, is_trace_id
 from tongban.node import RegionSecrets
 from tongban.registry import Registry
+from tongban.shutdown import stop_task, within
 from tongban.v1 import registry_pb2
 
 log = structlog.get_logger("gateway.witness")
@@ -98,6 +98,8 @@ MAX_PROOF_HASHES: Final = 128
 """A consistency proof has at most about 2·log2(size) hashes: 126 for a tree of 2**63 leaves."""
 _HASH_SIZE: Final = 32
 _PENDING_MSGS: Final = 1024
+_STOP_S: Final = 2.0
+"""Default bound of a stop of the publisher, the witness or one of their subscriptions."""
 
 
 def _b64(data: bytes) -> str:
@@ -105,31 +107,35 @@ def _b64(data: bytes) -> str:
 
 
 class _Subscriber:
-    """A subscription drained by a task of our own, so stop() can cancel and await it."""
+    """A subscription drained by a task of our own, so stop() can end it within a bound."""
 
     def __init__(self, name: str, handle: Callable[[Msg], Any]) -> None:
         self._name = name
         self._handle = handle
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self, nc: NATS, subject: str, queue: str) -> None:
+        self._stopping = False
         self._sub = await nc.subscribe(subject, queue=queue, pending_msgs_limit=_PENDING_MSGS)
         self._task = asyncio.create_task(self._drain(self._sub), name=self._name)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = _STOP_S) -> None:
+        """Cancel the drain (the message in hand is dropped: a proof request is asked again, a
+        checkpoint comes again) and unsubscribe, within ``timeout``."""
         task, self._task = self._task, None
         sub, self._sub = self._sub, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping = True
+        await stop_task(task, timeout=timeout, what=self._name)
         if sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await within(sub.unsubscribe(), timeout=min(timeout, 1.0), what=f"{self._name} unsubscribe")
 
     async def _drain(self, sub: Subscription) -> None:
         async for msg in sub.messages:
+            # A handler's NATS request can swallow a cancel (3.11 wait_for): the flag ends the loop.
+            if self._stopping:
+                return
             try:
                 await self._handle(msg)
             except asyncio.CancelledError:
@@ -206,10 +212,12 @@ class CheckpointPublisher:
             raise
         self._started = True
 
-    async def stop(self) -> None:
-        """Stop the schedule and the proof responder (both awaited); idempotent."""
-        await self.signer.stop()
-        await self._proofs.stop()
+    async def stop(self, timeout: float = _STOP_S) -> None:
+        """Stop the schedule and the proof responder, each within ``timeout`` (a checkpoint being
+        signed is finished or abandoned: signing and saving it are one synchronous step);
+        idempotent."""
+        await self.signer.stop(timeout=timeout)
+        await self._proofs.stop(timeout)
         self._started = False
 
     async def __aenter__(self) -> Self:
@@ -640,6 +648,7 @@ class Witness:
         self._queues: dict[str, asyncio.Queue[bytes]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._loaded = False
+        self._stopping = False
 
     def latest(self, region: str) -> Checkpoint | None:
         """The latest verified checkpoint of ``region``, or None."""
@@ -664,20 +673,19 @@ class Witness:
         if not self._loaded:
             self._load()
             self._loaded = True
+        self._stopping = False
         await self._sub.stop()
         await self._sub.start(
             self.nc, subjects.checkpoint_wildcard(self.region), subjects.witness_queue(self.region)
         )
 
-    async def stop(self) -> None:
-        """Unsubscribe and stop the per-region workers; idempotent."""
-        await self._sub.stop()
+    async def stop(self, timeout: float = _STOP_S) -> None:
+        """Unsubscribe and stop the per-region workers, within ``timeout``; idempotent. A checkpoint
+        not yet witnessed is dropped: its region publishes a newer one on its schedule."""
+        self._stopping = True
+        await self._sub.stop(timeout)
         workers, self._workers = list(self._workers.values()), {}
-        for task in workers:
-            task.cancel()
-        for task in workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(stop_task(t, timeout=timeout, what=t.get_name()) for t in workers))
         self._queues.clear()
 
     async def __aenter__(self) -> Self:
@@ -690,6 +698,8 @@ class Witness:
         await self.stop()
 
     async def _receive(self, msg: Msg) -> None:
+        if self._stopping:
+            return  # no new worker once stop() has collected them
         origin_region = msg.subject.rsplit(".", 1)[-1]
         if origin_region == self.region or self.registry.region(origin_region) is None:
             log.warning("witness.checkpoint_dropped", origin_region=origin_region[:16], reason="not a peer")
@@ -709,7 +719,7 @@ class Witness:
             )
 
     async def _work(self, origin_region: str, queue: asyncio.Queue[bytes]) -> None:
-        while not queue.empty():
+        while not queue.empty() and not self._stopping:
             note = queue.get_nowait()
             try:
                 await self.witness(origin_region, note)

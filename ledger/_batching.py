@@ -15,10 +15,17 @@ import dataclasses
 import enum
 import time
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Final, Generic, Protocol, Self, TypeVar
+
+import structlog
 
 from ledger.entry import Entry, EntryDraft
 from ledger.errors import LedgerClosed, LedgerError
+
+log = structlog.get_logger("ledger.store")
+
+_CANCELLED_CLOSE_S: Final = 1.0
+"""How long a close past its timeout waits for the cancelled shutdown's own cleanup."""
 
 
 class State(enum.Enum):
@@ -93,11 +100,17 @@ class BatchingStore(Generic[R]):
     ) -> None:
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
         """Commit every queued append, stop the writer and release what the store holds. Idempotent.
 
         Appends that were queued before ``close`` complete normally; appends after it raise LedgerClosed.
         Concurrent calls all wait for the same shutdown, and cancelling one does not interrupt it.
+
+        Args:
+            timeout: seconds to wait for that (None: as long as it takes). A shutdown still running then,
+                its writer stuck in a commit (a disk that does not answer, a lock another process holds),
+                is cancelled: appends still queued fail with LedgerError, the store is CLOSED, and a batch
+                the database was committing lands or not as the database decides (look its messages up).
         """
         async with self._lifecycle:
             if self._state is State.NEW:
@@ -109,8 +122,20 @@ class BatchingStore(Generic[R]):
                 self._state = State.CLOSING
                 self._wakeup.set()
                 self._closer = asyncio.ensure_future(self._shutdown(self._res))
-            closer = self._closer
-        await asyncio.shield(closer)
+            closer, res = self._closer, self._res
+        if timeout is None:
+            await asyncio.shield(closer)
+            return
+        # Like the shield above: a cancelled caller leaves the shutdown running.
+        done, _ = await asyncio.wait({closer}, timeout=timeout)
+        if done:
+            closer.result()
+            return
+        log.error("ledger.close_timed_out", region=self._region, timeout_s=timeout, queued=len(self._pending))
+        if res is not None:
+            res.writer.cancel()  # it fails what is queued; its thread finishes the commit in hand
+        closer.cancel()  # its cleanup marks the store CLOSED and lets the executors go
+        await asyncio.wait({closer}, timeout=_CANCELLED_CLOSE_S)
 
     async def append(self, *drafts: EntryDraft) -> list[Entry]:
         """Append drafts atomically; see :meth:`ledger.store.LedgerStore.append`.

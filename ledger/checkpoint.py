@@ -463,6 +463,7 @@ class CheckpointSigner:
         self._last: SignedCheckpoint | None = None
         self._opened = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def last(self) -> SignedCheckpoint | None:
@@ -486,16 +487,29 @@ class CheckpointSigner:
         """Open, then sign and hand over a checkpoint now and every ``interval_s``; idempotent."""
         await self.open()
         if self._task is None or self._task.done():
+            self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name=f"checkpoints-{self.origin}")
 
-    async def stop(self) -> None:
-        """Cancel the schedule and wait for it; idempotent. Signing and persisting a checkpoint happen in one
-        synchronous step, so a cancellation never separates a signature from its record."""
+    async def stop(self, timeout: float = 2.0) -> None:
+        """End the schedule within ``timeout`` seconds; idempotent. Signing and persisting a checkpoint
+        happen in one synchronous step, so a cancellation never separates a signature from its record.
+
+        The schedule ends on its stop flag; the cancel only cuts its wait short. A cancel alone can be
+        lost on Python 3.11 (``asyncio.wait_for``, which ``on_checkpoint``'s NATS flush uses, drops one
+        that arrives with its result), and the loop would run on. It is repeated until the task ends,
+        up to ``timeout``; a task still running then is left behind, and logged.
+        """
+        self._stopping.set()
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while not task.done() and loop.time() < until:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=min(0.2, max(0.0, until - loop.time())))
+        if not task.done():
+            log.error("checkpoint.schedule_not_stopped", origin=self.origin)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -630,7 +644,7 @@ class CheckpointSigner:
         write_atomically(self.state_path, json.dumps({"v": 1, "note": signed.note.decode("utf-8")}).encode())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 signed = await self.checkpoint()
                 if self._on_checkpoint is not None:
@@ -654,7 +668,8 @@ class CheckpointSigner:
                 log.warning(
                     "checkpoint.failed", origin=self.origin, error=type(exc).__name__, detail=str(exc)[:200]
                 )
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
 
 
 def write_atomically(path: Path, data: bytes) -> None:

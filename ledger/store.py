@@ -30,8 +30,9 @@ class LedgerStore(Protocol):
         """
         ...
 
-    async def close(self) -> None:
-        """Commit whatever appends are queued, then release the store; a no-op when already closed."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Commit whatever appends are queued, then release the store; a no-op when already closed. With a
+        ``timeout``, a close that overruns it gives up on what is queued and returns (logged)."""
         ...
 
     async def append(self, *drafts: EntryDraft) -> list[Entry]:

@@ -268,6 +268,15 @@ class MetricsConfig:
 
 
 @dataclass
+class ProcessConfig:
+    grace_s: float = 10.0
+    """From SIGTERM (or Ctrl-C) to exit of a gateway or connector process: in-flight work finishes
+    or fails cleanly within it, every stop step shares it, and a process still stopping a second
+    after it exits anyway (code 70, logged). Keep it below the orchestrator's kill timeout
+    (Kubernetes ``terminationGracePeriodSeconds``, 30 s by default)."""
+
+
+@dataclass
 class Config:
     region: RegionConfig = field(default_factory=RegionConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
@@ -279,6 +288,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     base_dir: Path = field(default_factory=Path.cwd)
     """Directory relative paths are resolved against (the config file's directory)."""
 
@@ -380,6 +390,8 @@ class Config:
             raise ConfigError("[ledger] backend postgres needs a dsn")
         if self.ledger.checkpoint_interval_s <= 0:
             raise ConfigError("[ledger] checkpoint_interval_s must be > 0")
+        if self.process.grace_s <= 0:
+            raise ConfigError("[process] grace_s must be > 0")
         if self.registry.recheck_s <= 0:
             raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):

@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind
 
 from tongban import subjects, telemetry
 from tongban.metrics import NO_METRICS, Hop, Metrics
+from tongban.shutdown import Deadline, finish_task
 from tongban.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.forwarder")
@@ -111,18 +112,18 @@ class Forwarder:
         self._stopping = False
         self._task = asyncio.create_task(self._loop(sub), name=f"forwarder-{self.kind.value}")
 
-    async def stop(self) -> None:
-        """Finish the batch in hand (its messages are acked or nakked), then stop."""
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Finish the batch in hand (its messages are acked or nakked), then stop: within one
+        publish timeout and a margin, and ``deadline``; cancelled beyond that (what was not acked
+        is redelivered to the region's next forwarder after the ack wait)."""
         task, self._task = self._task, None
         if task is None:
             return
         self._stopping = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self.publish_timeout_s + 2.0)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        cap = self.publish_timeout_s + 2.0
+        await finish_task(
+            task, timeout=deadline.budget(cap) if deadline else cap, what=f"forwarder {self.kind.value}"
+        )
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         try:

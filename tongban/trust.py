@@ -39,6 +39,7 @@ from tongban.errors import RegistryError
 from tongban.keys import SEALING_ALGORITHM, SIGNING_ALGORITHM, key_id
 from tongban.messages import timestamp
 from tongban.registry import Registry, sign_registry
+from tongban.shutdown import stop_task
 from tongban.streams import jetstream
 from tongban.v1 import registry_pb2
 
@@ -230,13 +231,11 @@ class RegistryWatcher:
         self._notify()  # listeners follow this registry from the start (e.g. the keys re-select)
         self._task = asyncio.create_task(self._run(), name=f"registry-watch-{self.region}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
+        """End the watch (its stop flag set, then cancelled) within ``timeout`` seconds; idempotent."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await stop_task(task, timeout=timeout, what="registry watch")
 
     def offer(self, data: bytes, *, source: str) -> bool:
         """Adopt ``data`` if it is a valid registry newer than ours; True if adopted."""

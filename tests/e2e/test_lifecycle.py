@@ -1,9 +1,11 @@
-"""A start that fails half-way leaves nothing running: no watcher task, no NATS connection."""
+"""A start that fails half-way leaves nothing running: no watcher task, no NATS connection; a stop
+ends everything it started, within its bound."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -15,6 +17,9 @@ from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.devstate import DevState
 from tongban.node import load_registry, load_secrets
+
+_STOPPED_TASKS = ("gateway-health", "checkpoints-", "registry-watch-", "lproof-", "witness-")
+"""Names of the tasks a gateway's stop ends."""
 
 
 def _watch_tasks() -> list[asyncio.Task[object]]:
@@ -61,3 +66,31 @@ async def test_connector_whose_state_store_cannot_open_releases_everything(
             await connector.start()
     assert connector.nc is None and connector.state is None and connector.trust is None
     assert _watch_tasks() == []
+
+
+async def test_gateway_stop_is_bounded_while_its_health_probe_runs(state: DevState) -> None:
+    """The teardown hang of issue 12: the health loop's ledger probe (``wait_for``) swallowed the
+    stop's cancel about one stop in five with a busy probe, and ``stop()`` waited for it forever
+    (Wuxi's checkpoint schedule, never stopped, kept signing). A probe every half millisecond
+    puts a stop inside that window often; every stop must still end, and promptly."""
+    cfg = Config.load(state.config_path(SZ))
+    cfg.gateway.maintenance_poll_s = 0.0005
+    registry = load_registry(cfg)
+    async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
+        for i in range(15):
+            gateway = Gateway(
+                cfg,
+                registry=registry,
+                secrets=load_secrets(cfg, registry),
+                catalogue=Catalogue.load(),
+                ledger=ledger,
+            )
+            await gateway.start()
+            # The stop lands at a different point of the running probe loop each time: that spread
+            # is the behaviour under test, not a wait for a condition.
+            await asyncio.sleep(0.02 + 0.007 * i)
+            began = time.monotonic()
+            await asyncio.wait_for(gateway.stop(), 5.0)
+            assert time.monotonic() - began < 3.0
+            left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(_STOPPED_TASKS)]
+            assert left == []
