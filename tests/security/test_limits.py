@@ -334,3 +334,39 @@ async def test_an_unfinished_tls_handshake_is_closed(topology: Topology, state: 
         for _, writer in sockets:
             writer.close()
         await stop_stack(stack)
+
+
+async def test_a_client_that_pings_too_often_is_disconnected(stack: Stack) -> None:
+    """Pings enforced: a client sending keepalive pings every 100 ms with no call open (a cheap way to
+    keep the gateway busy) gets GOAWAY after ``max_ping_strikes`` (2) pings closer than
+    ``min_client_ping_interval_s`` (30 s); a well-behaved client on the same gateway keeps its
+    connection, and the offender's next call reconnects."""
+    address = stack.nodes[SZ].address
+    pinging = grpc.aio.insecure_channel(
+        address,
+        options=[
+            *OWN,
+            ("grpc.keepalive_time_ms", 100),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ],
+    )
+    polite = grpc.aio.insecure_channel(address, options=OWN)
+    try:
+        for ch in (pinging, polite):
+            assert await health_check_on(ch) == health_pb2.HealthCheckResponse.SERVING
+        await eventually(
+            lambda: pinging.get_state() != grpc.ChannelConnectivity.READY,
+            timeout=15,
+            what="the pinging client's connection closed by the gateway",
+        )
+        assert polite.get_state() == grpc.ChannelConnectivity.READY
+        assert await health_check_on(pinging) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await pinging.close()
+        await polite.close()
+
+
+async def health_check_on(channel: grpc.aio.Channel) -> int:
+    answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(answer.status)
