@@ -283,7 +283,7 @@ class Gateway:
     async def _watch_peers(self) -> None:
         """Ping the peer regions through the hub; on a change, say so and update health."""
         interval = self.cfg.gateway.peer_probe_interval_s
-        while True:
+        while self.server is not None:  # stop() clears it first: the loop ends even if a cancel is lost
             reach = self.reach
             try:
                 if reach is not None and await reach.probe():
@@ -301,14 +301,15 @@ class Gateway:
         the signing key's validity (time passes, keys get revoked)."""
         path = self.cfg.path(self.cfg.gateway.maintenance_file)
         poll = self.cfg.gateway.maintenance_poll_s
-        while True:
+        while self.server is not None:
             try:
                 on = path.exists()
                 if on != self.maintenance:
                     self.maintenance = on
                     log.warning("gateway.maintenance", region=self.cfg.region.code, on=on)
                 try:
-                    await asyncio.wait_for(self.ledger.size(), max(poll, 1.0))
+                    async with asyncio.timeout(max(poll, 1.0)):
+                        await self.ledger.size()
                     self._ledger_ok = True
                 except Exception as exc:
                     if self._ledger_ok:

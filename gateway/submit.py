@@ -602,7 +602,8 @@ class CaseDesk:
                 with contextlib.suppress(TimeoutError):
                     # Wake-ups come from this process or, through NATS, from the region's other
                     # gateways; the timeout is a safety net for a nudge lost in a reconnect.
-                    await asyncio.wait_for(wake.wait(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await wake.wait()
             finally:
                 self.watchers.unregister(case_no, wake)
 
@@ -617,7 +618,8 @@ class CaseDesk:
             except Exception as exc:
                 log.warning("reconciler.failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.cfg.gateway.reconcile_interval_s)
+                async with asyncio.timeout(self.cfg.gateway.reconcile_interval_s):
+                    await self._stopping.wait()
 
     async def reconcile(self, *, everything: bool = False) -> int:
         """One pass over the cases still only accepted; returns how many were (re-)sent.

@@ -669,7 +669,8 @@ class CheckpointSigner:
                     "checkpoint.failed", origin=self.origin, error=type(exc).__name__, detail=str(exc)[:200]
                 )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._stopping.wait()
 
 
 def write_atomically(path: Path, data: bytes) -> None:

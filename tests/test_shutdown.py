@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
@@ -112,3 +113,19 @@ def test_a_deadline_shares_out_what_is_left() -> None:
     now[0] = 120.0
     assert deadline.remaining() == 0.0
     assert deadline.budget(3.0) > 0  # a late step still gets to cancel what it holds
+
+
+def test_no_asyncio_wait_for_in_the_packages() -> None:
+    """``asyncio.wait_for`` loses a cancellation on Python 3.11 (gh-86296): a loop built on it can
+    outlive its stop and, at interpreter exit, spin forever in the loop's last cancel-all. The
+    packages use ``asyncio.timeout`` (which does not create a task and keeps the cancel)."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for package in ("gateway", "connectors", "ledger", "tongban")
+        for path in sorted((root / package).rglob("*.py"))
+        if "/v1/" not in path.as_posix()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "wait_for(" in line and not line.lstrip().startswith("#")
+    ]
+    assert offenders == []

@@ -325,7 +325,8 @@ class RegistryWatcher:
             except Exception as exc:  # NATS down, bucket gone: retry, never crash the node
                 log.warning("registry.watch_failed", region=self.region, error=type(exc).__name__)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), backoff)  # retry back-off
+                    async with asyncio.timeout(backoff):  # retry back-off
+                        await self._stopping.wait()
                 backoff = min(backoff * 2, self.recheck_s)
 
     async def _watch(self) -> None:

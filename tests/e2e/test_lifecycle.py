@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -89,8 +88,9 @@ async def test_gateway_stop_is_bounded_while_its_health_probe_runs(state: DevSta
             # The stop lands at a different point of the running probe loop each time: that spread
             # is the behaviour under test, not a wait for a condition.
             await asyncio.sleep(0.02 + 0.007 * i)
-            began = time.monotonic()
-            await asyncio.wait_for(gateway.stop(), 5.0)
-            assert time.monotonic() - began < 3.0
+            # Bounded by its own deadline ([process] grace_s): a stop that hangs fails here, not the
+            # loop's teardown (on a loaded machine a stop may take a while; only a hang is a bug).
+            async with asyncio.timeout(cfg.process.grace_s + 2.0):
+                await gateway.stop()
             left = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(_STOPPED_TASKS)]
             assert left == []
