@@ -576,7 +576,7 @@ max_payload: 4MB
 # The client port (4222) crosses hosts: the region's gateways, connectors and operator tools reach
 # it over the region's network. TLS first (handshake_first): the server speaks only TLS, so no one
 # in between can strip it and relay a client's NKey challenge; every client then logs in as its
-# role's NKey user (./<code>/authorization.conf).
+# role's NKey user (regions/<code>/authorization.conf).
 tls {{
   cert_file: "{INSTALL_DIR}/server.crt"
   key_file: "{INSTALL_DIR}/server.key"
