@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Callable
@@ -288,8 +290,9 @@ async def connect_nats(cfg: Config, *, role: NatsRole, name: str, **callbacks: A
     afterwards the client reconnects forever, and the caller's health reflects the state.
 
     Raises:
-        ConfigError: ``role`` is not a process role, or its seed or the TLS files are unusable.
-        Unavailable: no server answered, or the server refused the role's credentials.
+        ConfigError: ``role`` is not a process role, its seed or the TLS files are unusable, or
+            the server refuses the role's NKey (it does not know the key).
+        Unavailable: no server answered.
     """
     if role not in natsconfig.PROCESS_ROLES:
         raise ConfigError(f"{role.value} is not a process role of a region's NATS")
@@ -315,17 +318,52 @@ async def connect_nats(cfg: Config, *, role: NatsRole, name: str, **callbacks: A
         # TLS before the server's first word: nobody in between can make the client speak plaintext
         # and relay its NKey challenge (the server side is `handshake_first: true`).
         opts.update(tls=tls, tls_handshake_first=True)
-    try:
-        return await nats.connect(
+    # nats-py retries refused credentials like an unreachable server, for ever: a start with a seed
+    # the region does not know fails at once instead, naming the role.
+    refused = asyncio.Event()
+    report = opts["error_cb"]
+
+    async def _refusal_cb(exc: Exception) -> None:
+        if _AUTH_REFUSED in str(exc).lower():
+            refused.set()
+        await report(exc)
+
+    opts["error_cb"] = _refusal_cb
+    # Fractional seconds work (nats-py waits with asyncio), though its signature says int.
+    opts.update(connect_timeout=cfg.nats.connect_timeout_s, reconnect_time_wait=0.5)
+    nc = NATS()
+    connecting = asyncio.ensure_future(
+        nc.connect(
             servers=cfg.nats.servers,
             name=name,
             nkeys_seed=str(seed),
             inbox_prefix=subjects.client_inbox_prefix(cfg.region.code, role.value).encode(),
-            connect_timeout=cfg.nats.connect_timeout_s,
             max_reconnect_attempts=cfg.nats.max_reconnect_attempts,
-            reconnect_time_wait=0.5,
             allow_reconnect=True,
             **opts,
         )
+    )
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            await nc.close()
+    if connecting.cancelled():
+        raise ConfigError(
+            f"the nats-server refused the {role.value} user's NKey ([nats] {role.value}_nkey_seed): "
+            "is its public key in the region's authorization?"
+        )
+    try:
+        connecting.result()
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {', '.join(cfg.nats.servers)}") from exc
+    return nc
+
+
+_AUTH_REFUSED = "authorization violation"
+"""How nats-server names refused credentials (nats-py passes its ``-ERR`` text on)."""

@@ -497,23 +497,29 @@ class RawClient:
         assert json.loads(info.decode().split(" ", 1)[1])["auth_required"] is True
         client = cls(r, w)
         if seed_file is None:
+            # No PING after it: the server answers and closes, and a PING racing the close could
+            # make the socket reset before the answer is read.
             w.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
+            await client._read(until_pong=False)
         else:
             w.write(nkey_connect(info, seed_file, headers=True))
-        await client.ping()
+            await client.ping()
         return client
 
     async def ping(self) -> None:
         """PING and read up to the PONG (or the close): every line sent before is then processed."""
         self.writer.write(b"PING\r\n")
         await self.writer.drain()
+        await self._read(until_pong=True)
+
+    async def _read(self, *, until_pong: bool) -> None:
         while True:
             raw = await asyncio.wait_for(self.reader.readline(), READ_TIMEOUT)
             if not raw:
                 self.closed = True
                 return
             line = raw.decode().rstrip("\r\n")
-            if line == "PONG":
+            if line == "PONG" and until_pong:
                 return
             if line.startswith("-ERR"):
                 self.errors.append(line)
@@ -846,3 +852,21 @@ async def test_each_process_role_logs_in_as_its_own_user(topology: Topology, tmp
     finally:
         for nc in conns.values():
             await nc.close()
+
+
+async def test_a_process_whose_nkey_the_region_does_not_know_stops_at_once(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """A valid seed the region's authorization does not list: the server refuses it by name and
+    ``connect_nats`` fails at once with a ConfigError naming the role (nats-py alone would retry
+    for ever), leaving no connection behind."""
+    seed = tmp_path / "gateway.nk"
+    seed.write_bytes(natsconfig.new_user_seed())
+    seed.chmod(0o600)
+    cfg = Config(region=RegionConfig(code=WX))
+    cfg.nats.servers = [topology.url(WX)]
+    cfg.nats.gateway_nkey_seed = str(seed)
+    with pytest.raises(ConfigError, match=r"^the nats-server refused the gateway user's NKey"):
+        await asyncio.wait_for(connect_nats(cfg, role=NatsRole.GATEWAY, name="t-unknown"), READ_TIMEOUT)
+    left = (await asyncio.to_thread(connections, topology, WX))["connections"]
+    assert [c for c in left if c.get("name") == "t-unknown"] == []
