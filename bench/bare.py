@@ -3,8 +3,11 @@
 Same proto, same topology, same payload sizes as the full path, but no validation, no signing, no
 sealing, no ledger, no tracing. ``make bench`` reports the full path as a ratio of this.
 
-    python -m bench.bare gateway --nats URL --port-file F --to REGION
-    python -m bench.bare responder --nats URL --region REGION
+    python -m bench.bare gateway --nats URL --nkey-seed F --port-file F --to REGION
+    python -m bench.bare responder --nats URL --nkey-seed F --region REGION
+
+Both log in with the given NKey seed (the dev topology's admin: the baseline is no tongban role, and
+no region's nats-server admits an anonymous client).
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ class BareExchange(exchange_pb2_grpc.ExchangeServicer):
         return resp
 
 
-async def gateway(url: str, port_file: Path, to: str, region: str) -> None:
-    nc = await nats.connect(url, inbox_prefix=subjects.inbox_prefix(region).encode())
+async def gateway(url: str, seed: str, port_file: Path, to: str, region: str) -> None:
+    nc = await nats.connect(url, nkeys_seed=seed, inbox_prefix=subjects.inbox_prefix(region).encode())
     server = grpc.aio.server()
     exchange_pb2_grpc.add_ExchangeServicer_to_server(BareExchange(nc, to), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -66,8 +69,8 @@ async def gateway(url: str, port_file: Path, to: str, region: str) -> None:
     await nc.drain()
 
 
-async def responder(url: str, region: str) -> None:
-    nc = await nats.connect(url, inbox_prefix=subjects.inbox_prefix(region).encode())
+async def responder(url: str, seed: str, region: str) -> None:
+    nc = await nats.connect(url, nkeys_seed=seed, inbox_prefix=subjects.inbox_prefix(region).encode())
     payload = Struct()
     payload.update(SAMPLE)
     data = payload.SerializeToString()
@@ -85,14 +88,15 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("role", choices=("gateway", "responder"))
     p.add_argument("--nats", required=True)
+    p.add_argument("--nkey-seed", required=True, help="NKey seed file to log in with")
     p.add_argument("--port-file", default="")
     p.add_argument("--to", default="320200")
     p.add_argument("--region", default="320200", help="the region this process runs in")
     a = p.parse_args()
     if a.role == "gateway":
-        asyncio.run(gateway(a.nats, Path(a.port_file), a.to, a.region))
+        asyncio.run(gateway(a.nats, a.nkey_seed, Path(a.port_file), a.to, a.region))
     else:
-        asyncio.run(responder(a.nats, a.region))
+        asyncio.run(responder(a.nats, a.nkey_seed, a.region))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import grpc
 
 from tongban.catalogue import Catalogue
 from tongban.dev import DEMO_PERSON, DevStack
+from tongban.natsconfig import NatsRole
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SZ, WX = "440300", "320200"
@@ -152,7 +153,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             py = [sys.executable, "-m", "bench.bare"]
             bare.append(
                 subprocess.Popen(
-                    [*py, "responder", "--nats", stack.topology.url(WX), "--region", WX], env=env
+                    [
+                        *py,
+                        "responder",
+                        "--nats",
+                        stack.topology.url(WX),
+                        "--nkey-seed",
+                        str(stack.topology.client_seed(WX, NatsRole.ADMIN)),
+                        "--region",
+                        WX,
+                    ],
+                    env=env,
                 )
             )
             bare.append(
@@ -162,6 +173,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         "gateway",
                         "--nats",
                         stack.topology.url(SZ),
+                        "--nkey-seed",
+                        str(stack.topology.client_seed(SZ, NatsRole.ADMIN)),
                         "--port-file",
                         str(port_file),
                         "--to",

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import grpc
-import nats
 from nats.js.api import StorageType, StreamConfig
 
 from bench.query_bench import cpu_seconds
 from gateway.cases import message_ids_with_status
 from tongban.dev import DevStack
+from tongban.natsserver import Topology
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SZ, WX = "440300", "320200"
@@ -54,9 +54,10 @@ def submit_request(key: str = "") -> exchange_pb2.SubmitRequest:
     return exchange_pb2.SubmitRequest(request=req)
 
 
-async def bare_publish(url: str, concurrency: int, duration: float, size: int) -> float:
-    """JetStream publishes/s (each awaited for its ack) into a file stream on one leaf."""
-    nc = await nats.connect(url)
+async def bare_publish(topology: Topology, concurrency: int, duration: float, size: int) -> float:
+    """JetStream publishes/s (each awaited for its ack) into a file stream on Shenzhen's leaf (as the
+    topology's admin: the baseline's own stream is no tongban role's)."""
+    nc = await topology.admin_client(SZ)
     try:
         js = nc.jetstream(domain=SZ)
         name = f"BENCH_{concurrency}"
@@ -159,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     order = ("bare", "full") if rnd % 2 == 0 else ("full", "bare")
                     for target in order:
                         if target == "bare":
-                            bare.append(await bare_publish(stack.topology.url(SZ), c, args.duration, size))
+                            bare.append(await bare_publish(stack.topology, c, args.duration, size))
                             print(
                                 f"  bare c={c:<3} round {rnd + 1}: {bare[-1]:8.0f} publishes/s",
                                 file=sys.stderr,

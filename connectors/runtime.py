@@ -41,6 +41,7 @@ from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import InvalidRequest, NotFound, TongbanError
 from tongban.ids import is_message_id, new_message_id
 from tongban.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
+from tongban.natsconfig import NatsRole
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.receipts import sign_receipt
 from tongban.registry import Registry
@@ -107,7 +108,9 @@ class Connector:
         self._started = True  # from here on, stop() undoes whatever did start
         try:
             if self.nc is None:
-                self.nc = await connect_nats(self.cfg, name=f"tongban-connector-{self.region}")
+                self.nc = await connect_nats(
+                    self.cfg, role=NatsRole.CONNECTOR, name=f"tongban-connector-{self.region}"
+                )
             if self.durable:
                 # The replay record is open before the first request can arrive.
                 self.state = ConnectorState(self.cfg.path(self.cfg.connector.state_store))

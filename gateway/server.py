@@ -28,6 +28,7 @@ from tongban.catalogue import Catalogue
 from tongban.config import Config, GatewayConfig
 from tongban.errors import ConfigError
 from tongban.metrics import NO_METRICS, Metrics
+from tongban.natsconfig import NatsRole
 from tongban.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.registry import Registry
 from tongban.shutdown import Deadline, stop_task, within
@@ -353,6 +354,7 @@ class Gateway:
 
             self.nc = await connect_nats(
                 self.cfg,
+                role=NatsRole.GATEWAY,
                 name=f"tongban-gateway-{self.cfg.region.code}",
                 disconnected_cb=_down,
                 reconnected_cb=_up,

@@ -34,6 +34,7 @@ from tongban.catalogue import Catalogue
 from tongban.config import Config
 from tongban.devstate import DevState, init_state
 from tongban.metrics import NO_METRICS, ComponentMonitor, Metrics, monitor_component
+from tongban.natsconfig import NatsRole
 from tongban.natsserver import Topology
 from tongban.node import load_registry, load_secrets
 from tongban.registry import Registry, sign_registry
@@ -62,7 +63,12 @@ async def topology(tmp_path: Path) -> AsyncIterator[Topology]:
 
 @pytest.fixture
 def state(tmp_path: Path, topology: Topology) -> DevState:
-    return init_state(tmp_path / "state", REGIONS, nats_urls={r: topology.url(r) for r in REGIONS})
+    return init_state(
+        tmp_path / "state",
+        REGIONS,
+        nats_urls={r: topology.url(r) for r in REGIONS},
+        nats_seeds=topology.client_seeds(),
+    )
 
 
 @dataclass
@@ -99,10 +105,10 @@ class Stack:
         self.channels.append(ch)
         return exchange_pb2_grpc.ExchangeStub(ch)
 
-    async def nats(self, region: str) -> NATS:
-        return await nats.connect(
-            self.topology.url(region), inbox_prefix=subjects.inbox_prefix(region).encode()
-        )
+    async def nats(self, region: str, role: NatsRole = NatsRole.ADMIN) -> NATS:
+        """A test's own client of ``region``'s nats-server: the admin (every subject: tests forge,
+        spy and probe) unless a process ``role`` is asked for."""
+        return await self.topology.connect(region, role)
 
 
 async def start_stack(

@@ -4,12 +4,17 @@ from :func:`tongban.dev.free_port`."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nkeys
 
 from tongban.dev import free_port
 
-__all__ = ["eventually", "free_port"]
+__all__ = ["eventually", "free_port", "nkey_connect"]
 
 
 async def eventually(
@@ -26,3 +31,21 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or check}")
         await asyncio.sleep(0.01)  # the polling interval of the condition wait itself
+
+
+def nkey_connect(info_line: bytes, seed_file: Path, **fields: object) -> bytes:
+    """The ``CONNECT`` line of a client that speaks the NATS protocol itself, logged in as the NKey
+    user of ``seed_file``: the server's nonce (from its ``INFO`` line) signed with the seed."""
+    info = json.loads(info_line.decode().split(" ", 1)[1])
+    kp = nkeys.from_seed(bytearray(seed_file.read_bytes().strip()))
+    try:
+        connect = {
+            "verbose": False,
+            "pedantic": False,
+            "nkey": kp.public_key.decode(),
+            "sig": base64.b64encode(kp.sign(info["nonce"].encode())).decode(),
+            **fields,
+        }
+    finally:
+        kp.wipe()
+    return f"CONNECT {json.dumps(connect)}\r\n".encode()

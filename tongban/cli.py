@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tongban.natsconfig import NatsRole
+from tongban.node import connect_nats
+
 DEFAULT_STATE = ".tongban"
 
 
@@ -283,13 +286,15 @@ def _node_flags(p: argparse.ArgumentParser) -> None:
 
 
 async def _tool_nats(cfg: Any, tool: str) -> Any:
-    """A tool's connection to its region's NATS: quiet about its own disconnect at the end."""
-    from tongban.node import connect_nats
+    """A tool's connection to its region's NATS as the operator-tools user (``[nats]
+    operator_nkey_seed``): quiet about its own disconnect at the end."""
 
     async def quiet() -> None:
         return None
 
-    return await connect_nats(cfg, name=f"tongban-{tool}-{cfg.region.code}", disconnected_cb=quiet)
+    return await connect_nats(
+        cfg, role=NatsRole.OPERATOR, name=f"tongban-{tool}-{cfg.region.code}", disconnected_cb=quiet
+    )
 
 
 def _tool_config(args: argparse.Namespace) -> Any:

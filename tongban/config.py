@@ -37,6 +37,33 @@ class NatsConfig:
     stream_replicas: int = 1
     """Replicas of the region's streams: 1 on a single server (dev, tests), 3 on a region's
     3-node cluster (deploy/nats/regions)."""
+    gateway_nkey_seed: str = ""
+    """NKey user seed file (``SU…``, mode 0600) the gateway logs in with: the region's ``gateway``
+    user (``tongban nats-config`` writes it to ``clients/<code>/gateway.nk``). Only the hosts that
+    run a gateway need the file."""
+    connector_nkey_seed: str = ""
+    """NKey user seed file of the region's ``connector`` user (connectors)."""
+    operator_nkey_seed: str = ""
+    """NKey user seed file of the region's ``operator`` user (``tongban dlq``, ``registry
+    publish``, ``case report``, ``ledger check-receipt``)."""
+    tls_ca: str = ""
+    """PEM CA certificate the region's nats-servers' client-port certificates chain to. When set,
+    the client speaks TLS first and verifies the server (production: the servers are on other
+    hosts); empty: plaintext, for a server on loopback only."""
+    tls_cert: str = ""
+    """PEM client certificate (with ``tls_key``), for servers that also verify clients; optional:
+    the NKey user is the client's identity."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+
+    def nkey_seed(self, role: str) -> str:
+        """The seed file setting of ``role`` (``gateway``, ``connector`` or ``operator``; else "")."""
+        seeds = {
+            "gateway": self.gateway_nkey_seed,
+            "connector": self.connector_nkey_seed,
+            "operator": self.operator_nkey_seed,
+        }
+        return seeds.get(role, "")
 
 
 @dataclass
@@ -396,6 +423,10 @@ class Config:
             raise ConfigError("[registry] recheck_s must be > 0")
         if self.nats.stream_replicas not in (1, 3, 5):
             raise ConfigError("[nats] stream_replicas must be 1, 3 or 5")
+        if bool(self.nats.tls_cert) != bool(self.nats.tls_key):
+            raise ConfigError("[nats] tls_cert and tls_key go together")
+        if self.nats.tls_cert and not self.nats.tls_ca:
+            raise ConfigError("[nats] tls_cert needs tls_ca: a client certificate is only sent over TLS")
         if self.connector.max_attempts < 1 or any(b <= 0 for b in self.connector.backoff_s):
             raise ConfigError("[connector] max_attempts must be >= 1 and backoff_s delays positive")
         if min(self.gateway.submit_ttl_s, self.gateway.publish_timeout_s, self.connector.ack_wait_s) <= 0:

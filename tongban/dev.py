@@ -257,6 +257,7 @@ class DevStack:
             self.root,
             self.regions,
             nats_urls={r: self.topology.url(r) for r in self.regions},
+            nats_seeds=self.topology.client_seeds(),
             log_format=self.log_format,
             extra=extra,
             gateway_ports={region: free_port() for region in self.regions},
@@ -373,7 +374,7 @@ class DevStack:
                     await asyncio.sleep(0.05)
         # Interest propagates hub → leaves asynchronously: prove every path with a real request.
         for src in self.regions:
-            nc = await nats.connect(self.topology.url(src), inbox_prefix=subjects.inbox_prefix(src).encode())
+            nc = await self.topology.admin_client(src)
             try:
                 for dst in self.regions:
                     while True:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tongban import identifiers
@@ -40,6 +41,7 @@ from tongban.keys import (
     save_signing_key,
 )
 from tongban.messages import timestamp
+from tongban.natsconfig import NatsRole
 from tongban.registry import sign_registry
 from tongban.v1 import registry_pb2
 
@@ -70,8 +72,6 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _root_key(root: Path) -> Ed25519PrivateKey:
-    from cryptography.hazmat.primitives import serialization
-
     p = root / "root.key"
     if p.exists():
         key = serialization.load_pem_private_key(p.read_bytes(), password=None)
@@ -145,6 +145,7 @@ def init_state(
     regions: Mapping[str, str] = DEV_REGIONS,
     *,
     nats_urls: Mapping[str, str] | None = None,
+    nats_seeds: Mapping[str, Mapping[NatsRole, Path]] | None = None,
     catalogue: Catalogue | None = None,
     log_format: str = "json",
     extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -154,6 +155,10 @@ def init_state(
 
     Keys are kept across calls; the registry is re-signed with a higher version each time, and the
     configs are rewritten (NATS ports change from run to run).
+
+    ``nats_seeds`` names, per region, the NKey seed file of each process role on the region's
+    nats-server (``Topology.client_seeds()``); the configs point ``[nats] <role>_nkey_seed`` at them.
+    A region without seeds gets none, and its processes refuse to start (no anonymous NATS client).
 
     A region given a port in ``gateway_ports`` has its gateway listen on ``127.0.0.1:<port>``, and
     the registry names that address as its ``gateway_address``; the others listen on port 0 (the
@@ -174,7 +179,13 @@ def init_state(
     for code, name in regions.items():
         cfg: dict[str, dict[str, Any]] = {
             "region": {"code": code, "name": name},
-            "nats": {"servers": [(nats_urls or {}).get(code, "nats://127.0.0.1:4222")]},
+            "nats": {
+                "servers": [(nats_urls or {}).get(code, "nats://127.0.0.1:4222")],
+                **{
+                    f"{role.value}_nkey_seed": str(seed)
+                    for role, seed in (nats_seeds or {}).get(code, {}).items()
+                },
+            },
             "keys": {
                 "signing_key": "keys/signing.pem",
                 "sealing_key": "keys/sealing.pem",

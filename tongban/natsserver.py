@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -23,11 +24,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import nats
 import structlog
+from nats.aio.client import Client as NATS
 
-from tongban import natsconfig
-from tongban.natsconfig import LinkSecurity
+from tongban import natsconfig, subjects
+from tongban.natsconfig import LinkSecurity, NatsRole
 from tongban.process import die_with_parent
 
 MIN_VERSION = (2, 12, 3)
@@ -84,6 +88,8 @@ class ServerSpec:
         port, http_port, leaf_port: 0 picks a random port on first start.
         security: the TLS files and credentials of its hub link (tongban/natsconfig.py): for the hub,
             its server certificate and the region users; for a leaf, its client certificate and seed.
+        client_users: a leaf: the NKey users of its client port (``natsconfig.region_users``); a
+            leaf without any is refused (a region's client port never admits anonymous clients).
     """
 
     name: str
@@ -95,6 +101,7 @@ class ServerSpec:
     host: str = "127.0.0.1"
     extra: str = ""
     security: LinkSecurity | None = None
+    client_users: tuple[dict[str, object], ...] = ()
 
     @property
     def is_hub(self) -> bool:
@@ -110,8 +117,8 @@ def render_config(spec: ServerSpec, store_dir: Path, *, templates: Path = DEV_CO
     (port 0 is rendered as -1: random).
 
     Raises:
-        NatsServerError: no template, or ``spec`` has no ``security`` (every hub link is
-            authenticated and encrypted, on one machine too).
+        NatsServerError: no template, ``spec`` has no ``security`` (every hub link is
+            authenticated and encrypted, on one machine too), or a leaf has no ``client_users``.
     """
 
     def port(p: int) -> int:
@@ -136,11 +143,14 @@ def render_config(spec: ServerSpec, store_dir: Path, *, templates: Path = DEV_CO
     if spec.is_hub:
         values.update(TB_LEAF_LISTEN=f"{spec.host}:{port(spec.leaf_port)}", TB_REGION_USERS=list(sec.users))
     else:
+        if not spec.client_users:
+            raise NatsServerError(f"{spec.name}: no client users (a region's client port authenticates)")
         values.update(
             TB_DOMAIN=spec.domain,
             TB_STORE_DIR=str(store_dir),
             TB_HUB_LEAF_URL=spec.hub_leaf_url,
             TB_LEAF_NKEY=sec.nkey_seed,
+            TB_CLIENT_USERS=list(spec.client_users),
         )
     for name, value in values.items():
         quoted = json.dumps(value, ensure_ascii=False)
@@ -294,13 +304,19 @@ LOOPBACK_HOSTS = natsconfig.LOOPBACK
 """Names the single-machine hub's leafnode certificate is valid for."""
 
 
+TOPOLOGY_ROLES = (*natsconfig.PROCESS_ROLES, NatsRole.ADMIN)
+"""The client users of a single-machine region: the production roles, and the admin its readiness
+probe and the tests' own clients connect as."""
+
+
 @dataclass
 class Topology:
     """A hub and one leaf per region on loopback, each its own JetStream domain.
 
     Every leaf joins the hub as its region's NKey user over TLS, with the least-privilege permissions
-    of tongban/natsconfig.py; the credentials and TLS material are generated under ``root/secrets``
-    at the first start and kept for restarts.
+    of tongban/natsconfig.py, and admits on its client port only its region's role users
+    (:data:`TOPOLOGY_ROLES`; plaintext: loopback never leaves the machine). The credentials and TLS
+    material are generated under ``root/secrets`` at the first start and kept for restarts.
     """
 
     root: Path
@@ -312,13 +328,19 @@ class Topology:
 
     def __post_init__(self) -> None:
         self.hub = NatsServer(ServerSpec(name="hub"), self.root / "hub")
-        self.secrets = natsconfig.Secrets(self.root / "secrets", tuple(self.regions))
+        self.secrets = natsconfig.Secrets(self.root / "secrets", tuple(self.regions), TOPOLOGY_ROLES)
 
     async def start(self) -> None:
         binary = check_binary()
         self.hub.binary = binary
         secrets = await asyncio.to_thread(
-            natsconfig.ensure_secrets, self.secrets.root, self.regions, LOOPBACK_HOSTS
+            functools.partial(
+                natsconfig.ensure_secrets,
+                self.secrets.root,
+                self.regions,
+                LOOPBACK_HOSTS,
+                roles=TOPOLOGY_ROLES,
+            )
         )
         self.hub.spec.security = secrets.hub_link()
         try:
@@ -330,6 +352,9 @@ class Topology:
                         domain=region,
                         hub_leaf_url=self.hub.leaf_url,
                         security=secrets.leaf_link(region),
+                        client_users=tuple(
+                            natsconfig.region_users(region, secrets.client_public_keys(region))
+                        ),
                     ),
                     self.root / f"leaf-{region}",
                     binary,
@@ -343,6 +368,37 @@ class Topology:
 
     def url(self, region: str) -> str:
         return self.leaves[region].client_url
+
+    def client_seed(self, region: str, role: NatsRole) -> Path:
+        """The NKey seed file ``role`` connects to ``region``'s leaf with."""
+        return self.secrets.client_seed_file(region, role)
+
+    def client_seeds(self) -> dict[str, dict[NatsRole, Path]]:
+        """Region → process role → seed file (``tongban.devstate.init_state`` writes them into the
+        node configs)."""
+        return {
+            r: {role: self.client_seed(r, role) for role in natsconfig.PROCESS_ROLES} for r in self.regions
+        }
+
+    async def connect(self, region: str, role: NatsRole, **options: Any) -> NATS:
+        """A client of ``region``'s leaf as ``role``, with that role's inbox prefix (the admin's is
+        the region's own, ``_INBOX_<code>``). ``options`` go to ``nats.connect``."""
+        prefix = (
+            subjects.inbox_prefix(region)
+            if role is NatsRole.ADMIN
+            else subjects.client_inbox_prefix(region, role.value)
+        )
+        options.setdefault("connect_timeout", 5)
+        return await nats.connect(
+            self.url(region),
+            nkeys_seed=str(self.client_seed(region, role)),
+            inbox_prefix=prefix.encode(),
+            **options,
+        )
+
+    async def admin_client(self, region: str, **options: Any) -> NATS:
+        """:meth:`connect` as the admin: the dev stack's readiness probe and the tests' own clients."""
+        return await self.connect(region, NatsRole.ADMIN, **options)
 
     async def stop(self) -> None:
         for leaf in self.leaves.values():

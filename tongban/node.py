@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,11 +15,12 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nats.aio.client import Client as NATS
 
-from tongban import subjects
+from tongban import natsconfig, subjects
 from tongban.config import Config
 from tongban.envelope import EnvelopeRejected, Reason
 from tongban.errors import ConfigError, Unavailable
 from tongban.keys import SealingKey, SigningKey, load_sealing_key, load_signing_key
+from tongban.natsconfig import NatsRole
 from tongban.privacy import Correlator
 from tongban.registry import Registry
 from tongban.trust import RegistryWatcher, load_newest
@@ -239,15 +243,64 @@ def load_secrets(cfg: Config, registry: Registry | None = None) -> RegionSecrets
     return secrets
 
 
-async def connect_nats(cfg: Config, *, name: str, **callbacks: Any) -> NATS:
-    """Connect to the region's own nats-server with a region-specific inbox prefix.
+def _nats_tls(cfg: Config) -> ssl.SSLContext | None:
+    """The client-port TLS context of ``[nats]``, or None (plaintext, a server on loopback)."""
+    n = cfg.nats
+    if not n.tls_ca:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.path(n.tls_ca)))
+        if n.tls_cert:
+            ctx.load_cert_chain(cfg.path(n.tls_cert), cfg.path(n.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[nats] TLS files cannot be loaded: {exc}") from exc
+    return ctx
+
+
+def nats_seed_file(cfg: Config, role: NatsRole) -> Path:
+    """The NKey seed file ``role`` logs in with, checked before any connection: set, a user seed,
+    and readable by its owner only (a seed is a password that never leaves the host).
+
+    Raises:
+        ConfigError: not set, missing, readable by group or others, or not an NKey user seed.
+    """
+    setting = cfg.nats.nkey_seed(role)
+    if not setting:
+        raise ConfigError(
+            f"[nats] {role.value}_nkey_seed is not set: the region's nats-server admits no anonymous client"
+        )
+    path = cfg.path(setting)
+    try:
+        mode = path.stat().st_mode
+        seed = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"[nats] {role.value}_nkey_seed {path} cannot be read: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise ConfigError(f"[nats] {role.value}_nkey_seed {path} is readable by others: chmod 600 it")
+    natsconfig.public_key(seed)
+    return path
+
+
+async def connect_nats(cfg: Config, *, role: NatsRole, name: str, **callbacks: Any) -> NATS:
+    """Connect to the region's own nats-server as ``role``'s NKey user, with that role's inbox
+    prefix (``_INBOX_<code>.<role>``: in the region's inbox space, apart from the other roles'), over
+    TLS first when ``[nats] tls_ca`` is set.
 
     The first connection must succeed within ``connect_timeout_s`` (per attempt, a few attempts);
     afterwards the client reconnects forever, and the caller's health reflects the state.
+
+    Raises:
+        ConfigError: ``role`` is not a process role, its seed or the TLS files are unusable, or
+            the server refuses the role's NKey (it does not know the key).
+        Unavailable: no server answered.
     """
+    if role not in natsconfig.PROCESS_ROLES:
+        raise ConfigError(f"{role.value} is not a process role of a region's NATS")
+    seed = nats_seed_file(cfg, role)
+    tls = _nats_tls(cfg)
 
     async def _error_cb(exc: Exception) -> None:
-        log.warning("nats.error", error=type(exc).__name__, detail=str(exc)[:200])
+        log.warning("nats.error", role=role.value, error=type(exc).__name__, detail=str(exc)[:200])
 
     async def _disconnected_cb() -> None:
         log.warning("nats.disconnected")
@@ -261,16 +314,56 @@ async def connect_nats(cfg: Config, *, name: str, **callbacks: Any) -> NATS:
         "reconnected_cb": _reconnected_cb,
     }
     opts.update(callbacks)
-    try:
-        return await nats.connect(
+    if tls is not None:
+        # TLS before the server's first word: nobody in between can make the client speak plaintext
+        # and relay its NKey challenge (the server side is `handshake_first: true`).
+        opts.update(tls=tls, tls_handshake_first=True)
+    # nats-py retries refused credentials like an unreachable server, for ever: a start with a seed
+    # the region does not know fails at once instead, naming the role.
+    refused = asyncio.Event()
+    report = opts["error_cb"]
+
+    async def _refusal_cb(exc: Exception) -> None:
+        if _AUTH_REFUSED in str(exc).lower():
+            refused.set()
+        await report(exc)
+
+    opts["error_cb"] = _refusal_cb
+    # Fractional seconds work (nats-py waits with asyncio), though its signature says int.
+    opts.update(connect_timeout=cfg.nats.connect_timeout_s, reconnect_time_wait=0.5)
+    nc = NATS()
+    connecting = asyncio.ensure_future(
+        nc.connect(
             servers=cfg.nats.servers,
             name=name,
-            inbox_prefix=subjects.inbox_prefix(cfg.region.code).encode(),
-            connect_timeout=cfg.nats.connect_timeout_s,
+            nkeys_seed=str(seed),
+            inbox_prefix=subjects.client_inbox_prefix(cfg.region.code, role.value).encode(),
             max_reconnect_attempts=cfg.nats.max_reconnect_attempts,
-            reconnect_time_wait=0.5,
             allow_reconnect=True,
             **opts,
         )
+    )
+    refusal = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            await nc.close()
+    if connecting.cancelled():
+        raise ConfigError(
+            f"the nats-server refused the {role.value} user's NKey ([nats] {role.value}_nkey_seed): "
+            "is its public key in the region's authorization?"
+        )
+    try:
+        connecting.result()
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         raise Unavailable(f"cannot connect to NATS at {', '.join(cfg.nats.servers)}") from exc
+    return nc
+
+
+_AUTH_REFUSED = "authorization violation"
+"""How nats-server names refused credentials (nats-py passes its ``-ERR`` text on)."""

@@ -178,6 +178,12 @@ def inbox_prefix(region: str) -> str:
     return f"_INBOX_{_token(region, 'region')}"
 
 
+def client_inbox_prefix(region: str, role: str) -> str:
+    """Inbox prefix of one process role of ``region`` (``_INBOX_<region>.<role>``): inside the
+    region's inbox space, which the hub routes to it, but apart from the other roles' replies."""
+    return f"{inbox_prefix(region)}.{_token(role, 'role')}"
+
+
 def inbox_region(reply: str) -> str | None:
     """The region whose inbox ``reply`` is in (``_INBOX_<region>.<token>…``), else None."""
     head, dot, rest = reply.partition(".")

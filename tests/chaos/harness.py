@@ -160,6 +160,7 @@ async def run_chaos(root: Path, *, submits: int, concurrency: int = 24, out: Tex
             root / "state",
             REGIONS,
             nats_urls={r: topology.url(r) for r in REGIONS},
+            nats_seeds=topology.client_seeds(),
             extra={
                 "gateway": {
                     "reconcile_interval_s": 2.0,

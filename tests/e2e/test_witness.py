@@ -65,7 +65,7 @@ async def region(topology: Topology, state: DevState, code: str) -> AsyncIterato
     path = cfg.path(cfg.ledger.path)
     ledger = SQLiteLedger(path, code)
     await ledger.open()
-    nc = await nats.connect(topology.url(code), inbox_prefix=subjects.inbox_prefix(code).encode())
+    nc = await topology.admin_client(code)  # witness, publisher and the test's own probes share it
     r = Region(code, nc, ledger, registry, load_secrets(cfg, registry), Path(path))
     try:
         yield r

@@ -37,11 +37,12 @@ from tests.e2e.cases import submit_request
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
-from tests.helpers import eventually
+from tests.helpers import eventually, nkey_connect
 from tongban import envelope, messages, subjects
 from tongban.config import Config
 from tongban.devstate import init_state
 from tongban.keys import SigningKey
+from tongban.natsconfig import NatsRole
 from tongban.natsserver import Topology
 from tongban.node import load_registry, load_secrets
 from tongban.registry import Registry
@@ -59,7 +60,12 @@ Edit = Callable[[registry_pb2.TrustRegistry], None]
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     root: Path = tmp_path_factory.mktemp("refusals")
     async with Topology(root / "nats", list(REGIONS)) as topology:
-        state = init_state(root / "state", REGIONS, nats_urls={r: topology.url(r) for r in REGIONS})
+        state = init_state(
+            root / "state",
+            REGIONS,
+            nats_urls={r: topology.url(r) for r in REGIONS},
+            nats_seeds=topology.client_seeds(),
+        )
         s = await start_stack(topology, state)
         try:
             yield s
@@ -701,8 +707,9 @@ async def test_oversized_nats_message_never_reaches_the_connector(scene: Scene) 
     host, port = stack.topology.url(SZ).removeprefix("nats://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"INFO ")
-        writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        info = await asyncio.wait_for(reader.readline(), 5)
+        assert info.startswith(b"INFO ")
+        writer.write(nkey_connect(info, stack.topology.client_seed(SZ, NatsRole.ADMIN)))
         writer.write(f"PUB {subject} _INBOX_{SZ}.raw {len(too_big)}\r\n".encode())
         await writer.drain()
         assert await asyncio.wait_for(reader.readline(), 5) == b"-ERR 'Maximum Payload Violation'\r\n"
