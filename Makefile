@@ -31,7 +31,7 @@ test: $(STAMP) ## run the whole test suite
 SOAK_RUNS ?= 3
 
 soak: $(STAMP) ## the whole suite 3 times in a row with a CPU hog on one core; stops at the first failure
-	@hog=""; trap 'test -n "$$hog" && kill $$hog 2>/dev/null; true' EXIT INT TERM; \
+	@hog=""; trap 'test -n "$$hog" && kill $$hog 2>/dev/null; true' EXIT; trap 'exit 130' INT TERM; \
 	$(BIN)/python -c 'while True: pass' & hog=$$!; \
 	echo "soak: CPU hog pid $$hog, $(SOAK_RUNS) runs"; \
 	for i in $$(seq 1 $(SOAK_RUNS)); do \
