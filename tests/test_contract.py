@@ -61,7 +61,11 @@ def test_rendered_configs_pass_nats_server_t(tmp_path: Path, spec: ServerSpec) -
     conf = tmp_path / "server.conf"
     secrets = natsconfig.ensure_secrets(tmp_path / "secrets", ["440300"], ["127.0.0.1"])
     link = secrets.hub_link() if spec.is_hub else secrets.leaf_link("440300")
-    conf.write_text(render_config(dataclasses.replace(spec, security=link), tmp_path / "js"))
+    users = (
+        () if spec.is_hub else tuple(natsconfig.region_users("440300", secrets.client_public_keys("440300")))
+    )
+    spec = dataclasses.replace(spec, security=link, client_users=users)
+    conf.write_text(render_config(spec, tmp_path / "js"))
     result = subprocess.run(
         [str(check_binary()), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30
     )

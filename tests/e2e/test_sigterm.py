@@ -137,7 +137,7 @@ async def _serving(address: str, gateway: Child) -> None:
 
 
 async def _reachable(topology: Topology, connector: Child) -> None:
-    nc = await nats.connect(topology.url(SZ), inbox_prefix=subjects.inbox_prefix(SZ).encode())
+    nc = await topology.admin_client(SZ)
     try:
 
         async def answers() -> bool:
