@@ -87,7 +87,7 @@ async def test_gateway_stop_is_bounded_while_its_health_probe_runs(state: DevSta
             await gateway.start()
             # The stop lands at a different point of the running probe loop each time: that spread
             # is the behaviour under test, not a wait for a condition.
-            await asyncio.sleep(0.02 + 0.007 * i)
+            await asyncio.sleep(0.02 + 0.007 * i)  # where the stop lands: the behaviour under test
             # Bounded by its own deadline ([process] grace_s): a stop that hangs fails here, not the
             # loop's teardown (on a loaded machine a stop may take a while; only a hang is a bug).
             async with asyncio.timeout(cfg.process.grace_s + 2.0):

@@ -89,7 +89,7 @@ class Load:
         if exc.code() not in defined:
             self.undefined.append(f"{rpc} during {self.phase}: {exc.code().name} {exc.details()}")
         # A partner backs off after an error; without it a refused connection is a busy loop.
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the partner's back-off: behaviour of the load, not a wait
 
     async def run(self, queries: int = 6, submits: int = 3) -> None:
         async with grpc.aio.insecure_channel(self.address) as ch:
