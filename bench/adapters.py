@@ -8,8 +8,8 @@ from typing import Any
 
 from bench.bare import SAMPLE
 from connectors.adapters import Adapter, AdapterRequest
-from tongban.catalogue import Catalogue
-from tongban.config import Config
+from tongban.core.catalogue import Catalogue
+from tongban.runtime.config import Config
 
 
 class FixedAdapter:

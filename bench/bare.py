@@ -20,8 +20,8 @@ import grpc
 import nats
 from google.protobuf.struct_pb2 import Struct
 
-from tongban import subjects
-from tongban.process import wait_for_signal
+from tongban.core import subjects
+from tongban.runtime.process import wait_for_signal
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SAMPLE = {

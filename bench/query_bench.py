@@ -25,9 +25,9 @@ from pathlib import Path
 
 import grpc
 
-from tongban.catalogue import Catalogue
-from tongban.dev import DEMO_PERSON, DevStack
-from tongban.natsconfig import NatsRole
+from tongban.core.catalogue import Catalogue
+from tongban.ops.dev import DEMO_PERSON, DevStack
+from tongban.runtime.natsroles import NatsRole
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SZ, WX = "440300", "320200"

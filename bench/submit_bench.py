@@ -31,8 +31,8 @@ from nats.js.api import StorageType, StreamConfig
 
 from bench.query_bench import cpu_seconds
 from gateway.cases import message_ids_with_status
-from tongban.dev import DevStack
-from tongban.natsserver import Topology
+from tongban.ops.dev import DevStack
+from tongban.ops.natsserver import Topology
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SZ, WX = "440300", "320200"

@@ -1,7 +1,7 @@
 """Adapters connect a connector to a region's local back-end systems.
 
 An adapter is anything with an async ``call``; the connector finds one per catalogue item code.
-Adapters raise :class:`tongban.errors.NotFound` when the back end has no record and
+Adapters raise :class:`tongban.core.errors.NotFound` when the back end has no record and
 :class:`AdapterFailure` when the back end itself failed; any other exception is a bug and is
 reported as INTERNAL without details.
 """
@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from grpc import StatusCode
 
-from tongban.errors import TongbanError
+from tongban.core.errors import TongbanError
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 
@@ -123,7 +123,7 @@ async def submit_via_call(
     """A Submit to a back end that only answers data checks (秒批, instant approval by data check):
     a record found is 1 已接件 → 3 已受理 → 11 办结（通过）; no record is 1 已接件 → 5 不予受理.
     Back-end failures propagate (and are retried by the connector)."""
-    from tongban.errors import NotFound
+    from tongban.core.errors import NotFound
 
     try:
         await adapter.call(request)

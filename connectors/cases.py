@@ -36,16 +36,17 @@ from opentelemetry.trace import SpanKind
 from connectors.adapters import AdapterFailure, CaseAdapter, StatusUpdate, adapter_request, submit_via_call
 from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
 from ledger import Entry, EntryDraft, Event
-from tongban import envelope, messages, subjects, telemetry
-from tongban.delivery import policy_for
-from tongban.envelope import EnvelopeRejected, Reason
-from tongban.errors import InvalidRequest, NotFound, TongbanError, Violation
-from tongban.forwarder import Forwarder
-from tongban.ids import new_message_id
-from tongban.metrics import Hop, set_outcome
-from tongban.receipts import sign_receipt
-from tongban.shutdown import Deadline, finish_task, finish_tasks
-from tongban.streams import durable_pull, ensure_streams
+from tongban.core import envelope, messages, subjects
+from tongban.core.delivery import policy_for
+from tongban.core.envelope import EnvelopeRejected, Reason
+from tongban.core.errors import InvalidRequest, NotFound, TongbanError, Violation
+from tongban.core.ids import new_message_id
+from tongban.core.receipts import sign_receipt
+from tongban.runtime import telemetry
+from tongban.runtime.forwarder import Forwarder
+from tongban.runtime.metrics import Hop, set_outcome
+from tongban.runtime.shutdown import Deadline, finish_task, finish_tasks
+from tongban.runtime.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 if TYPE_CHECKING:

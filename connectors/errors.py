@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grpc import StatusCode
 
-from tongban.errors import TongbanError
+from tongban.core.errors import TongbanError
 
 
 class Refused(TongbanError):

@@ -34,19 +34,20 @@ from connectors.cases import CaseWorker
 from connectors.errors import Refused
 from connectors.state import ConnectorState
 from ledger import EntryDraft, Event, LedgerStore
-from tongban import envelope, messages, subjects, telemetry
-from tongban.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
-from tongban.config import Config
-from tongban.envelope import EnvelopeRejected, Reason
-from tongban.errors import InvalidRequest, NotFound, TongbanError
-from tongban.ids import is_message_id, new_message_id
-from tongban.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
-from tongban.natsconfig import NatsRole
-from tongban.node import RegionSecrets, connect_nats, registry_watcher
-from tongban.receipts import sign_receipt
-from tongban.registry import Registry
-from tongban.shutdown import Deadline, finish_tasks, within
-from tongban.trust import RegistryWatcher
+from tongban.core import envelope, messages, subjects
+from tongban.core.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
+from tongban.core.envelope import EnvelopeRejected, Reason
+from tongban.core.errors import InvalidRequest, NotFound, TongbanError
+from tongban.core.ids import is_message_id, new_message_id
+from tongban.core.receipts import sign_receipt
+from tongban.core.registry import Registry
+from tongban.runtime import telemetry
+from tongban.runtime.config import Config
+from tongban.runtime.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
+from tongban.runtime.natsroles import NatsRole
+from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.shutdown import Deadline, finish_tasks, within
+from tongban.runtime.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 _SEEN_IN_MEMORY = 100_000

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tongban.delivery import TERMINAL_STATUSES
-from tongban.sqlitedb import SqliteDb
+from tongban.core.delivery import TERMINAL_STATUSES
+from tongban.runtime.sqlitedb import SqliteDb
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS processed (

@@ -6,14 +6,14 @@ import structlog
 from opentelemetry import trace
 
 from gateway.server import Gateway
-from ledger.configured import store_for
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.metrics import component_metrics, monitor_component
-from tongban.node import load_registry, load_secrets
-from tongban.process import serve_until_signal, stop_node
-from tongban.shutdown import Deadline
-from tongban.telemetry import configure_tracing
+from tongban.core.catalogue import Catalogue
+from tongban.runtime.config import Config
+from tongban.runtime.ledgers import store_for
+from tongban.runtime.metrics import component_metrics, monitor_component
+from tongban.runtime.node import load_registry, load_secrets
+from tongban.runtime.process import serve_until_signal, stop_node
+from tongban.runtime.shutdown import Deadline
+from tongban.runtime.telemetry import configure_tracing
 
 log = structlog.get_logger("tongban.gateway")
 

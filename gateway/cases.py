@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tongban.delivery import delivery_rank
-from tongban.sqlitedb import SqliteDb
+from tongban.core.delivery import delivery_rank
+from tongban.runtime.sqlitedb import SqliteDb
 from tongban.v1 import exchange_pb2
 
 _SCHEMA = (

@@ -23,11 +23,10 @@ from opentelemetry.trace import SpanKind
 
 from gateway.interceptors import Caller, current_caller
 from ledger import EntryDraft, Event, LedgerStore
-from tongban import envelope, messages, subjects, telemetry
-from tongban.catalogue import Catalogue, validate_request
-from tongban.config import Config
-from tongban.envelope import EnvelopeRejected
-from tongban.errors import (
+from tongban.core import envelope, messages, subjects
+from tongban.core.catalogue import Catalogue, validate_request
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import (
     DeadlineExceeded,
     InvalidRequest,
     PermissionDenied,
@@ -36,12 +35,14 @@ from tongban.errors import (
     Unavailable,
     Violation,
 )
-from tongban.ids import new_message_id
-from tongban.metrics import NO_METRICS, Hop, Metrics, label_request
-from tongban.node import RegionSecrets
-from tongban.privacy import mask_subject
-from tongban.receipts import verify_receipt
-from tongban.registry import Registry
+from tongban.core.ids import new_message_id
+from tongban.core.privacy import mask_subject
+from tongban.core.receipts import verify_receipt
+from tongban.core.registry import Registry
+from tongban.runtime import telemetry
+from tongban.runtime.config import Config
+from tongban.runtime.metrics import NO_METRICS, Hop, Metrics, label_request
+from tongban.runtime.node import RegionSecrets
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
 
 if TYPE_CHECKING:

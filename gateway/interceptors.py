@@ -22,9 +22,9 @@ from opentelemetry.trace import StatusCode as SpanStatus
 
 from gateway.errors import internal_status, to_status
 from gateway.ratelimit import CallCounter, ConcurrencyLimits, PartnerLimiter
-from tongban.certs import partner_of
-from tongban.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
-from tongban.metrics import NO_METRICS, Metrics
+from tongban.core.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
+from tongban.runtime.certs import partner_of
+from tongban.runtime.metrics import NO_METRICS, Metrics
 
 log = structlog.get_logger("tongban.gateway")
 _ROOT = otel_context.Context()

@@ -25,8 +25,15 @@ from ledger import Entry, LedgerStore
 from ledger.entry import canonical_bytes
 from ledger.merkle import leaf_hash
 from ledger.tree import LedgerTree
-from tongban.errors import DeadlineExceeded, InvalidRequest, NotFound, TongbanError, Unavailable, Violation
-from tongban.ids import is_case_no, is_message_id, is_trace_id
+from tongban.core.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    NotFound,
+    TongbanError,
+    Unavailable,
+    Violation,
+)
+from tongban.core.ids import is_case_no, is_message_id, is_trace_id
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 DEFAULT_LIMIT = 1000

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tongban.errors import RateLimited
+from tongban.core.errors import RateLimited
 
 # Retry hints of the refusals: an in-flight unary call ends within its deadline (usually far
 # sooner); a stream ends only when its case does, so hammering for a stream slot gains nothing.
@@ -66,7 +66,7 @@ class PartnerLimiter:
 
 @dataclass(frozen=True)
 class ConcurrencyLimits:
-    """Bounds on calls in flight (each >= 1); see ``[gateway]`` in tongban/config.py."""
+    """Bounds on calls in flight (each >= 1); see ``[gateway]`` in tongban/runtime/config.py."""
 
     per_connection: int
     """Calls (unary and streams) on one client connection."""

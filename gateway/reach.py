@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from tongban import subjects
-from tongban.registry import Registry
+from tongban.core import subjects
+from tongban.core.registry import Registry
 
 
 class PeerReach:

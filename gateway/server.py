@@ -24,15 +24,15 @@ from gateway.submit import CaseDesk
 from gateway.witness import CheckpointPublisher, Witness, fetch_entries
 from ledger import LedgerStore
 from ledger.tree import LedgerTree
-from tongban.catalogue import Catalogue
-from tongban.config import Config, GatewayConfig
-from tongban.errors import ConfigError
-from tongban.metrics import NO_METRICS, Metrics
-from tongban.natsconfig import NatsRole
-from tongban.node import RegionSecrets, connect_nats, registry_watcher
-from tongban.registry import Registry
-from tongban.shutdown import Deadline, stop_task, within
-from tongban.trust import RegistryWatcher
+from tongban.core.catalogue import Catalogue
+from tongban.core.errors import ConfigError
+from tongban.core.registry import Registry
+from tongban.runtime.config import Config, GatewayConfig
+from tongban.runtime.metrics import NO_METRICS, Metrics
+from tongban.runtime.natsroles import NatsRole
+from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.shutdown import Deadline, stop_task, within
+from tongban.runtime.trust import RegistryWatcher
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = structlog.get_logger("tongban.gateway")

@@ -38,15 +38,23 @@ from gateway.cases import CaseRow, CaseStore, IdempotencyConflict
 from gateway.exchange import ExchangeCore
 from gateway.interceptors import Caller, current_caller
 from ledger import EntryDraft, Event
-from tongban import envelope, messages, subjects, telemetry
-from tongban.delivery import is_terminal, policy_for
-from tongban.envelope import EnvelopeRejected
-from tongban.errors import InvalidRequest, NotFound, PermissionDenied, TongbanError, Unavailable, Violation
-from tongban.forwarder import Forwarder
-from tongban.ids import is_case_no, is_message_id, new_case_no, new_message_id
-from tongban.metrics import Hop, label_request
-from tongban.shutdown import Deadline, finish_tasks, within
-from tongban.streams import durable_pull, ensure_streams
+from tongban.core import envelope, messages, subjects
+from tongban.core.delivery import is_terminal, policy_for
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    TongbanError,
+    Unavailable,
+    Violation,
+)
+from tongban.core.ids import is_case_no, is_message_id, new_case_no, new_message_id
+from tongban.runtime import telemetry
+from tongban.runtime.forwarder import Forwarder
+from tongban.runtime.metrics import Hop, label_request
+from tongban.runtime.shutdown import Deadline, finish_tasks, within
+from tongban.runtime.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")

@@ -59,7 +59,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ledger.bundle import entry_json, proven_entry
 from ledger.checkpoint import (
     MAX_NOTE_BYTES,
     Checkpoint,
@@ -76,12 +75,13 @@ from ledger.errors import LedgerError
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
-from tongban import subjects
-from tongban.envelope import EnvelopeRejected
-from tongban.ids import is_message_id, is_trace_id
-from tongban.node import RegionSecrets
-from tongban.registry import Registry
-from tongban.shutdown import stop_task, within
+from tongban.core import subjects
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.ids import is_message_id, is_trace_id
+from tongban.core.registry import Registry
+from tongban.runtime.bundle import entry_json, proven_entry
+from tongban.runtime.node import RegionSecrets
+from tongban.runtime.shutdown import stop_task, within
 from tongban.v1 import registry_pb2
 
 log = structlog.get_logger("gateway.witness")
@@ -313,7 +313,7 @@ class CheckpointPublisher:
 
 
 def _entry_doc(e: Entry) -> dict[str, Any]:
-    """An entry as :func:`ledger.bundle.entry_json` encodes it, with its chain link instead of an
+    """An entry as :func:`tongban.runtime.bundle.entry_json` encodes it, with its chain link instead of an
     inclusion proof and without the canonical bytes (the asker re-encodes the fields and checks that
     they hash, with ``prev_hash``, to ``entry_hash``)."""
     doc = entry_json(e, ())

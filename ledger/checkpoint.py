@@ -202,7 +202,7 @@ class SignedCheckpoint:
 
 
 class NoteKey(Protocol):
-    """What signing needs of a key: ``tongban.keys.SigningKey`` is one."""
+    """What signing needs of a key: ``tongban.core.keys.SigningKey`` is one."""
 
     @property
     def public_raw(self) -> bytes: ...

@@ -27,17 +27,18 @@ from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import LedgerStore
-from ledger.configured import store_for
 from tests.helpers import eventually
-from tongban import certs, subjects
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.devstate import DevState, init_state
-from tongban.metrics import NO_METRICS, ComponentMonitor, Metrics, monitor_component
-from tongban.natsconfig import NatsRole
-from tongban.natsserver import Topology
-from tongban.node import load_registry, load_secrets
-from tongban.registry import Registry, sign_registry
+from tongban.core import subjects
+from tongban.core.catalogue import Catalogue
+from tongban.core.registry import Registry, sign_registry
+from tongban.ops.devstate import DevState, init_state
+from tongban.ops.natsserver import Topology
+from tongban.runtime import certs
+from tongban.runtime.config import Config
+from tongban.runtime.ledgers import store_for
+from tongban.runtime.metrics import NO_METRICS, ComponentMonitor, Metrics, monitor_component
+from tongban.runtime.natsroles import NatsRole
+from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import exchange_pb2_grpc, registry_pb2
 
 SZ, WX, QD = "440300", "320200", "370200"

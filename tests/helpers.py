@@ -1,5 +1,5 @@
 """Test utilities: waiting on conditions (never on sleeps); free ports for fixed-port servers come
-from :func:`tongban.dev.free_port`."""
+from :func:`tongban.ops.dev.free_port`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nkeys
 
-from tongban.dev import free_port
+from tongban.ops.dev import free_port
 
 __all__ = ["eventually", "free_port", "nkey_connect"]
 

@@ -35,8 +35,8 @@ from connectors.adapters import (
     StatusUpdate,
     submit_via_call,
 )
-from tongban.errors import NotFound
-from tongban.identifiers import mask_name
+from tongban.core.errors import NotFound
+from tongban.core.identifiers import mask_name
 
 __all__ = [
     "INSURANCE_TYPES",
@@ -798,11 +798,11 @@ def demo_adapters(backend: DemoBackend) -> dict[str, Adapter]:
         backend: the demo stores.
 
     Returns:
-        Adapters by item code. They raise :class:`~tongban.errors.NotFound` for an applicant the back
+        Adapters by item code. They raise :class:`~tongban.core.errors.NotFound` for an applicant the back
         end does not know.
     """
     from connectors.demo.cases import DemoCaseAdapter
-    from tongban.catalogue import Catalogue
+    from tongban.core.catalogue import Catalogue
     from tongban.v1 import catalogue_pb2
 
     catalogue = Catalogue.load()

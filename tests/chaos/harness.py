@@ -48,9 +48,9 @@ from ledger import Event
 from ledger.verify import verify_sqlite_file
 from tests.e2e.cases import submit_request
 from tests.helpers import free_port
-from tongban.devstate import DevState, init_state
-from tongban.natsserver import NatsServer, Topology
-from tongban.process import die_with_parent
+from tongban.ops.devstate import DevState, init_state
+from tongban.ops.natsserver import NatsServer, Topology
+from tongban.runtime.process import die_with_parent
 from tongban.v1 import exchange_pb2_grpc
 
 SZ, WX, QD = "440300", "320200", "370200"
@@ -103,7 +103,7 @@ class Child:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 die_with_parent(
-                    [sys.executable, "-m", "tongban.cli", self.role, "--config", str(self.config)]
+                    [sys.executable, "-m", "tongban.ops.cli", self.role, "--config", str(self.config)]
                 ),
                 stdout=logf,
                 stderr=subprocess.STDOUT,

@@ -1,5 +1,5 @@
 """A stack whose gateways and connectors have metrics and operator endpoints, as their processes
-would (``gateway/app.py``, ``connectors/app.py``: :class:`tongban.metrics.ComponentMonitor`), and
+would (``gateway/app.py``, ``connectors/app.py``: :class:`tongban.runtime.metrics.ComponentMonitor`), and
 helpers to read the endpoints over real HTTP."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from prometheus_client.samples import Sample
 from connectors.adapters import Adapter
 from connectors.demo.backends import DemoBackend, demo_adapters
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.metrics import ComponentMonitor
-from tongban.natsserver import Topology
+from tongban.core.catalogue import Catalogue
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
+from tongban.runtime.metrics import ComponentMonitor
 
 METRICS_CONFIG = {
     "gateway_listen": "127.0.0.1:0",

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tongban.catalogue import Catalogue
+from tongban.core.catalogue import Catalogue
 from tongban.v1 import exchange_pb2
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "catalogue_requests.json"

@@ -14,9 +14,9 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request
 from tests.e2e.cli import tongban
 from tests.helpers import eventually
-from tongban.devstate import DevState
-from tongban.errors import NotFound, TongbanError
-from tongban.natsserver import Topology
+from tongban.core.errors import NotFound, TongbanError
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 from tongban.v1 import exchange_pb2
 
 

@@ -17,9 +17,9 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, resigned_registry, wait_visible
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tongban import envelope, messages, subjects
-from tongban.config import Config
-from tongban.node import load_secrets
+from tongban.core import envelope, messages, subjects
+from tongban.runtime.config import Config
+from tongban.runtime.node import load_secrets
 from tongban.v1 import envelope_pb2, registry_pb2
 
 Relay = Callable[[str, bytes], Awaitable[bytes]]
@@ -121,7 +121,7 @@ async def test_answer_signed_by_another_region_is_refused(
     """Qingdao (a registered region with valid keys) answers in Wuxi's place: refused."""
     qd = load_secrets(Config.load(stack.state.config_path(QD)))
     sz_cfg = Config.load(stack.state.config_path(SZ))
-    from tongban.node import load_registry
+    from tongban.runtime.node import load_registry
 
     registry = load_registry(sz_cfg)
 

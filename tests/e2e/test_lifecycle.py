@@ -12,10 +12,10 @@ from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import SQLiteLedger
 from tests.conftest import SZ
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.node import load_registry, load_secrets
+from tongban.core.catalogue import Catalogue
+from tongban.ops.devstate import DevState
+from tongban.runtime.config import Config
+from tongban.runtime.node import load_registry, load_secrets
 
 _STOPPED_TASKS = ("gateway-health", "checkpoints-", "registry-watch-", "lproof-", "witness-")
 """Names of the tasks a gateway's stop ends."""

@@ -25,11 +25,11 @@ from tests.e2e.metered import Metered, Scrape, readyz, start_metered_stack, stop
 from tests.e2e.requests import build, cases, pension
 from tests.e2e.test_dead_letters import ATTEMPTS, SwitchableBackend, quick_retry_catalogue
 from tests.helpers import eventually
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.metrics import INSTRUMENTS, Hop
-from tongban.natsserver import Topology
+from tongban.core.catalogue import Catalogue
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
+from tongban.runtime.metrics import INSTRUMENTS, Hop
 from tongban.v1 import catalogue_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 PENSION = "SBJFJLCX0001"

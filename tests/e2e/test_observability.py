@@ -18,9 +18,9 @@ from structlog.testing import capture_logs
 from connectors.runtime import Connector
 from tests.conftest import SZ, WX, Stack
 from tests.e2e.requests import pension
-from tongban.catalogue import Catalogue
-from tongban.node import load_registry, load_secrets
-from tongban.telemetry import add_trace_ids
+from tongban.core.catalogue import Catalogue
+from tongban.runtime.node import load_registry, load_secrets
+from tongban.runtime.telemetry import add_trace_ids
 from tongban.v1 import envelope_pb2
 
 PERSON = "320213198511200025"

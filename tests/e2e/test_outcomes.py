@@ -17,9 +17,9 @@ from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.helpers import eventually
-from tongban import subjects
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.core import subjects
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 
 # A subject only the test's subscriber serves, inside what the hub lets Shenzhen publish to and
 # Wuxi subscribe to (Wuxi's inbox space).

@@ -27,10 +27,10 @@ from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.test_witness import Region, reachable, region
 from tests.helpers import eventually
-from tongban import subjects
-from tongban.devstate import DevState
-from tongban.ids import new_message_id
-from tongban.natsserver import Topology
+from tongban.core import subjects
+from tongban.core.ids import new_message_id
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -11,7 +11,7 @@ from ledger import Event
 from ledger.verify import verify_sqlite_file
 from tests.conftest import SZ, WX, Stack
 from tests.e2e.requests import build, cases, pension
-from tongban import envelope
+from tongban.core import envelope
 
 
 @pytest.mark.parametrize("case", cases(), ids=lambda c: c["service_code"])

@@ -28,10 +28,10 @@ from tests.e2e.cases import CASE_SERVICE, submit_request
 from tests.e2e.cli import tongban
 from tests.e2e.requests import pension
 from tests.helpers import eventually, free_port
-from tongban import subjects
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.core import subjects
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2_grpc
 
 QUERY_SERVICE = pension().request.service_code

@@ -14,7 +14,7 @@ from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import cases
 from tests.helpers import eventually
-from tongban import subjects
+from tongban.core import subjects
 from tongban.v1 import exchange_pb2
 
 APPROVED = [

@@ -24,7 +24,7 @@ from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.metered import Scrape, http_get
 from tests.e2e.requests import pension
 from tests.helpers import eventually
-from tongban.dev import DevStack
+from tongban.ops.dev import DevStack
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SZ, WX = "440300", "320200"

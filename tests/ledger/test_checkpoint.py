@@ -28,7 +28,7 @@ from ledger.checkpoint import (
 from ledger.merkle import EMPTY_ROOT, root_from_leaves
 from ledger.tree import LedgerTree
 from tests.ledger.helpers import REGION, make_draft
-from tongban.keys import SigningKey
+from tongban.core.keys import SigningKey
 
 ORIGIN = origin_of(REGION)
 ROOT = hashlib.sha256(b"a root").digest()

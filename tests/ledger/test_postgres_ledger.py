@@ -112,7 +112,7 @@ async def test_replicas_on_other_hosts_never_sign_inconsistent_checkpoints(
     region's lock, so after the table is edited the replica with the honest tree in memory refuses
     to sign beside the other's checkpoint of the edited one."""
     from ledger.checkpoint import CheckpointRefused, CheckpointSigner
-    from tongban.keys import SigningKey
+    from tongban.core.keys import SigningKey
 
     conn, schema = pg_schema
     key = SigningKey.generate(REGION)

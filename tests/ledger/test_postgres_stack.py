@@ -15,9 +15,9 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.cli import tongban
 from tests.e2e.requests import pension
 from tests.ledger.conftest import PG_DSN
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.errors import ConfigError
-from tongban.natsserver import Topology
+from tongban.core.errors import ConfigError
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
 
 TOKEN = "dev-token-0123456789abcdef"
 

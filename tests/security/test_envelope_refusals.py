@@ -38,14 +38,14 @@ from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
 from tests.helpers import eventually, nkey_connect
-from tongban import envelope, messages, subjects
-from tongban.config import Config
-from tongban.devstate import init_state
-from tongban.keys import SigningKey
-from tongban.natsconfig import NatsRole
-from tongban.natsserver import Topology
-from tongban.node import load_registry, load_secrets
-from tongban.registry import Registry
+from tongban.core import envelope, messages, subjects
+from tongban.core.keys import SigningKey
+from tongban.core.registry import Registry
+from tongban.ops.devstate import init_state
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
+from tongban.runtime.natsroles import NatsRole
+from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import envelope_pb2, exchange_pb2, registry_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -21,13 +21,13 @@ from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from ledger import Event, SQLiteLedger
 from tests.e2e.requests import pension
-from tongban import envelope, messages, subjects
-from tongban.catalogue import Catalogue
-from tongban.config import Config
-from tongban.devstate import init_state
-from tongban.envelope import EnvelopeRejected
-from tongban.ids import new_message_id
-from tongban.node import load_registry, load_secrets
+from tongban.core import envelope, messages, subjects
+from tongban.core.catalogue import Catalogue
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.ids import new_message_id
+from tongban.ops.devstate import init_state
+from tongban.runtime.config import Config
+from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 SZ, WX = "440300", "320200"

@@ -18,9 +18,9 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import build, cases, pension
 from tests.e2e.tamper import craft, send
-from tongban.catalogue import Catalogue
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.core.catalogue import Catalogue
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 from tongban.v1 import exchange_pb2
 
 PENSION = "SBJFJLCX0001"

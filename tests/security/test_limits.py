@@ -25,9 +25,9 @@ from tests.e2e.tamper import craft, send
 from tests.e2e.test_case_progress import AcceptingBackend
 from tests.e2e.test_outcomes import SlowAdapter
 from tests.helpers import eventually
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 PENSION = "SBJFJLCX0001"

@@ -20,10 +20,10 @@ from tests.conftest import SZ, Pki, Stack
 from tests.e2e.cases import submit_request
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tongban import certs
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.errors import ConfigError
+from tongban.core.errors import ConfigError
+from tongban.ops.devstate import DevState
+from tongban.runtime import certs
+from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 

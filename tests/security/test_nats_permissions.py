@@ -3,7 +3,7 @@
 Threat: a region's NATS credentials (its NKey seed and leafnode client certificate) are stolen, or a
 region's own servers are compromised, and used to read another region's requests, Query answers or
 JetStream streams through the hub, or to publish where the region has no business. Control: the hub
-binds each region's NKey user to least-privilege permissions (tongban/natsconfig.py), requires a
+binds each region's NKey user to least-privilege permissions (tongban/ops/natsconfig.py), requires a
 client certificate from the NATS CA on every leafnode link, and denies every ``$JS.>`` API across
 the hub. The hub enforces them itself: the tests speak the leafnode protocol to it directly (a
 compromised leaf ignores the permissions the hub sends it), and also run an unmodified nats-server
@@ -43,14 +43,16 @@ from nats.aio.msg import Msg
 
 from tests.conftest import QD, SZ, WX
 from tests.helpers import eventually, nkey_connect
-from tongban import certs, dlq, natsconfig, subjects, trust
-from tongban.config import Config, RegionConfig
-from tongban.devstate import init_state
-from tongban.errors import ConfigError
-from tongban.natsconfig import NatsRole
-from tongban.natsserver import NatsServer, ServerSpec, Topology
-from tongban.node import connect_nats, nats_seed_file
-from tongban.streams import ensure_streams
+from tongban.core import subjects
+from tongban.core.errors import ConfigError
+from tongban.ops import dlq, natsconfig
+from tongban.ops.devstate import init_state
+from tongban.ops.natsserver import NatsServer, ServerSpec, Topology
+from tongban.runtime import certs, natsroles, streams, trust
+from tongban.runtime.config import Config, RegionConfig
+from tongban.runtime.natsroles import NatsRole
+from tongban.runtime.node import connect_nats, nats_seed_file
+from tongban.runtime.streams import ensure_streams
 
 SVC = "SBJFJLCX0001"
 SENTINEL = subjects.rpc_subject(SZ, "sentinel")
@@ -366,14 +368,14 @@ async def test_another_regions_jetstream_api_is_unreachable(
     neither Wuxi's inbound stream through Wuxi's JetStream domain nor its requests, while Qingdao's
     request is stored there (PubAck back to Qingdao's inbox)."""
     wx = await connect(topology, WX)
-    admin = natsconfig.new_user_seed()  # the rogue's own client user: it lets in whoever it wants
+    admin = natsroles.new_user_seed()  # the rogue's own client user: it lets in whoever it wants
     server = NatsServer(
         ServerSpec(
             name="rogue",
             domain="rogue",
             hub_leaf_url=topology.hub.leaf_url,
             security=topology.secrets.leaf_link(SZ),
-            client_users=tuple(natsconfig.region_users(SZ, {NatsRole.ADMIN: natsconfig.public_key(admin)})),
+            client_users=tuple(natsconfig.region_users(SZ, {NatsRole.ADMIN: natsroles.public_key(admin)})),
         ),
         tmp_path / "rogue",
     )
@@ -381,7 +383,7 @@ async def test_another_regions_jetstream_api_is_unreachable(
     nc = await nats.connect(server.client_url, connect_timeout=5, nkeys_seed_str=admin.decode())
     try:
         await topology.hub.wait_leafnodes(len(topology.regions) + 1)
-        await wx.jetstream(domain=WX).add_stream(subjects.inbound_stream(WX))
+        await wx.jetstream(domain=WX).add_stream(streams.inbound_stream(WX))
         stolen: list[str] = []
 
         async def record(msg: Msg) -> None:
@@ -425,7 +427,7 @@ async def test_leaf_without_the_regions_nkey_cannot_join(
     topology: Topology, rogue: Callable[..., Awaitable[RogueLeaf]]
 ) -> None:
     """A valid client certificate with a seed the hub does not know: refused, link closed."""
-    leaf = await rogue(seed=natsconfig.new_user_seed(), expect_auth=False)
+    leaf = await rogue(seed=natsroles.new_user_seed(), expect_auth=False)
     await leaf.read_to_close()
     assert leaf.errors == ["-ERR 'Authorization Violation'"]
     assert leaf.closed and leaf.msgs == []
@@ -471,7 +473,7 @@ async def test_region_credentials_are_refused_on_the_hubs_client_port(topology: 
 #
 # Threat: anyone on a region's network (or one compromised process of it) connects to the region's
 # own nats-server and reads its durable streams, publishes into them or deletes them. Control: the
-# client port admits only the region's role users (tongban/natsconfig.py client_permissions), each
+# client port admits only the region's role users (tongban/ops/natsconfig.py client_permissions), each
 # with the subjects and JetStream API calls its role makes. A client's refused publish or
 # subscription gets ``-ERR 'Permissions Violation for …'`` and keeps its connection (unlike a leaf);
 # the raw-protocol client below reads the server's exact words, nats-py would lower-case them.
@@ -604,7 +606,7 @@ async def stream_messages(admin: NATS) -> dict[str, int]:
     js = admin.jetstream(domain=WX)
     return {
         s.name: (await js.stream_info(s.name)).state.messages
-        for s in subjects.region_streams(WX)
+        for s in streams.region_streams(WX)
         if s.name is not None
     }
 
@@ -620,7 +622,7 @@ async def test_unauthenticated_client_is_refused_by_a_regions_nats_server(
     once = {"connect_timeout": 5, "allow_reconnect": False, "max_reconnect_attempts": 0}
     for creds in (
         {},
-        {"nkeys_seed_str": natsconfig.new_user_seed().decode()},
+        {"nkeys_seed_str": natsroles.new_user_seed().decode()},
         {"nkeys_seed_str": topology.secrets.seed(WX).decode()},
     ):
         with pytest.raises(nats.errors.Error, match=r"^nats: 'Authorization Violation'$"):
@@ -811,7 +813,7 @@ def test_a_process_refuses_to_connect_without_a_usable_seed(tmp_path: Path) -> N
     """No anonymous fallback: a role without a seed, a seed others can read, or something that is
     not an NKey user seed stops the process before it dials (ConfigError, named)."""
     seed = tmp_path / "gateway.nk"
-    seed.write_bytes(natsconfig.new_user_seed())
+    seed.write_bytes(natsroles.new_user_seed())
     cfg = Config(region=RegionConfig(code=WX))
     with pytest.raises(ConfigError, match=r"^\[nats\] gateway_nkey_seed is not set"):
         nats_seed_file(cfg, NatsRole.GATEWAY)
@@ -838,7 +840,7 @@ async def test_each_process_role_logs_in_as_its_own_user(topology: Topology, tmp
     )
     cfg = Config.load(state.config_path(WX))
     conns = {
-        role: await connect_nats(cfg, role=role, name=f"t-{role.value}") for role in natsconfig.PROCESS_ROLES
+        role: await connect_nats(cfg, role=role, name=f"t-{role.value}") for role in natsroles.PROCESS_ROLES
     }
     try:
         connz = (await asyncio.to_thread(connections, topology, WX))["connections"]
@@ -861,7 +863,7 @@ async def test_a_process_whose_nkey_the_region_does_not_know_stops_at_once(
     ``connect_nats`` fails at once with a ConfigError naming the role (nats-py alone would retry
     for ever), leaving no connection behind."""
     seed = tmp_path / "gateway.nk"
-    seed.write_bytes(natsconfig.new_user_seed())
+    seed.write_bytes(natsroles.new_user_seed())
     seed.chmod(0o600)
     cfg = Config(region=RegionConfig(code=WX))
     cfg.nats.servers = [topology.url(WX)]

@@ -30,10 +30,10 @@ from tests.e2e.cases import submit_request
 from tests.e2e.metered import Metered, start_metered_stack, stop_metered_stack
 from tests.e2e.requests import build, cases, pension
 from tests.helpers import eventually
-from tongban.catalogue import Catalogue
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
-from tongban.telemetry import configure_logging
+from tongban.core.catalogue import Catalogue
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime.telemetry import configure_logging
 from tongban.v1 import catalogue_pb2, exchange_pb2, ledger_pb2
 from tongban.v1.ledger_pb2_grpc import LedgerStub
 

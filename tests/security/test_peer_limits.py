@@ -15,8 +15,8 @@ from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.helpers import eventually
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 
 SERVICE = "SBJFJLCX0001"
 

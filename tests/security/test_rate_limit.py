@@ -13,8 +13,8 @@ from gateway.ratelimit import PartnerLimiter
 from tests.conftest import SZ, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tongban.devstate import DevState
-from tongban.natsserver import Topology
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
 from tongban.v1 import exchange_pb2
 
 

@@ -27,13 +27,14 @@ from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import ask_wuxi, craft, send, send_ok
 from tests.helpers import eventually
-from tongban import envelope, trust
-from tongban.config import Config
-from tongban.devstate import DevState
-from tongban.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
-from tongban.natsserver import Topology
-from tongban.registry import Registry, sign_registry
-from tongban.trust import RegistryWatcher
+from tongban.core import envelope
+from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
+from tongban.core.registry import Registry, sign_registry
+from tongban.ops.devstate import DevState
+from tongban.ops.natsserver import Topology
+from tongban.runtime import trust
+from tongban.runtime.config import Config
+from tongban.runtime.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, registry_pb2
 
 

@@ -8,7 +8,7 @@ import nats
 from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.tamper import craft
 from tests.helpers import eventually
-from tongban import subjects
+from tongban.core import subjects
 
 
 async def test_reply_to_another_regions_subjects_is_refused(stack: Stack) -> None:

@@ -1,0 +1,180 @@
+"""`tongban registry …` and `tongban keys new`: the trust registry's life while nodes run.
+
+A key rotation, end to end (docs/architecture.md, "Security"):
+
+1. the region: ``tongban keys new --use signing --config node.toml`` writes ``signing-<id>.pem``
+   beside the key in use and prints its public key;
+2. the authority: ``tongban registry add-key --file registry.signed --root-key root.key --region R
+   --use signing --public-key HEX --overlap-s 86400`` (the old key stays valid for the overlap);
+3. the authority: ``tongban registry publish --file registry.signed --config node.toml`` for each
+   region, all within ``[keys] activation_delay_s`` (default 120 s) — running nodes adopt it, and
+   the region's nodes sign with the new key once the registry has listed it that long;
+4. later, ``tongban registry revoke --key-id OLD`` and publish again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+USES = {"signing": 1, "sealing": 2}  # registry_pb2.KEY_USE_*
+
+
+def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+    rg = sub.add_parser("registry", help="the trust registry: show, add or revoke keys, publish to a region")
+    rsub = rg.add_subparsers(dest="registry_command", required=True)
+
+    show = rsub.add_parser("show", help="print a signed registry (version, regions, keys, rules)")
+    show.add_argument("--file", required=True, help="SignedRegistry file")
+    show.set_defaults(func=_cmd_show)
+
+    for verb, text in (
+        ("add-key", "add a region's new key; its other keys of that use expire after the overlap"),
+        ("revoke", "mark a key revoked"),
+    ):
+        c = rsub.add_parser(verb, help=text)
+        c.add_argument("--file", required=True, help="SignedRegistry file (rewritten unless --out)")
+        c.add_argument("--root-key", required=True, help="the registry authority's Ed25519 private key (PEM)")
+        c.add_argument("--out", default="", help="write the new registry here instead")
+        if verb == "add-key":
+            c.add_argument("--region", required=True)
+            c.add_argument("--use", choices=sorted(USES), required=True)
+            c.add_argument(
+                "--public-key", required=True, help="raw public key, hex (from `tongban keys new`)"
+            )
+            c.add_argument(
+                "--overlap-s", type=float, default=86400.0, help="how long the old key stays valid"
+            )
+        else:
+            c.add_argument("--key-id", required=True)
+        c.set_defaults(func=_cmd_edit)
+
+    pub = rsub.add_parser(
+        "publish", help="put a signed registry into a region's bucket (nodes adopt it live)"
+    )
+    pub.add_argument("--file", required=True, help="SignedRegistry file")
+    node_flags(pub)
+    pub.set_defaults(func=_cmd_publish)
+
+    ks = sub.add_parser("keys", help="a region's own keys")
+    ksub = ks.add_subparsers(dest="keys_command", required=True)
+    new = ksub.add_parser("new", help="generate the next signing or sealing key beside the one in use")
+    new.add_argument("--use", choices=sorted(USES), required=True)
+    node_flags(new)
+    new.set_defaults(func=_cmd_keys_new)
+
+
+def _fmt(ts: Any) -> str:
+    if not ts.seconds:
+        return "-"
+    return datetime.datetime.fromtimestamp(ts.seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from tongban.runtime.trust import read_signed
+
+    try:
+        doc = read_signed(Path(args.file).read_bytes())
+    except OSError as exc:
+        print(f"tongban registry show: {exc}", file=sys.stderr)
+        return 2
+    print(f"version {doc.version}, issued {_fmt(doc.issued_at)}")
+    for region in doc.regions:
+        print(f"  {region.code} {region.name}  gateway {region.gateway_address or '-'}")
+        for k in region.keys:
+            state = "REVOKED" if k.revoked else "ok"
+            print(f"    {k.key_id:<28} {k.algorithm:<12} {_fmt(k.not_before)} → {_fmt(k.not_after)}  {state}")
+        print(f"    provides {len(region.provided_services)} services")
+    print(f"{len(doc.access_rules)} access rules")
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tongban.core.errors import RegistryError
+    from tongban.runtime import trust
+    from tongban.v1 import registry_pb2
+
+    root = serialization.load_pem_private_key(Path(args.root_key).read_bytes(), password=None)
+    if not isinstance(root, Ed25519PrivateKey):
+        print("tongban registry: --root-key is not an Ed25519 private key", file=sys.stderr)
+        return 2
+    added: list[str] = []
+
+    def edit(doc: registry_pb2.TrustRegistry) -> None:
+        if args.registry_command == "revoke":
+            trust.revoke_key(doc, args.key_id)
+            return
+        try:
+            public = bytes.fromhex(args.public_key)
+        except ValueError:
+            public = b""
+        if len(public) != 32:
+            raise RegistryError("--public-key must be 64 hex characters", reason="BAD_KEY")
+        added.append(trust.add_key(doc, args.region, USES[args.use], public, overlap_s=args.overlap_s))
+
+    data = trust.edit_signed(Path(args.file).read_bytes(), root, edit)
+    out = Path(args.out or args.file)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    what = f"added {added[0]}" if added else f"revoked {args.key_id}"
+    print(f"registry version {trust.read_signed(data).version}: {what}; written to {out}")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from tongban.core.registry import Registry
+    from tongban.ops.cli import _tool_config, _tool_nats
+    from tongban.runtime import trust
+    from tongban.runtime.node import load_root_keys
+
+    cfg = _tool_config(args)
+    data = Path(args.file).read_bytes()
+    registry = Registry.from_signed(data, load_root_keys(cfg))  # refuse to publish what nodes would refuse
+
+    async def run() -> int:
+        nc = await _tool_nats(cfg, "registry")
+        try:
+            revision = await trust.publish(nc, cfg.region.code, data, replicas=cfg.nats.stream_replicas)
+        finally:
+            await nc.close()
+        bucket = trust.bucket_name(cfg.region.code)
+        print(f"registry version {registry.version} put in {bucket} (revision {revision})")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
+    from tongban.ops.cli import _tool_config
+
+    cfg = _tool_config(args)
+    region = cfg.region.code
+    if args.use == "signing":
+        sk = SigningKey.generate(region)
+        current = cfg.path(cfg.keys.signing_key)
+        path = current.with_name(f"{current.stem}-{sk.key_id.rsplit('.', 1)[-1]}{current.suffix}")
+        save_signing_key(path, sk)
+        kid, public = sk.key_id, sk.public_raw
+    else:
+        kk = SealingKey.generate(region)
+        current = cfg.path(cfg.keys.sealing_key)
+        path = current.with_name(f"{current.stem}-{kk.key_id.rsplit('.', 1)[-1]}{current.suffix}")
+        save_sealing_key(path, kk)
+        kid, public = kk.key_id, kk.public_raw
+    print(f"{kid} written to {path}")
+    print(
+        "Give the registry authority:\n"
+        f"  tongban registry add-key --region {region} --use {args.use} --public-key {public.hex()} "
+        "--file registry.signed --root-key root.key"
+    )
+    return 0
