@@ -25,7 +25,7 @@ from ledger import EntryDraft, Event
 from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.e2e.test_witness import Region, reachable, region
+from tests.gateway.test_witness import Region, reachable, region
 from tests.helpers import eventually
 from tongban.core import subjects
 from tongban.core.ids import new_message_id
