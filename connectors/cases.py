@@ -40,7 +40,7 @@ from tongban.core import envelope, messages, subjects
 from tongban.core.delivery import policy_for
 from tongban.core.envelope import EnvelopeRejected, Reason
 from tongban.core.errors import InvalidRequest, NotFound, TongbanError, Violation
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.core.receipts import sign_receipt
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder

@@ -38,16 +38,16 @@ from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
 from tongban.core.envelope import EnvelopeRejected, Reason
 from tongban.core.errors import InvalidRequest, NotFound, TongbanError
-from tongban.core.ids import is_message_id, new_message_id
+from tongban.core.message_ids import is_message_id, new_message_id
 from tongban.core.receipts import sign_receipt
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
+from tongban.runtime.live_registry import RegistryWatcher
 from tongban.runtime.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
-from tongban.runtime.trust import RegistryWatcher
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 _SEEN_IN_MEMORY = 100_000

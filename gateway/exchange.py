@@ -35,7 +35,7 @@ from tongban.core.errors import (
     Unavailable,
     Violation,
 )
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.core.privacy import mask_subject
 from tongban.core.receipts import verify_receipt
 from tongban.core.registry import Registry

@@ -33,7 +33,7 @@ from tongban.core.errors import (
     Unavailable,
     Violation,
 )
-from tongban.core.ids import is_case_no, is_message_id, is_trace_id
+from tongban.core.message_ids import is_case_no, is_message_id, is_trace_id
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc
 
 DEFAULT_LIMIT = 1000

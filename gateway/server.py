@@ -28,11 +28,11 @@ from tongban.core.catalogue import Catalogue
 from tongban.core.errors import ConfigError
 from tongban.core.registry import Registry
 from tongban.runtime.config import Config, GatewayConfig
+from tongban.runtime.live_registry import RegistryWatcher
 from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.runtime.shutdown import Deadline, stop_task, within
-from tongban.runtime.trust import RegistryWatcher
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 log = structlog.get_logger("tongban.gateway")

@@ -49,7 +49,7 @@ from tongban.core.errors import (
     Unavailable,
     Violation,
 )
-from tongban.core.ids import is_case_no, is_message_id, new_case_no, new_message_id
+from tongban.core.message_ids import is_case_no, is_message_id, new_case_no, new_message_id
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
 from tongban.runtime.metrics import Hop, label_request

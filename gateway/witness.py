@@ -77,7 +77,7 @@ from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.core import subjects
 from tongban.core.envelope import EnvelopeRejected
-from tongban.core.ids import is_message_id, is_trace_id
+from tongban.core.message_ids import is_message_id, is_trace_id
 from tongban.core.registry import Registry
 from tongban.runtime.bundle import entry_json, proven_entry
 from tongban.runtime.node import RegionSecrets

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tongban.core.ids import case_region, is_case_no, is_message_id, is_trace_id, new_case_no, new_message_id
+from tongban.core.message_ids import (
+    case_region,
+    is_case_no,
+    is_message_id,
+    is_trace_id,
+    new_case_no,
+    new_message_id,
+)
 
 
 def test_new_case_numbers_are_case_numbers_of_their_region() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from tests.conftest import SZ, WX, Stack
 from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
-from tongban.core.ids import new_message_id
 from tongban.core.keys import SigningKey
+from tongban.core.message_ids import new_message_id
 from tongban.runtime.config import Config
 from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import envelope_pb2, exchange_pb2

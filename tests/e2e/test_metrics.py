@@ -20,10 +20,10 @@ import pytest
 from connectors.adapters import Adapter, AdapterRequest
 from connectors.demo.backends import DemoBackend, demo_adapters
 from tests.conftest import SZ, WX
+from tests.connectors.test_dead_letters import ATTEMPTS, SwitchableBackend, quick_retry_catalogue
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.metered import Metered, Scrape, readyz, start_metered_stack, stop_metered_stack
 from tests.e2e.requests import build, cases, pension
-from tests.connectors.test_dead_letters import ATTEMPTS, SwitchableBackend, quick_retry_catalogue
 from tests.helpers import eventually
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState

@@ -28,7 +28,7 @@ from tests.e2e.requests import pension
 from tests.gateway.test_witness import Region, reachable, region
 from tests.helpers import eventually
 from tongban.core import subjects
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.v1 import ledger_pb2, ledger_pb2_grpc

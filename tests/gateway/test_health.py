@@ -23,7 +23,7 @@ from tests.helpers import eventually
 from tests.security.test_registry_live import _shenzhen_signing_key, root_key
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
-from tongban.runtime import trust
+from tongban.runtime import live_registry
 
 SERVICES = ("", "tongban.v1.Exchange")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -130,14 +130,14 @@ async def test_exchange_is_not_serving_once_its_own_signing_key_is_revoked(stack
     every peer would refuse what it sends."""
     node = stack.nodes[SZ]
     assert node.gateway is not None
-    revoked = trust.edit_signed(
+    revoked = live_registry.edit_signed(
         node.gateway.registry.signed,
         root_key(stack),
         lambda doc: setattr(_shenzhen_signing_key(doc), "revoked", True),
     )
     nc = await stack.nats(SZ)
     try:
-        await trust.publish(nc, SZ, revoked)
+        await live_registry.publish(nc, SZ, revoked)
     finally:
         await nc.close()
 

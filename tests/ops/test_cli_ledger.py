@@ -22,7 +22,7 @@ from tests.e2e.cli import tongban
 from tests.e2e.requests import pension
 from tests.helpers import eventually
 from tongban.core import subjects
-from tongban.runtime import trust
+from tongban.runtime import live_registry
 
 
 async def _delivered(stack: Stack, tmp_path: Path, n: int = 3) -> tuple[str, Path]:
@@ -96,7 +96,7 @@ async def test_receipt_and_inclusion_proof_verify_offline_from_the_bundle(
 
     def revoke_wuxi(d: dict[str, object]) -> None:
         signed = base64.b64decode(str(d["registry"]))
-        revoked = trust.edit_signed(
+        revoked = live_registry.edit_signed(
             signed,
             root,
             lambda doc: [setattr(k, "revoked", True) for r in doc.regions if r.code == WX for k in r.keys],

@@ -26,7 +26,7 @@ import pytest
 from ledger.entry import EntryDraft, Event
 from ledger.store_sqlite import SQLiteLedger
 from tests.e2e.cli import tongban
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.ops.cli import main
 from tongban.ops.report import (
     BEIJING,

@@ -12,7 +12,7 @@ import pytest
 
 from ledger.entry import Entry, EntryDraft, Event
 from ledger.store_sqlite import SQLiteLedger
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.ops.report import Report, collect, period_window, window_between
 
 SZ, WX, QD = "440300", "320200", "370200"

@@ -24,7 +24,7 @@ from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue
 from tongban.core.envelope import EnvelopeRejected
-from tongban.core.ids import new_message_id
+from tongban.core.message_ids import new_message_id
 from tongban.ops.devstate import init_state
 from tongban.runtime.config import Config
 from tongban.runtime.node import load_registry, load_secrets

@@ -48,7 +48,7 @@ from tongban.core.errors import ConfigError
 from tongban.ops import dlq, natsconfig
 from tongban.ops.devstate import init_state
 from tongban.ops.natsserver import NatsServer, ServerSpec, Topology
-from tongban.runtime import certs, natsroles, streams, trust
+from tongban.runtime import certs, live_registry, natsroles, streams
 from tongban.runtime.config import Config, RegionConfig
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import connect_nats, nats_seed_file
@@ -788,7 +788,7 @@ async def test_operator_user_does_its_admin_work_and_no_more(
         await dlq.replay(op, WX, dead.seq)
         assert await dlq.list_dead_letters(op, WX) == []
         assert await stream_messages(op) == {f"IN_{WX}": 2, f"OUT_{WX}": 0, f"EVT_{WX}": 0, f"DLQ_{WX}": 0}
-        assert await trust.publish(op, WX, b"a registry document") >= 1
+        assert await live_registry.publish(op, WX, b"a registry document") >= 1
     finally:
         await op.close()
     operator = await raw(NatsRole.OPERATOR)

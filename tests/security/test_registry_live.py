@@ -32,9 +32,9 @@ from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_sig
 from tongban.core.registry import Registry, sign_registry
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
-from tongban.runtime import trust
+from tongban.runtime import live_registry
 from tongban.runtime.config import Config
-from tongban.runtime.trust import RegistryWatcher
+from tongban.runtime.live_registry import RegistryWatcher
 from tongban.v1 import envelope_pb2, registry_pb2
 
 
@@ -53,7 +53,7 @@ def watchers(stack: Stack) -> list[RegistryWatcher]:
     return out
 
 
-def live_registry(stack: Stack, region: str) -> Registry:
+def connector_registry(stack: Stack, region: str) -> Registry:
     connector = stack.nodes[region].connector
     assert connector is not None
     return connector.registry
@@ -65,7 +65,7 @@ async def publish_everywhere(stack: Stack, data: bytes) -> float:
     for region in stack.nodes:
         nc = await stack.nats(region)
         try:
-            await trust.publish(nc, region, data)
+            await live_registry.publish(nc, region, data)
         finally:
             await nc.close()
     return started
@@ -84,11 +84,14 @@ async def bucket_holds(stack: Stack, region: str, version: int) -> None:
     """Wait until ``region``'s bucket holds the registry of ``version`` again (repaired)."""
     nc = await stack.nats(region)
     try:
-        kv = await trust.registry_bucket(nc, region)
+        kv = await live_registry.registry_bucket(nc, region)
 
         async def repaired() -> bool:
-            held = (await kv.get(trust.KEY)).value or b""
-            return live_registry(stack, region).signed == held and trust.read_signed(held).version == version
+            held = (await kv.get(live_registry.KEY)).value or b""
+            return (
+                connector_registry(stack, region).signed == held
+                and live_registry.read_signed(held).version == version
+            )
 
         await eventually(repaired, what=f"{region}'s bucket repaired")
     finally:
@@ -105,31 +108,31 @@ async def test_registry_rollback_attempt_is_refused(stack: Stack) -> None:
     """An older, genuinely signed registry put in the bucket is refused by every node, and the
     bucket is put back to the newest version."""
     root = root_key(stack)
-    old = live_registry(stack, WX).signed
-    newer = trust.edit_signed(old, root, lambda doc: None)
+    old = connector_registry(stack, WX).signed
+    newer = live_registry.edit_signed(old, root, lambda doc: None)
     await publish_everywhere(stack, newer)
-    await adopted_everywhere(stack, trust.read_signed(newer).version)
+    await adopted_everywhere(stack, live_registry.read_signed(newer).version)
     wx = [w for w in watchers(stack) if w.region == WX]
 
     await publish_everywhere(stack, old)  # the rollback attempt
     await eventually(lambda: all("REGISTRY_ROLLBACK" in w.refused for w in wx), what="rollback refused")
-    assert live_registry(stack, WX).version == trust.read_signed(newer).version
-    await bucket_holds(stack, WX, live_registry(stack, WX).version)
+    assert connector_registry(stack, WX).version == live_registry.read_signed(newer).version
+    await bucket_holds(stack, WX, connector_registry(stack, WX).version)
     # Traffic is unaffected.
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX
 
 
 async def test_registry_signed_by_another_root_is_refused(stack: Stack) -> None:
     forged_doc = registry_pb2.TrustRegistry()
-    forged_doc.CopyFrom(live_registry(stack, WX).document)
+    forged_doc.CopyFrom(connector_registry(stack, WX).document)
     forged_doc.version += 10
     del forged_doc.access_rules[:]  # what a forger would want: everyone cut off
     forged = sign_registry(forged_doc, Ed25519PrivateKey.generate())
-    before = live_registry(stack, WX).version
+    before = connector_registry(stack, WX).version
     await publish_everywhere(stack, forged)
     wx = [w for w in watchers(stack) if w.region == WX]
     await eventually(lambda: all("REGISTRY_SIGNATURE" in w.refused for w in wx), what="forgery refused")
-    assert live_registry(stack, WX).version == before
+    assert connector_registry(stack, WX).version == before
     # The forgery claims a higher version, but it does not verify: the nodes put theirs back.
     await bucket_holds(stack, WX, before)
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX
@@ -142,19 +145,23 @@ async def test_revoked_key_while_running_is_refused(stack: Stack) -> None:
     wx = stack.nodes[WX]
     before = await wx.ledger.size()
     root = root_key(stack)
-    revoked = trust.edit_signed(
-        live_registry(stack, WX).signed,
+    revoked = live_registry.edit_signed(
+        connector_registry(stack, WX).signed,
         root,
         lambda doc: setattr(_shenzhen_signing_key(doc), "revoked", True),
     )
     nc = await stack.nats(WX)
     try:
-        await trust.publish(nc, WX, revoked)  # Wuxi only: Shenzhen's gateway still believes its key is good
+        await live_registry.publish(
+            nc, WX, revoked
+        )  # Wuxi only: Shenzhen's gateway still believes its key is good
     finally:
         await nc.close()
     assert wx.connector is not None and wx.connector.trust is not None
     w = wx.connector.trust
-    await eventually(lambda: w.registry.version == trust.read_signed(revoked).version, what="Wuxi adopts")
+    await eventually(
+        lambda: w.registry.version == live_registry.read_signed(revoked).version, what="Wuxi adopts"
+    )
     calls = wx.backend_calls()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.stub(SZ).Query(pension(), timeout=10)
@@ -214,15 +221,15 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
 
     async with traffic(stack) as t:
         # 1. The new key joins the registry; the old one stays valid for an overlap of 10 minutes.
-        rotated = trust.edit_signed(
-            live_registry(stack, WX).signed,
+        rotated = live_registry.edit_signed(
+            connector_registry(stack, WX).signed,
             root,
-            lambda doc: trust.add_key(
+            lambda doc: live_registry.add_key(
                 doc, SZ, registry_pb2.KEY_USE_SIGNING, new_key.public_raw, overlap_s=600
             ),
         )
         put = await publish_everywhere(stack, rotated)
-        adopted = await adopted_everywhere(stack, trust.read_signed(rotated).version)
+        adopted = await adopted_everywhere(stack, live_registry.read_signed(rotated).version)
         # Shenzhen signs with the new key once the registry has listed it for the activation delay.
         await eventually(lambda: sz_secrets.signing.key_id == new_key.key_id, what="Shenzhen switches")
         assert new_key.key_id != old_kid
@@ -231,7 +238,7 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
         await send_ok(stack, craft(stack, signer=old_key).data)
 
         # 2. The old key is revoked.
-        revoked = trust.edit_signed(rotated, root, lambda doc: trust.revoke_key(doc, old_kid))
+        revoked = live_registry.edit_signed(rotated, root, lambda doc: live_registry.revoke_key(doc, old_kid))
         revoked_at = await publish_everywhere(stack, revoked)
 
         async def old_key_refused() -> bool:
@@ -242,7 +249,7 @@ async def test_key_rotation_on_a_running_stack(stack: Stack) -> None:
         refused_after = time.monotonic() - revoked_at
         problem = await send(stack, craft(stack, signer=old_key).data)
         assert problem.reason == "KEY_REVOKED"
-        revoke_adopted = await adopted_everywhere(stack, trust.read_signed(revoked).version)
+        revoke_adopted = await adopted_everywhere(stack, live_registry.read_signed(revoked).version)
         await t.at_least(20)
     assert not t.errors
     print(
@@ -260,27 +267,27 @@ async def test_sealing_key_rotation_on_a_running_stack(stack: Stack) -> None:
     new_key = SealingKey.generate(WX)
     save_sealing_key(wx_cfg.path(wx_cfg.keys.sealing_key).with_name("sealing-next.pem"), new_key)
     root = root_key(stack)
-    old_kid, _ = live_registry(stack, SZ).sealing_key_for(WX)
+    old_kid, _ = connector_registry(stack, SZ).sealing_key_for(WX)
     async with traffic(stack) as t:
-        rotated = trust.edit_signed(
-            live_registry(stack, WX).signed,
+        rotated = live_registry.edit_signed(
+            connector_registry(stack, WX).signed,
             root,
-            lambda doc: trust.add_key(
+            lambda doc: live_registry.add_key(
                 doc, WX, registry_pb2.KEY_USE_SEALING, new_key.public_raw, overlap_s=600
             ),
         )
         await publish_everywhere(stack, rotated)
-        await adopted_everywhere(stack, trust.read_signed(rotated).version)
-        assert live_registry(stack, SZ).sealing_key_for(WX)[0] == new_key.key_id
+        await adopted_everywhere(stack, live_registry.read_signed(rotated).version)
+        assert connector_registry(stack, SZ).sealing_key_for(WX)[0] == new_key.key_id
         connector = stack.nodes[WX].connector
         assert connector is not None
         assert connector.secrets.sealing_for(new_key.key_id) is not None
         await t.at_least(20)  # sealed to the new key, opened by Wuxi
         # A body sealed to the old key during the overlap still opens.
         await send_ok(stack, craft(stack, seal_to=old_kid).data)
-        revoked = trust.edit_signed(rotated, root, lambda doc: trust.revoke_key(doc, old_kid))
+        revoked = live_registry.edit_signed(rotated, root, lambda doc: live_registry.revoke_key(doc, old_kid))
         await publish_everywhere(stack, revoked)
-        await adopted_everywhere(stack, trust.read_signed(revoked).version)
+        await adopted_everywhere(stack, live_registry.read_signed(revoked).version)
         await t.at_least(20)
     assert not t.errors
 
@@ -304,20 +311,23 @@ async def test_new_key_waits_until_other_regions_can_know_it(slow_activation: St
     gateway = stack.nodes[SZ].gateway
     assert gateway is not None
     old_kid = gateway.secrets.signing.key_id
-    rotated = trust.edit_signed(
-        live_registry(stack, SZ).signed,
+    rotated = live_registry.edit_signed(
+        connector_registry(stack, SZ).signed,
         root_key(stack),
-        lambda doc: trust.add_key(doc, SZ, registry_pb2.KEY_USE_SIGNING, new_key.public_raw, overlap_s=600),
+        lambda doc: live_registry.add_key(
+            doc, SZ, registry_pb2.KEY_USE_SIGNING, new_key.public_raw, overlap_s=600
+        ),
     )
     nc = await stack.nats(SZ)
     try:
-        await trust.publish(nc, SZ, rotated)
+        await live_registry.publish(nc, SZ, rotated)
     finally:
         await nc.close()
-    version = trust.read_signed(rotated).version
+    version = live_registry.read_signed(rotated).version
     assert gateway.trust is not None
     await eventually(
-        lambda: gateway.trust is not None and gateway.trust.registry.version == version, what="adopted"
+        lambda: gateway.trust is not None and gateway.live_registry.registry.version == version,
+        what="adopted",
     )
     assert gateway.secrets.signing.key_id == old_kid
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX

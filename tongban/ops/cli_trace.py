@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tongban.core import outcomes
-from tongban.core.ids import case_region, is_case_no, is_message_id
+from tongban.core.message_ids import case_region, is_case_no, is_message_id
 
 _REGION = re.compile(r"^[0-9]{6}$")
 _REASON = re.compile(r"\breason=(\S+)")

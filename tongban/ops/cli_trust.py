@@ -76,7 +76,7 @@ def _fmt(ts: Any) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from tongban.runtime.trust import read_signed
+    from tongban.runtime.live_registry import read_signed
 
     try:
         doc = read_signed(Path(args.file).read_bytes())
@@ -99,7 +99,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from tongban.core.errors import RegistryError
-    from tongban.runtime import trust
+    from tongban.runtime import live_registry
     from tongban.v1 import registry_pb2
 
     root = serialization.load_pem_private_key(Path(args.root_key).read_bytes(), password=None)
@@ -110,7 +110,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
     def edit(doc: registry_pb2.TrustRegistry) -> None:
         if args.registry_command == "revoke":
-            trust.revoke_key(doc, args.key_id)
+            live_registry.revoke_key(doc, args.key_id)
             return
         try:
             public = bytes.fromhex(args.public_key)
@@ -118,22 +118,24 @@ def _cmd_edit(args: argparse.Namespace) -> int:
             public = b""
         if len(public) != 32:
             raise RegistryError("--public-key must be 64 hex characters", reason="BAD_KEY")
-        added.append(trust.add_key(doc, args.region, USES[args.use], public, overlap_s=args.overlap_s))
+        added.append(
+            live_registry.add_key(doc, args.region, USES[args.use], public, overlap_s=args.overlap_s)
+        )
 
-    data = trust.edit_signed(Path(args.file).read_bytes(), root, edit)
+    data = live_registry.edit_signed(Path(args.file).read_bytes(), root, edit)
     out = Path(args.out or args.file)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(out)
     what = f"added {added[0]}" if added else f"revoked {args.key_id}"
-    print(f"registry version {trust.read_signed(data).version}: {what}; written to {out}")
+    print(f"registry version {live_registry.read_signed(data).version}: {what}; written to {out}")
     return 0
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from tongban.core.registry import Registry
     from tongban.ops.cli import _tool_config, _tool_nats
-    from tongban.runtime import trust
+    from tongban.runtime import live_registry
     from tongban.runtime.node import load_root_keys
 
     cfg = _tool_config(args)
@@ -143,10 +145,12 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     async def run() -> int:
         nc = await _tool_nats(cfg, "registry")
         try:
-            revision = await trust.publish(nc, cfg.region.code, data, replicas=cfg.nats.stream_replicas)
+            revision = await live_registry.publish(
+                nc, cfg.region.code, data, replicas=cfg.nats.stream_replicas
+            )
         finally:
             await nc.close()
-        bucket = trust.bucket_name(cfg.region.code)
+        bucket = live_registry.bucket_name(cfg.region.code)
         print(f"registry version {registry.version} put in {bucket} (revision {revision})")
         return 0
 

@@ -51,8 +51,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from tongban.core import subjects
 from tongban.core.errors import ConfigError
 from tongban.runtime import certs, streams
+from tongban.runtime.live_registry import bucket_name
 from tongban.runtime.natsroles import PROCESS_ROLES, NatsRole, new_user_seed, public_key
-from tongban.runtime.trust import bucket_name
 
 INSTALL_DIR = PurePosixPath("/etc/tongban/nats")
 """Where a production node keeps its NATS secrets; the committed configs reference files here."""
@@ -163,7 +163,8 @@ def _ensures_streams(region: str) -> list[str]:
 
 
 def _registry_bucket(region: str) -> list[str]:
-    """The region's registry bucket (``tongban.runtime.trust``): create it if missing, read, put (a node
+    """The region's registry bucket (``tongban.runtime.live_registry``): create it if missing, read,
+    put (a node
     repairs an older document), watch (an ordered push consumer with flow control)."""
     bucket = bucket_name(region)
     stream = f"KV_{bucket}"

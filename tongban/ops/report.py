@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from tongban.core import outcomes
-from tongban.core.ids import is_message_id
+from tongban.core.message_ids import is_message_id
 
 if TYPE_CHECKING:
     # Only types: the core package stays importable without the ledger package (tongban/ops/cli.py).
@@ -136,7 +136,7 @@ _CONCLUDES_RECEIVED: Final = frozenset({"PROCESSED", *_FAILURES})
 _DIGEST_LABEL: Final = "sha256:"
 """How a connector names an envelope without a usable message id (``sha256:`` + digest prefix)."""
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-"""Digits of a message id (tongban.core.ids: Crockford base32)."""
+"""Digits of a message id (tongban.core.message_ids: Crockford base32)."""
 _NUMBER: Final = re.compile(r"-|[0-9][0-9.,]*(?: ?(?:%|ms|s|min|h))?")
 """A table cell aligned to the right: a count, a rate or a duration (``-`` when there is none)."""
 
@@ -463,7 +463,8 @@ def _is_failure(e: Entry) -> bool:
 
 
 def _message_id_ns(message_id: str) -> int | None:
-    """Creation time of a message id (a ULID: 48-bit milliseconds first, as tongban.core.ids makes them),
+    """Creation time of a message id (a ULID: 48-bit milliseconds first, as tongban.core.message_ids
+    makes them),
     or None when it is not one."""
     if not is_message_id(message_id):
         return None

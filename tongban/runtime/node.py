@@ -23,8 +23,8 @@ from tongban.core.privacy import Correlator
 from tongban.core.registry import Registry
 from tongban.runtime import natsroles
 from tongban.runtime.config import Config
+from tongban.runtime.live_registry import RegistryWatcher, load_newest
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.trust import RegistryWatcher, load_newest
 from tongban.v1 import registry_pb2
 
 log = structlog.get_logger("tongban.runtime.node")

@@ -43,7 +43,7 @@ from tongban.runtime.shutdown import stop_task
 from tongban.runtime.streams import jetstream
 from tongban.v1 import registry_pb2
 
-log = structlog.get_logger("tongban.runtime.trust")
+log = structlog.get_logger("tongban.runtime.live_registry")
 
 KEY = "signed"
 """The one key of a registry bucket."""
