@@ -12,9 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from grpc import StatusCode
-
-from tongban.core.errors import TongbanError
+from tongban.core.errors import Reason, TongbanError
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 
@@ -51,8 +49,7 @@ class AdapterRequest:
 class AdapterFailure(TongbanError):
     """The local back end failed (down, timed out, answered garbage). Transient by default."""
 
-    code = StatusCode.UNAVAILABLE
-    reason = "BACKEND_FAILURE"
+    reason = Reason.BACKEND_FAILURE
 
 
 class Adapter(Protocol):

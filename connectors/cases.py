@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 import nats.js.errors
 import structlog
-from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -46,6 +45,7 @@ from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
 from tongban.runtime.metrics import Hop, set_outcome
 from tongban.runtime.shutdown import Deadline, finish_task, finish_tasks
+from tongban.runtime.status_codes import problem
 from tongban.runtime.streams import durable_pull, ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -201,9 +201,7 @@ class CaseWorker:
         expires_s = max(messages.seconds(h.deadline), now) + self.cfg.connector.clock_skew_s
         if not await self.state.first_sighting(h.message_id, expires_s=expires_s, now_s=now, path="case"):
             replayed = EnvelopeRejected(
-                Reason.REPLAYED,
-                "this message id was already received as a query",
-                code=StatusCode.ALREADY_EXISTS,
+                "this message id was already received as a query", reason=Reason.REPLAYED
             )
             await self._poison(msg, header, replayed)
             return
@@ -217,18 +215,14 @@ class CaseWorker:
             set_outcome("ALREADY_PROCESSED")
             return
         if messages.seconds(h.deadline) <= now:
-            problem = exchange_pb2.Problem(
-                reason=Reason.EXPIRED,
-                message="the request's deadline passed before it could be processed",
-                code=StatusCode.DEADLINE_EXCEEDED.value[0],
-            )
-            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_EXPIRED, problem)
+            expired = problem(Reason.EXPIRED, "the request's deadline passed before it could be processed")
+            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_EXPIRED, expired)
             return
         try:
             request, item, adapter = self.connector.open_request(verified)
         except TongbanError as exc:
-            problem = exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
-            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_REJECTED, problem)
+            refusal = problem(exc.reason, exc.message)
+            await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_REJECTED, refusal)
             return
         c = self.cfg.connector
         policy = policy_for(
@@ -271,7 +265,7 @@ class CaseWorker:
             reason = (
                 exc.reason
                 if isinstance(exc, TongbanError)
-                else ("BACKEND_TIMEOUT" if isinstance(exc, TimeoutError) else "BACKEND_ERROR")
+                else (Reason.BACKEND_TIMEOUT if isinstance(exc, TimeoutError) else Reason.BACKEND_ERROR)
             )
             if attempt >= policy.max_attempts:
                 await self._dead_letter(
@@ -343,12 +337,10 @@ class CaseWorker:
         try:
             events = await self.state.record_report(case_no, build, updates[-1].status)
         except KeyError as exc:
-            raise NotFound("this region has no such case", reason="CASE_NOT_FOUND") from exc
+            raise NotFound("this region has no such case", reason=Reason.CASE_NOT_FOUND) from exc
         except CaseClosed as exc:
             raise TongbanError(
-                "the case is closed: its last status is terminal",
-                reason="CASE_CLOSED",
-                code=StatusCode.FAILED_PRECONDITION,
+                "the case is closed: its last status is terminal", reason=Reason.CASE_CLOSED
             ) from exc
         await self.ledger.append(*(_status_entry(header[0], e, seq) for e in events for seq in e.sequences))
         await self._send(events)
@@ -528,22 +520,20 @@ class CaseWorker:
         )
 
     async def _dead_letter(
-        self, msg: Msg, verified: envelope.Verified, reason: str, attempts: int, *, receipt: bytes = b""
+        self, msg: Msg, verified: envelope.Verified, reason: Reason, attempts: int, *, receipt: bytes = b""
     ) -> None:
         h = verified.header
         await self._to_dlq(msg, h.message_id, h.service_code, reason, attempts)
         self.dead_lettered += 1
-        problem = exchange_pb2.Problem(
-            reason=reason,
-            message=f"the back end failed {attempts} times; the request waits in the dead-letter queue",
-            code=StatusCode.UNAVAILABLE.value[0],
+        dead = problem(
+            reason, f"the back end failed {attempts} times; the request waits in the dead-letter queue"
         )
         await self._conclude(
             msg,
             verified,
             [],
             exchange_pb2.DELIVERY_STATE_DEAD_LETTERED,
-            problem,
+            dead,
             final=False,
             receipt=receipt,
         )

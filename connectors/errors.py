@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from grpc import StatusCode
-
-from tongban.core.errors import TongbanError
+from tongban.core.errors import Reason, TongbanError
 
 
 class Refused(TongbanError):
-    """The connector refuses the request for ``reason`` (mapped to ``code`` at the caller)."""
+    """The connector refuses the request for ``reason``; its status code comes from the one table
+    (tongban/runtime/status_codes.py) when the Problem is built."""
 
-    def __init__(self, reason: str, message: str, code: StatusCode) -> None:
-        super().__init__(message, reason=reason, code=code)
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message, reason=reason)

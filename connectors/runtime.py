@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 import structlog
 from google.protobuf.message import DecodeError
-from grpc import StatusCode
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from opentelemetry import trace
@@ -37,7 +36,7 @@ from ledger import EntryDraft, Event, LedgerStore
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
 from tongban.core.envelope import EnvelopeRejected, Reason
-from tongban.core.errors import InvalidRequest, NotFound, TongbanError
+from tongban.core.errors import NotFound, TongbanError
 from tongban.core.message_ids import is_message_id, new_message_id
 from tongban.core.receipts import sign_receipt
 from tongban.core.registry import Registry
@@ -48,6 +47,7 @@ from tongban.runtime.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestReco
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
+from tongban.runtime.status_codes import problem, problem_of
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 _SEEN_IN_MEMORY = 100_000
@@ -308,9 +308,7 @@ class Connector:
         if not replayed and self.state is not None:
             replayed = not await self.state.first_sighting(message_id, expires_s=expires_s, now_s=now)
         if replayed:
-            raise EnvelopeRejected(
-                Reason.REPLAYED, "this message id was already received", code=StatusCode.ALREADY_EXISTS
-            )
+            raise EnvelopeRejected("this message id was already received", reason=Reason.REPLAYED)
         seen[message_id] = expires_s
         if self.state is not None and len(seen) > _SEEN_IN_MEMORY:
             seen.popitem(last=False)  # the store still remembers it
@@ -352,46 +350,41 @@ class Connector:
         limit = self.cfg.connector.max_envelope_bytes
         if len(data) > limit:  # before any parsing: a peer cannot make us decode or verify megabytes
             raise EnvelopeRejected(
-                Reason.TOO_LARGE,
                 f"envelope of {len(data)} bytes is over the limit of {limit}",
-                code=StatusCode.RESOURCE_EXHAUSTED,
+                reason=Reason.ENVELOPE_TOO_LARGE,
             )
         with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(Hop.VERIFY):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header
             if h.kind not in (envelope_pb2.MESSAGE_KIND_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_REQUEST):
-                raise EnvelopeRejected(Reason.MALFORMED, "not a request", code=StatusCode.INVALID_ARGUMENT)
+                raise EnvelopeRejected("not a request", reason=Reason.ENVELOPE_MALFORMED)
             # One kind never passes as the other: a case copied from a stream onto the RPC subject
             # would run the back end a second time, outside the case's processed record.
             wanted = envelope_pb2.MESSAGE_KIND_CASE_REQUEST if durable else envelope_pb2.MESSAGE_KIND_REQUEST
             if h.kind != wanted or bool(h.case_no) != durable:
                 raise EnvelopeRejected(
-                    Reason.KIND_MISMATCH,
                     "a case request arrives only from the inbound stream, a query only on the RPC subject",
-                    code=StatusCode.FAILED_PRECONDITION,
+                    reason=Reason.KIND_MISMATCH,
                 )
             if h.to_region != self.region:
                 raise EnvelopeRejected(
-                    Reason.WRONG_RECIPIENT,
-                    f"request is addressed to {h.to_region}, not {self.region}",
-                    code=StatusCode.FAILED_PRECONDITION,
+                    f"request is addressed to {h.to_region}, not {self.region}", reason=Reason.WRONG_RECIPIENT
                 )
             expected = (subjects.request_subject if durable else subjects.rpc_subject)(
                 self.region, h.service_code
             )
             if subject != expected:
                 raise EnvelopeRejected(
-                    "SUBJECT_MISMATCH",
                     "request arrived on a subject that does not match its header",
-                    code=StatusCode.FAILED_PRECONDITION,
+                    reason=Reason.SUBJECT_MISMATCH,
                 )
             created = messages.seconds(h.created_at)
             window = self.cfg.connector
             if not durable and created < now - window.freshness_window_s:
-                raise EnvelopeRejected(Reason.STALE, "request is older than the freshness window")
+                raise EnvelopeRejected("request is older than the freshness window", reason=Reason.STALE)
             if created > now + window.clock_skew_s:
                 raise EnvelopeRejected(
-                    Reason.FROM_THE_FUTURE, "request is dated beyond the allowed clock skew"
+                    "request is dated beyond the allowed clock skew", reason=Reason.FROM_THE_FUTURE
                 )
             return verified
 
@@ -409,29 +402,19 @@ class Connector:
                 request = exchange_pb2.RequestBody.FromString(plaintext).request
             except DecodeError as exc:
                 raise EnvelopeRejected(
-                    Reason.MALFORMED, "sealed body does not decode", code=StatusCode.INVALID_ARGUMENT
+                    "sealed body does not decode", reason=Reason.ENVELOPE_MALFORMED
                 ) from exc
             if request.service_code != h.service_code or request.target_region != h.to_region:
-                raise Refused(
-                    "HEADER_BODY_MISMATCH",
-                    "sealed request does not match its header",
-                    StatusCode.INVALID_ARGUMENT,
-                )
+                raise Refused("sealed request does not match its header", reason=Reason.HEADER_BODY_MISMATCH)
         svc = h.service_code
         if not self.registry.provides(self.region, svc) or not self.registry.allows(
             h.from_region, h.origin_system, svc, self.region
         ):
-            raise Refused(
-                "NOT_AUTHORISED",
-                f"region {h.from_region} may not call {svc} here",
-                StatusCode.PERMISSION_DENIED,
-            )
+            raise Refused(f"region {h.from_region} may not call {svc} here", reason=Reason.NOT_AUTHORISED)
         item = validate_request(self.catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
         adapter = self.adapters.get(svc)
         if adapter is None:
-            raise Refused(
-                "SERVICE_NOT_SERVED", f"no back end serves {svc} in {self.region}", StatusCode.UNIMPLEMENTED
-            )
+            raise Refused(f"no back end serves {svc} in {self.region}", reason=Reason.SERVICE_NOT_SERVED)
         return request, item, adapter
 
     async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
@@ -439,9 +422,7 @@ class Connector:
         h = verified.header
         deadline = messages.seconds(h.deadline)
         if deadline <= now:
-            raise EnvelopeRejected(
-                Reason.EXPIRED, "request deadline has passed", code=StatusCode.DEADLINE_EXCEEDED
-            )
+            raise EnvelopeRejected("request deadline has passed", reason=Reason.EXPIRED)
         await self._check_replay(h.message_id, now)
         request, item, adapter = self.open_request(verified)
         peer = h.from_region
@@ -460,9 +441,8 @@ class Connector:
         taken = self._peer_in_flight.get(peer, 0)
         if taken >= limit:
             raise Refused(
-                "PEER_BUSY",
                 f"region {peer} has {taken} requests in progress here (at most {limit}): retry shortly",
-                StatusCode.RESOURCE_EXHAUSTED,
+                reason=Reason.PEER_BUSY,
             )
         self._peer_in_flight[peer] = taken + 1
 
@@ -507,27 +487,17 @@ class Connector:
                 # Fixed texts: a back end's own message may quote the applicant.
                 outcome = exc.reason
                 text = _ADAPTER_MESSAGES.get(type(exc), "the back end failed")
-                body.problem.CopyFrom(
-                    exchange_pb2.Problem(reason=exc.reason, message=text, code=exc.code.value[0])
-                )
+                body.problem.CopyFrom(problem_of(exc, message=text))
             except TimeoutError:
-                outcome = "BACKEND_TIMEOUT"
+                outcome = Reason.BACKEND_TIMEOUT
                 body.problem.CopyFrom(
-                    exchange_pb2.Problem(
-                        reason="BACKEND_TIMEOUT",
-                        message="back end did not answer within the deadline",
-                        code=StatusCode.DEADLINE_EXCEEDED.value[0],
-                    )
+                    problem(Reason.BACKEND_TIMEOUT, "back end did not answer within the deadline")
                 )
             except Exception as exc:
-                outcome = "INTERNAL"
+                outcome = Reason.INTERNAL
                 log.error("adapter.failed", error=type(exc).__name__)
                 body.problem.CopyFrom(
-                    exchange_pb2.Problem(
-                        reason="BACKEND_ERROR",
-                        message="the back end failed; the provider logged it",
-                        code=StatusCode.INTERNAL.value[0],
-                    )
+                    problem(Reason.BACKEND_ERROR, "the back end failed; the provider logged it")
                 )
             sp.set_attribute("tongban.outcome", outcome)
         set_outcome(outcome)
@@ -574,10 +544,7 @@ class Connector:
 
     async def _refuse(self, data: bytes, header: envelope_pb2.Header | None, exc: TongbanError) -> bytes:
         """Record REJECTED and answer with a signed Problem naming the reason."""
-        problem = exchange_pb2.Problem(reason=exc.reason, message=exc.message, code=exc.code.value[0])
-        if isinstance(exc, InvalidRequest):
-            for v in exc.violations:
-                problem.field_violations.add(field=v.field, description=v.description)
+        refusal = problem_of(exc)
         req_digest = envelope.digest(data)
         # Header values are unverified here: only well-formed ids and codes we know are recorded.
         mid, svc, peer = self._labels(header)
@@ -594,12 +561,12 @@ class Connector:
             in_reply_to=message_id,
             request_digest=req_digest,
         )
-        built = messages.build_problem(reply_header, problem, signer=self.secrets.signing)
+        built = messages.build_problem(reply_header, refusal, signer=self.secrets.signing)
         # Ledger fields come from an unverified header here: keep them to safe, bounded tokens.
         await self.ledger.append(
             EntryDraft(Event.REJECTED, message_id, peer, svc, req_digest, trace_id, exc.reason)
         )
-        log.warning("request.rejected", reason=exc.reason, code=exc.code.name)
+        log.warning("request.rejected", reason=exc.reason)
         return built.data
 
 

@@ -1,5 +1,8 @@
 """The one place where tongban errors become gRPC statuses with rich details.
 
+The status code of a reason comes from the one table, tongban/runtime/status_codes.py; a signed
+Problem from another region keeps the code that region gave.
+
 ``google.rpc.Status`` travels in the ``grpc-status-details-bin`` trailer: ``ErrorInfo`` (reason,
 domain, metadata) always, ``BadRequest`` field violations for invalid forms, ``RetryInfo`` where a
 retry may help.
@@ -13,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from tongban.core.errors import InvalidRequest, RemoteProblem, TongbanError
+from tongban.runtime.status_codes import status_from_wire, status_of
 
 DOMAIN = "tongban.gov.cn"
 
@@ -25,13 +29,18 @@ def _pack(msg: object) -> any_pb2.Any:
     return a
 
 
+def code_of(exc: TongbanError) -> grpc.StatusCode:
+    """The gRPC status code ``exc`` is answered with."""
+    return status_from_wire(exc.status) if isinstance(exc, RemoteProblem) else status_of(exc.reason)
+
+
 def to_status(exc: TongbanError, *, region: str = "") -> grpc.Status:
     """Build the gRPC status (code, message, details) for ``exc``."""
-    code: grpc.StatusCode = exc.code
+    code = code_of(exc)
     details = [
         _pack(
             error_details_pb2.ErrorInfo(
-                reason=exc.reason, domain=DOMAIN, metadata={"region": region} if region else {}
+                reason=exc.wire_reason, domain=DOMAIN, metadata={"region": region} if region else {}
             )
         )
     ]

@@ -30,8 +30,10 @@ from tongban.core.errors import (
     DeadlineExceeded,
     InvalidRequest,
     PermissionDenied,
+    Reason,
     RemoteProblem,
     TongbanError,
+    Unauthenticated,
     Unavailable,
     Violation,
 )
@@ -43,6 +45,7 @@ from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 from tongban.runtime.metrics import NO_METRICS, Hop, Metrics, label_request
 from tongban.runtime.node import RegionSecrets
+from tongban.runtime.status_codes import status_from_wire
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
 
 if TYPE_CHECKING:
@@ -60,14 +63,13 @@ class ReceiptKeeper(Protocol):
 class ReplyInvalid(TongbanError):
     """The answer from the other region failed verification: it is discarded, never returned."""
 
-    code = grpc.StatusCode.DATA_LOSS
-    reason = "REPLY_INVALID"
+    reason = Reason.REPLY_INVALID
 
 
 def _ledger_detail(exc: TongbanError) -> str:
     """Reason plus offending field paths; a path that could carry caller text is replaced by '?'."""
     paths = [v.field if _SAFE_PATH.match(v.field) else "?" for v in getattr(exc, "violations", [])]
-    return exc.reason + (": " + ",".join(paths) if paths else "")
+    return exc.wire_reason + (": " + ",".join(paths) if paths else "")
 
 
 class ExchangeCore:
@@ -132,13 +134,15 @@ class ExchangeCore:
             EnvelopeRejected: RECEIPT_MISSING, RECEIPT_INVALID or RECEIPT_MISMATCH.
         """
         if not h.receipt:
-            raise EnvelopeRejected("RECEIPT_MISSING", "the answer carries no ledger receipt")
+            raise EnvelopeRejected("the answer carries no ledger receipt", reason=Reason.RECEIPT_MISSING)
         receipt = verify_receipt(
             h.receipt,
             lambda kid, region, _at: self.registry.signing_public_key(kid, region=region, at_s=time.time()),
         )
         if receipt.region != sender or receipt.message_id != message_id or receipt.envelope_digest != digest:
-            raise EnvelopeRejected("RECEIPT_MISMATCH", "the receipt names another region, message or digest")
+            raise EnvelopeRejected(
+                "the receipt names another region, message or digest", reason=Reason.RECEIPT_MISMATCH
+            )
         return receipt
 
     async def record_rejected(
@@ -215,7 +219,7 @@ class ExchangeCore:
     ) -> exchange_pb2.QueryResponse:
         caller = current_caller.get()
         if caller is None:
-            raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
+            raise Unauthenticated("caller is not authenticated")
         # The header carries the instant this gateway stops waiting (a little before the caller's
         # deadline, to leave time for recording the outcome), so the provider answers before it.
         deadline = time.time() + timeout_s - min(0.05, timeout_s * 0.05)
@@ -233,7 +237,7 @@ class ExchangeCore:
             await self.ledger.append(
                 EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
             )
-            raise Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
+            raise Unavailable("this region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE)
 
         subject = subjects.rpc_subject(to, svc)
         # The PRODUCER span is the one the envelope names as its parent (the traceparent is taken
@@ -300,7 +304,7 @@ class ExchangeCore:
                 EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NO_RESPONDERS")
             )
             raise Unavailable(
-                f"region {to} has no connector serving {svc} right now", reason="NO_RESPONDERS"
+                f"region {to} has no connector serving {svc} right now", reason=Reason.NO_RESPONDERS
             ) from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
             await self.ledger.append(
@@ -324,7 +328,7 @@ class ExchangeCore:
             await self.ledger.append(
                 EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
             )
-            raise Unavailable("the region's NATS connection is down", reason="NATS_UNAVAILABLE") from exc
+            raise Unavailable("the region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE) from exc
 
     async def _verify_reply(
         self, data: bytes, sent: messages.Built, to: str, svc: str, trace_id: str
@@ -439,16 +443,11 @@ class ExchangeCore:
 
 
 def _remote(problem: exchange_pb2.Problem, region: str) -> RemoteProblem:
-    try:
-        code = next(c for c in grpc.StatusCode if c.value[0] == problem.code)
-    except StopIteration:
-        code = grpc.StatusCode.UNKNOWN
-    if code == grpc.StatusCode.OK:
-        code = grpc.StatusCode.UNKNOWN
     return RemoteProblem(
         message=f"region {region} refused: {problem.message}",
-        reason=problem.reason or "REMOTE_PROBLEM",
-        code=code,
+        # Another region's text: only a well-formed reason code goes on, to the partner and the logs.
+        remote_reason=problem.reason if _REASON.match(problem.reason) else Reason.REMOTE_PROBLEM.value,
+        status=status_from_wire(problem.code).value[0],
         violations=[Violation(v.field, v.description) for v in problem.field_violations],
     )
 

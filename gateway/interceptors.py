@@ -20,9 +20,17 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
-from gateway.errors import internal_status, to_status
+from gateway.errors import code_of, internal_status, to_status
 from gateway.ratelimit import CallCounter, ConcurrencyLimits, PartnerLimiter
-from tongban.core.errors import InvalidRequest, PermissionDenied, RateLimited, TongbanError, Unavailable
+from tongban.core.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    RateLimited,
+    Reason,
+    TongbanError,
+    Unauthenticated,
+    Unavailable,
+)
 from tongban.runtime.certs import partner_of
 from tongban.runtime.metrics import NO_METRICS, Metrics
 
@@ -80,7 +88,7 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 def _refuse_undecodable(request: Any) -> None:
     if isinstance(request, Undecodable):
         raise InvalidRequest(
-            f"the request does not decode as {request.type_name}", reason="REQUEST_MALFORMED"
+            f"the request does not decode as {request.type_name}", reason=Reason.REQUEST_MALFORMED
         )
 
 
@@ -184,15 +192,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         certs = (context.auth_context() or {}).get("x509_pem_cert") or []
         partner = partner_of(certs[0]) if certs else None
         if partner is None:
-            raise TongbanError(
-                "the client certificate names no tongban partner (urn:tongban:partner:<region>:<system>)",
-                reason="UNAUTHENTICATED",
-                code=grpc.StatusCode.UNAUTHENTICATED,
+            raise Unauthenticated(
+                "the client certificate names no tongban partner (urn:tongban:partner:<region>:<system>)"
             )
         if partner.region != self._region:
             raise PermissionDenied(
                 f"partners of region {partner.region} call their own region's gateway",
-                reason="PARTNER_OF_ANOTHER_REGION",
+                reason=Reason.PARTNER_OF_ANOTHER_REGION,
             )
         structlog.contextvars.bind_contextvars(partner=partner.system_id)
         return Caller(region=partner.region, system_id=partner.system_id)
@@ -243,7 +249,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         try:
             self._enter(peer, None, stream=True)
         except RateLimited as exc:
-            log.info("rpc.refused", code=exc.code.name, reason=exc.reason)
+            log.info("rpc.refused", code=code_of(exc).name, reason=exc.wire_reason)
             status = to_status(exc, region=self._region)
             await context.abort(status.code, status.details, status.trailing_metadata)
         try:
@@ -254,10 +260,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def _token_system(self, metadata: dict[str, Any]) -> str:
         scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise TongbanError(
-                "dev mode with tokens: send authorization: Bearer <token>",
-                reason="TOKEN_MISSING",
-                code=grpc.StatusCode.UNAUTHENTICATED,
+            raise Unauthenticated(
+                "dev mode with tokens: send authorization: Bearer <token>", reason=Reason.TOKEN_MISSING
             )
         offered = token.encode()
         found = ""
@@ -265,9 +269,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             if hmac.compare_digest(known, offered):
                 found = system
         if not found:
-            raise TongbanError(
-                "unknown dev token", reason="TOKEN_INVALID", code=grpc.StatusCode.UNAUTHENTICATED
-            )
+            raise Unauthenticated("unknown dev token", reason=Reason.TOKEN_INVALID)
         structlog.contextvars.bind_contextvars(partner=found)
         return found
 
@@ -305,7 +307,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 caller = self._caller(context, metadata)
                 if self._maintenance():
                     raise Unavailable(
-                        "this gateway is in maintenance: retry, or use another replica", reason="MAINTENANCE"
+                        "this gateway is in maintenance: retry, or use another replica",
+                        reason=Reason.MAINTENANCE,
                     )
                 current_caller.set(caller)
                 self._enter(context.peer(), caller.system_id, stream=stream)
@@ -319,13 +322,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 yield
                 log.info("rpc.ok", ms=round((time.perf_counter() - start) * 1000, 2))
             except TongbanError as exc:
-                measured.outcome = exc.reason
-                span.set_status(Status(SpanStatus.ERROR, exc.reason))
-                span.set_attribute("rpc.grpc.status_code", exc.code.value[0])
+                code = code_of(exc)
+                measured.outcome = exc.wire_reason
+                span.set_status(Status(SpanStatus.ERROR, exc.wire_reason))
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
                 log.info(
                     "rpc.refused",
-                    code=exc.code.name,
-                    reason=exc.reason,
+                    code=code.name,
+                    reason=exc.wire_reason,
                     ms=round((time.perf_counter() - start) * 1000, 2),
                 )
                 status = to_status(exc, region=self._region)

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc import StatusCode
 
 from gateway.witness import PeerReadError
 from ledger import Entry, LedgerStore
@@ -29,6 +28,7 @@ from tongban.core.errors import (
     DeadlineExceeded,
     InvalidRequest,
     NotFound,
+    Reason,
     TongbanError,
     Unavailable,
     Violation,
@@ -185,7 +185,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             )
         if self.peer_reader is None:
             raise Unavailable(
-                "this gateway reads no other region's ledger (no NATS)", reason="PEER_UNREACHABLE"
+                "this gateway reads no other region's ledger (no NATS)", reason=Reason.PEER_UNREACHABLE
             )
         remaining = context.time_remaining() if context is not None else None
         timeout = (
@@ -196,9 +196,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         try:
             return await self.peer_reader(region, timeout_s=timeout, **selector)
         except PeerReadError as exc:
-            if exc.reason == "PEER_UNREACHABLE":
+            if exc.reason is Reason.PEER_UNREACHABLE:
                 raise Unavailable(str(exc), reason=exc.reason) from None
-            raise TongbanError(str(exc), reason=exc.reason, code=StatusCode.FAILED_PRECONDITION) from None
+            raise TongbanError(str(exc), reason=exc.reason) from None
 
     async def _case_message_id(self, case_no: str) -> str:
         if not case_no:
@@ -208,7 +208,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         if case is None:
             # Cases submitted through another region's gateway are known there (the case number
             # starts with that region's code). The number asked for is caller text: never echoed.
-            raise NotFound("no such case was submitted through this gateway", reason="CASE_NOT_FOUND")
+            raise NotFound("no such case was submitted through this gateway", reason=Reason.CASE_NOT_FOUND)
         return case.message_id
 
     async def _by_time(self, r: ledger_pb2.TimeRange, want: int) -> list[Entry]:
@@ -266,6 +266,6 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
     ) -> ledger_pb2.GetLatestCheckpointResponse:
         latest = self.latest_checkpoint()
         if latest is None:
-            raise NotFound("no checkpoint has been signed yet", reason="NO_CHECKPOINT")
+            raise NotFound("no checkpoint has been signed yet", reason=Reason.NO_CHECKPOINT)
         note, size, root = latest
         return ledger_pb2.GetLatestCheckpointResponse(checkpoint=note, tree_size=size, root_hash=root)

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tongban.core.errors import RateLimited
+from tongban.core.errors import RateLimited, Reason
 
 # Retry hints of the refusals: an in-flight unary call ends within its deadline (usually far
 # sooner); a stream ends only when its case does, so hammering for a stream slot gains nothing.
@@ -108,7 +108,7 @@ class CallCounter:
             raise RateLimited(
                 f"{n} calls are already in flight on this connection (at most {lim.per_connection})",
                 retry_after_s=_RETRY_UNARY_S,
-                reason="TOO_MANY_IN_FLIGHT",
+                reason=Reason.TOO_MANY_IN_FLIGHT,
             )
         per_partner = self._streams if stream else self._unary
         if partner is not None:
@@ -118,21 +118,21 @@ class CallCounter:
                     f"this partner system already has {held} streams open (at most "
                     f"{lim.streams_per_partner}, over all its connections)",
                     retry_after_s=_RETRY_STREAM_S,
-                    reason="PARTNER_TOO_MANY_STREAMS",
+                    reason=Reason.PARTNER_TOO_MANY_STREAMS,
                 )
             if not stream and held >= lim.unary_per_partner:
                 raise RateLimited(
                     f"this partner system already has {held} calls in flight (at most "
                     f"{lim.unary_per_partner}, over all its connections)",
                     retry_after_s=_RETRY_UNARY_S,
-                    reason="PARTNER_TOO_MANY_IN_FLIGHT",
+                    reason=Reason.PARTNER_TOO_MANY_IN_FLIGHT,
                 )
         if self.total >= lim.total:
             raise RateLimited(
                 f"the gateway has {self.total} calls in flight (at most {lim.total}): retry, or use "
                 "another replica",
                 retry_after_s=_RETRY_BUSY_S,
-                reason="GATEWAY_BUSY",
+                reason=Reason.GATEWAY_BUSY,
             )
         self._connections[connection] = n + 1
         if partner is not None:

@@ -44,8 +44,9 @@ from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import (
     InvalidRequest,
     NotFound,
-    PermissionDenied,
+    Reason,
     TongbanError,
+    Unauthenticated,
     Unavailable,
     Violation,
 )
@@ -85,8 +86,7 @@ _TRANSIENT = (
 class IdempotencyKeyReused(TongbanError):
     """The idempotency key was already used for a different request."""
 
-    code = StatusCode.ALREADY_EXISTS
-    reason = "IDEMPOTENCY_KEY_REUSED"
+    reason = Reason.IDEMPOTENCY_KEY_REUSED
 
 
 @dataclass
@@ -213,7 +213,7 @@ class CaseDesk:
     def _caller(self) -> Caller:
         caller = current_caller.get()
         if caller is None:
-            raise PermissionDenied("caller is not authenticated", reason="UNAUTHENTICATED")
+            raise Unauthenticated("caller is not authenticated")
         return caller
 
     async def submit(self, request: exchange_pb2.SubmitRequest) -> exchange_pb2.SubmitResponse:
@@ -257,7 +257,7 @@ class CaseDesk:
             if existing is not None:
                 return await self._replayed(existing, fingerprint, message_id, req, trace_id)
         if not self.nc.is_connected:
-            exc = Unavailable("this region's NATS connection is down", reason="NATS_UNAVAILABLE")
+            exc = Unavailable("this region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE)
             await self.core.record_rejected(message_id, req, trace_id, exc)
             raise exc
 
@@ -505,13 +505,15 @@ class CaseDesk:
         verified = envelope.verify(data, self.core.registry, now_s=time.time())
         h = verified.header
         if h.kind != envelope_pb2.MESSAGE_KIND_EVENT or h.to_region != self.region:
-            raise EnvelopeRejected("NOT_AN_EVENT_FOR_US", "not a case event addressed to this region")
+            raise EnvelopeRejected(
+                "not a case event addressed to this region", reason=Reason.NOT_AN_EVENT_FOR_US
+            )
         try:
             body = exchange_pb2.CaseEventBody.FromString(
                 messages.open_body(verified, self.core.secrets.sealing_for(verified.header.recipient_key_id))
             )
         except DecodeError as exc:
-            raise EnvelopeRejected(envelope.Reason.MALFORMED, "event body does not decode") from exc
+            raise EnvelopeRejected("event body does not decode", reason=Reason.ENVELOPE_MALFORMED) from exc
         events = list(body.events)
         first = events[0].sequence if events else 0
         if (
@@ -520,7 +522,7 @@ class CaseDesk:
             or first < 1
             or any(ev.case_no != h.case_no or ev.sequence != first + i for i, ev in enumerate(events))
         ):
-            raise EnvelopeRejected("EVENT_MISMATCH", "events do not match their header")
+            raise EnvelopeRejected("events do not match their header", reason=Reason.EVENT_MISMATCH)
         for ev in events:
             ev.event_id = h.message_id
         return events, h, verified.digest
@@ -580,7 +582,7 @@ class CaseDesk:
         row = await self.cases.get(case_no) if is_case_no(case_no) else None
         if row is None or row.caller != caller.system_id:
             # Another system's case is reported as missing: no probing for case numbers.
-            raise NotFound("no such case", reason="CASE_NOT_FOUND")
+            raise NotFound("no such case", reason=Reason.CASE_NOT_FOUND)
         return row
 
     async def get_case(self, case_no: str) -> exchange_pb2.Case:
@@ -606,7 +608,7 @@ class CaseDesk:
                         yield _local_failure(row)
                     return
                 if self._stopping.is_set():
-                    raise Unavailable("the gateway is shutting down", reason="SHUTTING_DOWN")
+                    raise Unavailable("the gateway is shutting down", reason=Reason.SHUTTING_DOWN)
                 with contextlib.suppress(TimeoutError):
                     # Wake-ups come from this process or, through NATS, from the region's other
                     # gateways; the timeout is a safety net for a nudge lost in a reconnect.

@@ -77,6 +77,7 @@ from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.core import subjects
 from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import Reason
 from tongban.core.message_ids import is_message_id, is_trace_id
 from tongban.core.registry import Registry
 from tongban.runtime.bundle import entry_json, proven_entry
@@ -399,7 +400,7 @@ class PeerReadError(LedgerError):
             to its entry hash).
     """
 
-    def __init__(self, message: str, *, region: str, reason: str) -> None:
+    def __init__(self, message: str, *, region: str, reason: Reason) -> None:
         super().__init__(message)
         self.region = region
         self.reason = reason
@@ -450,7 +451,7 @@ async def fetch_entries(
         raise PeerReadError(
             f"{region} did not answer over NATS ({type(exc).__name__})",
             region=region,
-            reason="PEER_UNREACHABLE",
+            reason=Reason.PEER_UNREACHABLE,
         ) from None
     entries, truncated = _parse_entries_reply(msg.data, region=region, asker=asker, selector=selector)
     if truncated:
@@ -463,7 +464,7 @@ def _parse_entries_reply(
 ) -> tuple[list[Entry], bool]:
     def invalid(why: str) -> PeerReadError:
         return PeerReadError(
-            f"{region} answered unusably: {why}", region=region, reason="PEER_ANSWER_INVALID"
+            f"{region} answered unusably: {why}", region=region, reason=Reason.PEER_ANSWER_INVALID
         )
 
     if len(data) > MAX_ENTRY_REPLY_BYTES:
@@ -474,7 +475,7 @@ def _parse_entries_reply(
         raise invalid("not JSON") from None
     if isinstance(doc, dict) and set(doc) == {"error"}:
         raise PeerReadError(
-            f"{region} refused the read: {str(doc['error'])[:200]}", region=region, reason="PEER_REFUSED"
+            f"{region} refused the read: {str(doc['error'])[:200]}", region=region, reason=Reason.PEER_REFUSED
         )
     if (
         not isinstance(doc, dict)

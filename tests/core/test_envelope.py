@@ -69,7 +69,7 @@ def test_any_flipped_byte_breaks_the_signature(world: dict[str, object], part: s
         setattr(env, part, bytes(raw))
     with pytest.raises(EnvelopeRejected) as e:
         envelope.verify(env.SerializeToString(), world["registry"], now_s=time.time())  # type: ignore[arg-type]
-    assert e.value.reason in (Reason.SIGNATURE_INVALID, Reason.MALFORMED)
+    assert e.value.reason in (Reason.SIGNATURE_INVALID, Reason.ENVELOPE_MALFORMED)
 
 
 def test_unknown_key_id(world: dict[str, object]) -> None:
@@ -93,13 +93,13 @@ def test_unsigned(world: dict[str, object]) -> None:
     del env.signatures[:]
     with pytest.raises(EnvelopeRejected) as e:
         envelope.verify(env.SerializeToString(), world["registry"], now_s=time.time())  # type: ignore[arg-type]
-    assert e.value.reason == Reason.UNSIGNED
+    assert e.value.reason == Reason.ENVELOPE_UNSIGNED
 
 
 def test_garbage_is_malformed(world: dict[str, object]) -> None:
     with pytest.raises(EnvelopeRejected) as e:
         envelope.verify(b"\xff\x00garbage", world["registry"], now_s=time.time())  # type: ignore[arg-type]
-    assert e.value.reason == Reason.MALFORMED
+    assert e.value.reason == Reason.ENVELOPE_MALFORMED
 
 
 def test_sealed_for_another_region_does_not_open(world: dict[str, object]) -> None:

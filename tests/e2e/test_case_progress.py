@@ -17,6 +17,7 @@ from tests.helpers import eventually
 from tongban.core.errors import NotFound, TongbanError
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
+from tongban.runtime.status_codes import status_of
 from tongban.v1 import exchange_pb2
 
 
@@ -86,7 +87,10 @@ async def test_later_statuses_reach_the_watcher_in_order(slow_stack: Stack) -> N
     # Closed: nothing follows a terminal status; unknown cases are refused.
     with pytest.raises(TongbanError) as closed:
         await worker.report_status(receipt.case_no, [StatusUpdate(8)])
-    assert closed.value.reason == "CASE_CLOSED" and closed.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        closed.value.reason == "CASE_CLOSED"
+        and status_of(closed.value.reason) == grpc.StatusCode.FAILED_PRECONDITION
+    )
     with pytest.raises(NotFound):
         await worker.report_status(f"{SZ}-20260101-0000000000", [StatusUpdate(6)])
     rc, _, err = await tongban("case", "report", receipt.case_no, "--config", config, "--status", "16")

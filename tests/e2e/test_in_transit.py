@@ -18,6 +18,7 @@ from tests.conftest import QD, SZ, WX, Stack, resigned_registry, wait_visible
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
+from tongban.core.errors import Reason
 from tongban.runtime.config import Config
 from tongban.runtime.node import load_secrets
 from tongban.v1 import envelope_pb2, registry_pb2
@@ -81,7 +82,7 @@ async def test_altered_in_transit_is_refused_with_a_clear_error(
         await stack.stub(SZ).Query(pension(), timeout=5)
     d = details_of(exc.value)
     assert d.code == grpc.StatusCode.UNAUTHENTICATED
-    assert d.reason == envelope.Reason.SIGNATURE_INVALID
+    assert d.reason == Reason.SIGNATURE_INVALID
     assert "altered in transit" in d.message
     sz = await stack.nodes[SZ].ledger.entries()
     assert [(e.event, e.detail) for e in sz] == [

@@ -39,6 +39,7 @@ from tests.e2e.requests import pension
 from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
 from tests.helpers import eventually, nkey_connect
 from tongban.core import envelope, messages, subjects
+from tongban.core.errors import Reason
 from tongban.core.keys import SigningKey
 from tongban.core.registry import Registry
 from tongban.ops.devstate import init_state
@@ -284,7 +285,7 @@ async def test_unsigned_envelope_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _edited(built.data, lambda env: env.ClearField("signatures")),
-        reason=envelope.Reason.UNSIGNED,
+        reason=Reason.ENVELOPE_UNSIGNED,
         code=Code.UNAUTHENTICATED,
         message="envelope carries no signature",
         message_id=built.header.message_id,
@@ -296,7 +297,7 @@ async def test_tampered_header_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _edited(built.data, header_flip),
-        reason=envelope.Reason.SIGNATURE_INVALID,
+        reason=Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
         message_id=built.header.message_id,
@@ -308,7 +309,7 @@ async def test_tampered_body_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _edited(built.data, body_flip),
-        reason=envelope.Reason.SIGNATURE_INVALID,
+        reason=Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
         message_id=built.header.message_id,
@@ -320,7 +321,7 @@ async def test_tampered_signature_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _edited(built.data, sig_flip),
-        reason=envelope.Reason.SIGNATURE_INVALID,
+        reason=Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
         message_id=built.header.message_id,
@@ -334,7 +335,7 @@ async def test_signed_by_another_region_under_the_senders_key_id_is_refused(scen
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.SIGNATURE_INVALID,
+        reason=Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
         message_id=built.header.message_id,
@@ -347,7 +348,7 @@ async def test_signed_by_an_unregistered_key_under_the_senders_key_id_is_refused
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.SIGNATURE_INVALID,
+        reason=Reason.SIGNATURE_INVALID,
         code=Code.UNAUTHENTICATED,
         message="signature does not verify",
         message_id=built.header.message_id,
@@ -360,7 +361,7 @@ async def test_signed_by_another_regions_key_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.KEY_REGION_MISMATCH,
+        reason=Reason.KEY_REGION_MISMATCH,
         code=Code.UNAUTHENTICATED,
         message="signing key belongs to another region",
         message_id=built.header.message_id,
@@ -372,7 +373,7 @@ async def test_unknown_key_id_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.UNKNOWN_KEY,
+        reason=Reason.UNKNOWN_KEY,
         code=Code.UNAUTHENTICATED,
         message="signing key id is not in the trust registry",
         message_id=built.header.message_id,
@@ -386,7 +387,7 @@ async def test_sealing_key_id_as_signer_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.KEY_NOT_FOR_SIGNING,
+        reason=Reason.KEY_NOT_FOR_SIGNING,
         code=Code.UNAUTHENTICATED,
         message=f"key {sz.sealing.key_id} is not a signing key",
         message_id=built.header.message_id,
@@ -400,7 +401,7 @@ async def test_expired_signing_key_is_refused(scene: Scene) -> None:
         await refused_by_connector(
             scene,
             built.data,
-            reason=envelope.Reason.KEY_EXPIRED,
+            reason=Reason.KEY_EXPIRED,
             code=Code.UNAUTHENTICATED,
             message=f"key {_signing_key(scene.stack, SZ).key_id} is outside its validity period",
             message_id=built.header.message_id,
@@ -413,7 +414,7 @@ async def test_not_yet_valid_signing_key_is_refused(scene: Scene) -> None:
         await refused_by_connector(
             scene,
             built.data,
-            reason=envelope.Reason.KEY_EXPIRED,
+            reason=Reason.KEY_EXPIRED,
             code=Code.UNAUTHENTICATED,
             message=f"key {_signing_key(scene.stack, SZ).key_id} is outside its validity period",
             message_id=built.header.message_id,
@@ -429,7 +430,7 @@ async def test_unsupported_suite_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _resigned(scene.stack, built.data, suite),
-        reason=envelope.Reason.UNSUPPORTED_SUITE,
+        reason=Reason.UNSUPPORTED_SUITE,
         code=Code.UNAUTHENTICATED,
         message="unsupported cryptographic suite",
         message_id=built.header.message_id,
@@ -505,7 +506,7 @@ async def test_stale_timestamp_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.STALE,
+        reason=Reason.STALE,
         code=Code.UNAUTHENTICATED,
         message="request is older than the freshness window",
         message_id=built.header.message_id,
@@ -518,7 +519,7 @@ async def test_future_timestamp_beyond_clock_skew_is_refused(scene: Scene) -> No
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.FROM_THE_FUTURE,
+        reason=Reason.FROM_THE_FUTURE,
         code=Code.UNAUTHENTICATED,
         message="request is dated beyond the allowed clock skew",
         message_id=built.header.message_id,
@@ -530,7 +531,7 @@ async def test_deadline_passed_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.EXPIRED,
+        reason=Reason.EXPIRED,
         code=Code.DEADLINE_EXCEEDED,
         message="request deadline has passed",
         message_id=built.header.message_id,
@@ -545,7 +546,7 @@ async def test_wrong_receiving_region_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.WRONG_RECIPIENT,
+        reason=Reason.WRONG_RECIPIENT,
         code=Code.FAILED_PRECONDITION,
         message=f"request is addressed to {QD}, not {WX}",
         message_id=built.header.message_id,
@@ -571,7 +572,7 @@ async def test_body_sealed_for_another_region_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.SEALED_FOR_ANOTHER_KEY,
+        reason=Reason.SEALED_FOR_ANOTHER_KEY,
         code=Code.UNAUTHENTICATED,
         message="body is sealed for a key this region does not hold",
         message_id=built.header.message_id,
@@ -584,7 +585,7 @@ async def test_body_sealed_for_another_region_under_our_key_id_is_refused(scene:
     await refused_by_connector(
         scene,
         built.data,
-        reason=envelope.Reason.SEAL_INVALID,
+        reason=Reason.SEAL_INVALID,
         code=Code.UNAUTHENTICATED,
         message="sealed body does not open with our key",
         message_id=built.header.message_id,
@@ -730,7 +731,7 @@ async def test_garbage_bytes_are_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         data,
-        reason=envelope.Reason.MALFORMED,
+        reason=Reason.ENVELOPE_MALFORMED,
         code=Code.INVALID_ARGUMENT,
         message="envelope does not decode",
         message_id=_digest_id(data),
@@ -741,7 +742,7 @@ async def test_empty_message_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         b"",
-        reason=envelope.Reason.MALFORMED,
+        reason=Reason.ENVELOPE_MALFORMED,
         code=Code.INVALID_ARGUMENT,
         message="header lacks message id, sender or kind",
         message_id=_digest_id(b""),
@@ -753,7 +754,7 @@ async def test_header_that_does_not_decode_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         data,
-        reason=envelope.Reason.MALFORMED,
+        reason=Reason.ENVELOPE_MALFORMED,
         code=Code.INVALID_ARGUMENT,
         message="envelope does not decode",
         message_id=_digest_id(data),
@@ -770,7 +771,7 @@ async def test_envelope_that_is_not_a_request_is_refused(scene: Scene) -> None:
     await refused_by_connector(
         scene,
         _resigned(scene.stack, built.data, response),
-        reason=envelope.Reason.MALFORMED,
+        reason=Reason.ENVELOPE_MALFORMED,
         code=Code.INVALID_ARGUMENT,
         message="not a request",
         message_id=built.header.message_id,
@@ -862,7 +863,7 @@ async def test_sealed_body_that_does_not_decode_is_refused(scene: Scene) -> None
     await refused_by_connector(
         scene,
         _sealed(scene.stack, built, b"\x0a\xff\xff\xff\x0fnot a protobuf"),
-        reason=envelope.Reason.MALFORMED,
+        reason=Reason.ENVELOPE_MALFORMED,
         code=Code.INVALID_ARGUMENT,
         message="sealed body does not decode",
         message_id=built.header.message_id,

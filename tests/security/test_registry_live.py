@@ -326,7 +326,7 @@ async def test_new_key_waits_until_other_regions_can_know_it(slow_activation: St
     version = live_registry.read_signed(rotated).version
     assert gateway.trust is not None
     await eventually(
-        lambda: gateway.trust is not None and gateway.live_registry.registry.version == version,
+        lambda: gateway.trust is not None and gateway.trust.registry.version == version,
         what="adopted",
     )
     assert gateway.secrets.signing.key_id == old_kid

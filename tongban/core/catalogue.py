@@ -23,7 +23,7 @@ from typing import NoReturn
 from google.protobuf import json_format
 
 from tongban.core import identifiers
-from tongban.core.errors import ConfigError, InvalidRequest, PermissionDenied, Violation
+from tongban.core.errors import ConfigError, InvalidRequest, PermissionDenied, Reason, Violation
 from tongban.core.text import unsafe_character
 from tongban.v1 import catalogue_pb2, exchange_pb2
 
@@ -237,7 +237,8 @@ def validate_request(
     if item.share_attribute == exchange_pb2.SHARE_ATTRIBUTE_NOT_SHARED:
         # Not a form problem the caller can fix: the data of this item is never shared.
         raise PermissionDenied(
-            f"the data of service {code} is 不予共享 (not shared across regions)", reason="DATA_NOT_SHARED"
+            f"the data of service {code} is 不予共享 (not shared across regions)",
+            reason=Reason.DATA_NOT_SHARED,
         )
 
     violations: list[Violation] = []

@@ -26,9 +26,8 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from google.protobuf.message import DecodeError
-from grpc import StatusCode
 
-from tongban.core.errors import EnvelopeError
+from tongban.core.errors import EnvelopeError, Reason
 from tongban.core.keys import SealingKey, SigningKey
 from tongban.v1 import envelope_pb2
 
@@ -37,37 +36,11 @@ _PAE_TYPE = b"application/vnd.tongban.envelope.v1"
 _HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-class Reason:
-    """Reasons an envelope is refused (``Problem.reason`` and ``ErrorInfo.reason``)."""
-
-    MALFORMED = "ENVELOPE_MALFORMED"
-    TOO_LARGE = "ENVELOPE_TOO_LARGE"
-    UNSIGNED = "ENVELOPE_UNSIGNED"
-    UNKNOWN_KEY = "UNKNOWN_KEY"
-    KEY_NOT_FOR_SIGNING = "KEY_NOT_FOR_SIGNING"
-    KEY_REGION_MISMATCH = "KEY_REGION_MISMATCH"
-    KEY_REVOKED = "KEY_REVOKED"
-    KEY_EXPIRED = "KEY_EXPIRED"
-    SIGNATURE_INVALID = "SIGNATURE_INVALID"
-    UNSUPPORTED_SUITE = "UNSUPPORTED_SUITE"
-    WRONG_RECIPIENT = "WRONG_RECIPIENT"
-    SEALED_FOR_ANOTHER_KEY = "SEALED_FOR_ANOTHER_KEY"
-    SEAL_INVALID = "SEAL_INVALID"
-    STALE = "STALE"
-    FROM_THE_FUTURE = "FROM_THE_FUTURE"
-    EXPIRED = "EXPIRED"
-    REPLAYED = "REPLAYED"
-    """A request message id this region has received before (on either path)."""
-    KIND_MISMATCH = "KIND_MISMATCH"
-    """An envelope of one kind on the path of another (a case request on the query subject, or the
-    reverse)."""
-
-
 class EnvelopeRejected(EnvelopeError):
-    """An envelope failed a check; ``reason`` is one of :class:`Reason`."""
+    """An envelope failed a check; ``reason`` names it (one of the envelope reasons of :class:`Reason`)."""
 
-    def __init__(self, reason: str, message: str, *, code: StatusCode = StatusCode.UNAUTHENTICATED) -> None:
-        super().__init__(message, reason=reason, code=code)
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message, reason=reason)
 
 
 class KeyDirectory(Protocol):
@@ -112,7 +85,7 @@ def open_sealed(ciphertext: bytes, key: SealingKey, header: bytes) -> bytes:
     try:
         return _HPKE.decrypt(ciphertext, key.private, info=header)
     except (InvalidTag, ValueError) as exc:
-        raise EnvelopeRejected(Reason.SEAL_INVALID, "sealed body does not open with our key") from exc
+        raise EnvelopeRejected("sealed body does not open with our key", reason=Reason.SEAL_INVALID) from exc
 
 
 def sign(header: bytes, body: bytes, key: SigningKey) -> bytes:
@@ -137,22 +110,18 @@ class Verified:
 
 
 def parse(data: bytes) -> tuple[envelope_pb2.Envelope, envelope_pb2.Header]:
-    """Decode envelope and header; raises EnvelopeRejected(MALFORMED)."""
+    """Decode envelope and header; raises EnvelopeRejected (ENVELOPE_MALFORMED)."""
     try:
         env = envelope_pb2.Envelope.FromString(data)
         header = envelope_pb2.Header.FromString(env.header)
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise EnvelopeRejected(
-            Reason.MALFORMED, "envelope does not decode", code=StatusCode.INVALID_ARGUMENT
-        ) from exc
+        raise EnvelopeRejected("envelope does not decode", reason=Reason.ENVELOPE_MALFORMED) from exc
     if (
         not header.message_id
         or not header.from_region
         or header.kind == envelope_pb2.MESSAGE_KIND_UNSPECIFIED
     ):
-        raise EnvelopeRejected(
-            Reason.MALFORMED, "header lacks message id, sender or kind", code=StatusCode.INVALID_ARGUMENT
-        )
+        raise EnvelopeRejected("header lacks message id, sender or kind", reason=Reason.ENVELOPE_MALFORMED)
     return env, header
 
 
@@ -164,13 +133,13 @@ def verify(data: bytes, keys: KeyDirectory, *, now_s: float) -> Verified:
     """
     env, header = parse(data)
     if header.suite != SUITE:
-        raise EnvelopeRejected(Reason.UNSUPPORTED_SUITE, "unsupported cryptographic suite")
+        raise EnvelopeRejected("unsupported cryptographic suite", reason=Reason.UNSUPPORTED_SUITE)
     if not env.signatures:
-        raise EnvelopeRejected(Reason.UNSIGNED, "envelope carries no signature")
+        raise EnvelopeRejected("envelope carries no signature", reason=Reason.ENVELOPE_UNSIGNED)
     sig = env.signatures[0]
     public = keys.signing_public_key(sig.key_id, region=header.from_region, at_s=now_s)
     try:
         public.verify(sig.sig, pae(env.header, env.body))
     except InvalidSignature as exc:
-        raise EnvelopeRejected(Reason.SIGNATURE_INVALID, "signature does not verify") from exc
+        raise EnvelopeRejected("signature does not verify", reason=Reason.SIGNATURE_INVALID) from exc
     return Verified(header, env.header, env.body, sig.key_id, digest(data))

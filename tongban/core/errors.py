@@ -1,15 +1,115 @@
-"""Error tree of the tongban core.
+"""Error tree of the tongban core, and the one vocabulary of reasons.
 
-Handlers raise these; the gRPC edge (gateway/errors.py) maps them to ``google.rpc.Status`` in one
-place. Every error carries a machine-readable ``reason`` (the ``ErrorInfo.reason`` and the
-``Problem.reason`` on the wire) and never personal data.
+Handlers raise these; they never choose a gRPC status. The gateway maps a :class:`Reason` to a status
+code in one table (tongban/runtime/status_codes.py, shared with the connector's signed Problems).
+Every error carries a machine-readable ``reason`` (the ``ErrorInfo.reason`` and the ``Problem.reason``
+on the wire, the outcome label of a metric, the reason field of a ledger detail) and never personal data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-from grpc import StatusCode
+
+class Reason(StrEnum):
+    """Every reason tongban itself gives; the value is the wire string (UPPER_SNAKE, ≤ 64 characters).
+
+    A reason another region gave (a signed Problem) is that region's vocabulary, not this one:
+    :class:`RemoteProblem` carries it as checked text.
+    """
+
+    # -- the general classes ------------------------------------------------------------------------
+    INTERNAL = "INTERNAL"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_AUTHORISED = "NOT_AUTHORISED"
+    UNAVAILABLE = "UNAVAILABLE"
+    RATE_LIMITED = "RATE_LIMITED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ENVELOPE_INVALID = "ENVELOPE_INVALID"
+    REGISTRY_INVALID = "REGISTRY_INVALID"
+    CONFIG_INVALID = "CONFIG_INVALID"
+    REMOTE_PROBLEM = "REMOTE_PROBLEM"
+
+    # -- envelopes: the exact check that failed -----------------------------------------------------
+    ENVELOPE_MALFORMED = "ENVELOPE_MALFORMED"
+    ENVELOPE_TOO_LARGE = "ENVELOPE_TOO_LARGE"
+    ENVELOPE_UNSIGNED = "ENVELOPE_UNSIGNED"
+    UNKNOWN_KEY = "UNKNOWN_KEY"
+    KEY_NOT_FOR_SIGNING = "KEY_NOT_FOR_SIGNING"
+    KEY_REGION_MISMATCH = "KEY_REGION_MISMATCH"
+    KEY_REVOKED = "KEY_REVOKED"
+    KEY_EXPIRED = "KEY_EXPIRED"
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"
+    UNSUPPORTED_SUITE = "UNSUPPORTED_SUITE"
+    WRONG_RECIPIENT = "WRONG_RECIPIENT"
+    SEALED_FOR_ANOTHER_KEY = "SEALED_FOR_ANOTHER_KEY"
+    SEAL_INVALID = "SEAL_INVALID"
+    STALE = "STALE"
+    FROM_THE_FUTURE = "FROM_THE_FUTURE"
+    EXPIRED = "EXPIRED"
+    REPLAYED = "REPLAYED"
+    """A request message id this region has received before (on either path)."""
+    KIND_MISMATCH = "KIND_MISMATCH"
+    """An envelope of one kind on the path of another (a case request on the query subject, or the
+    reverse)."""
+    HEADER_BODY_MISMATCH = "HEADER_BODY_MISMATCH"
+    """The sealed body names another service or message than the signed header."""
+    SUBJECT_MISMATCH = "SUBJECT_MISMATCH"
+    """A request on a NATS subject that is not the one its signed header names."""
+    EVENT_MISMATCH = "EVENT_MISMATCH"
+    NOT_AN_EVENT_FOR_US = "NOT_AN_EVENT_FOR_US"
+    RECEIPT_INVALID = "RECEIPT_INVALID"
+    RECEIPT_MISSING = "RECEIPT_MISSING"
+    RECEIPT_MISMATCH = "RECEIPT_MISMATCH"
+
+    # -- the trust registry and the catalogue -------------------------------------------------------
+    REGISTRY_SIGNATURE = "REGISTRY_SIGNATURE"
+    REGISTRY_ROLLBACK = "REGISTRY_ROLLBACK"
+    REGION_UNKNOWN = "REGION_UNKNOWN"
+    KEY_EXISTS = "KEY_EXISTS"
+    KEY_NOT_IN_REGISTRY = "KEY_NOT_IN_REGISTRY"
+    """An operator named a key id the registry does not list (``tongban keys``)."""
+    NO_SEALING_KEY = "NO_SEALING_KEY"
+    """The registry lists no valid sealing key for the receiving region: nothing can be sealed to it."""
+    BAD_KEY = "BAD_KEY"
+    DATA_NOT_SHARED = "DATA_NOT_SHARED"
+
+    # -- a partner's call at the gateway ------------------------------------------------------------
+    REQUEST_MALFORMED = "REQUEST_MALFORMED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    TOKEN_MISSING = "TOKEN_MISSING"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    PARTNER_OF_ANOTHER_REGION = "PARTNER_OF_ANOTHER_REGION"
+    MAINTENANCE = "MAINTENANCE"
+    TOO_MANY_IN_FLIGHT = "TOO_MANY_IN_FLIGHT"
+    PARTNER_TOO_MANY_STREAMS = "PARTNER_TOO_MANY_STREAMS"
+    PARTNER_TOO_MANY_IN_FLIGHT = "PARTNER_TOO_MANY_IN_FLIGHT"
+    GATEWAY_BUSY = "GATEWAY_BUSY"
+    NATS_UNAVAILABLE = "NATS_UNAVAILABLE"
+    NO_RESPONDERS = "NO_RESPONDERS"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    REPLY_INVALID = "REPLY_INVALID"
+    """The receiving region's answer failed verification: the data may be lost."""
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    CASE_NOT_FOUND = "CASE_NOT_FOUND"
+    CASE_CLOSED = "CASE_CLOSED"
+    NO_CHECKPOINT = "NO_CHECKPOINT"
+    PEER_UNREACHABLE = "PEER_UNREACHABLE"
+    PEER_ANSWER_INVALID = "PEER_ANSWER_INVALID"
+    PEER_REFUSED = "PEER_REFUSED"
+
+    # -- the receiving region's connector -----------------------------------------------------------
+    SERVICE_NOT_SERVED = "SERVICE_NOT_SERVED"
+    PEER_BUSY = "PEER_BUSY"
+    BACKEND_FAILURE = "BACKEND_FAILURE"
+    BACKEND_TIMEOUT = "BACKEND_TIMEOUT"
+    BACKEND_ERROR = "BACKEND_ERROR"
+
+    # -- operator tools -----------------------------------------------------------------------------
+    DEAD_LETTER_NOT_FOUND = "DEAD_LETTER_NOT_FOUND"
+    NOT_REPLAYABLE = "NOT_REPLAYABLE"
 
 
 @dataclass(frozen=True)
@@ -24,29 +124,32 @@ class TongbanError(Exception):
     """Root of all tongban errors.
 
     Attributes:
-        reason: UPPER_SNAKE machine-readable reason.
-        code: the gRPC status this error maps to at the edge.
+        message: one sentence for the caller; never personal data.
+        reason: what went wrong, from :class:`Reason`; each subclass has a default.
     """
 
-    code: StatusCode = StatusCode.INTERNAL
-    reason: str = "INTERNAL"
+    reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: str | None = None, code: StatusCode | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
-        if code is not None:
-            self.code = code
+
+    @property
+    def wire_reason(self) -> str:
+        """The reason as it goes on the wire, into a metric label or a ledger detail."""
+        return self.reason.value
 
 
 class InvalidRequest(TongbanError):
     """The request breaks the catalogue or the contract; carries field violations."""
 
-    code = StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_REQUEST"
+    reason = Reason.INVALID_REQUEST
 
-    def __init__(self, message: str, violations: list[Violation] | None = None, *, reason: str | None = None):
+    def __init__(
+        self, message: str, violations: list[Violation] | None = None, *, reason: Reason | None = None
+    ) -> None:
         super().__init__(message, reason=reason)
         self.violations: list[Violation] = list(violations or [])
 
@@ -54,24 +157,27 @@ class InvalidRequest(TongbanError):
 class PermissionDenied(TongbanError):
     """The registry does not allow this caller, service or region."""
 
-    code = StatusCode.PERMISSION_DENIED
-    reason = "NOT_AUTHORISED"
+    reason = Reason.NOT_AUTHORISED
+
+
+class Unauthenticated(TongbanError):
+    """The caller did not prove who it is (no or a bad client certificate or token)."""
+
+    reason = Reason.UNAUTHENTICATED
 
 
 class Unavailable(TongbanError):
     """The receiving region, its connector, or a local dependency cannot be reached."""
 
-    code = StatusCode.UNAVAILABLE
-    reason = "UNAVAILABLE"
+    reason = Reason.UNAVAILABLE
 
 
 class RateLimited(TongbanError):
     """A partner called more often than its rate allows; ``retry_after_s`` says when to try again."""
 
-    code = StatusCode.RESOURCE_EXHAUSTED
-    reason = "RATE_LIMITED"
+    reason = Reason.RATE_LIMITED
 
-    def __init__(self, message: str, *, retry_after_s: float, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: float, reason: Reason | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after_s = retry_after_s
 
@@ -79,46 +185,54 @@ class RateLimited(TongbanError):
 class DeadlineExceeded(TongbanError):
     """The caller's deadline passed before the answer arrived."""
 
-    code = StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
+    reason = Reason.DEADLINE_EXCEEDED
 
 
 class NotFound(TongbanError):
     """The providing back end has no record for the request."""
 
-    code = StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
+    reason = Reason.NOT_FOUND
 
 
 class EnvelopeError(TongbanError):
     """An envelope failed to decode, verify or open. ``reason`` names the exact check."""
 
-    code = StatusCode.UNAUTHENTICATED
-    reason = "ENVELOPE_INVALID"
+    reason = Reason.ENVELOPE_INVALID
 
 
 class RegistryError(TongbanError):
     """The trust registry document is missing, unsigned, badly signed or older than ours."""
 
-    code = StatusCode.FAILED_PRECONDITION
-    reason = "REGISTRY_INVALID"
+    reason = Reason.REGISTRY_INVALID
 
 
 class ConfigError(TongbanError):
     """The configuration file or environment is wrong."""
 
-    code = StatusCode.FAILED_PRECONDITION
-    reason = "CONFIG_INVALID"
+    reason = Reason.CONFIG_INVALID
 
 
 @dataclass
 class RemoteProblem(TongbanError):
-    """The receiving region refused or failed the request and said so in a signed Problem."""
+    """The receiving region refused or failed the request and said so in a signed Problem.
+
+    Attributes:
+        message: the Problem's message, as checked by the receiver of it.
+        remote_reason: the other region's reason (checked to be UPPER_SNAKE; its vocabulary may be
+            newer than ours).
+        status: the numeric gRPC status code the other region chose, checked to be a known code.
+        violations: the Problem's field violations.
+    """
 
     message: str
-    reason: str = "REMOTE_PROBLEM"
-    code: StatusCode = StatusCode.UNKNOWN
+    remote_reason: str = Reason.REMOTE_PROBLEM.value
+    status: int = 2
     violations: list[Violation] = field(default_factory=list)
+    reason: Reason = Reason.REMOTE_PROBLEM
 
     def __post_init__(self) -> None:
         Exception.__init__(self, self.message)
+
+    @property
+    def wire_reason(self) -> str:
+        return self.remote_reason

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import trace
 
 from tongban.core import envelope
+from tongban.core.errors import Reason
 from tongban.core.keys import SealingKey, SigningKey
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -77,7 +78,7 @@ def open_body(verified: envelope.Verified, key: SealingKey) -> bytes:
     """Open a sealed body after checking it was sealed to ``key``."""
     if verified.header.recipient_key_id != key.key_id:
         raise envelope.EnvelopeRejected(
-            envelope.Reason.SEALED_FOR_ANOTHER_KEY, "body is sealed for a key this region does not hold"
+            "body is sealed for a key this region does not hold", reason=Reason.SEALED_FOR_ANOTHER_KEY
         )
     return envelope.open_sealed(verified.body, key, verified.header_bytes)
 

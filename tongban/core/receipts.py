@@ -18,13 +18,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
 from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import Reason
 from tongban.core.keys import SigningKey
 from tongban.core.messages import timestamp
 from tongban.v1 import envelope_pb2
 
 _DOMAIN = b"tongban.receipt.v1\x00"
-
-RECEIPT_INVALID = "RECEIPT_INVALID"
 
 
 def sign_receipt(
@@ -58,13 +57,13 @@ def verify_receipt(
         signed = envelope_pb2.SignedReceipt.FromString(data)
         receipt = envelope_pb2.Receipt.FromString(signed.receipt)
     except DecodeError as exc:
-        raise EnvelopeRejected(RECEIPT_INVALID, "receipt does not decode") from exc
+        raise EnvelopeRejected("receipt does not decode", reason=Reason.RECEIPT_INVALID) from exc
     if not signed.HasField("signature") or not receipt.region:
-        raise EnvelopeRejected(RECEIPT_INVALID, "receipt is unsigned or names no region")
+        raise EnvelopeRejected("receipt is unsigned or names no region", reason=Reason.RECEIPT_INVALID)
     recorded = receipt.recorded_at.seconds + receipt.recorded_at.nanos / 1e9
     key = public_key(signed.signature.key_id, receipt.region, recorded)
     try:
         key.verify(signed.signature.sig, _DOMAIN + signed.receipt)
     except InvalidSignature as exc:
-        raise EnvelopeRejected(RECEIPT_INVALID, "receipt signature does not verify") from exc
+        raise EnvelopeRejected("receipt signature does not verify", reason=Reason.RECEIPT_INVALID) from exc
     return receipt

@@ -18,7 +18,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from google.protobuf.message import DecodeError
-from grpc import StatusCode
 
 from tongban.core.envelope import EnvelopeRejected, Reason
 from tongban.core.errors import RegistryError
@@ -59,9 +58,11 @@ class KeyInfo:
 
     def check_valid(self, at_s: float) -> None:
         if self.revoked:
-            raise EnvelopeRejected(Reason.KEY_REVOKED, f"key {self.key_id} is revoked")
+            raise EnvelopeRejected(f"key {self.key_id} is revoked", reason=Reason.KEY_REVOKED)
         if at_s < self.not_before_s or (self.not_after_s and at_s > self.not_after_s):
-            raise EnvelopeRejected(Reason.KEY_EXPIRED, f"key {self.key_id} is outside its validity period")
+            raise EnvelopeRejected(
+                f"key {self.key_id} is outside its validity period", reason=Reason.KEY_EXPIRED
+            )
 
 
 @dataclass
@@ -108,12 +109,12 @@ class Registry:
                 continue
         if not ok:
             raise RegistryError(
-                "trust registry is not signed by a pinned root key", reason="REGISTRY_SIGNATURE"
+                "trust registry is not signed by a pinned root key", reason=Reason.REGISTRY_SIGNATURE
             )
         if doc.version < min_version:
             raise RegistryError(
                 f"trust registry version {doc.version} is older than {min_version}",
-                reason="REGISTRY_ROLLBACK",
+                reason=Reason.REGISTRY_ROLLBACK,
             )
         reg = cls._index(doc)
         reg.signed = data
@@ -190,12 +191,12 @@ class Registry:
         """The Ed25519 key ``key_id``; it must belong to ``region`` and be valid at ``at_s``."""
         info = self.keys.get(key_id)
         if info is None:
-            raise EnvelopeRejected(Reason.UNKNOWN_KEY, "signing key id is not in the trust registry")
+            raise EnvelopeRejected("signing key id is not in the trust registry", reason=Reason.UNKNOWN_KEY)
         if info.region != region:
-            raise EnvelopeRejected(Reason.KEY_REGION_MISMATCH, "signing key belongs to another region")
+            raise EnvelopeRejected("signing key belongs to another region", reason=Reason.KEY_REGION_MISMATCH)
         public = self._ed25519.get(key_id)
         if public is None:
-            raise EnvelopeRejected(Reason.KEY_NOT_FOR_SIGNING, f"key {key_id} is not a signing key")
+            raise EnvelopeRejected(f"key {key_id} is not a signing key", reason=Reason.KEY_NOT_FOR_SIGNING)
         info.check_valid(at_s)
         return public
 
@@ -213,16 +214,16 @@ class Registry:
             if best is None or info.not_before_s > best.not_before_s:
                 best = info
         if best is None:
-            raise EnvelopeRejected(
-                Reason.UNKNOWN_KEY, f"region {region} has no valid sealing key", code=StatusCode.UNAVAILABLE
-            )
+            raise EnvelopeRejected(f"region {region} has no valid sealing key", reason=Reason.UNKNOWN_KEY)
         return best.key_id, self._x25519[best.key_id]
 
     def sealing_public(self, key_id: str) -> X25519PublicKey:
         """The sealing key ``key_id`` itself (for a test or a tool; senders use sealing_key_for)."""
         public = self._x25519.get(key_id)
         if public is None:
-            raise EnvelopeRejected(Reason.UNKNOWN_KEY, f"{key_id} is not a sealing key in the trust registry")
+            raise EnvelopeRejected(
+                f"{key_id} is not a sealing key in the trust registry", reason=Reason.UNKNOWN_KEY
+            )
         return public
 
     def region(self, code: str) -> registry_pb2.Region | None:

@@ -98,7 +98,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from tongban.core.errors import RegistryError
+    from tongban.core.errors import Reason, RegistryError
     from tongban.runtime import live_registry
     from tongban.v1 import registry_pb2
 
@@ -117,7 +117,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         except ValueError:
             public = b""
         if len(public) != 32:
-            raise RegistryError("--public-key must be 64 hex characters", reason="BAD_KEY")
+            raise RegistryError("--public-key must be 64 hex characters", reason=Reason.BAD_KEY)
         added.append(
             live_registry.add_key(doc, args.region, USES[args.use], public, overlap_s=args.overlap_s)
         )

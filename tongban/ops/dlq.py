@@ -16,7 +16,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from tongban.core import subjects
-from tongban.core.errors import NotFound, TongbanError
+from tongban.core.errors import NotFound, Reason, TongbanError
 from tongban.runtime.streams import jetstream
 
 
@@ -81,10 +81,12 @@ async def replay(nc: NATS, region: str, seq: int, *, timeout: float = 5.0) -> De
     try:
         msg = await js.get_msg(stream, seq=seq)
     except nats.js.errors.NotFoundError as exc:
-        raise NotFound(f"no dead letter {seq} in {stream}", reason="DEAD_LETTER_NOT_FOUND") from exc
+        raise NotFound(f"no dead letter {seq} in {stream}", reason=Reason.DEAD_LETTER_NOT_FOUND) from exc
     dead = _dead_letter(msg)
     if not dead.original_subject.startswith(subjects.request_wildcard(region)[:-1]):
-        raise TongbanError(f"dead letter {seq} has no inbound subject of {region}", reason="NOT_REPLAYABLE")
+        raise TongbanError(
+            f"dead letter {seq} has no inbound subject of {region}", reason=Reason.NOT_REPLAYABLE
+        )
     headers: dict[str, str] = {
         subjects.Header.MSG_ID: f"{dead.message_id}.replay.{seq}",
         subjects.Header.MESSAGE_ID: dead.message_id,

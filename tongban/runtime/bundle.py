@@ -27,6 +27,7 @@ from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
 from ledger.entry import Entry, Event, canonical_bytes
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
+from tongban.core.errors import Reason
 from tongban.v1 import registry_pb2
 
 FORMAT = "tongban-ledger-bundle/1"
@@ -223,7 +224,9 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
         from tongban.core.envelope import EnvelopeRejected
 
         if r != region or kid not in publics:
-            raise EnvelopeRejected("RECEIPT_INVALID", f"receipt key {kid} of {r} is not in the bundle")
+            raise EnvelopeRejected(
+                f"receipt key {kid} of {r} is not in the bundle", reason=Reason.RECEIPT_INVALID
+            )
         return publics[kid]
 
     for i, text in enumerate(receipts_json):

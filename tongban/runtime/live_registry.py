@@ -35,7 +35,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from tongban.core.errors import RegistryError
+from tongban.core.errors import Reason, RegistryError
 from tongban.core.keys import SEALING_ALGORITHM, SIGNING_ALGORITHM, key_id
 from tongban.core.messages import timestamp
 from tongban.core.registry import Registry, sign_registry
@@ -107,7 +107,7 @@ def _region(doc: registry_pb2.TrustRegistry, code: str) -> registry_pb2.Region:
     for region in doc.regions:
         if region.code == code:
             return region
-    raise RegistryError(f"region {code} is not in the trust registry", reason="REGION_UNKNOWN")
+    raise RegistryError(f"region {code} is not in the trust registry", reason=Reason.REGION_UNKNOWN)
 
 
 def add_key(
@@ -128,7 +128,7 @@ def add_key(
     )
     kid = key_id(region, label, public_raw)
     if any(k.key_id == kid for k in r.keys):
-        raise RegistryError(f"key {kid} is already in the registry", reason="KEY_EXISTS")
+        raise RegistryError(f"key {kid} is already in the registry", reason=Reason.KEY_EXISTS)
     end = now + overlap_s
     for k in r.keys:
         old_end = k.not_after.seconds + k.not_after.nanos / 1e9
@@ -152,7 +152,7 @@ def revoke_key(doc: registry_pb2.TrustRegistry, kid: str) -> None:
             if k.key_id == kid:
                 k.revoked = True
                 return
-    raise RegistryError(f"key {kid} is not in the trust registry", reason="UNKNOWN_KEY")
+    raise RegistryError(f"key {kid} is not in the trust registry", reason=Reason.UNKNOWN_KEY)
 
 
 # -- a node's side -----------------------------------------------------------------------------------

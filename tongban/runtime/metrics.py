@@ -238,7 +238,7 @@ class RequestRecord:
                 _current.reset(self._token)
         if exc is not None and self.outcome == "OK":
             if isinstance(exc, TongbanError):
-                self.outcome = exc.reason
+                self.outcome = exc.wire_reason
             elif isinstance(exc, asyncio.CancelledError):
                 self.outcome = "CANCELLED"
             elif type(exc).__name__ == "AbortError":  # grpc.aio: the handler aborted the RPC itself

@@ -116,7 +116,7 @@ class RegionSecrets:
             key = self._sealing.get(key_id)
         if key is None:
             raise EnvelopeRejected(
-                Reason.SEALED_FOR_ANOTHER_KEY, "body is sealed for a key this region does not hold"
+                "body is sealed for a key this region does not hold", reason=Reason.SEALED_FOR_ANOTHER_KEY
             )
         return key
 
