@@ -37,6 +37,7 @@ from connectors.state import CaseClosed, CaseRef, ConnectorState, OutEvent
 from ledger import Entry, EntryDraft, Event
 from tongban.core import envelope, messages, subjects
 from tongban.core.delivery import policy_for
+from tongban.core.details import Detail, Source
 from tongban.core.envelope import EnvelopeRejected, Reason
 from tongban.core.errors import InvalidRequest, NotFound, TongbanError, Violation
 from tongban.core.message_ids import new_message_id
@@ -44,6 +45,7 @@ from tongban.core.receipts import sign_receipt
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
 from tongban.runtime.metrics import Hop, set_outcome
+from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_task, finish_tasks
 from tongban.runtime.status_codes import problem
 from tongban.runtime.streams import durable_pull, ensure_streams
@@ -235,14 +237,14 @@ class CaseWorker:
         trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
         # Every access to the back end is on record before it happens.
         [received] = await self.ledger.append(
-            EntryDraft(
+            draft(
                 Event.RECEIVED,
                 h.message_id,
-                h.from_region,
-                h.service_code,
-                verified.digest,
-                trace_id,
-                f"case={h.case_no} attempt={attempt}",
+                peer=h.from_region,
+                service=h.service_code,
+                digest=verified.digest,
+                trace_id=trace_id,
+                detail=Detail(case_no=h.case_no, attempt=attempt),
             )
         )
         areq = adapter_request(h, request)
@@ -481,20 +483,20 @@ class CaseWorker:
         between the state commit and the ledger completes the record instead of repeating it."""
         h = verified.header
         existing = await self.ledger.by_message_id(h.message_id)
-        have = {_status_key(e.detail) for e in existing if e.event == Event.STATUS}
+        have = {_status_key(e) for e in existing if e.event == Event.STATUS}
         trace_id = telemetry.trace_id_of(h.traceparent)
         drafts = []
         if not any(e.event == outcome for e in existing) or (outcome == Event.DEAD_LETTERED):
-            reason = f" reason={problem.reason}" if problem is not None and problem.reason else ""
+            reason = problem.reason if problem is not None else ""
             drafts.append(
-                EntryDraft(
+                draft(
                     Event(outcome),
                     h.message_id,
-                    h.from_region,
-                    h.service_code,
-                    verified.digest,
-                    trace_id,
-                    f"case={h.case_no}{reason}",
+                    peer=h.from_region,
+                    service=h.service_code,
+                    digest=verified.digest,
+                    trace_id=trace_id,
+                    detail=Detail(case_no=h.case_no, outcome=reason),
                 )
             )
         drafts.extend(
@@ -563,7 +565,14 @@ class CaseWorker:
         label = mid or "sha256:" + digest[:8].hex()
         await self._to_dlq(msg, label, svc if svc not in ("", "?") else "UNKNOWN", exc.reason, _attempt(msg))
         await self.ledger.append(
-            EntryDraft(Event.REJECTED, label, peer or "?", svc or "?", digest, "", f"POISON: {exc.reason}")
+            draft(
+                Event.REJECTED,
+                label,
+                peer=peer or "?",
+                service=svc or "?",
+                digest=digest,
+                detail=Detail(outcome=exc.reason, source=Source.POISON),
+            )
         )
         await msg.term()
         set_outcome(exc.reason)
@@ -571,26 +580,23 @@ class CaseWorker:
 
 
 def _status_entry(h: envelope_pb2.Header, e: OutEvent, seq: int) -> EntryDraft:
-    """The STATUS ledger entry of one status of an emitted event envelope (``seq=<n> event=<id>``
-    makes it findable, so it is written once)."""
-    return EntryDraft(
+    """The STATUS ledger entry of one status of an emitted event envelope (its sequence and event
+    id make it findable, so it is written once)."""
+    return draft(
         Event.STATUS,
         h.message_id,
-        h.from_region,
-        h.service_code,
-        envelope.digest(e.data),
-        telemetry.trace_id_of(h.traceparent),
-        f"seq={seq} event={e.event_id}",
+        peer=h.from_region,
+        service=h.service_code,
+        digest=envelope.digest(e.data),
+        trace_id=telemetry.trace_id_of(h.traceparent),
+        detail=Detail(seq=seq, event_id=e.event_id),
     )
 
 
-def _status_key(detail: str) -> tuple[int, str]:
-    """(sequence, event id) of a STATUS entry's detail."""
-    fields = dict(part.split("=", 1) for part in detail.split() if "=" in part)
-    try:
-        return int(fields.get("seq", "0")), fields.get("event", "")
-    except ValueError:
-        return 0, ""
+def _status_key(entry: Entry) -> tuple[int, str]:
+    """(sequence, event id) of a STATUS entry."""
+    detail = Detail.decode(entry.detail, event=entry.event)
+    return detail.seq or 0, detail.event_id
 
 
 def _attempt(msg: Msg) -> int:

@@ -32,9 +32,10 @@ from connectors.adapters import Adapter, AdapterFailure, adapter_request
 from connectors.cases import CaseWorker
 from connectors.errors import Refused
 from connectors.state import ConnectorState
-from ledger import EntryDraft, Event, LedgerStore
+from ledger import Event, LedgerStore
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
+from tongban.core.details import OK, Detail
 from tongban.core.envelope import EnvelopeRejected, Reason
 from tongban.core.errors import NotFound, TongbanError
 from tongban.core.message_ids import is_message_id, new_message_id
@@ -46,6 +47,7 @@ from tongban.runtime.live_registry import RegistryWatcher
 from tongban.runtime.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
 from tongban.runtime.status_codes import problem, problem_of
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -465,12 +467,18 @@ class Connector:
         trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
         # Every access to the back end is on record before it happens.
         [received] = await self.ledger.append(
-            EntryDraft(
-                Event.RECEIVED, h.message_id, h.from_region, svc, verified.digest, trace_id, "", received_ns
+            draft(
+                Event.RECEIVED,
+                h.message_id,
+                peer=h.from_region,
+                service=svc,
+                digest=verified.digest,
+                trace_id=trace_id,
+                time_ns=received_ns,
             )
         )
         body = exchange_pb2.ResponseBody()
-        outcome = "OK"
+        outcome: str = OK
         with (
             self.tracer.start_as_current_span(
                 "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
@@ -536,7 +544,15 @@ class Connector:
                 signer=self.secrets.signing,
             )
             await self.ledger.append(
-                EntryDraft(Event.PROCESSED, h.message_id, h.from_region, svc, built.digest, trace_id, outcome)
+                draft(
+                    Event.PROCESSED,
+                    h.message_id,
+                    peer=h.from_region,
+                    service=svc,
+                    digest=built.digest,
+                    trace_id=trace_id,
+                    detail=Detail(outcome=outcome),
+                )
             )
         self.handled += 1
         log.info("request.processed", outcome=outcome, ms=round((time.time() - now) * 1000, 2))
@@ -564,7 +580,15 @@ class Connector:
         built = messages.build_problem(reply_header, refusal, signer=self.secrets.signing)
         # Ledger fields come from an unverified header here: keep them to safe, bounded tokens.
         await self.ledger.append(
-            EntryDraft(Event.REJECTED, message_id, peer, svc, req_digest, trace_id, exc.reason)
+            draft(
+                Event.REJECTED,
+                message_id,
+                peer=peer,
+                service=svc,
+                digest=req_digest,
+                trace_id=trace_id,
+                detail=Detail(outcome=exc.reason),
+            )
         )
         log.warning("request.rejected", reason=exc.reason)
         return built.data

@@ -22,9 +22,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from gateway.interceptors import Caller, current_caller
-from ledger import EntryDraft, Event, LedgerStore
+from ledger import Event, LedgerStore
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue, validate_request
+from tongban.core.details import OK, Detail, Source
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import (
     DeadlineExceeded,
@@ -45,6 +46,7 @@ from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 from tongban.runtime.metrics import NO_METRICS, Hop, Metrics, label_request
 from tongban.runtime.node import RegionSecrets
+from tongban.runtime.records import draft
 from tongban.runtime.status_codes import status_from_wire
 from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
 
@@ -66,10 +68,10 @@ class ReplyInvalid(TongbanError):
     reason = Reason.REPLY_INVALID
 
 
-def _ledger_detail(exc: TongbanError) -> str:
+def _ledger_detail(exc: TongbanError) -> Detail:
     """Reason plus offending field paths; a path that could carry caller text is replaced by '?'."""
     paths = [v.field if _SAFE_PATH.match(v.field) else "?" for v in getattr(exc, "violations", [])]
-    return exc.wire_reason + (": " + ",".join(paths) if paths else "")
+    return Detail(outcome=exc.wire_reason, fields=tuple(paths))
 
 
 class ExchangeCore:
@@ -153,9 +155,7 @@ class ExchangeCore:
         well-formed value is not enough: an ID number is well-formed), else '?'."""
         to = req.target_region if self.registry.region(req.target_region) is not None else "?"
         svc = req.service_code if req.service_code in self.catalogue else "?"
-        await self.ledger.append(
-            EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, _ledger_detail(exc))
-        )
+        await self._record(Event.REJECTED, message_id, to, svc, trace_id, _ledger_detail(exc))
 
     async def validate(
         self,
@@ -234,8 +234,8 @@ class ExchangeCore:
         if not self.nc.is_connected:
             # nats-py would buffer the request while reconnecting and the caller would only see
             # its deadline pass; say at once that the region's bus is down.
-            await self.ledger.append(
-                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
+            await self._record(
+                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NATS_UNAVAILABLE)
             )
             raise Unavailable("this region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE)
 
@@ -249,7 +249,7 @@ class ExchangeCore:
         ):
             with self.metrics.hop(Hop.SEAL_SIGN):
                 built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
-            await self.ledger.append(EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id))
+            await self._record(Event.SUBMITTED, message_id, to, svc, trace_id, Detail(), digest=built.digest)
             try:
                 with self.metrics.hop(Hop.ROUND_TRIP):
                     reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
@@ -272,6 +272,22 @@ class ExchangeCore:
             await self._record_internal(message_id, to, svc, trace_id, exc)
             raise
 
+    async def _record(
+        self,
+        event: Event,
+        message_id: str,
+        to: str,
+        svc: str,
+        trace_id: str,
+        detail: Detail,
+        *,
+        digest: bytes = b"",
+    ) -> None:
+        """One entry of this Query's record (every outcome of a Query is recorded, then answered)."""
+        await self.ledger.append(
+            draft(event, message_id, peer=to, service=svc, digest=digest, trace_id=trace_id, detail=detail)
+        )
+
     async def _record_internal(
         self, message_id: str, to: str, svc: str, trace_id: str, exc: Exception
     ) -> None:
@@ -280,7 +296,7 @@ class ExchangeCore:
         log.error("query.internal_error", error=type(exc).__name__)
         try:
             await asyncio.shield(
-                self.ledger.append(EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "INTERNAL"))
+                self._record(Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.INTERNAL))
             )
         except Exception as again:
             log.error("ledger.append_failed", error=type(again).__name__)
@@ -300,22 +316,22 @@ class ExchangeCore:
             msg = await self.nc.request(subject, data, timeout=remaining, headers=headers)
             return msg.data
         except nats.errors.NoRespondersError as exc:
-            await self.ledger.append(
-                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NO_RESPONDERS")
+            await self._record(
+                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NO_RESPONDERS)
             )
             raise Unavailable(
                 f"region {to} has no connector serving {svc} right now", reason=Reason.NO_RESPONDERS
             ) from exc
         except (TimeoutError, nats.errors.TimeoutError) as exc:
-            await self.ledger.append(
-                EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "NO_REPLY_IN_DEADLINE")
+            await self._record(
+                Event.EXPIRED, message_id, to, svc, trace_id, Detail(outcome=Reason.NO_REPLY_IN_DEADLINE)
             )
             raise DeadlineExceeded(f"no answer from region {to} within the deadline") from exc
         except asyncio.CancelledError:
             # The caller went away (cancelled, or its deadline fired first): the record must still say so.
             await asyncio.shield(
-                self.ledger.append(
-                    EntryDraft(Event.EXPIRED, message_id, to, svc, b"", trace_id, "CALLER_CANCELLED")
+                self._record(
+                    Event.EXPIRED, message_id, to, svc, trace_id, Detail(outcome=Reason.CALLER_CANCELLED)
                 )
             )
             raise
@@ -325,8 +341,8 @@ class ExchangeCore:
             nats.errors.ConnectionDrainingError,
             nats.errors.OutboundBufferLimitError,
         ) as exc:
-            await self.ledger.append(
-                EntryDraft(Event.REJECTED, message_id, to, svc, b"", trace_id, "NATS_UNAVAILABLE")
+            await self._record(
+                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NATS_UNAVAILABLE)
             )
             raise Unavailable("the region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE) from exc
 
@@ -358,16 +374,14 @@ class ExchangeCore:
                 # A connector of an older release (a rolling upgrade): served, without a receipt.
                 log.warning("reply.receipt_missing", peer_region=to)
         except (EnvelopeRejected, ReplyInvalid) as exc:
-            await self.ledger.append(
-                EntryDraft(
-                    Event.REJECTED,
-                    message_id,
-                    to,
-                    svc,
-                    envelope.digest(data),
-                    trace_id,
-                    f"REPLY_INVALID: {exc.reason}",
-                )
+            await self._record(
+                Event.REJECTED,
+                message_id,
+                to,
+                svc,
+                trace_id,
+                Detail(outcome=exc.reason, source=Source.REPLY_INVALID),
+                digest=envelope.digest(data),
             )
             log.error("reply.invalid", reason=exc.reason)
             raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
@@ -391,16 +405,14 @@ class ExchangeCore:
             # the way. A refusal can only make us fail, so it is reported, with that fact.
             altered = h.request_digest != sent.digest
             reason = problem.reason if _REASON.match(problem.reason) else "?"
-            await self.ledger.append(
-                EntryDraft(
-                    Event.REJECTED,
-                    message_id,
-                    to,
-                    svc,
-                    verified.digest,
-                    trace_id,
-                    f"REMOTE: {reason}" + (" (request altered in transit)" if altered else ""),
-                )
+            await self._record(
+                Event.REJECTED,
+                message_id,
+                to,
+                svc,
+                trace_id,
+                Detail(outcome=reason, source=Source.REMOTE, altered=altered),
+                digest=verified.digest,
             )
             err = _remote(problem, to)
             if altered:
@@ -411,22 +423,26 @@ class ExchangeCore:
                 messages.open_body(verified, self.secrets.sealing_for(verified.header.recipient_key_id))
             )
         except (EnvelopeRejected, DecodeError) as exc:
-            await self.ledger.append(
-                EntryDraft(
-                    Event.REJECTED, message_id, to, svc, verified.digest, trace_id, "REPLY_INVALID: SEAL"
-                )
+            await self._record(
+                Event.REJECTED,
+                message_id,
+                to,
+                svc,
+                trace_id,
+                Detail(outcome="SEAL", source=Source.REPLY_INVALID),
+                digest=verified.digest,
             )
             raise ReplyInvalid(f"the answer from {to} does not open") from exc
         if self.receipts is not None and receipt is not None:
             await self.receipts.store_receipt(message_id, to, receipt.leaf_index, h.receipt)
         if body.WhichOneof("outcome") == "problem":
             reason = body.problem.reason if _REASON.match(body.problem.reason) else "?"
-            await self.ledger.append(
-                EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, reason)
+            await self._record(
+                Event.RESPONDED, message_id, to, svc, trace_id, Detail(outcome=reason), digest=verified.digest
             )
             raise _remote(body.problem, to)
-        await self.ledger.append(
-            EntryDraft(Event.RESPONDED, message_id, to, svc, verified.digest, trace_id, "OK")
+        await self._record(
+            Event.RESPONDED, message_id, to, svc, trace_id, Detail(outcome=OK), digest=verified.digest
         )
         return exchange_pb2.QueryResponse(
             message_id=message_id,

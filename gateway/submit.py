@@ -40,6 +40,7 @@ from gateway.interceptors import Caller, current_caller
 from ledger import EntryDraft, Event
 from tongban.core import envelope, messages, subjects
 from tongban.core.delivery import is_terminal, policy_for
+from tongban.core.details import Detail, Source
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import (
     InvalidRequest,
@@ -54,6 +55,7 @@ from tongban.core.message_ids import is_case_no, is_message_id, new_case_no, new
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
 from tongban.runtime.metrics import Hop, label_request
+from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
 from tongban.runtime.streams import durable_pull, ensure_streams
 from tongban.v1 import catalogue_pb2, envelope_pb2, exchange_pb2
@@ -343,7 +345,15 @@ class CaseDesk:
             return await self._replayed(stored, fingerprint, message_id, req, trace_id)
         try:
             await self.ledger.append(
-                EntryDraft(Event.SUBMITTED, message_id, to, svc, built.digest, trace_id, case_no)
+                draft(
+                    Event.SUBMITTED,
+                    message_id,
+                    peer=to,
+                    service=svc,
+                    digest=built.digest,
+                    trace_id=trace_id,
+                    detail=Detail(case_no=case_no),
+                )
             )
         except Exception as exc:
             # The case is accepted (its outbox row is on disk): an error now would invite a retry
@@ -423,28 +433,20 @@ class CaseDesk:
         # have moved the case on by the time this acknowledgement is handled.
         if not any(e.event == Event.PUBLISHED for e in await self.ledger.by_message_id(message_id)):
             await self.ledger.append(
-                EntryDraft(
-                    Event.PUBLISHED,
-                    message_id,
-                    to,
-                    row.service,
-                    row.request_digest,
-                    row.trace_id,
-                    subjects.inbound_stream_name(to),
-                )
+                _case_entry(Event.PUBLISHED, row, Detail(stream=subjects.inbound_stream_name(to)))
             )
         if await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_FORWARDED) is not None:
             await self._changed(row.case_no)
 
     async def _on_expired_in_outbox(self, message_id: str, to: str, msg: Msg) -> None:
-        await self._expire(message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
+        await self._expire(message_id)
 
-    async def _expire(self, message_id: str, detail: str) -> None:
+    async def _expire(self, message_id: str) -> None:
         row = await self.cases.by_message_id(message_id)
         if row is None or row.delivery >= exchange_pb2.DELIVERY_STATE_FORWARDED:
             return
         await self.ledger.append(
-            EntryDraft(Event.EXPIRED, message_id, row.to_region, row.service, b"", row.trace_id, detail)
+            _case_entry(Event.EXPIRED, row, Detail(outcome=Reason.NOT_DELIVERED_BEFORE_DEADLINE), digest=b"")
         )
         await self.cases.set_delivery(message_id, exchange_pb2.DELIVERY_STATE_EXPIRED)
         await self._changed(row.case_no)
@@ -486,8 +488,13 @@ class CaseDesk:
             label = mid if is_message_id(mid) else "sha256:" + envelope.digest(msg.data)[:8].hex()
             with contextlib.suppress(Exception):
                 await self.ledger.append(
-                    EntryDraft(
-                        Event.REJECTED, label, "?", "?", envelope.digest(msg.data), "", f"EVENT: {exc.reason}"
+                    draft(
+                        Event.REJECTED,
+                        label,
+                        peer="?",
+                        service="?",
+                        digest=envelope.digest(msg.data),
+                        detail=Detail(outcome=exc.reason, source=Source.EVENT),
                     )
                 )
             log.warning("event.rejected", reason=exc.reason)
@@ -544,29 +551,18 @@ class CaseDesk:
                 log.warning("event.receipt_invalid", reason=exc.reason)
             else:
                 await self.cases.store_receipt(row.message_id, row.to_region, receipt.leaf_index, h.receipt)
-        recorded = {
-            (e.detail.split(" ", 1)[0], e.detail.rsplit(" ", 1)[-1])
-            for e in await self.ledger.by_message_id(row.message_id)
-        }
+        recorded = set()
+        for e in await self.ledger.by_message_id(row.message_id):
+            d = Detail.decode(e.detail, event=e.event)
+            recorded.add((d.seq, d.event_id))
         drafts = []
         for ev in events:
-            marker = f"event={h.message_id}"
-            if (f"seq={ev.sequence}", marker) in recorded:
+            if (ev.sequence, h.message_id) in recorded:
                 continue
             event = _FAILURE_EVENT.get(ev.delivery_state, Event.STATUS)  # type: ignore[call-overload]
             reason = ev.problem.reason if _REASON.match(ev.problem.reason) else ""
-            detail = f"seq={ev.sequence} status={ev.status}" + (f" reason={reason}" if reason else "")
-            drafts.append(
-                EntryDraft(
-                    event,
-                    row.message_id,
-                    row.to_region,
-                    row.service,
-                    digest,
-                    row.trace_id,
-                    f"{detail} {marker}",
-                )
-            )
+            detail = Detail(seq=ev.sequence, status=ev.status, outcome=reason, event_id=h.message_id)
+            drafts.append(_case_entry(event, row, detail, digest=digest))
         if drafts:
             await self.ledger.append(*drafts)
         if await self.cases.apply_events(events):
@@ -667,19 +663,9 @@ class CaseDesk:
             if age < gw.max_deadline_s:
                 return 0  # a Submit (here or on another replica) may still be writing its record
             # Accepted into the outbox, then a crash before the ledger: complete the record first.
-            await self.ledger.append(
-                EntryDraft(
-                    Event.SUBMITTED,
-                    row.message_id,
-                    row.to_region,
-                    row.service,
-                    row.request_digest,
-                    row.trace_id,
-                    row.case_no,
-                )
-            )
+            await self.ledger.append(_case_entry(Event.SUBMITTED, row, Detail(case_no=row.case_no)))
         if now * 1000 > row.deadline_ms and not await self._in_outbound(row):
-            await self._expire(row.message_id, "NOT_DELIVERED_BEFORE_DEADLINE")
+            await self._expire(row.message_id)
             return 0
         if not row.published:
             return 1 if await self._publish(row) else 0
@@ -690,17 +676,7 @@ class CaseDesk:
         if not await self._publish(row, msg_id=f"{row.message_id}.r{n}"):
             return 0
         self.resent += 1
-        await self.ledger.append(
-            EntryDraft(
-                Event.RESENT,
-                row.message_id,
-                row.to_region,
-                row.service,
-                row.request_digest,
-                row.trace_id,
-                f"resend={n}",
-            )
-        )
+        await self.ledger.append(_case_entry(Event.RESENT, row, Detail(resend=n)))
         return 1
 
     async def _in_outbound(self, row: CaseRow) -> bool:
@@ -746,3 +722,16 @@ def _case_message(row: CaseRow, events: list[exchange_pb2.CaseEvent]) -> exchang
     case.updated_at.FromNanoseconds(row.updated_ns)
     case.events.extend(events)
     return case
+
+
+def _case_entry(event: Event, row: CaseRow, detail: Detail, *, digest: bytes | None = None) -> EntryDraft:
+    """The entry for ``event`` of the case in ``row`` (its request's digest unless ``digest``)."""
+    return draft(
+        event,
+        row.message_id,
+        peer=row.to_region,
+        service=row.service,
+        digest=row.request_digest if digest is None else digest,
+        trace_id=row.trace_id,
+        detail=detail,
+    )

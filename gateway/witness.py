@@ -70,18 +70,20 @@ from ledger.checkpoint import (
     read_note,
     write_atomically,
 )
-from ledger.entry import HASH_SIZE, Entry, EntryDraft, Event, canonical_bytes, chain_hash
+from ledger.entry import HASH_SIZE, Entry, Event, canonical_bytes, chain_hash
 from ledger.errors import LedgerError
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.core import subjects
+from tongban.core.details import Detail
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import Reason
 from tongban.core.message_ids import is_message_id, is_trace_id
 from tongban.core.registry import Registry
 from tongban.runtime.bundle import entry_json, proven_entry
 from tongban.runtime.node import RegionSecrets
+from tongban.runtime.records import draft
 from tongban.runtime.shutdown import stop_task, within
 from tongban.v1 import registry_pb2
 
@@ -582,10 +584,13 @@ class Alarm:
     new_root: bytes
     reason: str
 
-    def detail(self) -> str:
-        return (
-            f"{self.reason}: held size {self.held_size} root {_b64(self.held_root)}, "
-            f"new size {self.new_size} root {_b64(self.new_root)}"
+    def detail(self) -> Detail:
+        return Detail(
+            outcome=self.reason,
+            held_size=self.held_size,
+            held_root=_b64(self.held_root),
+            new_size=self.new_size,
+            new_root=_b64(self.new_root),
         )
 
 
@@ -860,11 +865,11 @@ class Witness:
         )
         try:
             await self.ledger.append(
-                EntryDraft(
-                    event=Event.WITNESS_ALARM,
-                    message_id=f"witness-{region}-{alarm.held_size}-{alarm.new_size}",
-                    peer_region=region,
-                    service_code="",
+                draft(
+                    Event.WITNESS_ALARM,
+                    f"witness-{region}-{alarm.held_size}-{alarm.new_size}",
+                    peer=region,
+                    service="",
                     detail=alarm.detail(),
                 )
             )

@@ -99,6 +99,13 @@ class Reason(StrEnum):
     PEER_UNREACHABLE = "PEER_UNREACHABLE"
     PEER_ANSWER_INVALID = "PEER_ANSWER_INVALID"
     PEER_REFUSED = "PEER_REFUSED"
+    NO_REPLY_IN_DEADLINE = "NO_REPLY_IN_DEADLINE"
+    """A Query's deadline passed with no answer from the receiving region (a ledger outcome; the
+    caller is told DEADLINE_EXCEEDED)."""
+    CALLER_CANCELLED = "CALLER_CANCELLED"
+    """The partner went away before the answer came (a ledger outcome)."""
+    NOT_DELIVERED_BEFORE_DEADLINE = "NOT_DELIVERED_BEFORE_DEADLINE"
+    """A case waited in the outbox past its deadline (a ledger outcome)."""
 
     # -- the receiving region's connector -----------------------------------------------------------
     SERVICE_NOT_SERVED = "SERVICE_NOT_SERVED"

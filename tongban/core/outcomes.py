@@ -2,49 +2,47 @@
 (``tongban trace``, ``tongban report``; the Grafana dashboard's success rate follows it too).
 
 * A failure: a REJECTED, EXPIRED or DEAD_LETTERED entry, or an answer (RESPONDED, PROCESSED) whose
-  detail is a problem reason.
-* An answer is a success of the exchange when its detail is ``OK`` or ``NOT_FOUND``: "no such
+  detail names a problem reason.
+* An answer is a success of the exchange when its outcome is ``OK`` or ``NOT_FOUND``: "no such
   record" is the back end's answer, delivered, not a failure of the exchange. A durable request's
-  PROCESSED detail (``case=… …``) is a success unless it names a ``reason=``.
+  PROCESSED entry (it names its case) is a success unless it names a reason.
+
+Readers pass the entry's :class:`~tongban.core.details.Detail` (``Detail.decode(entry.detail,
+event=entry.event)``), never its text.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from tongban.core.details import ANSWERED, Detail, Source
+
 FAILURE_EVENTS: Final = frozenset({"REJECTED", "EXPIRED", "DEAD_LETTERED"})
 ANSWER_EVENTS: Final = frozenset({"RESPONDED", "PROCESSED"})
-ANSWERED: Final = frozenset({"OK", "NOT_FOUND"})
-"""Details (and metric ``outcome`` labels) of an answered request."""
-_QUALIFIED: Final = frozenset({"REMOTE", "REPLY_INVALID", "POISON"})
+_QUALIFIED: Final = frozenset({Source.REMOTE, Source.REPLY_INVALID, Source.POISON})
+"""Sources whose name is part of the reason a reader shows (``REMOTE:NOT_AUTHORISED``)."""
+
+__all__ = ["ANSWERED", "ANSWER_EVENTS", "FAILURE_EVENTS", "answered", "is_failure", "reason"]
 
 
-def answered(detail: str) -> bool:
-    """Whether an answer entry's ``detail`` is a success of the exchange."""
-    return detail in ANSWERED or (detail.startswith("case=") and "reason=" not in detail)
+def answered(detail: Detail) -> bool:
+    """Whether an answer entry's detail is a success of the exchange."""
+    return detail.outcome in ANSWERED or (bool(detail.case_no) and not detail.outcome)
 
 
-def is_failure(event: str, detail: str) -> bool:
+def is_failure(event: str, detail: Detail) -> bool:
     """Whether the entry (``event``, ``detail``) records a failure of the exchange."""
     return event in FAILURE_EVENTS or (event in ANSWER_EVENTS and not answered(detail))
 
 
-def reason(event: str, detail: str) -> str:
-    """A short reason token from a failure entry's detail; the event's name when it holds none.
+def reason(event: str, detail: Detail) -> str:
+    """A short reason token of a failure entry; the event's name when it names none.
 
-    ``"case=C reason=BACKEND_TIMEOUT"`` and ``"seq=1 status=0 reason=EXPIRED event=..."`` give the
-    token after ``reason=``; ``"INVALID_FIELD: request.fields.x"`` gives ``INVALID_FIELD``;
-    ``"REMOTE: NOT_AUTHORISED (request altered in transit)"`` gives ``REMOTE:NOT_AUTHORISED``.
+    ``BACKEND_TIMEOUT`` for a case that names it, ``INVALID_FIELD`` for a refusal with field paths,
+    ``REMOTE:NOT_AUTHORISED`` for the other region's signed refusal.
     """
-    detail = detail.strip()
-    if "reason=" in detail:
-        token = detail.split("reason=", 1)[1].split()
-        return token[0] if token else event
-    if not detail or detail.startswith(("case=", "seq=")):
+    if not detail.outcome:
         return event
-    head, sep, tail = detail.split(" (", 1)[0].partition(":")
-    head = head.strip()
-    words = tail.split()
-    if sep and head in _QUALIFIED and words:
-        return f"{head}:{words[0]}"
-    return head or event
+    if detail.source in _QUALIFIED:
+        return f"{detail.source}:{detail.outcome}"
+    return detail.source or detail.outcome
