@@ -12,6 +12,8 @@ from pathlib import Path
 
 import nkeys
 
+from ledger import Entry
+from tongban.core.details import Detail
 from tongban.ops.dev import free_port
 
 __all__ = ["eventually", "free_port", "nkey_connect"]
@@ -49,3 +51,8 @@ def nkey_connect(info_line: bytes, seed_file: Path, **fields: object) -> bytes:
     finally:
         kp.wipe()
     return f"CONNECT {json.dumps(connect)}\r\n".encode()
+
+
+def note(entry: Entry) -> str:
+    """A ledger entry's detail as operators read it (``tongban trace``): the typed detail, rendered."""
+    return Detail.decode(entry.detail, event=entry.event).render(event=entry.event)

@@ -13,6 +13,7 @@ from ledger import Event
 from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.cli import tongban
+from tests.helpers import note
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
@@ -76,7 +77,7 @@ async def test_failing_back_end_dead_letters_then_replay_delivers_once(
     assert [e.event for e in entries].count(Event.RECEIVED) == ATTEMPTS
     assert [e.event for e in entries].count(Event.DEAD_LETTERED) == 1
     dead_entry = next(e for e in entries if e.event == Event.DEAD_LETTERED)
-    assert "BACKEND_FAILURE" in dead_entry.detail
+    assert "BACKEND_FAILURE" in note(dead_entry)
     sz = await stack.nodes[SZ].ledger.by_message_id(receipt.message_id)
     assert Event.DEAD_LETTERED in [e.event for e in sz]
     # Wuxi's signed receipt names the RECEIVED entry of the last attempt: the request is on record
@@ -135,7 +136,7 @@ async def test_poison_is_dead_lettered_at_once(stack: Stack) -> None:
 
     async def dead() -> bool:
         return any(
-            e.event == Event.REJECTED and e.detail.startswith("POISON") for e in await wx.ledger.entries()
+            e.event == Event.REJECTED and note(e).startswith("POISON") for e in await wx.ledger.entries()
         )
 
     from tests.helpers import eventually

@@ -17,6 +17,7 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, resigned_registry, wait_visible
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
+from tests.helpers import note
 from tongban.core import envelope, messages, subjects
 from tongban.core.errors import Reason
 from tongban.runtime.config import Config
@@ -85,12 +86,12 @@ async def test_altered_in_transit_is_refused_with_a_clear_error(
     assert d.reason == Reason.SIGNATURE_INVALID
     assert "altered in transit" in d.message
     sz = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in sz] == [
+    assert [(e.event, note(e)) for e in sz] == [
         (Event.SUBMITTED, ""),
         (Event.REJECTED, "REMOTE: SIGNATURE_INVALID (request altered in transit)"),
     ]
     wx = await stack.nodes[WX].ledger.entries()
-    assert [(e.event, e.detail) for e in wx] == [(Event.REJECTED, "SIGNATURE_INVALID")]
+    assert [(e.event, note(e)) for e in wx] == [(Event.REJECTED, "SIGNATURE_INVALID")]
     assert stack.nodes[WX].backend_calls() == 0
 
 
@@ -181,5 +182,5 @@ async def test_connector_checks_the_registry_itself(
         await stack.stub(SZ).Query(pension(), timeout=5)
     d = details_of(exc.value)
     assert (d.code, d.reason) == (code, reason)
-    assert [e.detail for e in await stack.nodes[WX].ledger.entries()] == [reason]
+    assert [note(e) for e in await stack.nodes[WX].ledger.entries()] == [reason]
     assert stack.nodes[WX].backend_calls() == 0

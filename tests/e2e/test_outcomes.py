@@ -16,7 +16,7 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.core import subjects
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
@@ -64,9 +64,9 @@ async def test_slow_back_end_answers_deadline_exceeded_and_both_ledgers_agree(
     assert d.code == grpc.StatusCode.DEADLINE_EXCEEDED and d.reason == "BACKEND_TIMEOUT"
     assert adapter.started.is_set()
     sz = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in sz] == [(Event.SUBMITTED, ""), (Event.RESPONDED, "BACKEND_TIMEOUT")]
+    assert [(e.event, note(e)) for e in sz] == [(Event.SUBMITTED, ""), (Event.RESPONDED, "BACKEND_TIMEOUT")]
     wx = await stack.nodes[WX].ledger.entries()
-    assert [(e.event, e.detail) for e in wx] == [(Event.RECEIVED, ""), (Event.PROCESSED, "BACKEND_TIMEOUT")]
+    assert [(e.event, note(e)) for e in wx] == [(Event.RECEIVED, ""), (Event.PROCESSED, "BACKEND_TIMEOUT")]
 
 
 async def test_no_reply_within_deadline_is_expired(stack: Stack) -> None:
@@ -105,7 +105,7 @@ async def test_no_reply_within_deadline_is_expired(stack: Stack) -> None:
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert swallowed
         sz = await stack.nodes[SZ].ledger.entries()
-        assert [(e.event, e.detail) for e in sz] == [
+        assert [(e.event, note(e)) for e in sz] == [
             (Event.SUBMITTED, ""),
             (Event.EXPIRED, "NO_REPLY_IN_DEADLINE"),
         ]
@@ -139,9 +139,9 @@ async def test_unknown_applicant_is_not_found(stack: Stack) -> None:
     assert d.code == grpc.StatusCode.NOT_FOUND and d.reason == "NOT_FOUND"
     assert "110105198001010032" not in d.message
     sz = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in sz] == [(Event.SUBMITTED, ""), (Event.RESPONDED, "NOT_FOUND")]
+    assert [(e.event, note(e)) for e in sz] == [(Event.SUBMITTED, ""), (Event.RESPONDED, "NOT_FOUND")]
     wx = await stack.nodes[WX].ledger.entries()
-    assert [(e.event, e.detail) for e in wx] == [(Event.RECEIVED, ""), (Event.PROCESSED, "NOT_FOUND")]
+    assert [(e.event, note(e)) for e in wx] == [(Event.RECEIVED, ""), (Event.PROCESSED, "NOT_FOUND")]
 
 
 async def test_failing_back_end_is_unavailable(topology: Topology, state: DevState) -> None:
@@ -166,7 +166,7 @@ async def test_refusal_at_the_receiver_reaches_the_caller(stack: Stack) -> None:
     d = details_of(exc.value)
     assert d.code == grpc.StatusCode.UNAUTHENTICATED and d.reason == "STALE"
     assert [e.event for e in await stack.nodes[SZ].ledger.entries()] == [Event.SUBMITTED, Event.REJECTED]
-    assert [e.detail for e in await stack.nodes[WX].ledger.entries()] == ["STALE"]
+    assert [note(e) for e in await stack.nodes[WX].ledger.entries()] == ["STALE"]
     assert stack.nodes[WX].backend_calls() == 0
 
 

@@ -13,7 +13,7 @@ from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import cases
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.core import subjects
 from tongban.v1 import exchange_pb2
 
@@ -123,7 +123,7 @@ async def test_idempotency_key_reused_for_another_request_is_refused(stack: Stac
     assert d.code == grpc.StatusCode.ALREADY_EXISTS and d.reason == "IDEMPOTENCY_KEY_REUSED"
     entries = await stack.nodes[SZ].ledger.entries()
     assert [e.event for e in entries].count(Event.SUBMITTED) == 1
-    assert [e.detail for e in entries if e.event == Event.REJECTED] == ["IDEMPOTENCY_KEY_REUSED"]
+    assert [note(e) for e in entries if e.event == Event.REJECTED] == ["IDEMPOTENCY_KEY_REUSED"]
 
 
 async def test_query_item_is_not_submitted(stack: Stack) -> None:
@@ -151,7 +151,7 @@ async def test_time_to_live_out_of_range_is_a_field_violation(stack: Stack, seco
     d = details_of(err.value)
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT and "time_to_live" in d.violations
     entries = await stack.nodes[SZ].ledger.entries()
-    assert [(e.event, e.detail) for e in entries] == [(Event.REJECTED, "INVALID_REQUEST: time_to_live")]
+    assert [(e.event, note(e)) for e in entries] == [(Event.REJECTED, "INVALID_REQUEST: time_to_live")]
 
 
 async def test_unknown_case_is_not_found(stack: Stack) -> None:

@@ -13,7 +13,7 @@ from ledger import Event
 from tests.conftest import SZ, WX, Stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import build, cases, pension
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.v1 import exchange_pb2
 
 Edit = Callable[[exchange_pb2.QueryRequest], None]
@@ -125,7 +125,7 @@ async def test_bad_input_refused_and_nothing_published(
 
     sz = await stack.nodes[SZ].ledger.entries()
     assert [e.event for e in sz] == [Event.REJECTED]
-    assert sz[0].detail.startswith("INVALID_REQUEST")
+    assert note(sz[0]).startswith("INVALID_REQUEST")
     assert await stack.nodes[WX].ledger.size() == 0
     assert stack.nodes[WX].backend_calls() == 0
 

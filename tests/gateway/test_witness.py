@@ -27,7 +27,7 @@ from ledger.checkpoint import Checkpoint, CheckpointRefused, origin_of, sign_che
 from ledger.merkle import root_from_leaves
 from ledger.tree import leaf_hash_of
 from tests.conftest import QD, SZ, WX
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tests.ledger.helpers import raw_db
 from tongban.core import subjects
 from tongban.core.registry import Registry
@@ -204,7 +204,7 @@ async def test_witness_verifies_growth_and_alarms_on_a_rewritten_log(
             entries = await alarms_in(wx.ledger)
             assert len(entries) == 1
             assert entries[0].peer_region == SZ
-            assert "held size 10" in entries[0].detail and "new size 13" in entries[0].detail
+            assert "held size 10" in note(entries[0]) and "new size 13" in note(entries[0])
             assert held_size(witness) == 10  # the inconsistent checkpoint is never adopted
             assert witness.verified == 2
 

@@ -37,7 +37,7 @@ from tests.e2e.cases import submit_request
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
-from tests.helpers import eventually, nkey_connect
+from tests.helpers import eventually, nkey_connect, note
 from tongban.core import envelope, messages, subjects
 from tongban.core.errors import Reason
 from tongban.core.keys import SigningKey
@@ -236,7 +236,7 @@ async def refused_by_connector(
     assert (problem.reason, problem.code, problem.message) == (reason, code.value[0], message), problem
     assert not problem.field_violations
     wx = await scene.entries(WX)
-    assert [(e.event, e.detail, e.message_id, e.envelope_digest) for e in wx] == [
+    assert [(e.event, note(e), e.message_id, e.envelope_digest) for e in wx] == [
         (Event.REJECTED, reason, message_id, envelope.digest(data))
     ]
     assert scene.backend_calls() == 0
@@ -248,7 +248,7 @@ async def refused_by_gateway(scene: Scene, request: exchange_pb2.QueryRequest, *
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await scene.stack.stub(SZ).Query(request, timeout=5)
     sz = await scene.entries(SZ)
-    assert [(e.event, e.detail, e.peer_region, e.service_code) for e in sz] == [
+    assert [(e.event, note(e), e.peer_region, e.service_code) for e in sz] == [
         (Event.REJECTED, detail, WX, SERVICE)
     ]
     assert await scene.entries(WX) == []
@@ -826,7 +826,7 @@ async def test_a_case_copied_from_the_stream_onto_the_query_subject_is_refused(s
     problem = await send(stack, data, subject.rsplit(".", 1)[-1])
     assert (problem.reason, problem.code) == ("KIND_MISMATCH", Code.FAILED_PRECONDITION.value[0])
     assert scene.backend_calls() == calls
-    assert [(e.event, e.detail) for e in await scene.entries(WX) if e.message_id == mid][-1] == (
+    assert [(e.event, note(e)) for e in await scene.entries(WX) if e.message_id == mid][-1] == (
         Event.REJECTED,
         "KIND_MISMATCH",
     )
@@ -848,7 +848,7 @@ async def test_a_query_put_into_the_inbound_stream_is_dead_lettered(scene: Scene
 
     async def refused() -> list[tuple[str, str]]:
         return [
-            (e.event, e.detail) for e in await scene.entries(WX) if e.message_id == built.header.message_id
+            (e.event, note(e)) for e in await scene.entries(WX) if e.message_id == built.header.message_id
         ]
 
     await eventually(refused, what="the query refused by the case worker")

@@ -18,6 +18,7 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import build, cases, pension
 from tests.e2e.tamper import craft, send
+from tests.helpers import note
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
@@ -43,7 +44,7 @@ async def refused_at_connector(stack: Stack, request: exchange_pb2.ServiceReques
     problem = await send(stack, built.data, service=request.service_code)
     assert problem.reason == reason, problem
     entries = await stack.nodes[WX].ledger.entries()
-    assert [(e.event, e.detail) for e in entries] == [(Event.REJECTED, reason)]
+    assert [(e.event, note(e)) for e in entries] == [(Event.REJECTED, reason)]
     assert stack.nodes[WX].backend_calls() == 0
     return problem.message
 

@@ -24,7 +24,7 @@ from tests.e2e.requests import pension
 from tests.e2e.tamper import craft, send
 from tests.e2e.test_case_progress import AcceptingBackend
 from tests.e2e.test_outcomes import SlowAdapter
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.runtime.config import Config
@@ -105,9 +105,7 @@ async def test_oversized_envelope_is_refused_unread_by_the_connector(stack: Stac
         grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
     )
     assert problem.message == f"envelope of {len(data)} bytes is over the limit of {limit}"
-    assert [(e.event, e.detail) for e in await wx.ledger.entries()] == [
-        (Event.REJECTED, "ENVELOPE_TOO_LARGE")
-    ]
+    assert [(e.event, note(e)) for e in await wx.ledger.entries()] == [(Event.REJECTED, "ENVELOPE_TOO_LARGE")]
     assert wx.backend_calls() == 0
     # The same envelope without the padding is served: the padding alone made the difference.
     assert (await stack.stub(SZ).Query(pension(), timeout=10)).responder_region == WX

@@ -14,7 +14,7 @@ from ledger import Event
 from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 
@@ -71,7 +71,7 @@ async def test_a_region_over_its_share_is_refused_while_another_is_served(
     assert all(a.responder_region == WX for a in answers)
 
     wx = await stack.nodes[WX].ledger.entries()
-    busy = [e for e in wx if e.event == Event.REJECTED and e.detail == "PEER_BUSY"]
+    busy = [e for e in wx if e.event == Event.REJECTED and note(e) == "PEER_BUSY"]
     assert [e.peer_region for e in busy] == [SZ]
     # The refused request never reached the back end: no RECEIVED under its id.
     assert not [e for e in wx if e.message_id == busy[0].message_id and e.event == Event.RECEIVED]

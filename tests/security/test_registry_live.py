@@ -26,7 +26,7 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import ask_wuxi, craft, send, send_ok
-from tests.helpers import eventually
+from tests.helpers import eventually, note
 from tongban.core import envelope
 from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
 from tongban.core.registry import Registry, sign_registry
@@ -168,7 +168,7 @@ async def test_revoked_key_while_running_is_refused(stack: Stack) -> None:
     d = details_of(err.value)
     assert (d.code, d.reason) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
     entries = (await wx.ledger.entries())[before:]
-    assert [(e.event, e.detail) for e in entries] == [(Event.REJECTED, "KEY_REVOKED")]
+    assert [(e.event, note(e)) for e in entries] == [(Event.REJECTED, "KEY_REVOKED")]
     assert wx.backend_calls() == calls
 
 
