@@ -13,7 +13,7 @@ from tongban.core.catalogue import Catalogue
 from tongban.core.errors import ConfigError
 from tongban.runtime.config import Config
 from tongban.runtime.ledgers import store_for
-from tongban.runtime.metrics import component_metrics, monitor_component
+from tongban.runtime.monitor import component_metrics, monitor_component
 from tongban.runtime.node import load_registry, load_secrets
 from tongban.runtime.process import serve_until_signal, stop_node
 from tongban.runtime.shutdown import Deadline

@@ -30,7 +30,8 @@ from opentelemetry.trace import SpanKind
 
 from tongban.core import subjects
 from tongban.runtime import telemetry
-from tongban.runtime.metrics import NO_METRICS, Hop, Metrics
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.shutdown import Deadline, finish_task
 from tongban.runtime.streams import durable_pull, jetstream
 
@@ -195,7 +196,7 @@ class Forwarder:
             out_headers[subjects.Header.TRACEPARENT] = traceparent
         try:
             assert self._js is not None
-            with self.metrics.hop(Hop.FORWARD):
+            with self.metrics.hop(TimedHop.FORWARD):
                 await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             if expired:

@@ -18,7 +18,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 
 from ledger import LedgerStore
-from tongban.runtime.metrics import ComponentMonitor
+from tongban.runtime.monitor import ComponentMonitor
 from tongban.runtime.shutdown import Deadline, in_daemon_thread, stop_task, within
 
 log = structlog.get_logger("tongban.runtime.process")
