@@ -32,8 +32,9 @@ from tongban.core import subjects
 from tongban.runtime import telemetry
 from tongban.runtime.instruments import TimedHop
 from tongban.runtime.metrics import NO_METRICS, Metrics
-from tongban.runtime.shutdown import Deadline, finish_task
-from tongban.runtime.streams import durable_pull, jetstream
+from tongban.runtime.pull_worker import PullWorker
+from tongban.runtime.shutdown import Deadline
+from tongban.runtime.streams import jetstream
 
 log = structlog.get_logger("tongban.runtime.forwarder")
 _tracer = trace.get_tracer("tongban.runtime.forwarder")
@@ -94,59 +95,36 @@ class Forwarder:
         )
         self.forwarded = 0
         self._js: JetStreamContext | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._worker = PullWorker(self._forward_batch, batch=batch, events="forwarder")
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._worker.running:
             return
         js = jetstream(self.nc, self.region)
-        stream = subjects.outbound_stream_name(self.region)
-        sub = await durable_pull(
+        self._js = js
+        await self._worker.start(
             js,
-            stream,
+            subjects.outbound_stream_name(self.region),
             self.durable,
             filter_subject=subjects.outbound_filter(self.region, self.kind),
             ack_wait_s=self.ack_wait_s,
             max_ack_pending=self.batch * 4,
+            task_name=f"forwarder-{self.kind.value}",
         )
-        self._js = js
-        self._stopping = False
-        self._task = asyncio.create_task(self._loop(sub), name=f"forwarder-{self.kind.value}")
 
     async def stop(self, deadline: Deadline | None = None) -> None:
         """Finish the batch in hand (its messages are acked or nakked), then stop: within one
         publish timeout and a margin, and ``deadline``; cancelled beyond that (what was not acked
         is redelivered to the region's next forwarder after the ack wait)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
         cap = self.publish_timeout_s + 2.0
-        await finish_task(
-            task, timeout=deadline.budget(cap) if deadline else cap, what=f"forwarder {self.kind.value}"
+        await self._worker.stop(
+            timeout=deadline.budget(cap) if deadline else cap, what=f"forwarder {self.kind.value}"
         )
 
-    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        try:
-            while not self._stopping:
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=0.25)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                    await asyncio.sleep(0.2)
-                    continue
-                except Exception as exc:  # a fetch refused while the server restarts
-                    log.warning("forwarder.fetch_failed", error=type(exc).__name__)
-                    await asyncio.sleep(0.2)
-                    continue
-                for result in await asyncio.gather(*(self._forward(m) for m in msgs), return_exceptions=True):
-                    if isinstance(result, Exception):  # not acked: redelivered after the ack wait
-                        log.warning("forwarder.failed", error=type(result).__name__)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def _forward_batch(self, msgs: list[Msg]) -> None:
+        for result in await asyncio.gather(*(self._forward(m) for m in msgs), return_exceptions=True):
+            if isinstance(result, Exception):  # not acked: redelivered after the ack wait
+                log.warning("forwarder.failed", error=type(result).__name__)
 
     def _retry_delay(self, msg: Msg) -> float:
         return min(0.1 * 2 ** min(_delivered(msg), 10), self.retry_max_s)
