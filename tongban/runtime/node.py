@@ -103,10 +103,6 @@ class RegionSecrets:
             return False
         return True
 
-    @property
-    def signing_key_ids(self) -> list[str]:
-        return sorted(self._signing)
-
     def sealing_for(self, key_id: str) -> SealingKey:
         """Our sealing key ``key_id``; refuses a body sealed for a key we do not hold."""
         key = self._sealing.get(key_id)

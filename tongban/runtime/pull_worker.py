@@ -66,11 +66,6 @@ class PullWorker:
         """Started and not stopped."""
         return self._task is not None
 
-    @property
-    def stopping(self) -> bool:
-        """The stop flag: set by :meth:`stop`, seen by the loop within :data:`FETCH_WAIT_S`."""
-        return self._stopping
-
     async def start(
         self,
         js: JetStreamContext,
