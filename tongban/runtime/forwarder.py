@@ -1,12 +1,15 @@
 """Store and forward: moves a region's outbound stream into other regions' streams.
 
-DESIGN.md "NATS topology", option 3. A message accepted by a region waits in its own ``OUT_<region>``
-stream (work queue, file storage) until a forwarder of that region publishes it to the destination
-region's stream with ``Nats-Msg-Id`` = the message id, and acks it only after the destination's
-PubAck. A destination that is down (its leaf, or the hub) is retried with capped back-off; nothing is
-lost and, thanks to the destination's duplicate window and the receiver's own processed-message
-record, nothing is applied twice. Requests carry their deadline in a header: once it has passed and
-the destination cannot be reached, the forwarder stops trying and reports the expiry instead.
+Where it fits: docs/architecture.md, "One Submit (durable case delivery)", step 3; why a forwarder
+and not stream sourcing across the hub: the same page, "The forwarder … carries both ways".
+
+A message accepted by a region waits in its own ``OUT_<region>`` stream (work queue, file storage)
+until a forwarder of that region publishes it to the destination region's stream with
+``Nats-Msg-Id`` = the message id, and acks it only after the destination's PubAck. A destination
+that is down (its leaf, or the hub) is retried with capped back-off; nothing is lost and, thanks to
+the destination's duplicate window and the receiver's own processed-message record, nothing is
+applied twice. Requests carry their deadline in a header: once it has passed and the destination
+cannot be reached, the forwarder stops trying and reports the expiry instead.
 
 Gateways forward requests, connectors forward status events: two durable consumers with disjoint
 filters on the same stream, each shared by the replicas of its role.
