@@ -14,7 +14,7 @@ from tests.helpers import eventually
 from tongban.core import subjects
 from tongban.ops.natsserver import Topology
 from tongban.runtime.pull_worker import PullWorker
-from tongban.runtime.streams import ensure_streams
+from tongban.runtime.streams import durable_pull, ensure_streams
 
 SERVICE = "SBJFJLCX0001"
 DURABLE = "test-pull-worker"
@@ -29,15 +29,14 @@ async def _dead_letters(topology: Topology, count: int) -> tuple[NATS, JetStream
     return nc, js
 
 
-async def _start(worker: PullWorker, js: JetStreamContext) -> None:
-    await worker.start(
+async def _bind(js: JetStreamContext) -> JetStreamContext.PullSubscription:
+    return await durable_pull(
         js,
         subjects.dlq_stream_name(SZ),
         DURABLE,
         filter_subject=subjects.dlq_wildcard(SZ),
         ack_wait_s=30.0,
         max_ack_pending=64,
-        task_name="test-pull-worker",
     )
 
 
@@ -53,8 +52,9 @@ async def test_batches_reach_the_owner_within_the_batch_size(topology: Topology)
             await m.ack()
 
     worker = PullWorker(handle, batch=3, events="test")
-    await _start(worker, js)
-    await _start(worker, js)  # idempotent: still one loop
+    sub = await _bind(js)
+    worker.start(sub, task_name="test-pull-worker")
+    worker.start(sub, task_name="test-pull-worker")  # idempotent: still one loop
     await eventually(lambda: len(got) == 7)
     assert sorted(got) == [str(i).encode() for i in range(7)]
     assert max(sizes) <= 3
@@ -84,7 +84,7 @@ async def test_the_owners_window_sizes_each_fetch_and_a_stop_waits_for_the_batch
             acked.append(m.data)
 
     worker = PullWorker(handle, batch=10, room=room, events="test")
-    await _start(worker, js)
+    worker.start(await _bind(js), task_name="test-pull-worker")
     await asyncio.wait_for(in_hand.wait(), 5.0)
     stopping = asyncio.create_task(worker.stop(timeout=5.0, what="test"))
     await asyncio.sleep(0)  # the stop runs up to its wait on the loop: the flag is set

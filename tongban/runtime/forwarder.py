@@ -37,7 +37,7 @@ from tongban.runtime.instruments import TimedHop
 from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.pull_worker import PullWorker
 from tongban.runtime.shutdown import Deadline
-from tongban.runtime.streams import jetstream
+from tongban.runtime.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.runtime.forwarder")
 _tracer = trace.get_tracer("tongban.runtime.forwarder")
@@ -104,16 +104,16 @@ class Forwarder:
         if self._worker.running:
             return
         js = jetstream(self.nc, self.region)
-        self._js = js
-        await self._worker.start(
+        sub = await durable_pull(
             js,
             subjects.outbound_stream_name(self.region),
             self.durable,
             filter_subject=subjects.outbound_filter(self.region, self.kind),
             ack_wait_s=self.ack_wait_s,
             max_ack_pending=self.batch * 4,
-            task_name=f"forwarder-{self.kind.value}",
         )
+        self._js = js
+        self._worker.start(sub, task_name=f"forwarder-{self.kind.value}")
 
     async def stop(self, deadline: Deadline | None = None) -> None:
         """Finish the batch in hand (its messages are acked or nakked), then stop: within one

@@ -1,10 +1,11 @@
-"""A durable pull consumer worked by a task of its own: bind, fetch, hand each batch over, stop.
+"""A durable pull consumer worked by a task of its own: fetch, hand each batch over, stop.
 
-Every loop that drains one of a region's JetStream durables takes the same steps: bind the durable
-(:func:`~tongban.runtime.streams.durable_pull`), fetch with a short wait so the stop flag is seen
-within it, ride out a connection that is down, hand each batch to its owner, unsubscribe at the end,
-and stop within a bound (:func:`~tongban.runtime.shutdown.finish_task`). :class:`PullWorker` is
-those steps; what to do with the messages (and when to ack them) stays with its owner.
+Every loop that drains one of a region's JetStream durables (bound with
+:func:`~tongban.runtime.streams.durable_pull`) takes the same steps: fetch with a short wait so the
+stop flag is seen within it, ride out a connection that is down, hand each batch to its owner,
+unsubscribe at the end, and stop within a bound (:func:`~tongban.runtime.shutdown.finish_task`).
+:class:`PullWorker` is those steps; what to do with the messages (and when to ack them) stays with
+its owner.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from tongban.runtime.shutdown import finish_task
-from tongban.runtime.streams import durable_pull
 
 log = structlog.get_logger("tongban.runtime.pull_worker")
 
@@ -66,29 +66,11 @@ class PullWorker:
         """Started and not stopped."""
         return self._task is not None
 
-    async def start(
-        self,
-        js: JetStreamContext,
-        stream: str,
-        durable: str,
-        *,
-        filter_subject: str,
-        ack_wait_s: float,
-        max_ack_pending: int,
-        task_name: str,
-    ) -> None:
-        """Bind ``durable`` on ``stream`` (created or updated, see :func:`durable_pull`) and start
-        fetching from it."""
+    def start(self, sub: JetStreamContext.PullSubscription, *, task_name: str) -> None:
+        """Start fetching from ``sub`` (bound by :func:`~tongban.runtime.streams.durable_pull`),
+        on a task named ``task_name``. Does nothing while running."""
         if self._task is not None:
             return
-        sub = await durable_pull(
-            js,
-            stream,
-            durable,
-            filter_subject=filter_subject,
-            ack_wait_s=ack_wait_s,
-            max_ack_pending=max_ack_pending,
-        )
         self._stopping = False
         self._task = asyncio.create_task(self._loop(sub), name=task_name)
 
