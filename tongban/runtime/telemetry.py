@@ -98,8 +98,7 @@ def configure_tracing(
 def _otlp_exporter(endpoint: str, ca: bytes | None) -> SpanExporter:
     """The OTLP/gRPC span exporter to ``endpoint``: TLS for ``https://`` (roots: ``ca`` PEM, or the
     system's), else plaintext."""
-    # Its import costs about 140 ms (the OTLP protobufs): paid only by a process that exports.
-    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter  # lazy: ~140 ms, only to export
+    from opentelemetry.exporter.otlp.proto.grpc import trace_exporter  # lazy: ~140 ms of OTLP protobufs
 
     tls = endpoint.startswith("https://")
     return trace_exporter.OTLPSpanExporter(
