@@ -44,7 +44,8 @@ from tongban.core.message_ids import new_message_id
 from tongban.core.receipts import sign_receipt
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
-from tongban.runtime.metrics import Hop, set_outcome
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import set_outcome
 from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_task, finish_tasks
 from tongban.runtime.status_codes import problem
@@ -255,7 +256,7 @@ class CaseWorker:
                     kind=SpanKind.CLIENT,
                     attributes={"tongban.service_code": h.service_code},
                 ),
-                self.connector.metrics.hop(Hop.ADAPTER),
+                self.connector.metrics.hop(TimedHop.ADAPTER),
             ):
                 remaining = messages.seconds(h.deadline) - time.time()
                 async with asyncio.timeout(max(remaining, 0.001)):

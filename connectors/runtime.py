@@ -43,8 +43,9 @@ from tongban.core.receipts import sign_receipt
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
+from tongban.runtime.instruments import UNSET, TimedHop
 from tongban.runtime.live_registry import RegistryWatcher
-from tongban.runtime.metrics import NO_METRICS, UNSET, Hop, Metrics, RequestRecord, set_outcome
+from tongban.runtime.metrics import NO_METRICS, Metrics, RequestRecord, set_outcome
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
 from tongban.runtime.records import draft
@@ -355,7 +356,7 @@ class Connector:
                 f"envelope of {len(data)} bytes is over the limit of {limit}",
                 reason=Reason.ENVELOPE_TOO_LARGE,
             )
-        with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(Hop.VERIFY):
+        with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(TimedHop.VERIFY):
             verified = envelope.verify(data, self.registry, now_s=now)
             h = verified.header
             if h.kind not in (envelope_pb2.MESSAGE_KIND_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_REQUEST):
@@ -396,7 +397,7 @@ class Connector:
         """Open the seal, check header/body agreement, the registry's access rule (again: never
         trusting the sending gateway alone) and the form; find the adapter."""
         h = verified.header
-        with self.tracer.start_as_current_span("connector.open"), self.metrics.hop(Hop.OPEN):
+        with self.tracer.start_as_current_span("connector.open"), self.metrics.hop(TimedHop.OPEN):
             plaintext = messages.open_body(
                 verified, self.secrets.sealing_for(verified.header.recipient_key_id)
             )
@@ -483,7 +484,7 @@ class Connector:
             self.tracer.start_as_current_span(
                 "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
             ) as sp,
-            self.metrics.hop(Hop.ADAPTER),
+            self.metrics.hop(TimedHop.ADAPTER),
         ):
             try:
                 # Keep a little of the deadline for sealing, the ledger and the reply.
@@ -511,7 +512,7 @@ class Connector:
         set_outcome(outcome)
         body.responded_at.CopyFrom(messages.timestamp(time.time()))
 
-        with self.tracer.start_as_current_span("connector.reply"), self.metrics.hop(Hop.REPLY):
+        with self.tracer.start_as_current_span("connector.reply"), self.metrics.hop(TimedHop.REPLY):
             recipient_kid, recipient = self.registry.sealing_key_for(h.from_region)
             reply_header = envelope_pb2.Header(
                 message_id=new_message_id(),

@@ -44,7 +44,8 @@ from tongban.core.receipts import verify_receipt
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
-from tongban.runtime.metrics import NO_METRICS, Hop, Metrics, label_request
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import NO_METRICS, Metrics, label_request
 from tongban.runtime.node import RegionSecrets
 from tongban.runtime.records import draft
 from tongban.runtime.status_codes import status_from_wire
@@ -166,7 +167,7 @@ class ExchangeCore:
         extra: Callable[[], None] | None = None,
     ) -> None:
         """Catalogue and registry checks (plus ``extra``); a refusal is recorded, then raised."""
-        with self.tracer.start_as_current_span("gateway.validate"), self.metrics.hop(Hop.VALIDATE):
+        with self.tracer.start_as_current_span("gateway.validate"), self.metrics.hop(TimedHop.VALIDATE):
             try:
                 self._check(req, caller)
                 if extra is not None:
@@ -247,11 +248,11 @@ class ExchangeCore:
             kind=SpanKind.PRODUCER,
             attributes=telemetry.messaging_attributes(subject, message_id, to, svc),
         ):
-            with self.metrics.hop(Hop.SEAL_SIGN):
+            with self.metrics.hop(TimedHop.SEAL_SIGN):
                 built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
             await self._record(Event.SUBMITTED, message_id, to, svc, trace_id, Detail(), digest=built.digest)
             try:
-                with self.metrics.hop(Hop.ROUND_TRIP):
+                with self.metrics.hop(TimedHop.ROUND_TRIP):
                     reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
             except TongbanError:
                 raise
@@ -261,7 +262,7 @@ class ExchangeCore:
         try:
             with (
                 self.tracer.start_as_current_span("gateway.verify_reply"),
-                self.metrics.hop(Hop.VERIFY_REPLY),
+                self.metrics.hop(TimedHop.VERIFY_REPLY),
             ):
                 verified, problem, receipt = await self._verify_reply(reply, built, to, svc, trace_id)
             with self.tracer.start_as_current_span("gateway.respond"):

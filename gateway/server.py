@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping
-from pathlib import Path
 
 import grpc
 import structlog
@@ -23,6 +22,7 @@ from gateway.reach import PeerReach
 from gateway.submit import CaseDesk
 from gateway.witness import CheckpointPublisher, Witness, fetch_entries
 from ledger import LedgerStore
+from ledger.files import write_atomically
 from ledger.tree import LedgerTree
 from tongban.core.catalogue import Catalogue
 from tongban.core.errors import ConfigError
@@ -262,11 +262,7 @@ class Gateway:
         await self._set_health(nc.is_connected)
         self._health_task = asyncio.create_task(self._watch_health(), name="gateway-health")
         if gw.port_file:
-            p = self.cfg.path(gw.port_file)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(p) + ".tmp")
-            tmp.write_text(str(self.port))
-            tmp.replace(p)
+            write_atomically(self.cfg.path(gw.port_file), str(self.port).encode())
         log.info(
             "gateway.started",
             region=self.cfg.region.code,

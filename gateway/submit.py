@@ -54,7 +54,8 @@ from tongban.core.errors import (
 from tongban.core.message_ids import is_case_no, is_message_id, new_case_no, new_message_id
 from tongban.runtime import telemetry
 from tongban.runtime.forwarder import Forwarder
-from tongban.runtime.metrics import Hop, label_request
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import label_request
 from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
 from tongban.runtime.streams import durable_pull, ensure_streams
@@ -310,7 +311,7 @@ class CaseDesk:
         """Seal, keep in the outbox, record, publish to the outbound stream (inside the PRODUCER
         span the envelope and the stream message name as their parent)."""
         svc, to = req.service_code, req.target_region
-        with self.core.metrics.hop(Hop.SEAL_SIGN):
+        with self.core.metrics.hop(TimedHop.SEAL_SIGN):
             built = self.core.seal_request(
                 req, caller, message_id=message_id, deadline=deadline, case_no=case_no
             )
@@ -395,7 +396,7 @@ class CaseDesk:
         if row.traceparent:
             headers[subjects.Header.TRACEPARENT] = row.traceparent
         try:
-            with self.core.metrics.hop(Hop.PUBLISH):
+            with self.core.metrics.hop(TimedHop.PUBLISH):
                 await self._js.publish(
                     row.out_subject, row.envelope, timeout=self.cfg.gateway.publish_timeout_s, headers=headers
                 )

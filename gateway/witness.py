@@ -68,10 +68,10 @@ from ledger.checkpoint import (
     origin_of,
     parse_and_verify,
     read_note,
-    write_atomically,
 )
 from ledger.entry import HASH_SIZE, Entry, Event, canonical_bytes, chain_hash
 from ledger.errors import LedgerError
+from ledger.files import write_atomically
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
@@ -911,7 +911,7 @@ class Witness:
                 for r, f in sorted(self._first_sight.items())
             },
         }
-        write_atomically(self.state_path, json.dumps(doc, indent=1).encode())
+        write_atomically(self.state_path, json.dumps(doc, indent=1).encode(), mode=0o600)
 
 
 def _parse_proof_reply(data: bytes) -> list[bytes]:

@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import LedgerError
+from ledger.files import write_atomically
 from ledger.merkle import EMPTY_ROOT, ProofError, verify_consistency
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
@@ -641,7 +642,9 @@ class CheckpointSigner:
         return signed
 
     def _save(self, signed: SignedCheckpoint) -> None:
-        write_atomically(self.state_path, json.dumps({"v": 1, "note": signed.note.decode("utf-8")}).encode())
+        write_atomically(
+            self.state_path, json.dumps({"v": 1, "note": signed.note.decode("utf-8")}).encode(), mode=0o600
+        )
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -671,21 +674,3 @@ class CheckpointSigner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_s):
                     await self._stopping.wait()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsynced, then renamed over it (and the folder
-    fsynced), so a reader or a crash sees the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -36,7 +36,8 @@ from tongban.ops.natsserver import Topology
 from tongban.runtime import certs
 from tongban.runtime.config import Config
 from tongban.runtime.ledgers import store_for
-from tongban.runtime.metrics import NO_METRICS, ComponentMonitor, Metrics, monitor_component
+from tongban.runtime.metrics import NO_METRICS, Metrics
+from tongban.runtime.monitor import ComponentMonitor, monitor_component
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import exchange_pb2_grpc, registry_pb2

@@ -1,5 +1,5 @@
 """A stack whose gateways and connectors have metrics and operator endpoints, as their processes
-would (``gateway/app.py``, ``connectors/app.py``: :class:`tongban.runtime.metrics.ComponentMonitor`), and
+would (``gateway/app.py``, ``connectors/app.py``: :class:`tongban.runtime.monitor.ComponentMonitor`), and
 helpers to read the endpoints over real HTTP."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.runtime.config import Config
-from tongban.runtime.metrics import ComponentMonitor
+from tongban.runtime.monitor import ComponentMonitor
 
 METRICS_CONFIG = {
     "gateway_listen": "127.0.0.1:0",

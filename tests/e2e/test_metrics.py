@@ -29,7 +29,7 @@ from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.runtime.config import Config
-from tongban.runtime.metrics import INSTRUMENTS, Hop
+from tongban.runtime.instruments import INSTRUMENTS, TimedHop
 from tongban.v1 import catalogue_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 PENSION = "SBJFJLCX0001"
@@ -37,8 +37,15 @@ BATCH = 10
 HELD = 10
 """Queries held in Wuxi's back end while the during-load scrapes are taken."""
 QUERIES = 2 * BATCH + HELD
-GATEWAY_HOPS = {Hop.VALIDATE, Hop.SEAL_SIGN, Hop.ROUND_TRIP, Hop.VERIFY_REPLY, Hop.PUBLISH, Hop.FORWARD}
-CONNECTOR_HOPS = {Hop.VERIFY, Hop.OPEN, Hop.ADAPTER, Hop.REPLY, Hop.FORWARD}
+GATEWAY_HOPS = {
+    TimedHop.VALIDATE,
+    TimedHop.SEAL_SIGN,
+    TimedHop.ROUND_TRIP,
+    TimedHop.VERIFY_REPLY,
+    TimedHop.PUBLISH,
+    TimedHop.FORWARD,
+}
+CONNECTOR_HOPS = {TimedHop.VERIFY, TimedHop.OPEN, TimedHop.ADAPTER, TimedHop.REPLY, TimedHop.FORWARD}
 REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 RPCS = frozenset(
     method.name
@@ -131,7 +138,7 @@ def label_checks(m: Metered) -> dict[str, Callable[[str], bool]]:
         "region": regions.__contains__,
         "peer_region": (regions | {"-", "?"}).__contains__,
         "service_code": (services | {"-", "?"}).__contains__,
-        "hop": {h.value for h in Hop}.__contains__,
+        "hop": {h.value for h in TimedHop}.__contains__,
         "rpc": RPCS.__contains__,
         "outcome": reason,
         "reason": reason,
@@ -164,7 +171,7 @@ def hop_counts(scrape: Scrape) -> dict[str, float]:
     }
 
 
-def assert_hops(scrape: Scrape, expected: Mapping[Hop, int]) -> None:
+def assert_hops(scrape: Scrape, expected: Mapping[TimedHop, int]) -> None:
     """Exactly these hops have observations, as many as expected, and time spent in them."""
     counts = hop_counts(scrape)
     assert {h: counts.get(h, 0) for h in expected} == dict(expected), counts
@@ -236,10 +243,10 @@ async def test_metrics_during_load(metered: tuple[Metered, SwitchableBackend, Ga
     assert_hops(
         sz,
         {
-            Hop.VALIDATE: BATCH + HELD,
-            Hop.SEAL_SIGN: BATCH + HELD,
-            Hop.ROUND_TRIP: BATCH,
-            Hop.VERIFY_REPLY: BATCH,
+            TimedHop.VALIDATE: BATCH + HELD,
+            TimedHop.SEAL_SIGN: BATCH + HELD,
+            TimedHop.ROUND_TRIP: BATCH,
+            TimedHop.VERIFY_REPLY: BATCH,
         },
     )
     # Wuxi's connector: the held queries verified, opened and in the back end.
@@ -247,7 +254,15 @@ async def test_metrics_during_load(metered: tuple[Metered, SwitchableBackend, Ga
     ok = functools.partial(wx.total, "tongban_requests_total", role="connector", region=WX, rpc="Query")
     assert ok(service_code=PENSION, peer_region=SZ, outcome="OK") == BATCH == ok()
     assert wx.find("tongban_in_flight", rpc="Query")[0].value == HELD
-    assert_hops(wx, {Hop.VERIFY: BATCH + HELD, Hop.OPEN: BATCH + HELD, Hop.ADAPTER: BATCH, Hop.REPLY: BATCH})
+    assert_hops(
+        wx,
+        {
+            TimedHop.VERIFY: BATCH + HELD,
+            TimedHop.OPEN: BATCH + HELD,
+            TimedHop.ADAPTER: BATCH,
+            TimedHop.REPLY: BATCH,
+        },
+    )
 
     # Scraped from the endpoint's thread while the event loop counted: never a step back.
     totals = [s.total("tongban_requests_total") for s in scrapes]
@@ -289,7 +304,7 @@ async def test_metrics_after_load(metered: tuple[Metered, SwitchableBackend, Gat
     assert sum(s.value for s in durations) == QUERIES
     hops = hop_counts(sz)
     assert {h for h, n in hops.items() if n > 0} >= GATEWAY_HOPS, hops
-    assert hops[Hop.ROUND_TRIP] == QUERIES and hops[Hop.VALIDATE] == QUERIES + 3 + 1 + handled
+    assert hops[TimedHop.ROUND_TRIP] == QUERIES and hops[TimedHop.VALIDATE] == QUERIES + 3 + 1 + handled
     assert sz.find("tongban_in_flight", rpc="Query")[0].value == 0
     assert sz.find("tongban_nats_connected")[0].value == 1
     gateway = m.stack.nodes[SZ].gateway
@@ -314,7 +329,7 @@ async def test_metrics_after_load(metered: tuple[Metered, SwitchableBackend, Gat
     assert wx.total("tongban_dead_letters_total", service_code=CASE_SERVICE, reason="BACKEND_FAILURE") == 1
     hops = hop_counts(wx)
     assert {h for h, n in hops.items() if n > 0} >= CONNECTOR_HOPS, hops
-    assert hops[Hop.ADAPTER] >= QUERIES + ATTEMPTS
+    assert hops[TimedHop.ADAPTER] >= QUERIES + ATTEMPTS
     assert wx.find("tongban_in_flight", rpc="Query")[0].value == 0
     assert wx.find("tongban_nats_connected")[0].value == 1
     assert {(s.labels["role"], s.labels["region"]) for s in wx.samples if s.name.startswith("tongban_")} == {

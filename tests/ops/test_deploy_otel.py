@@ -1,6 +1,6 @@
 """deploy/otel: the collector config is valid YAML whose pipelines name only defined components; the
-Grafana dashboard uses only metrics and labels that tongban/runtime/metrics.py defines, and all of them (so
-neither can drift from the code)."""
+Grafana dashboard uses only metrics and labels that tongban/runtime/instruments.py defines, and all of
+them (so neither can drift from the code)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tongban.core.outcomes import ANSWERED
-from tongban.runtime.metrics import INSTRUMENTS, Hop
+from tongban.runtime.instruments import INSTRUMENTS, TimedHop
 from tongban.v1 import exchange_pb2
 
 OTEL = Path(__file__).resolve().parents[2] / "deploy" / "otel"
@@ -73,14 +73,14 @@ def test_dashboard_uses_only_defined_metrics_and_all_of_them(dashboard: dict[str
     series = {name: spec for spec in INSTRUMENTS for name in spec.series()}
     used = {m for e in exprs(dashboard) for m in METRIC.findall(e)}
     assert used, "the dashboard queries tongban metrics"
-    assert used <= set(series), f"not defined in tongban/runtime/metrics.py: {sorted(used - set(series))}"
+    assert used <= set(series), f"not defined in tongban/runtime/instruments.py: {sorted(used - set(series))}"
     assert {series[m].name for m in used} == {i.name for i in INSTRUMENTS}, "every instrument has a panel"
 
 
 def test_dashboard_labels_are_the_metrics_labels(dashboard: dict[str, Any]) -> None:
     series = {name: spec for spec in INSTRUMENTS for name in spec.series()}
     every_label = {label for spec in INSTRUMENTS for label in spec.labels} | SCRAPE_LABELS
-    hops = {h.value for h in Hop}
+    hops = {h.value for h in TimedHop}
     rpcs = set(exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].methods_by_name)
     for expr in exprs(dashboard):
         for metric, body in SELECTOR.findall(expr):

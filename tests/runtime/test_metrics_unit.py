@@ -1,6 +1,7 @@
-"""tongban/runtime/metrics.py on its own: label values are cleaned whatever a caller passes, components in one
-process do not share instruments, the operator endpoint starts and stops cleanly (and says so when its
-port is taken), and readiness probes the ledger once per component."""
+"""tongban/runtime/metrics.py, operator_endpoint.py and monitor.py on their own: label values are
+cleaned whatever a caller passes, components in one process do not share instruments, the operator
+endpoint starts and stops cleanly (and says so when its port is taken), and readiness probes the
+ledger once per component."""
 
 from __future__ import annotations
 
@@ -15,16 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tongban.core.errors import ConfigError, InvalidRequest
 from tongban.runtime.config import Config
-from tongban.runtime.metrics import (
-    NO_METRICS,
-    ComponentMonitor,
-    Hop,
-    Metrics,
-    OperatorEndpoint,
-    label_request,
-    parse_listen,
-    set_outcome,
-)
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import NO_METRICS, Metrics, label_request, set_outcome
+from tongban.runtime.monitor import ComponentMonitor
+from tongban.runtime.operator_endpoint import OperatorEndpoint, parse_listen
 
 ID_NO = "44030419900307123X"
 PHONE = "13800138000"
@@ -123,11 +118,11 @@ def test_exceptions_set_the_outcome() -> None:
 
 def test_components_in_one_process_keep_their_own_instruments() -> None:
     a, b = Metrics("gateway", "440300", services=SERVICES), Metrics("gateway", "320200", services=SERVICES)
-    with a.hop(Hop.VALIDATE):
+    with a.hop(TimedHop.VALIDATE):
         pass
     assert [lbl["region"] for lbl, _ in samples(a, "tongban_hop_duration_seconds_count")] == ["440300"]
     assert samples(b, "tongban_hop_duration_seconds_count") == []
-    with NO_METRICS.request("Query"), NO_METRICS.hop(Hop.ADAPTER):
+    with NO_METRICS.request("Query"), NO_METRICS.hop(TimedHop.ADAPTER):
         set_outcome("OK")
     assert NO_METRICS.render() == b""
     a.shutdown()

@@ -28,12 +28,13 @@ from tests.e2e.requests import pension
 from tests.e2e.tamper import ask_wuxi, craft, send, send_ok
 from tests.helpers import eventually, note
 from tongban.core import envelope
-from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
+from tongban.core.keys import SealingKey, SigningKey
 from tongban.core.registry import Registry, sign_registry
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.runtime import live_registry
 from tongban.runtime.config import Config
+from tongban.runtime.keyfiles import save_sealing_key, save_signing_key
 from tongban.runtime.live_registry import RegistryWatcher
 from tongban.v1 import envelope_pb2, registry_pb2
 

@@ -1,14 +1,13 @@
-"""A region's own secret keys and how they are stored.
+"""A region's own secret keys, their encoding and how they are read.
 
 Each region holds one Ed25519 signing key and one X25519 sealing (HPKE KEM) key at a time; their
 public halves and key ids are published in the trust registry. Private keys are PKCS#8 PEM files
-with 0600 permissions.
+with 0600 permissions (written by :mod:`tongban.runtime.keyfiles`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,30 +67,11 @@ class SealingKey:
         return cls(key_id(region, "kem", raw_public(private.public_key())), private)
 
 
-def _write_private(path: Path, pem: bytes) -> None:
-    """Write atomically (a running node may be reading the folder for new keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def _pem(private: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+def private_pem(private: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM (how a region's key files hold it)."""
     return private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def save_signing_key(path: Path, key: SigningKey) -> None:
-    _write_private(path, _pem(key.private))
-
-
-def save_sealing_key(path: Path, key: SealingKey) -> None:
-    _write_private(path, _pem(key.private))
 
 
 def _load_private(path: Path) -> object:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ledger.files import write_atomically
+
 
 def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     v = lsub.add_parser(
@@ -146,9 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     signed, entries, tree = asyncio.run(_evidence(cfg, args.message_id))
     bundle = _bundle(cfg, signed, entries, tree, receipts)
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(bundle, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(out)
+    write_atomically(out, json.dumps(bundle, ensure_ascii=False, indent=1).encode("utf-8"))
     print(
         f"bundle of {cfg.region.code}: {len(entries)} entries, {len(receipts)} receipts, "
         f"checkpoint of {signed.checkpoint.size} entries; written to {out}"

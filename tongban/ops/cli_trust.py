@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ledger.files import write_atomically
+
 USES = {"signing": 1, "sealing": 2}  # registry_pb2.KEY_USE_*
 
 
@@ -124,9 +126,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
     data = live_registry.edit_signed(Path(args.file).read_bytes(), root, edit)
     out = Path(args.out or args.file)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    write_atomically(out, data)
     what = f"added {added[0]}" if added else f"revoked {args.key_id}"
     print(f"registry version {live_registry.read_signed(data).version}: {what}; written to {out}")
     return 0
@@ -158,8 +158,9 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
-    from tongban.core.keys import SealingKey, SigningKey, save_sealing_key, save_signing_key
+    from tongban.core.keys import SealingKey, SigningKey
     from tongban.ops.cli import _tool_config
+    from tongban.runtime.keyfiles import save_sealing_key, save_signing_key
 
     cfg = _tool_config(args)
     region = cfg.region.code

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.files import write_atomically
 from tongban.core import identifiers
 from tongban.core.catalogue import Catalogue
 from tongban.core.keys import (
@@ -36,12 +37,11 @@ from tongban.core.keys import (
     load_sealing_key,
     load_signing_key,
     raw_public,
-    save_sealing_key,
-    save_signing_key,
 )
 from tongban.core.messages import timestamp
 from tongban.core.registry import sign_registry
 from tongban.runtime.config import dump_toml
+from tongban.runtime.keyfiles import save_sealing_key, save_signing_key
 from tongban.runtime.natsroles import NatsRole
 from tongban.v1 import registry_pb2
 
@@ -173,9 +173,7 @@ def init_state(
     version = int(time.time() * 1000)
     addresses = {code: f"127.0.0.1:{port}" for code, port in (gateway_ports or {}).items() if code in regions}
     doc = build_registry(keys, cat.codes(), version=version, names=regions, gateway_addresses=addresses)
-    tmp = reg_path.with_suffix(".tmp")
-    tmp.write_bytes(sign_registry(doc, root_key))
-    tmp.replace(reg_path)
+    write_atomically(reg_path, sign_registry(doc, root_key))
     for code, name in regions.items():
         cfg: dict[str, dict[str, Any]] = {
             "region": {"code": code, "name": name},

@@ -27,7 +27,10 @@ from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
 from ledger.entry import Entry, Event, canonical_bytes
 from ledger.errors import LedgerError
 from ledger.merkle import MerkleTree, ProofError, leaf_hash, verify_inclusion
-from tongban.core.errors import Reason
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import Reason, RegistryError
+from tongban.core.receipts import verify_receipt
+from tongban.core.registry import Registry
 from tongban.v1 import registry_pb2
 
 FORMAT = "tongban-ledger-bundle/1"
@@ -150,10 +153,6 @@ class BundleReport:
 def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> BundleReport:
     """Verify a bundle offline (see the module docstring). Never raises for a bad bundle: every
     failure is a line in ``problems``, naming the entry index or receipt."""
-    from tongban.core.errors import RegistryError
-    from tongban.core.receipts import verify_receipt
-    from tongban.core.registry import Registry
-
     report = BundleReport()
     try:
         doc = json.loads(data)
@@ -221,8 +220,6 @@ def check_bundle(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = ()) -> 
 
     # 5. Receipts.
     def key_of(kid: str, r: str, _at: float) -> Ed25519PublicKey:
-        from tongban.core.envelope import EnvelopeRejected
-
         if r != region or kid not in publics:
             raise EnvelopeRejected(
                 f"receipt key {kid} of {r} is not in the bundle", reason=Reason.RECEIPT_INVALID

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ledger.files import write_atomically
 from tongban.core.errors import ConfigError
 
 PARTNER_URI = re.compile(r"^urn:tongban:partner:([0-9]{6}):([A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
@@ -158,10 +159,8 @@ def write(issued: Issued, directory: Path, stem: str) -> tuple[Path, Path]:
     """``<stem>.key`` (mode 0600) and ``<stem>.crt`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     key_path, cert_path = directory / f"{stem}.key", directory / f"{stem}.crt"
-    key_path.touch(mode=0o600, exist_ok=True)
-    key_path.chmod(0o600)
-    key_path.write_bytes(issued.key_pem)
-    cert_path.write_bytes(issued.cert_pem)
+    write_atomically(key_path, issued.key_pem, mode=0o600)
+    write_atomically(cert_path, issued.cert_pem)
     return key_path, cert_path
 
 

@@ -1,12 +1,15 @@
 """Store and forward: moves a region's outbound stream into other regions' streams.
 
-DESIGN.md "NATS topology", option 3. A message accepted by a region waits in its own ``OUT_<region>``
-stream (work queue, file storage) until a forwarder of that region publishes it to the destination
-region's stream with ``Nats-Msg-Id`` = the message id, and acks it only after the destination's
-PubAck. A destination that is down (its leaf, or the hub) is retried with capped back-off; nothing is
-lost and, thanks to the destination's duplicate window and the receiver's own processed-message
-record, nothing is applied twice. Requests carry their deadline in a header: once it has passed and
-the destination cannot be reached, the forwarder stops trying and reports the expiry instead.
+Where it fits: docs/architecture.md, "One Submit (durable case delivery)", step 3; why a forwarder
+and not stream sourcing across the hub: the same page, "The forwarder … carries both ways".
+
+A message accepted by a region waits in its own ``OUT_<region>`` stream (work queue, file storage)
+until a forwarder of that region publishes it to the destination region's stream with
+``Nats-Msg-Id`` = the message id, and acks it only after the destination's PubAck. A destination
+that is down (its leaf, or the hub) is retried with capped back-off; nothing is lost and, thanks to
+the destination's duplicate window and the receiver's own processed-message record, nothing is
+applied twice. Requests carry their deadline in a header: once it has passed and the destination
+cannot be reached, the forwarder stops trying and reports the expiry instead.
 
 Gateways forward requests, connectors forward status events: two durable consumers with disjoint
 filters on the same stream, each shared by the replicas of its role.
@@ -30,8 +33,10 @@ from opentelemetry.trace import SpanKind
 
 from tongban.core import subjects
 from tongban.runtime import telemetry
-from tongban.runtime.metrics import NO_METRICS, Hop, Metrics
-from tongban.runtime.shutdown import Deadline, finish_task
+from tongban.runtime.instruments import TimedHop
+from tongban.runtime.metrics import NO_METRICS, Metrics
+from tongban.runtime.pull_worker import PullWorker
+from tongban.runtime.shutdown import Deadline
 from tongban.runtime.streams import durable_pull, jetstream
 
 log = structlog.get_logger("tongban.runtime.forwarder")
@@ -93,59 +98,36 @@ class Forwarder:
         )
         self.forwarded = 0
         self._js: JetStreamContext | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._worker = PullWorker(self._forward_batch, batch=batch, events="forwarder")
 
     async def start(self) -> None:
-        if self._task is not None:
+        if self._worker.running:
             return
         js = jetstream(self.nc, self.region)
-        stream = subjects.outbound_stream_name(self.region)
         sub = await durable_pull(
             js,
-            stream,
+            subjects.outbound_stream_name(self.region),
             self.durable,
             filter_subject=subjects.outbound_filter(self.region, self.kind),
             ack_wait_s=self.ack_wait_s,
             max_ack_pending=self.batch * 4,
         )
         self._js = js
-        self._stopping = False
-        self._task = asyncio.create_task(self._loop(sub), name=f"forwarder-{self.kind.value}")
+        self._worker.start(sub, task_name=f"forwarder-{self.kind.value}")
 
     async def stop(self, deadline: Deadline | None = None) -> None:
         """Finish the batch in hand (its messages are acked or nakked), then stop: within one
         publish timeout and a margin, and ``deadline``; cancelled beyond that (what was not acked
         is redelivered to the region's next forwarder after the ack wait)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
         cap = self.publish_timeout_s + 2.0
-        await finish_task(
-            task, timeout=deadline.budget(cap) if deadline else cap, what=f"forwarder {self.kind.value}"
+        await self._worker.stop(
+            timeout=deadline.budget(cap) if deadline else cap, what=f"forwarder {self.kind.value}"
         )
 
-    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        try:
-            while not self._stopping:
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=0.25)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                    await asyncio.sleep(0.2)
-                    continue
-                except Exception as exc:  # a fetch refused while the server restarts
-                    log.warning("forwarder.fetch_failed", error=type(exc).__name__)
-                    await asyncio.sleep(0.2)
-                    continue
-                for result in await asyncio.gather(*(self._forward(m) for m in msgs), return_exceptions=True):
-                    if isinstance(result, Exception):  # not acked: redelivered after the ack wait
-                        log.warning("forwarder.failed", error=type(result).__name__)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    async def _forward_batch(self, msgs: list[Msg]) -> None:
+        for result in await asyncio.gather(*(self._forward(m) for m in msgs), return_exceptions=True):
+            if isinstance(result, Exception):  # not acked: redelivered after the ack wait
+                log.warning("forwarder.failed", error=type(result).__name__)
 
     def _retry_delay(self, msg: Msg) -> float:
         return min(0.1 * 2 ** min(_delivered(msg), 10), self.retry_max_s)
@@ -195,7 +177,7 @@ class Forwarder:
             out_headers[subjects.Header.TRACEPARENT] = traceparent
         try:
             assert self._js is not None
-            with self.metrics.hop(Hop.FORWARD):
+            with self.metrics.hop(TimedHop.FORWARD):
                 await self._js.publish(dest, msg.data, timeout=self.publish_timeout_s, headers=out_headers)
         except (*_TRANSIENT, nats.js.errors.APIError) as exc:
             if expired:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ledger.store import LedgerStore
 from ledger.store_postgres import PostgresLedger
 from ledger.store_sqlite import SQLiteLedger
-
-if TYPE_CHECKING:
-    from tongban.runtime.config import Config
+from tongban.runtime.config import Config
 
 
 def store_for(cfg: Config) -> LedgerStore:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from ledger.files import write_atomically
 from tongban.core.errors import Reason, RegistryError
 from tongban.core.keys import SEALING_ALGORITHM, SIGNING_ALGORITHM, key_id
 from tongban.core.messages import timestamp
@@ -182,11 +182,7 @@ def write_cache(path: Path, registry: Registry, roots: Sequence[Ed25519PublicKey
             with contextlib.suppress(RegistryError):
                 Registry.from_signed(path.read_bytes(), roots, min_version=registry.version)
                 return  # the cache holds this version or a newer one already
-        tmp = Path(f"{path}.{os.getpid()}.tmp")
-        tmp.write_bytes(registry.signed)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_atomically(path, registry.signed)
 
 
 @dataclass(frozen=True)

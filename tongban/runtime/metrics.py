@@ -1,24 +1,15 @@
-"""Metrics (OpenTelemetry instruments, read by Prometheus) and the operator endpoint of a process.
+"""Metrics of one component: OpenTelemetry instruments, read by Prometheus.
 
 Every gateway and connector has its own :class:`Metrics`: its own MeterProvider and its own
 Prometheus registry, so several components in one process (the tests, ``tongban dev``) never share
 or clash over instruments. Components take a ``Metrics`` and default to :data:`NO_METRICS`, whose
-instruments do nothing.
-
-Labels come from a fixed, low-cardinality vocabulary and never carry personal data or per-request
-ids: role, region, RPC method, service code (one of the catalogue's codes, which every ``Metrics``
-is given), peer region (a 6-digit region code), hop name and outcome (``OK`` or a reason code).
-Anything else is replaced by ``?``/``OTHER`` before it reaches an instrument, whatever a caller
-passes.
+instruments do nothing. What is measured, and the vocabulary every label is cleaned to, is
+:mod:`tongban.runtime.instruments`; the HTTP side is :mod:`tongban.runtime.operator_endpoint`.
 
 The request path is cheap: one OpenTelemetry SDK call costs about 10 µs here, so only histograms
 (per hop, and per request) go through the SDK on each request. Requests in flight and requests by
 outcome are plain integers on the component's event loop, read by observable instruments at each
 scrape; label sets are cleaned and built once per distinct value and reused.
-
-:class:`OperatorEndpoint` serves ``/metrics`` (Prometheus text), ``/livez`` (the process answers)
-and ``/readyz`` (200 when every readiness check holds, else 503 with the checks as JSON) from a
-thread of its own, so a scrape never runs on the event loop.
 """
 
 from __future__ import annotations
@@ -26,164 +17,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import enum
-import json
-import re
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, runtime_checkable
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import Any, Final
 
-import structlog
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, NoOpMeterProvider, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 
-from tongban.core.errors import ConfigError, TongbanError
-from tongban.runtime.config import Config
-
-log = structlog.get_logger("tongban.runtime.metrics")
-
-
-class Hop(enum.StrEnum):
-    """The timed steps of a request (label ``hop`` of ``tongban.hop.duration``)."""
-
-    VALIDATE = "validate"
-    """Gateway: catalogue and registry checks."""
-    SEAL_SIGN = "seal_sign"
-    """Gateway: build, seal and sign the request envelope."""
-    ROUND_TRIP = "round_trip"
-    """Gateway: publish a Query and wait for the providing region's reply."""
-    VERIFY_REPLY = "verify_reply"
-    """Gateway: verify and open the reply."""
-    PUBLISH = "publish"
-    """Gateway: a Submit into the region's own outbound stream."""
-    FORWARD = "forward"
-    """Forwarder (gateway requests, connector events): into the destination region's stream."""
-    VERIFY = "verify"
-    """Connector: signature, recipient, subject and time checks."""
-    OPEN = "open"
-    """Connector: open the seal, check header and body agree."""
-    ADAPTER = "adapter"
-    """Connector: the back-end call."""
-    REPLY = "reply"
-    """Connector: seal, sign and record the answer."""
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """One instrument: its OpenTelemetry name, kind, unit and the labels it carries."""
-
-    name: str
-    kind: str
-    """``counter``, ``histogram`` or ``gauge`` (as Prometheus shows it)."""
-    unit: str
-    labels: tuple[str, ...]
-    description: str
-
-    @property
-    def prometheus(self) -> str:
-        """The Prometheus family name the exporter gives it (``_total`` is added to samples of
-        counters; histograms have ``_bucket``, ``_count`` and ``_sum`` series)."""
-        base = self.name.replace(".", "_")
-        return base + "_seconds" if self.unit == "s" else base
-
-    def series(self) -> tuple[str, ...]:
-        """Every sample name this instrument produces in the Prometheus text."""
-        p = self.prometheus
-        if self.kind == "counter":
-            return (p + "_total",)
-        if self.kind == "histogram":
-            return (p + "_bucket", p + "_count", p + "_sum")
-        return (p,)
-
-
-_COMMON = ("role", "region")
-INSTRUMENTS: Final = (
-    Instrument(
-        "tongban.requests",
-        "counter",
-        "{request}",
-        (*_COMMON, "rpc", "service_code", "peer_region", "outcome"),
-        "Gateway: RPCs handled, once each when they end. Connector: Query requests handled, once "
-        "each; for Submit, deliveries of durable requests handled: a request tried N times counts N "
-        "(each failed attempt that is retried with its back-end reason, e.g. BACKEND_FAILURE; the "
-        "last with the request's outcome, e.g. OK or DEAD_LETTERED; a redelivery of one already "
-        "done as ALREADY_PROCESSED). By RPC, service, peer region and outcome (OK or a reason code)",
-    ),
-    Instrument(
-        "tongban.request.duration",
-        "histogram",
-        "s",
-        (*_COMMON, "rpc", "service_code", "peer_region"),
-        "Time to handle one request (gateway: the whole RPC; connector: receipt to answer)",
-    ),
-    Instrument(
-        "tongban.hop.duration", "histogram", "s", (*_COMMON, "hop"), "Time spent in one hop of a request"
-    ),
-    Instrument("tongban.in_flight", "gauge", "{request}", (*_COMMON, "rpc"), "Requests being handled now"),
-    Instrument(
-        "tongban.redeliveries",
-        "counter",
-        "{delivery}",
-        (*_COMMON, "service_code"),
-        "Durable requests delivered again by JetStream (a crash, a nak or an ack wait that ran out)",
-    ),
-    Instrument(
-        "tongban.dead_letters",
-        "counter",
-        "{message}",
-        (*_COMMON, "service_code", "reason"),
-        "Messages put into the region's dead-letter stream",
-    ),
-    Instrument("tongban.ledger.entries", "gauge", "{entry}", _COMMON, "Entries in the region's ledger"),
-    Instrument(
-        "tongban.registry.version", "gauge", "1", _COMMON, "Version of the trust registry this process holds"
-    ),
-    Instrument("tongban.nats.connected", "gauge", "1", _COMMON, "1 while the NATS connection is up, else 0"),
-    Instrument(
-        "tongban.peer.reachable",
-        "gauge",
-        "1",
-        (*_COMMON, "peer_region"),
-        "Gateway: 1 while the peer region answered the last ping through the hub, else 0 (every "
-        "peer 0: the hub link is down; Query fails, Submit stores and forwards)",
-    ),
+from tongban.core.errors import TongbanError
+from tongban.runtime.instruments import (
+    BY_NAME,
+    SECONDS_BUCKETS,
+    UNSET,
+    Instrument,
+    TimedHop,
+    clean_peer,
+    clean_reason,
+    clean_rpc,
 )
-BY_NAME: Final = {i.name: i for i in INSTRUMENTS}
 
-_SECONDS_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
-_REGION = re.compile(r"^[0-9]{6}$")
-_RPC = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,47}$")
-_ATTR_CACHE_MAX = 10_000
-UNSET = "-"
-"""Label value of what is not known for a request (e.g. the service of one refused before it was
-validated, or of an RPC that has none)."""
+_ATTR_CACHE_MAX: Final = 10_000
+"""Distinct label values cleaned and kept per cache; beyond it, values are cleaned on every use
+(and new series fold into one)."""
 
 _current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
     "tongban_metrics_request", default=None
@@ -326,8 +186,6 @@ class Metrics:
         self._reader: Any = None
         meter: Meter
         if enabled:
-            from opentelemetry.exporter.prometheus import PrometheusMetricReader
-
             self.registry = CollectorRegistry()
             # Scope labels off: series carry only the labels listed in INSTRUMENTS.
             self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
@@ -358,7 +216,7 @@ class Metrics:
                 spec.name,
                 unit=spec.unit,
                 description=spec.description,
-                explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
+                explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
             )
 
         def counter(spec: Instrument) -> Any:
@@ -385,7 +243,7 @@ class Metrics:
                 spec.name, callbacks=[read], unit=spec.unit, description=spec.description
             )
         # Label sets are cleaned and built once per distinct value, then reused by every recording.
-        self._hop_attrs = {hop: {**self._base, "hop": hop.value} for hop in Hop}
+        self._hop_attrs = {hop: {**self._base, "hop": hop.value} for hop in TimedHop}
         self._attr_cache: dict[tuple[str, ...], dict[str, str]] = {}
         self._unmeasured = _Unmeasured(self, UNSET, UNSET, UNSET)
 
@@ -402,8 +260,8 @@ class Metrics:
             return self._unmeasured
         return RequestRecord(self, rpc, service_code, peer_region)
 
-    def hop(self, hop: Hop) -> _HopTimer | _NoTimer:
-        """``with metrics.hop(Hop.VALIDATE):`` times one hop (a fresh timer: hops overlap across
+    def hop(self, hop: TimedHop) -> _HopTimer | _NoTimer:
+        """``with metrics.hop(TimedHop.VALIDATE):`` times one hop (a fresh timer: hops overlap across
         concurrent requests)."""
         if not self.enabled:
             return _NO_TIMER
@@ -428,7 +286,7 @@ class Metrics:
 
     def _new_series(self, key: tuple[str, str, str, str]) -> _Series:
         rpc, svc, peer, outcome = key
-        clean = (self._rpc_label(rpc), self._service(svc), _peer(peer), _reason(outcome))
+        clean = (self._rpc_label(rpc), self._service(svc), clean_peer(peer), clean_reason(outcome))
         series = self._counted.get(clean)
         if series is None:
             if len(self._counted) >= _ATTR_CACHE_MAX:
@@ -449,7 +307,7 @@ class Metrics:
     def _rpc_label(self, rpc: str) -> str:
         label = self._rpc_labels.get(rpc)
         if label is None:
-            label = _rpc(rpc)
+            label = clean_rpc(rpc)
             if len(self._rpc_labels) < _ATTR_CACHE_MAX:
                 self._rpc_labels[rpc] = label
             else:
@@ -468,11 +326,11 @@ class Metrics:
                 # Called with cleaned values only (from _new_series).
                 attrs = {**self._base, "rpc": rpc, "service_code": svc, "peer_region": peer}
             case ("pr", peer):
-                attrs = {**self._base, "peer_region": _peer(peer)}
+                attrs = {**self._base, "peer_region": clean_peer(peer)}
             case ("sd", svc):
                 attrs = {**self._base, "service_code": self._service(svc)}
             case ("dl", svc, reason):
-                attrs = {**self._base, "service_code": self._service(svc), "reason": _reason(reason)}
+                attrs = {**self._base, "service_code": self._service(svc), "reason": clean_reason(reason)}
             case _:
                 raise AssertionError(key)
         if len(self._attr_cache) < _ATTR_CACHE_MAX:
@@ -549,324 +407,3 @@ class Metrics:
 
 NO_METRICS: Final = Metrics.disabled()
 """The default of components run without metrics: every instrument is a no-op."""
-
-
-# fullmatch: ``$`` alone would also let a trailing newline through.
-def _rpc(value: str) -> str:
-    return value if _RPC.fullmatch(value) else "OTHER"
-
-
-def _peer(value: str) -> str:
-    return value if value in (UNSET, "?") or _REGION.fullmatch(value) else "?"
-
-
-def _reason(value: str) -> str:
-    return value if _REASON.fullmatch(value) else "OTHER"
-
-
-# -- ledger size, sampled off the request path -------------------------------------------------------
-
-
-class LedgerSampler:
-    """Reads the ledger's size every ``interval_s`` on the event loop and keeps it for the scrape
-    thread (reading the store from there would block on its reader thread or need the loop).
-
-    ``ok`` is whether the last read succeeded: the ledger is open and answering.
-    """
-
-    def __init__(self, ledger: Any, *, interval_s: float = 5.0) -> None:
-        self.ledger = ledger
-        self.interval_s = interval_s
-        self.size: int | None = None
-        self.ok = False
-        self._task: asyncio.Task[None] | None = None
-
-    async def sample(self) -> None:
-        try:
-            self.size = await self.ledger.size()
-            self.ok = True
-        except Exception as exc:
-            if self.ok:
-                log.warning("metrics.ledger_unreadable", error=type(exc).__name__)
-            self.ok = False
-
-    async def start(self) -> None:
-        if self._task is None:
-            await self.sample()
-            self._task = asyncio.create_task(self._loop(), name="ledger-sampler")
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)  # a periodic sample: there is no event to wait on
-            await self.sample()
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.ok = False
-
-
-# -- the operator endpoint ----------------------------------------------------------------------------
-
-Readiness = Callable[[], Mapping[str, bool]]
-NOT_REQUIRED = "not_required"
-"""Key of ``/readyz``'s JSON holding checks shown but not required for readiness (e.g. a gateway's
-``cross_region``: Submit still works while the hub is down)."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) → (host, port).
-
-    Raises:
-        ConfigError: not of that form.
-    """
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"metrics listen address {listen!r} is not host:port")
-    return host, int(port)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds are not worth a log line each."""
-
-
-class OperatorEndpoint:
-    """HTTP ``/metrics``, ``/livez`` and ``/readyz`` of one component, on a thread of its own.
-
-    ``async with OperatorEndpoint(...)`` starts and stops it; ``start()``/``stop()`` are
-    idempotent. ``readiness`` is called from the endpoint's thread and must only read state.
-
-    Args:
-        listen: ``host:port``; port 0 picks a free port (see :attr:`port`, and ``port_file``).
-        metrics: the component's metrics (``/metrics`` is empty when they are disabled).
-        readiness: named checks, all True when the component can take requests.
-        port_file: if set, the bound port is written there once serving.
-        informational: named checks shown under ``not_required`` in ``/readyz``, which they do
-            not fail.
-    """
-
-    def __init__(
-        self,
-        listen: str,
-        metrics: Metrics,
-        *,
-        readiness: Readiness = dict,
-        port_file: Path | None = None,
-        informational: Readiness = dict,
-    ) -> None:
-        self.listen = listen
-        self.informational = informational
-        self.host, self._want_port = parse_listen(listen)
-        self.metrics = metrics
-        self.readiness = readiness
-        self.port_file = port_file
-        self.port = 0
-        self._server: ThreadingWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._metrics_app = make_wsgi_app(metrics.registry) if metrics.registry is not None else None
-
-    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics":
-            if self._metrics_app is None:
-                start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-                return [b""]
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
-        if path == "/livez":
-            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
-            return [b"ok\n"]
-        if path == "/readyz":
-            try:
-                checks = {k: bool(v) for k, v in self.readiness().items()}
-            except Exception as exc:  # a check that fails to answer is a check that fails
-                log.warning("metrics.readiness_failed", error=type(exc).__name__)
-                checks = {"readiness": False}
-            ready = all(checks.values())
-            body: dict[str, object] = dict(checks)
-            try:
-                shown = {k: bool(v) for k, v in self.informational().items()}
-            except Exception as exc:  # not required: say it could not be told, stay ready
-                log.warning("metrics.informational_failed", error=type(exc).__name__)
-                shown = {"informational": False}
-            if shown:
-                body[NOT_REQUIRED] = shown
-            start_response(
-                "200 OK" if ready else "503 Service Unavailable", [("Content-Type", "application/json")]
-            )
-            return [json.dumps(body, sort_keys=True).encode() + b"\n"]
-        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"not found: /metrics, /livez, /readyz\n"]
-
-    async def start(self) -> None:
-        if self._server is not None:
-            return
-
-        class Server(ThreadingWSGIServer):
-            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-        try:
-            server = make_server(
-                self.host, self._want_port, self._app, server_class=Server, handler_class=_QuietHandler
-            )
-        except OSError as exc:  # the port is taken, the address is not this host's, …
-            raise ConfigError(
-                f"cannot listen on {self.listen} for the metrics endpoint: {exc.strerror or exc}"
-            ) from None
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="operator-endpoint", daemon=True
-        )
-        self._thread.start()
-        if self.port_file is not None:
-            self.port_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(self.port_file) + ".tmp")
-            tmp.write_text(str(self.port))
-            tmp.replace(self.port_file)
-        log.info("metrics.serving", host=self.host, port=self.port, role=self.metrics.role)
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await asyncio.to_thread(server.shutdown)  # waits for the serving loop's next poll
-        server.server_close()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
-            self._thread = None
-
-    async def __aenter__(self) -> OperatorEndpoint:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-def component_metrics(cfg: Config, role: str, *, services: Iterable[str]) -> Metrics:
-    """The metrics of a ``role`` process: real ones when its endpoint is configured, else
-    :data:`NO_METRICS`. ``services``: the catalogue's codes (the only service labels)."""
-    listen, _ = cfg.metrics.listen(role)
-    return Metrics(role, cfg.region.code, services=services) if listen else NO_METRICS
-
-
-def component_endpoint(
-    cfg: Config, role: str, metrics: Metrics, readiness: Readiness, informational: Readiness = dict
-) -> OperatorEndpoint | None:
-    """The operator endpoint of a ``role`` process, or None when ``[metrics]`` configures none."""
-    listen, port_file = cfg.metrics.listen(role)
-    if not listen:
-        return None
-    return OperatorEndpoint(
-        listen,
-        metrics,
-        readiness=readiness,
-        port_file=cfg.path(port_file) if port_file else None,
-        informational=informational,
-    )
-
-
-class ComponentMonitor:
-    """The operator side of one gateway or connector: its gauges' sources, the ledger sampler and
-    the endpoint. ``start()`` after the ledger is open (the endpoint answers ``/livez`` and a 503
-    ``/readyz`` while the component itself is still starting); ``stop()`` after the component.
-
-    Args:
-        readiness: the component's own checks. When they hold no ``ledger`` check, the sampler's
-            (its last read of the ledger succeeded) is added; a component that probes its ledger
-            itself (the gateway, for gRPC health) keeps its own, so ``/readyz`` and gRPC health
-            agree and the ledger has one probe per component.
-        nats_connected: read at each scrape (the component's connection may come and go).
-        informational: checks ``/readyz`` shows without requiring them (see :data:`NOT_REQUIRED`).
-    """
-
-    def __init__(
-        self,
-        cfg: Config,
-        role: str,
-        metrics: Metrics,
-        *,
-        ledger: Any,
-        registry: Any,
-        nats_connected: Callable[[], bool],
-        readiness: Readiness,
-        informational: Readiness = dict,
-    ) -> None:
-        self.metrics = metrics
-        self.sampler = LedgerSampler(ledger, interval_s=cfg.metrics.ledger_sample_s)
-        self._readiness = readiness
-        metrics.observe(
-            nats_connected=nats_connected,
-            registry_version=lambda: int(registry.version),
-            ledger_entries=lambda: self.sampler.size,
-        )
-        self.endpoint = component_endpoint(cfg, role, metrics, self.ready, informational)
-
-    def ready(self) -> Mapping[str, bool]:
-        """The component's readiness checks, with the sampler's ``ledger`` check unless it has its own."""
-        checks = dict(self._readiness())
-        if "ledger" not in checks:
-            checks["ledger"] = self.sampler.ok
-        return checks
-
-    @property
-    def port(self) -> int:
-        """The endpoint's bound port (0 when there is none)."""
-        return self.endpoint.port if self.endpoint is not None else 0
-
-    async def start(self) -> None:
-        if self.endpoint is None:
-            return
-        await self.sampler.start()
-        await self.endpoint.start()
-
-    async def stop(self) -> None:
-        if self.endpoint is not None:
-            await self.endpoint.stop()
-        await self.sampler.stop()
-        self.metrics.shutdown()
-
-    async def __aenter__(self) -> ComponentMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-class Monitored(Protocol):
-    """What :func:`monitor_component` reads of a gateway or connector."""
-
-    @property
-    def nc(self) -> Any: ...
-
-    def readiness(self) -> Mapping[str, bool]: ...
-
-
-@runtime_checkable
-class Informative(Protocol):
-    """A component with checks to show beside its readiness, not required for it (the gateway)."""
-
-    def informational(self) -> Mapping[str, bool]: ...
-
-
-def monitor_component(
-    cfg: Config, role: str, metrics: Metrics, component: Monitored, *, ledger: Any, registry: Any
-) -> ComponentMonitor:
-    """The :class:`ComponentMonitor` of a gateway or connector: its NATS state and readiness as it
-    reports them, its ledger and the live registry it follows."""
-    return ComponentMonitor(
-        cfg,
-        role,
-        metrics,
-        ledger=ledger,
-        registry=registry,
-        nats_connected=lambda: component.nc is not None and bool(component.nc.is_connected),
-        readiness=component.readiness,
-        informational=component.informational if isinstance(component, Informative) else dict,
-    )

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import structlog
@@ -23,13 +23,12 @@ from tongban.core.privacy import Correlator
 from tongban.core.registry import Registry
 from tongban.runtime import natsroles
 from tongban.runtime.config import Config
+from tongban.runtime.keyfiles import key_family
 from tongban.runtime.live_registry import RegistryWatcher, load_newest
 from tongban.runtime.natsroles import NatsRole
 from tongban.v1 import registry_pb2
 
 log = structlog.get_logger("tongban.runtime.node")
-
-K = TypeVar("K", SigningKey, SealingKey)
 
 
 class RegionSecrets:
@@ -104,10 +103,6 @@ class RegionSecrets:
             return False
         return True
 
-    @property
-    def signing_key_ids(self) -> list[str]:
-        return sorted(self._signing)
-
     def sealing_for(self, key_id: str) -> SealingKey:
         """Our sealing key ``key_id``; refuses a body sealed for a key we do not hold."""
         key = self._sealing.get(key_id)
@@ -131,9 +126,9 @@ class RegionSecrets:
         if self._key_files is None:
             return
         sig_path, kem_path = self._key_files
-        for sk in _key_family(sig_path, self.region, load_signing_key):
+        for sk in key_family(sig_path, self.region, load_signing_key):
             self._signing.setdefault(sk.key_id, sk)
-        for kk in _key_family(kem_path, self.region, load_sealing_key):
+        for kk in key_family(kem_path, self.region, load_sealing_key):
             self._sealing.setdefault(kk.key_id, kk)
 
     def _select(self, registry: Registry) -> None:
@@ -165,12 +160,6 @@ class RegionSecrets:
 
 _FILE_REREAD_S = 5.0
 """At most this often, a body sealed to an unknown key of ours makes us look for new key files."""
-
-
-def _key_family(path: Path, region: str, load: Callable[[Path, str], K]) -> list[K]:
-    """The key at ``path`` and its rotation siblings (``<stem>*<suffix>`` in the same folder)."""
-    files = sorted({path, *path.parent.glob(f"{path.stem}*{path.suffix}")})
-    return [load(f, region) for f in files if f.is_file()]
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
@@ -228,9 +217,9 @@ def load_secrets(cfg: Config, registry: Registry | None = None) -> RegionSecrets
     sig_path, kem_path = cfg.path(cfg.keys.signing_key), cfg.path(cfg.keys.sealing_key)
     # The configured files come first: they are the keys in use until a registry says otherwise.
     signing = [load_signing_key(sig_path, region)]
-    signing += [k for k in _key_family(sig_path, region, load_signing_key) if k.key_id != signing[0].key_id]
+    signing += [k for k in key_family(sig_path, region, load_signing_key) if k.key_id != signing[0].key_id]
     sealing = [load_sealing_key(kem_path, region)]
-    sealing += [k for k in _key_family(kem_path, region, load_sealing_key) if k.key_id != sealing[0].key_id]
+    sealing += [k for k in key_family(kem_path, region, load_sealing_key) if k.key_id != sealing[0].key_id]
     secrets = RegionSecrets(
         signing,
         sealing,

@@ -12,14 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
-from opentelemetry.sdk.trace import TracerProvider
 
-from ledger import LedgerStore
-from tongban.runtime.metrics import ComponentMonitor
-from tongban.runtime.shutdown import Deadline, in_daemon_thread, stop_task, within
+from tongban.runtime.shutdown import Deadline, stop_task
 
 log = structlog.get_logger("tongban.runtime.process")
 
@@ -29,14 +26,6 @@ EXIT_MARGIN_S: Final = 1.0
 """After the grace, this long for the interpreter's own exit before the watchdog ends the process."""
 EXIT_OVERRAN: Final = 70
 """Exit status of a process whose stop overran its grace (EX_SOFTWARE): not a clean stop."""
-TAIL_S: Final = 1.5
-"""Of a node's grace, kept for what stops after its component: operator endpoint, ledger, traces."""
-
-
-class Component(Protocol):
-    """A gateway or a connector, as its process stops it."""
-
-    async def stop(self, deadline: Deadline | None = None) -> None: ...
 
 
 def die_with_parent(argv: list[str]) -> list[str]:
@@ -127,20 +116,3 @@ def exit_after(seconds: float) -> threading.Thread:
     thread = threading.Thread(target=watch, name="stop-watchdog", daemon=True)
     thread.start()
     return thread
-
-
-async def stop_node(
-    deadline: Deadline,
-    component: Component,
-    *,
-    monitor: ComponentMonitor,
-    ledger: LedgerStore,
-    provider: TracerProvider,
-) -> None:
-    """A gateway or connector process's stop: the component within the grace less :data:`TAIL_S`,
-    then its operator endpoint, its ledger (after everything that appends) and its trace export,
-    each within its share."""
-    await within(component.stop(deadline.less(TAIL_S)), timeout=deadline.remaining(), what="component")
-    await within(monitor.stop(), timeout=deadline.budget(0.5), what="operator endpoint")
-    await ledger.close(timeout=deadline.budget(1.0))
-    await in_daemon_thread(provider.shutdown, timeout=deadline.budget(1.0), what="trace export")

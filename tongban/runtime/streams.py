@@ -108,14 +108,11 @@ def inbound_stream(region: str, *, duplicate_window_s: float = 24 * 3600) -> Str
 
     ``duplicate_window`` must outlast any resend delay: dedup by ``Nats-Msg-Id`` holds only inside it.
     """
-    return StreamConfig(
-        name=subjects.inbound_stream_name(region),
-        subjects=[subjects.request_wildcard(region)],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        duplicate_window=duplicate_window_s,
-        num_replicas=1,
+    return _durable_stream(
+        subjects.inbound_stream_name(region),
+        subjects.request_wildcard(region),
+        duplicate_window_s,
+        RetentionPolicy.WORK_QUEUE,
     )
 
 
