@@ -60,7 +60,7 @@ protos: $(STAMP) ## regenerate tongban/v1/ from protos/ (buf lint first)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
 
-lint: $(STAMP) ## buf lint, buf breaking (tongban.v1 only grows), ruff, mypy
+lint: $(STAMP) ## buf lint, buf breaking (tongban.v1 only grows), the layers contract, ruff, mypy
 	cd protos && ../$(BIN)/buf lint
 	# The contract in the working tree against every version of protos/ on main since $(V1_SINCE)
 	# (the last break: CaseEventBody.event became repeated events, an inter-region message).
@@ -69,6 +69,8 @@ lint: $(STAMP) ## buf lint, buf breaking (tongban.v1 only grows), ruff, mypy
 		$(BIN)/buf breaking protos --against ".git#ref=$$ref,subdir=protos" || \
 			{ echo "tongban.v1 breaks partners' code built on $$ref: put the change in v2"; exit 1; }; \
 	done
+	# The layers (docs/architecture.md): core and ledger <- runtime <- gateway | connectors <- ops.
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

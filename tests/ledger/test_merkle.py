@@ -4,7 +4,8 @@ The reference implementation below is RFC 9162 §2.1 written as literally as Pyt
 SUBPROOF as recursive functions over lists); it is slow and obviously right, and ``ledger.merkle`` must agree
 with it on every tree it is given. ``tests/vectors/merkle/reference_tree.json`` holds the values published by
 transparency-dev/merkle for the RFC 6962 test tree; ``reference_tree_proofs.json`` holds every proof of that
-tree as the reference implementation computes it (regenerate with ``python -m tests.ledger.test_merkle``).
+tree as the reference implementation computes it
+(regenerate with ``python -m tests.ledger.merkle_reference``).
 """
 
 from __future__ import annotations
@@ -37,92 +38,22 @@ from ledger.merkle import (
 from ledger.tree import LedgerTree, leaf_hash_of
 
 from .helpers import REGION, make_draft
+from .merkle_reference import (
+    COMPUTED_FILE,
+    LEAF_INPUTS,
+    PUBLISHED,
+    computed_vectors,
+    ref_mth,
+    ref_path,
+    ref_proof,
+    sha256,
+)
 
-VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "merkle"
-PUBLISHED = json.loads((VECTORS / "reference_tree.json").read_text())
-COMPUTED_FILE = VECTORS / "reference_tree_proofs.json"
-
-LEAF_INPUTS = [bytes.fromhex(x) for x in PUBLISHED["leaf_inputs"]]
 SOME_HASH = bytes.fromhex("abacaba000000000000000000000000000000000000000000060061e00123456")
 
 
-# --- the reference implementation (RFC 9162 §2.1, literally) ------------------------------------------------
-
-
-def _sha256(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _k(n: int) -> int:
-    """The largest power of two smaller than n (n > 1)."""
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return k
-
-
-def ref_mth(d: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) over leaf inputs ``d``."""
-    if len(d) == 0:
-        return _sha256(b"")
-    if len(d) == 1:
-        return _sha256(b"\x00" + d[0])
-    k = _k(len(d))
-    return _sha256(b"\x01" + ref_mth(d[:k]) + ref_mth(d[k:]))
-
-
-def ref_path(m: int, d: Sequence[bytes]) -> list[bytes]:
-    """PATH(m, D[n])."""
-    if len(d) == 1:
-        return []
-    k = _k(len(d))
-    if m < k:
-        return [*ref_path(m, d[:k]), ref_mth(d[k:])]
-    return [*ref_path(m - k, d[k:]), ref_mth(d[:k])]
-
-
-def ref_subproof(m: int, d: Sequence[bytes], b: bool) -> list[bytes]:
-    """SUBPROOF(m, D[n], b)."""
-    n = len(d)
-    if m == n:
-        return [] if b else [ref_mth(d)]
-    k = _k(n)
-    if m <= k:
-        return [*ref_subproof(m, d[:k], b), ref_mth(d[k:])]
-    return [*ref_subproof(m - k, d[k:], False), ref_mth(d[:k])]
-
-
-def ref_proof(m: int, d: Sequence[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]); empty for m == 0 (every tree extends the empty one)."""
-    return [] if m == 0 else ref_subproof(m, d, True)
-
-
-def computed_vectors() -> dict[str, Any]:
-    """Every inclusion and consistency proof of the reference tree, by the reference implementation."""
-    d = LEAF_INPUTS
-    return {
-        "description": (
-            "Every inclusion proof (0 <= index < size <= 8) and consistency proof (0 <= old_size <= new_size"
-            " <= 8) of the RFC 6962 test tree of reference_tree.json, computed by the reference"
-            " implementation in tests/ledger/test_merkle.py (RFC 9162 2.1 MTH/PATH/SUBPROOF, recursive)."
-        ),
-        "generated_by": "python -m tests.ledger.test_merkle",
-        "leaf_inputs": [x.hex() for x in d],
-        "inclusion": [
-            {"index": i, "size": n, "proof": [h.hex() for h in ref_path(i, d[:n])]}
-            for n in range(1, len(d) + 1)
-            for i in range(n)
-        ],
-        "consistency": [
-            {"old_size": m, "new_size": n, "proof": [h.hex() for h in ref_proof(m, d[:n])]}
-            for n in range(len(d) + 1)
-            for m in range(n + 1)
-        ],
-    }
-
-
-# Loaded leniently so that ``python -m tests.ledger.test_merkle`` can write the file when it is missing; the
-# test below then fails until it exists and matches.
+# Loaded leniently so that ``python -m tests.ledger.merkle_reference`` can write the file when it is
+# missing; the test below then fails until it exists and matches.
 COMPUTED: dict[str, Any] = (
     json.loads(COMPUTED_FILE.read_text()) if COMPUTED_FILE.exists() else {"inclusion": [], "consistency": []}
 )
@@ -142,7 +73,7 @@ def _tree(inputs: Sequence[bytes]) -> MerkleTree:
 def test_hashing_primitives() -> None:
     assert hashlib.sha256(b"").digest() == EMPTY_ROOT
     assert leaf_hash(b"") == bytes.fromhex(PUBLISHED["leaf_hashes"][0])
-    assert node_hash(b"a" * 32, b"b" * 32) == _sha256(b"\x01" + b"a" * 32 + b"b" * 32)
+    assert node_hash(b"a" * 32, b"b" * 32) == sha256(b"\x01" + b"a" * 32 + b"b" * 32)
 
 
 def test_leaf_hashes_match_published() -> None:
@@ -318,7 +249,7 @@ def _inclusion_is_true(p: InclusionProbe, leaves: Sequence[bytes]) -> bool:
     if not 0 <= p.index < p.size <= len(leaves):
         return False
     return (
-        p.leaf == _sha256(b"\x00" + leaves[p.index])
+        p.leaf == sha256(b"\x00" + leaves[p.index])
         and p.root == ref_mth(leaves[: p.size])
         and p.proof == ref_path(p.index, leaves[: p.size])
     )
@@ -629,7 +560,3 @@ async def test_ledger_tree_refuses_a_shorter_store(tmp_path: Path) -> None:
             await tree.sync(short)
     with pytest.raises(ValueError):
         LedgerTree(chunk=0)
-
-
-if __name__ == "__main__":
-    COMPUTED_FILE.write_text(json.dumps(computed_vectors(), indent=2) + "\n")
