@@ -273,7 +273,7 @@ def test_uscc_non_strict_accepts_wrong_check_only() -> None:
     with pytest.raises(InvalidIdentifier, match="check character"):
         check_uscc("91350100M000100Y4A", strict=True)
     for bad, reason in [
-        # Z is not in the GB 32100 charset, so DOMAIN.md's invalid example fails even when not strict.
+        # Z is not in the GB 32100 charset, so docs/domain.md's invalid example fails even when not strict.
         ("91350100M000100Y4Z", "invalid character"),
         ("91440300MA5G2K7P5I", "invalid character"),
         ("91A40300MA5G2K7P5R", "region"),

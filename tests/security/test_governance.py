@@ -1,4 +1,4 @@
-"""Governance refusals (DOMAIN.md, PIPL): 不予共享 data, conditional sharing without an approval,
+"""Governance refusals (docs/domain.md, PIPL): 不予共享 data, conditional sharing without an approval,
 consent without a valid consent reference, sensitive data without its basis.
 
 Each is refused at the sending gateway (nothing published, one REJECTED entry) and again at the

@@ -219,7 +219,7 @@ def validate_request(
         max_field_length: length limit (characters) of a form value whose FieldSpec sets none.
         today: reference date for "birth date in the future" in citizen IDs; defaults to today.
         uscc_strict: whether a unified social credit code must have a correct check character (some
-            real historical codes do not; see DOMAIN.md).
+            real historical codes do not; see docs/domain.md).
 
     Returns:
         The catalogue item of ``request.service_code``.

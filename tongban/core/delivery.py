@@ -10,8 +10,21 @@ from dataclasses import dataclass
 
 from tongban.v1 import catalogue_pb2, exchange_pb2
 
-TERMINAL_STATUSES = frozenset({2, 4, 5, 11, 12, 13, 14, 15})
-"""BLZT codes after which a case does not change (DOMAIN.md "Case status")."""
+_S = exchange_pb2
+
+TERMINAL_STATUSES = frozenset(
+    {
+        _S.CASE_STATUS_WITHDRAWN,
+        _S.CASE_STATUS_NOT_ACCEPTED,
+        _S.CASE_STATUS_REFUSED_ACCEPTANCE,
+        _S.CASE_STATUS_APPROVED,
+        _S.CASE_STATUS_APPROVED_MATERIALS_DEFERRED,
+        _S.CASE_STATUS_REFUSED,
+        _S.CASE_STATUS_RECALLED,
+        _S.CASE_STATUS_REVOKED,
+    }
+)
+"""Case statuses after which a case does not change (BLZT 2, 4, 5, 11–15; docs/domain.md "Case status")."""
 
 FAILED_DELIVERY = frozenset(
     {

@@ -79,7 +79,7 @@ COMPOUND_SURNAMES: frozenset[str] = frozenset(
     """.split()
 )
 
-#: Region codes the project refers to by name (DOMAIN.md, "Identifiers").
+#: Region codes the project refers to by name (docs/domain.md, "Identifiers").
 KNOWN_REGIONS: Mapping[str, str] = MappingProxyType(
     {
         "110000": "北京市",
@@ -391,7 +391,7 @@ def check_elicence_id(value: str) -> str:
     Form: ``1.2.156.3005.2.<type>.<issuer USCC>.<serial>.<3-digit version>.<check>``, ten dot-separated
     parts. The check character is ISO 7064 MOD 37,36 over the parts **after** the fixed
     ``1.2.156.3005.2`` prefix and before the check, concatenated without dots (``<type><issuer><serial>
-    <version>``). That is the reading under which DOMAIN.md's example
+    <version>``). That is the reading under which docs/domain.md's example
     ``1.2.156.3005.2.11100000000013338W009.11330105002500287C.2025052201.002.0`` validates; including
     the prefix digits would give ``D`` there instead of ``0``.
 

@@ -1,7 +1,7 @@
 """Keyed digests and masks: how personal data is correlated without being disclosed.
 
 Headers, subjects, logs and metrics never carry an ID number, a name or a phone number in clear
-(PIPL; DOMAIN.md "Governance fields"). They carry a keyed digest (HMAC-SHA256 under the deployment's
+(PIPL; docs/domain.md "Governance fields"). They carry a keyed digest (HMAC-SHA256 under the deployment's
 correlation key, so a dictionary attack over the 10^10 plausible ID numbers needs the key) and a
 mask for display.
 """

@@ -1,7 +1,8 @@
 """Every NATS wire name tongban uses: subjects, queue groups, inbox prefixes, headers, streams.
 
-Two subject spaces that never overlap (DESIGN.md "NATS topology"): streams capture
-``tb.v1.req.<region>.>`` (and events, dead letters); synchronous request/reply uses
+Two subject spaces that never overlap (deploy/nats/README.md, "Streams tongban creates in each
+region"): streams capture ``tb.v1.req.<region>.>`` (and events, dead letters); synchronous
+request/reply uses
 ``tb.v1.rpc.<region>.<service>``. A stream whose subjects covered an RPC subject would answer the
 core request with its PubAck and the caller would get the wrong reply.
 
