@@ -48,7 +48,7 @@ class VerifyReport:
             raise ChainBroken(index=self.first_bad_index, reason=self.reason)
 
 
-class _ChainCheck:
+class ChainCheck:
     """Incremental verifier: feed entries in log order, then take the report; stops at the first bad entry."""
 
     def __init__(self, region: str | None) -> None:
@@ -129,7 +129,7 @@ def verify_entries(entries: Iterable[Entry], *, region: str | None = None) -> Ve
     Returns:
         The report; ``first_bad_index`` names the first failing position.
     """
-    check = _ChainCheck(region)
+    check = ChainCheck(region)
     for entry in entries:
         check.feed(entry)
     return check.report()
@@ -167,7 +167,7 @@ def verify_sqlite_file(path: str | os.PathLike[str], region: str | None = None) 
             raise LedgerError(f"{file} is not a tongban ledger (no ledger metadata)")
         if region is not None and meta["region"] != region:
             raise LedgerError(f"{file} is the ledger of region {meta['region']!r}, not {region!r}")
-        check = _ChainCheck(meta["region"])
+        check = ChainCheck(meta["region"])
         for row in conn.execute(f"{_sqlite.SELECT_ENTRIES} ORDER BY idx"):
             try:
                 entry = _sqlite.entry_from_row(row)

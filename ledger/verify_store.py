@@ -11,7 +11,7 @@ from typing import Final
 
 from ledger.errors import LedgerError
 from ledger.store import LedgerStore
-from ledger.verify import VerifyReport, _ChainCheck
+from ledger.verify import ChainCheck, VerifyReport
 
 PAGE_SIZE: Final = 10_000
 """Entries fetched per read: bounds memory for a log of millions of entries."""
@@ -40,7 +40,7 @@ async def verify_store(
     """
     if page < 1:
         raise ValueError(f"page must be at least 1, got {page}")
-    check = _ChainCheck(region if region is not None else store.region)
+    check = ChainCheck(region if region is not None else store.region)
     start = 0
     while True:
         try:
@@ -61,7 +61,7 @@ async def verify_store(
         start += page
 
 
-async def _bisect(store: LedgerStore, check: _ChainCheck, start: int, stop: int) -> None:
+async def _bisect(store: LedgerStore, check: ChainCheck, start: int, stop: int) -> None:
     """Feed a range the store failed to read as a whole, halving it to single out the undecodable entries."""
     try:
         found = await store.entries(start, stop)

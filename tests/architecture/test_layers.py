@@ -143,13 +143,26 @@ def test_no_import_hidden_in_a_function() -> None:
 
 
 def test_no_private_name_imported_from_another_module() -> None:
+    """A ``_name`` is its module's own. The one exception: a package's private implementation
+    modules (``ledger/_sqlite.py``) used by the modules of that same package."""
     private = []
     for path in [*_modules(), *sorted((ROOT / "tests").rglob("*.py"))]:
+        package = path.relative_to(ROOT).parts[0]
         for node, _ in _imports(path):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
-                if names and node.module.split(".")[0] in PACKAGES:
-                    private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {names}")
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            if node.module.split(".")[0] not in PACKAGES:
+                continue
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                own_module = (ROOT / node.module.replace(".", "/") / f"{name}.py").exists()
+                if own_module and node.module.split(".")[0] == package:
+                    continue
+                private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {name}")
+            if node.module.split(".")[-1].startswith("_") and node.module.split(".")[0] != package:
+                private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}")
     assert private == []
 
 
