@@ -30,9 +30,9 @@ from tests.e2e.cli import tongban
 from tests.e2e.requests import build, cases, pension
 from tests.helpers import eventually, free_port
 from tongban.core.catalogue import Catalogue
-from tongban.ops.cli_trace import Hop, RegionRead, Trace, verdict
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
+from tongban.ops.trace import RegionRead, Trace, TraceHop, verdict
 from tongban.runtime import certs
 from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
@@ -298,7 +298,7 @@ async def test_unreachable_peer_is_reported_and_the_local_one_fails(trace_stack:
 
 
 def test_verdict_in_transit_names_the_last_hop() -> None:
-    hop = Hop(1_700_000_000_000_000_000, SZ, "PUBLISHED", CASE_SERVICE, "IN_320200", WX, "M", "T", 7)
+    hop = TraceHop(1_700_000_000_000_000_000, SZ, "PUBLISHED", CASE_SERVICE, "IN_320200", WX, "M", "T", 7)
     t = Trace("M", "M", "", [hop], [RegionRead(SZ, "a", local=True)], ["T"])
     v = verdict(t)
     assert v.status == "in_transit"
