@@ -32,7 +32,6 @@ from tests.helpers import eventually, free_port
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
-from tongban.ops.trace import RegionRead, Trace, TraceHop, verdict
 from tongban.runtime import certs
 from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
@@ -295,14 +294,6 @@ async def test_unreachable_peer_is_reported_and_the_local_one_fails(trace_stack:
         f"  ledger of {WX} via {SZ}'s gateway (NATS): UNREACHABLE: UNAVAILABLE (PEER_UNREACHABLE): "
     )
     assert verdict_line(out) == f"verdict: delivered to {WX}: answered OK"
-
-
-def test_verdict_in_transit_names_the_last_hop() -> None:
-    hop = TraceHop(1_700_000_000_000_000_000, SZ, "PUBLISHED", CASE_SERVICE, "IN_320200", WX, "M", "T", 7)
-    t = Trace("M", "M", "", [hop], [RegionRead(SZ, "a", local=True)], ["T"])
-    v = verdict(t)
-    assert v.status == "in_transit"
-    assert v.text.startswith(f"in transit, last seen PUBLISHED at {SZ} 2023-11-14T22:13:20.000Z (")
 
 
 @pytest.mark.skipif(not Path("/proc/sys/net/ipv4/ip_local_port_range").exists(), reason="Linux ports")
