@@ -65,7 +65,7 @@ def add_parsers(sub: Subparsers) -> None:
     cs = sub.add_parser(
         "case",
         help="read or watch a case submitted through a gateway",
-        description=f"Read or watch a case submitted through a gateway; in the handling region, send a "
+        description="Read or watch a case submitted through a gateway; in the handling region, send a "
         f"later status of a case ({SEND_STATUS}, formerly `case report`, a name that still works).",
     )
     # The metavar lists the commands without the hidden alias.
