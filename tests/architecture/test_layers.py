@@ -142,27 +142,51 @@ def test_no_import_hidden_in_a_function() -> None:
     assert hidden == []
 
 
-def test_no_private_name_imported_from_another_module() -> None:
-    """A ``_name`` is its module's own. The one exception: a package's private implementation
-    modules (``ledger/_sqlite.py``) used by the modules of that same package."""
-    private = []
-    for path in [*_modules(), *sorted((ROOT / "tests").rglob("*.py"))]:
-        package = path.relative_to(ROOT).parts[0]
-        for node, _ in _imports(path):
-            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
-                continue
-            if node.module.split(".")[0] not in PACKAGES:
-                continue
+def _is_module(dotted: str) -> bool:
+    base = ROOT / dotted.replace(".", "/")
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _borrowed(path: Path) -> Iterator[str]:
+    """Private names of other modules that ``path`` imports or reaches through an imported module
+    (``from x import _y``, ``x._y``). A package's own private modules (``ledger/_sqlite.py``) are its
+    own modules' to use."""
+    package = path.relative_to(ROOT).parts[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bound: dict[str, str] = {}  # local name -> the project module it names
+    for node, _ in _imports(path):
+        if isinstance(node, ast.Import):
             for alias in node.names:
-                name = alias.name
-                if not name.startswith("_") or name.startswith("__"):
-                    continue
-                own_module = (ROOT / node.module.replace(".", "/") / f"{name}.py").exists()
-                if own_module and node.module.split(".")[0] == package:
-                    continue
-                private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {name}")
-            if node.module.split(".")[-1].startswith("_") and node.module.split(".")[0] != package:
-                private.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}")
+                if alias.name.split(".")[0] in PACKAGES and alias.asname:
+                    bound[alias.asname] = alias.name
+            continue
+        if not node.module or node.level or node.module.split(".")[0] not in PACKAGES:
+            continue
+        for alias in node.names:
+            name = alias.name
+            if _is_module(f"{node.module}.{name}"):
+                bound[alias.asname or name] = f"{node.module}.{name}"
+            if name.startswith("_") and not name.startswith("__"):
+                own = _is_module(f"{node.module}.{name}") and node.module.split(".")[0] == package
+                if not own:
+                    yield f"{node.module}.{name}"
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            yield f"{bound[node.value.id]}.{node.attr}"
+
+
+def test_no_private_name_imported_from_another_module() -> None:
+    private = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in [*_modules(), *sorted((ROOT / "tests").rglob("*.py"))]
+        for name in _borrowed(path)
+    ]
     assert private == []
 
 

@@ -33,6 +33,7 @@ from tests.helpers import free_port
 from tongban.core import subjects
 from tongban.core.errors import ConfigError
 from tongban.ops import natsconfig
+from tongban.ops.cli import nats_config
 from tongban.ops.natsconfig import INSTALL_DIR, SEED_ENV
 from tongban.ops.natsserver import NatsServerError, ServerSpec, check_binary, render_config
 from tongban.runtime import natsroles, streams
@@ -183,7 +184,7 @@ def test_deploy_nats_is_what_nats_config_generates() -> None:
 def test_nats_config_command_writes_configs_and_secrets_apart(tmp_path: Path) -> None:
     out, secrets_dir = tmp_path / "deploy" / "nats", tmp_path / "secrets"
     parser = argparse.ArgumentParser()
-    natsconfig.add_parser(parser.add_subparsers(dest="command", required=True))
+    nats_config.add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(
         ["nats-config", "--regions", ",".join(REGIONS), "--out", str(out), "--secrets-dir", str(secrets_dir)]
     )
@@ -320,7 +321,7 @@ def test_hub_has_no_jetstream() -> None:
         assert value(tls, "ca_file") == [f"{INSTALL_DIR}/ca.crt"]
         (auth,) = block(text, "authorization")
         assert sorted(value(auth, "nkey")) == sorted(committed_keys().values())
-        assert "allow_responses" not in auth  # not passed on to a leaf: see tongban/ops/natsconfig.py
+        assert "allow_responses" not in auth  # not passed on to a leaf (tongban.ops.natsconfig)
         assert value(text, "max_payload") == ["4MB"]
         assert value(text, "http")
     assert names == set(HUBS)

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import SZ, Pki, Stack
 from tests.e2e.cases import submit_request
@@ -111,12 +109,7 @@ async def test_plaintext_is_refused(tls_stack: Stack, pki: Pki) -> None:
 
 
 async def test_certificate_without_a_partner_identity_is_unauthenticated(tls_stack: Stack, pki: Pki) -> None:
-    anonymous = certs._issue(  # a valid client certificate of the CA, naming no partner
-        pki.ca,
-        "somebody",
-        [x509.UniformResourceIdentifier("urn:example:somebody")],
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-    )
+    anonymous = certs.issue_named_client(pki.ca, "somebody.example")  # of the CA, naming no partner
     d = details_of(await refused(channel(tls_stack, pki, anonymous)))
     assert d.code == grpc.StatusCode.UNAUTHENTICATED and d.reason == "UNAUTHENTICATED"
     await nothing_recorded(tls_stack)

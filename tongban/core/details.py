@@ -175,6 +175,12 @@ def _decode_note(text: str, event: str) -> Detail:
     """
     if not text:
         return Detail()
+    head, sep, tail = text.partition(":")
+    if sep and head in Source.__members__ and not tail.startswith(" held size "):
+        rest = tail.strip()
+        altered = rest.endswith("(request altered in transit)")
+        outcome = rest.split(" (", 1)[0].strip()
+        return Detail(outcome=outcome, source=head, altered=altered)
     words = text.split()
     if any("=" in w for w in words):
         pairs = dict(w.split("=", 1) for w in words if "=" in w)
@@ -190,7 +196,6 @@ def _decode_note(text: str, event: str) -> Detail:
             resend=number(pairs.get("resend")),
             dlq_seq=number(pairs.get("seq")) if dlq else None,
         )
-    head, sep, tail = text.partition(":")
     if sep and tail.startswith(" held size "):
         w = tail.replace(",", "").split()  # held size N root R new size M root S
         return Detail(
@@ -200,11 +205,6 @@ def _decode_note(text: str, event: str) -> Detail:
             new_size=_number(w[7]),
             new_root=w[9],
         )
-    if sep and head in Source.__members__:
-        rest = tail.strip()
-        altered = rest.endswith("(request altered in transit)")
-        outcome = rest.split(" (", 1)[0].strip()
-        return Detail(outcome=outcome, source=head, altered=altered)
     if sep:
         return Detail(outcome=head, fields=tuple(p.strip() for p in tail.split(",") if p.strip()))
     if event == "SUBMITTED":

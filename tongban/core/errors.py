@@ -8,8 +8,10 @@ on the wire, the outcome label of a metric, the reason field of a ledger detail)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
 
 class Reason(StrEnum):
@@ -117,6 +119,16 @@ class Reason(StrEnum):
     # -- operator tools -----------------------------------------------------------------------------
     DEAD_LETTER_NOT_FOUND = "DEAD_LETTER_NOT_FOUND"
     NOT_REPLAYABLE = "NOT_REPLAYABLE"
+
+
+_REASON_CODE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+def is_reason_code(text: str) -> bool:
+    """Whether ``text`` has the shape of a reason code (UPPER_SNAKE, at most 64 characters): what a
+    reason from elsewhere (another region's Problem, a dead letter's header) must be before it goes
+    into a log, a metric label or a ledger detail."""
+    return _REASON_CODE.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)

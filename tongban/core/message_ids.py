@@ -37,6 +37,17 @@ def is_message_id(value: str) -> bool:
     return bool(MESSAGE_ID_RE.fullmatch(value))
 
 
+def message_id_time_ms(value: str) -> int | None:
+    """When a message id was made, in Unix milliseconds (a ULID's first 10 characters are its 48-bit
+    millisecond time); None when ``value`` is not a message id."""
+    if not is_message_id(value):
+        return None
+    ms = 0
+    for ch in value[:10]:
+        ms = ms * 32 + _CROCKFORD.index(ch)
+    return ms
+
+
 def new_case_no(region: str) -> str:
     """A new case number (办件编号) of a case submitted in ``region``."""
     return f"{region}-{time.strftime('%Y%m%d', time.gmtime())}-{new_message_id()[-10:]}"

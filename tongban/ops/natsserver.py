@@ -89,7 +89,7 @@ class ServerSpec:
         domain: JetStream domain (region code) for a leaf; empty for the hub (no JetStream).
         hub_leaf_url: the hub's leafnode URL a leaf connects to.
         port, http_port, leaf_port: 0 picks a random port on first start.
-        security: the TLS files and credentials of its hub link (tongban/ops/natsconfig.py): for the hub,
+        security: the TLS files and credentials of its hub link (tongban/ops/natsconfig/): for the hub,
             its server certificate and the region users; for a leaf, its client certificate and seed.
         client_users: a leaf: the NKey users of its client port (``natsconfig.region_users``); a
             leaf without any is refused (a region's client port never admits anonymous clients).
@@ -319,7 +319,7 @@ class Topology:
     """A hub and one leaf per region on loopback, each its own JetStream domain.
 
     Every leaf joins the hub as its region's NKey user over TLS, with the least-privilege permissions
-    of tongban/ops/natsconfig.py, and admits on its client port only its region's role users
+    of tongban/ops/natsconfig/, and admits on its client port only its region's role users
     (:data:`TOPOLOGY_ROLES`; plaintext: loopback never leaves the machine). The credentials and TLS
     material are generated under ``root/secrets`` at the first start and kept for restarts.
     """

@@ -127,6 +127,11 @@ def issue_server(ca: Issued, hosts: list[str], **kw: object) -> Issued:
     return _issue(ca, hosts[0], san, ExtendedKeyUsageOID.SERVER_AUTH, **kw)  # type: ignore[arg-type]
 
 
+def issue_named_client(ca: Issued, name: str, **kw: object) -> Issued:
+    """A client certificate whose identity is the DNS name ``name`` (a NATS leafnode's on its hub link)."""
+    return _issue(ca, name, [x509.DNSName(name)], ExtendedKeyUsageOID.CLIENT_AUTH, **kw)  # type: ignore[arg-type]
+
+
 def issue_client(ca: Issued, partner: Partner, **kw: object) -> Issued:
     """A partner system's client certificate, its identity in the URI SAN."""
     if not PARTNER_URI.match(partner.uri):

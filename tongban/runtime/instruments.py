@@ -146,7 +146,6 @@ SECONDS_BUCKETS: Final = (
 )
 """Bucket boundaries of the duration histograms, in seconds."""
 
-_REASON: Final = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _REGION: Final = re.compile(r"^[0-9]{6}$")
 _RPC: Final = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,47}$")
 UNSET: Final = "-"
@@ -167,4 +166,4 @@ def clean_peer(value: str) -> str:
 
 def clean_reason(value: str) -> str:
     """An outcome or reason as label ``outcome``/``reason``: a reason code, or ``OTHER``."""
-    return value if _REASON.fullmatch(value) else "OTHER"
+    return value if is_reason_code(value) else "OTHER"

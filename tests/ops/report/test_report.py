@@ -10,8 +10,6 @@ the command line (text, JSON and the chart file).
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
 import json
 import math
 import socket
@@ -29,18 +27,12 @@ from tests.e2e.cli import tongban
 from tongban.core.message_ids import new_message_id
 from tongban.ops.cli import main
 from tongban.ops.report import (
-    BEIJING,
     Direction,
     Report,
     Stats,
     collect,
-    display_width,
-    failure_reason,
     parse_when,
-    percentile,
-    period_window,
     render_text,
-    table,
     window_between,
     write_chart,
 )
@@ -449,58 +441,6 @@ async def test_cli_period_week_ends_now_and_mistakes_are_named(
     (tmp_path / "ledger.sqlite").rename(tmp_path / "moved.sqlite")
     rc, _, err = await tongban("report", "--config", str(cfg))
     assert rc == 1 and "no ledger at" in err
-
-
-@pytest.mark.parametrize(
-    ("now", "period", "since", "bucket"),
-    [
-        ("2026-03-08T15:00", "week", "2026-03-02", "day"),
-        ("2026-03-31T08:00", "month", "2026-03-01", "day"),  # 28 Feb + 1 day
-        ("2026-05-15T23:59", "quarter", "2026-02-16", "week"),
-        ("2026-11-22T00:30", "year", "2025-11-23", "month"),
-    ],
-)
-def test_periods_are_whole_days_in_beijing_time(now: str, period: str, since: str, bucket: str) -> None:
-    w = period_window(period, now_ns=parse_when(now))
-    assert dt.datetime.fromtimestamp(w.start_ns / 1e9, BEIJING).isoformat() == f"{since}T00:00:00+08:00"
-    assert w.end_ns == parse_when(now) and w.bucket_size == bucket
-    starts = w.boundaries()
-    assert starts[0] == w.start_ns and all(a < b < w.end_ns for a, b in itertools.pairwise(starts))
-
-
-@pytest.mark.parametrize(
-    ("event", "detail", "reason"),
-    [
-        (Event.RESPONDED, "BACKEND_TIMEOUT", "BACKEND_TIMEOUT"),
-        (Event.REJECTED, "INVALID_FIELD: request.fields.a,request.fields.b", "INVALID_FIELD"),
-        (Event.REJECTED, "REMOTE: NOT_AUTHORISED (request altered in transit)", "REMOTE:NOT_AUTHORISED"),
-        (Event.REJECTED, "REPLY_INVALID: SEAL", "REPLY_INVALID:SEAL"),
-        (Event.DEAD_LETTERED, "case=C1 reason=BACKEND_FAILURE", "BACKEND_FAILURE"),
-        (Event.EXPIRED, "seq=1 status=0 reason=EXPIRED event=x", "EXPIRED"),
-        (Event.REJECTED, "case=C1", "REJECTED"),
-        (Event.EXPIRED, "", "EXPIRED"),
-    ],
-)
-def test_failure_reasons(event: Event, detail: str, reason: str) -> None:
-    from ledger.entry import seal
-
-    e = seal(
-        EntryDraft(event, "m", WX, PENSION_QUERY, b"", "", detail, 1), index=0, region=SZ, prev_hash=bytes(32)
-    )
-    assert failure_reason(e) == reason
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = list(range(1, 101))
-    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50, 90, 99, 100]
-    assert percentile([7], 99) == 7 and percentile([], 50) is None
-    assert percentile([1, 2, 3, 4], 50) == 2 and percentile([1, 2, 3, 4], 51) == 3
-
-
-def test_tables_align_chinese_names() -> None:
-    lines = table(["code", "name", "n"], [["A1", "社会保险参保缴费记录查询", "1"], ["B2", "x", "100"]])
-    assert len({display_width(line) for line in lines}) == 1
-    assert display_width("社保ab") == 6
 
 
 async def test_an_empty_period_renders(tmp_path: Path) -> None:

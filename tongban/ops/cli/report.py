@@ -1,4 +1,4 @@
-"""`tongban report`: a region's exchange over a period, from its ledger (tongban/ops/report.py).
+"""``tongban report``: a region's exchange over a period, from its ledger (tongban/ops/report/).
 
 Prints aligned tables (or ``--json``) of volumes, success rates, latency percentiles and the 堵点
 (slowest and most failing services and region pairs), and with ``--chart FILE.png|FILE.svg`` draws
@@ -12,12 +12,16 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from ledger.errors import LedgerError
+from tongban.core.catalogue import Catalogue
+from tongban.ops.cli.common import Subparsers, missing_node, node_flags, tool_config
+from tongban.ops.report import Report, collect, dumps, period_window, render_text, window_between, write_chart
+from tongban.runtime.ledgers import store_for
 
 
-def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: Subparsers) -> None:
     rp = sub.add_parser(
         "report",
         help="a region's exchange over a period from its ledger: volumes, success, latency, 堵点; "
@@ -47,18 +51,11 @@ def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None])
     )
     rp.add_argument("--rows", type=int, default=20, help="rows of the service and pair tables (default 20)")
     node_flags(rp)
-    rp.set_defaults(func=_cmd_report)
+    rp.set_defaults(func=_run)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from ledger.errors import LedgerError
-    from tongban.core.catalogue import Catalogue
-    from tongban.ops.cli import _tool_config
-    from tongban.ops.report import collect, dumps, period_window, render_text, window_between, write_chart
-    from tongban.runtime.ledgers import store_for
-
-    if not (args.region or args.config):
-        print("tongban report: give --config or --region", file=sys.stderr)
+def _run(args: argparse.Namespace) -> int:
+    if missing_node(args, "report"):
         return 2
     if args.until and not args.since:
         print("tongban report: --until goes with --since", file=sys.stderr)
@@ -80,7 +77,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tongban report: {exc}", file=sys.stderr)
         return 2
-    cfg = _tool_config(args)
+    cfg = tool_config(args)
     if cfg.ledger.backend == "sqlite" and not cfg.path(cfg.ledger.path).exists():
         # Opening would create an empty ledger: say what is missing instead.
         print(f"tongban report: no ledger at {cfg.path(cfg.ledger.path)}", file=sys.stderr)
@@ -90,7 +87,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"tongban report: --chart {args.chart}: {problem}", file=sys.stderr)
         return 1
 
-    async def run() -> Any:
+    async def run() -> Report:
         async with store_for(cfg) as store:
             return await collect(store, window, top=args.top, min_requests=args.min_requests, now_ns=now_ns)
 

@@ -1,7 +1,8 @@
-"""How `tongban report` reads the ledger (tongban/ops/report.py, ``collect``): in a few time-ordered range
-reads, never one look-up per request. A flood of refusals (the 堵点 case) and requests still open
-at the period's end cost no look-up by message id; the failures that memory cannot settle are
-settled the same by look-ups and by one read; a period that ends now reads nothing after it."""
+"""How `tongban report` reads the ledger (tongban/ops/report/reading.py, ``collect``): in a few
+time-ordered range reads, never one look-up per request. A flood of refusals (the 堵点 case) and
+requests still open at the period's end cost no look-up by message id; the failures that memory
+cannot settle are settled the same by look-ups and by one read; a period that ends now reads
+nothing after it."""
 
 from __future__ import annotations
 

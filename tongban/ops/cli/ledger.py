@@ -1,10 +1,13 @@
-"""`tongban ledger verify | prove | export | check-bundle`: a region's ledger, checked and proven.
+"""``tongban ledger verify | prove | export | check-receipt | check-bundle``: a region's ledger,
+checked and proven.
 
 - ``verify`` recomputes the hash chain and the Merkle tree from the entries alone, and checks the
   region's last signed checkpoint against them (signature, and the root of the tree at its size):
   an edited, deleted, reordered or truncated entry, or a rewritten log, names the first bad index.
 - ``prove <message-id>`` prints the message's entries with inclusion proofs against a checkpoint.
 - ``export`` writes a self-contained evidence bundle (tongban/runtime/bundle.py) for some or all entries.
+- ``check-receipt <message-id>`` proves a delivery: our receipt, and the receiving region's inclusion
+  proof against its checkpoint we witnessed.
 - ``check-bundle`` verifies a bundle offline.
 """
 
@@ -14,14 +17,31 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.cases import CaseStore
+from gateway.witness import fetch_proven_entry
+from ledger import Event, LedgerError, verify_store
+from ledger.checkpoint import CheckpointError, CheckpointSigner, origin_of, parse_and_verify, read_note
 from ledger.files import write_atomically
+from ledger.tree import LedgerTree
+from ledger.verify import verify_sqlite_file
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.receipts import verify_receipt
+from tongban.ops.cli.common import Subparsers, missing_node, node_flags, tool_config, tool_nats
+from tongban.runtime.bundle import check_bundle, make_bundle
+from tongban.runtime.config import Config
+from tongban.runtime.ledgers import store_for
+from tongban.runtime.node import load_registry, load_secrets, parse_public_key
+from tongban.v1 import registry_pb2
 
 
-def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: Subparsers) -> None:
+    lg = sub.add_parser("ledger", help="a region's ledger: verify, prove, export, check a bundle")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True)
     v = lsub.add_parser(
         "verify", help="recompute a region's hash chain and Merkle tree and check its last signed checkpoint"
     )
@@ -29,13 +49,13 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
         "--file", default="", help="a SQLite ledger file: its hash chain only (no tree, no checkpoint)"
     )
     node_flags(v)
-    v.set_defaults(func=_cmd_verify)
+    v.set_defaults(func=_verify)
 
     pr = lsub.add_parser("prove", help="inclusion proofs of a message's entries against a signed checkpoint")
     pr.add_argument("message_id")
     pr.add_argument("--json", action="store_true", help="print the evidence bundle instead of text")
     node_flags(pr)
-    pr.set_defaults(func=_cmd_prove)
+    pr.set_defaults(func=_prove)
 
     ex = lsub.add_parser(
         "export", help="write a self-contained evidence bundle (entries, proofs, checkpoint, keys)"
@@ -44,7 +64,7 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
     ex.add_argument("--message-id", action="append", default=[], help="only this message's entries (repeat)")
     ex.add_argument("--receipt", action="append", default=[], help="a SignedReceipt file to include (repeat)")
     node_flags(ex)
-    ex.set_defaults(func=_cmd_export)
+    ex.set_defaults(func=_export)
 
     cr = lsub.add_parser(
         "check-receipt",
@@ -53,7 +73,7 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
     )
     cr.add_argument("message_id")
     node_flags(cr)
-    cr.set_defaults(func=_cmd_check_receipt)
+    cr.set_defaults(func=_check_receipt)
 
     cb = lsub.add_parser("check-bundle", help="verify an evidence bundle offline")
     cb.add_argument("bundle")
@@ -65,23 +85,17 @@ def add_parsers(lsub: Any, node_flags: Callable[[argparse.ArgumentParser], None]
         action="store_true",
         help="check without --root-key (the bundle's own registry and keys are then taken as given)",
     )
-    cb.set_defaults(func=_cmd_check_bundle)
+    cb.set_defaults(func=_check_bundle)
 
 
-def _ledger_path(args: argparse.Namespace) -> tuple[Any, Path]:
-    from tongban.ops.cli import _tool_config
-
-    cfg = _tool_config(args)
+def _ledger_path(args: argparse.Namespace) -> tuple[Config, Path]:
+    cfg = tool_config(args)
     return cfg, cfg.path(cfg.ledger.path)
 
 
-async def _evidence(cfg: Any, message_ids: list[str]) -> tuple[Any, list[Any], Any]:
+async def _evidence(cfg: Config, message_ids: list[str]) -> tuple[Any, list[Any], Any]:
     """(signed checkpoint, entries, tree): a checkpoint signed now (consistent with the region's
     last one, or refused), and the entries to prove against it."""
-    from ledger.checkpoint import CheckpointSigner
-    from tongban.runtime.ledgers import store_for
-    from tongban.runtime.node import load_registry, load_secrets
-
     registry = load_registry(cfg)
     secrets = load_secrets(cfg, registry)
     async with store_for(cfg) as store:
@@ -98,11 +112,7 @@ async def _evidence(cfg: Any, message_ids: list[str]) -> tuple[Any, list[Any], A
         return signed, entries, signer.tree.tree
 
 
-def _bundle(cfg: Any, signed: Any, entries: list[Any], tree: Any, receipts: list[bytes]) -> dict[str, Any]:
-    from tongban.runtime.bundle import make_bundle
-    from tongban.runtime.node import load_registry
-    from tongban.v1 import registry_pb2
-
+def _bundle(cfg: Config, signed: Any, entries: list[Any], tree: Any, receipts: list[bytes]) -> dict[str, Any]:
     registry = load_registry(cfg)
     region = cfg.region.code
     keys = {k.key_id: k.public_raw for k in registry.keys_of(region, registry_pb2.KEY_USE_SIGNING)}
@@ -118,7 +128,9 @@ def _bundle(cfg: Any, signed: Any, entries: list[Any], tree: Any, receipts: list
     )
 
 
-def _cmd_prove(args: argparse.Namespace) -> int:
+def _prove(args: argparse.Namespace) -> int:
+    if missing_node(args, "ledger prove"):
+        return 2
     cfg, _ = _ledger_path(args)
     signed, entries, tree = asyncio.run(_evidence(cfg, [args.message_id]))
     if not entries:
@@ -142,7 +154,9 @@ def _cmd_prove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace) -> int:
+    if missing_node(args, "ledger export"):
+        return 2
     cfg, _ = _ledger_path(args)
     receipts = [Path(r).read_bytes() for r in args.receipt]
     signed, entries, tree = asyncio.run(_evidence(cfg, args.message_id))
@@ -156,10 +170,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check_bundle(args: argparse.Namespace) -> int:
-    from tongban.runtime.bundle import check_bundle
-    from tongban.runtime.node import parse_public_key
-
+def _check_bundle(args: argparse.Namespace) -> int:
     roots = []
     if not args.root_key and not args.allow_unpinned:
         print(
@@ -196,10 +207,9 @@ def _cmd_check_bundle(args: argparse.Namespace) -> int:
     return 1
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from ledger import LedgerError
-    from ledger.verify import verify_sqlite_file
-
+def _verify(args: argparse.Namespace) -> int:
+    if not args.file and missing_node(args, "ledger verify"):
+        return 2
     cfg = None
     if args.file:
         path = Path(args.file)
@@ -226,24 +236,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return asyncio.run(_verify_checkpoint(cfg))
 
 
-async def _verify_configured(cfg: Any) -> Any:
-    from ledger import verify_store
-    from tongban.runtime.ledgers import store_for
-
+async def _verify_configured(cfg: Config) -> Any:
     async with store_for(cfg) as store:
         return await verify_store(store, region=cfg.region.code)
 
 
-async def _verify_checkpoint(cfg: Any) -> int:
+async def _verify_checkpoint(cfg: Config) -> int:
     """The tree recomputed from the entries against the region's last signed checkpoint."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify
-    from ledger.tree import LedgerTree
-    from tongban.runtime.ledgers import store_for
-    from tongban.runtime.node import load_registry
-    from tongban.v1 import registry_pb2
-
     state = cfg.path(cfg.ledger.checkpoint_state)
     if not state.exists():
         print(f"ledger {cfg.region.code}: no signed checkpoint yet ({state})")
@@ -282,16 +281,9 @@ async def _verify_checkpoint(cfg: Any) -> int:
     return 0
 
 
-def _cmd_check_receipt(args: argparse.Namespace) -> int:
-    from gateway.cases import CaseStore
-    from gateway.witness import fetch_proven_entry
-    from ledger import Event, LedgerError
-    from ledger.checkpoint import read_note
-    from tongban.core.envelope import EnvelopeRejected
-    from tongban.core.receipts import verify_receipt
-    from tongban.ops.cli import _tool_nats
-    from tongban.runtime.node import load_registry
-
+def _check_receipt(args: argparse.Namespace) -> int:
+    if missing_node(args, "ledger check-receipt"):
+        return 2
     cfg, _ = _ledger_path(args)
     registry = load_registry(cfg)
 
@@ -330,7 +322,7 @@ def _cmd_check_receipt(args: argparse.Namespace) -> int:
                 f"{receipt.leaf_index}: try again after its next checkpoint"
             )
             return 1
-        nc = await _tool_nats(cfg, "ledger")
+        nc = await tool_nats(cfg, "ledger")
         try:
             entry = await fetch_proven_entry(nc, receipt.region, receipt.leaf_index, cp)
         except LedgerError as exc:

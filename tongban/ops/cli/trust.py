@@ -1,4 +1,4 @@
-"""`tongban registry …` and `tongban keys new`: the trust registry's life while nodes run.
+"""``tongban registry …`` and ``tongban keys new``: the trust registry's life while nodes run.
 
 A key rotation, end to end (docs/architecture.md, "Security"):
 
@@ -18,22 +18,32 @@ import argparse
 import asyncio
 import datetime
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from ledger.files import write_atomically
+from tongban.core.errors import Reason, RegistryError
+from tongban.core.keys import SealingKey, SigningKey
+from tongban.core.registry import Registry
+from tongban.ops.cli.common import Subparsers, missing_node, node_flags, tool_config, tool_nats
+from tongban.runtime import live_registry
+from tongban.runtime.keyfiles import save_sealing_key, save_signing_key
+from tongban.runtime.node import load_root_keys
+from tongban.v1 import registry_pb2
 
-USES = {"signing": 1, "sealing": 2}  # registry_pb2.KEY_USE_*
+USES = {"signing": registry_pb2.KEY_USE_SIGNING, "sealing": registry_pb2.KEY_USE_SEALING}
 
 
-def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_parsers(sub: Subparsers) -> None:
     rg = sub.add_parser("registry", help="the trust registry: show, add or revoke keys, publish to a region")
     rsub = rg.add_subparsers(dest="registry_command", required=True)
 
     show = rsub.add_parser("show", help="print a signed registry (version, regions, keys, rules)")
     show.add_argument("--file", required=True, help="SignedRegistry file")
-    show.set_defaults(func=_cmd_show)
+    show.set_defaults(func=_show)
 
     for verb, text in (
         ("add-key", "add a region's new key; its other keys of that use expire after the overlap"),
@@ -54,21 +64,21 @@ def add_parsers(sub: Any, node_flags: Callable[[argparse.ArgumentParser], None])
             )
         else:
             c.add_argument("--key-id", required=True)
-        c.set_defaults(func=_cmd_edit)
+        c.set_defaults(func=_edit)
 
     pub = rsub.add_parser(
         "publish", help="put a signed registry into a region's bucket (nodes adopt it live)"
     )
     pub.add_argument("--file", required=True, help="SignedRegistry file")
     node_flags(pub)
-    pub.set_defaults(func=_cmd_publish)
+    pub.set_defaults(func=_publish)
 
     ks = sub.add_parser("keys", help="a region's own keys")
     ksub = ks.add_subparsers(dest="keys_command", required=True)
     new = ksub.add_parser("new", help="generate the next signing or sealing key beside the one in use")
     new.add_argument("--use", choices=sorted(USES), required=True)
     node_flags(new)
-    new.set_defaults(func=_cmd_keys_new)
+    new.set_defaults(func=_keys_new)
 
 
 def _fmt(ts: Any) -> str:
@@ -77,11 +87,9 @@ def _fmt(ts: Any) -> str:
     return datetime.datetime.fromtimestamp(ts.seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _cmd_show(args: argparse.Namespace) -> int:
-    from tongban.runtime.live_registry import read_signed
-
+def _show(args: argparse.Namespace) -> int:
     try:
-        doc = read_signed(Path(args.file).read_bytes())
+        doc = live_registry.read_signed(Path(args.file).read_bytes())
     except OSError as exc:
         print(f"tongban registry show: {exc}", file=sys.stderr)
         return 2
@@ -96,14 +104,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_edit(args: argparse.Namespace) -> int:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from tongban.core.errors import Reason, RegistryError
-    from tongban.runtime import live_registry
-    from tongban.v1 import registry_pb2
-
+def _edit(args: argparse.Namespace) -> int:
     root = serialization.load_pem_private_key(Path(args.root_key).read_bytes(), password=None)
     if not isinstance(root, Ed25519PrivateKey):
         print("tongban registry: --root-key is not an Ed25519 private key", file=sys.stderr)
@@ -132,18 +133,15 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_publish(args: argparse.Namespace) -> int:
-    from tongban.core.registry import Registry
-    from tongban.ops.cli import _tool_config, _tool_nats
-    from tongban.runtime import live_registry
-    from tongban.runtime.node import load_root_keys
-
-    cfg = _tool_config(args)
+def _publish(args: argparse.Namespace) -> int:
+    if missing_node(args, f"registry {args.registry_command}"):
+        return 2
+    cfg = tool_config(args)
     data = Path(args.file).read_bytes()
     registry = Registry.from_signed(data, load_root_keys(cfg))  # refuse to publish what nodes would refuse
 
     async def run() -> int:
-        nc = await _tool_nats(cfg, "registry")
+        nc = await tool_nats(cfg, "registry")
         try:
             revision = await live_registry.publish(
                 nc, cfg.region.code, data, replicas=cfg.nats.stream_replicas
@@ -157,12 +155,10 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _cmd_keys_new(args: argparse.Namespace) -> int:
-    from tongban.core.keys import SealingKey, SigningKey
-    from tongban.ops.cli import _tool_config
-    from tongban.runtime.keyfiles import save_sealing_key, save_signing_key
-
-    cfg = _tool_config(args)
+def _keys_new(args: argparse.Namespace) -> int:
+    if missing_node(args, f"keys {args.keys_command}"):
+        return 2
+    cfg = tool_config(args)
     region = cfg.region.code
     if args.use == "signing":
         sk = SigningKey.generate(region)

@@ -16,6 +16,7 @@ from tests.conftest import SZ, WX, Stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import build, cases, pension
+from tests.helpers import note
 from tongban.ops.report import Row, Stats, Window, collect
 from tongban.v1 import exchange_pb2
 
@@ -56,7 +57,7 @@ async def test_report_counts_what_the_stack_wrote(stack: Stack) -> None:
 
     sz_ledger, wx_ledger = stack.nodes[SZ].ledger, stack.nodes[WX].ledger
     # What the report is counting from (a failure message shows it when the numbers drift).
-    entries = {r: [(str(e.event), e.detail) for e in await stack.nodes[r].ledger.entries()] for r in (SZ, WX)}
+    entries = {r: [(str(e.event), note(e)) for e in await stack.nodes[r].ledger.entries()] for r in (SZ, WX)}
 
     sz = await collect(sz_ledger, window, now_ns=now_ns + 1)
     assert counts(sz.total) == (ANSWERED + 3, ANSWERED + 2, 1, 0), entries[SZ]
