@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from tongban.core.errors import is_reason_code
+
 
 class TimedHop(enum.StrEnum):
     """The timed steps of a request (label ``hop`` of ``tongban.hop.duration``)."""
