@@ -14,13 +14,15 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 
 from gateway.cases import CaseStore
+from gateway.checkpoints import CheckpointPublisher
 from gateway.exchange import ExchangeCore, ExchangeService
 from gateway.interceptors import GatewayInterceptor
 from gateway.ledger_service import LedgerService
+from gateway.peer_ledger import fetch_entries
 from gateway.ratelimit import ConcurrencyLimits, PartnerLimiter
 from gateway.reach import PeerReach
 from gateway.submit import CaseDesk
-from gateway.witness import CheckpointPublisher, Witness, fetch_entries
+from gateway.witness import Witness
 from ledger import LedgerStore
 from ledger.files import write_atomically
 from ledger.tree import LedgerTree

@@ -284,7 +284,7 @@ async def _verify_checkpoint(cfg: Any) -> int:
 
 def _cmd_check_receipt(args: argparse.Namespace) -> int:
     from gateway.cases import CaseStore
-    from gateway.witness import fetch_proven_entry
+    from gateway.peer_ledger import fetch_proven_entry
     from ledger import Event, LedgerError
     from ledger.checkpoint import read_note
     from tongban.core.envelope import EnvelopeRejected
