@@ -62,6 +62,18 @@ class Caller:
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("tongban_caller", default=None)
 
 
+def require_caller() -> Caller:
+    """The caller the interceptor established for this RPC.
+
+    Raises:
+        Unauthenticated: there is none (a handler called outside the interceptor's scope).
+    """
+    caller = current_caller.get()
+    if caller is None:
+        raise Unauthenticated("caller is not authenticated")
+    return caller
+
+
 @dataclass(frozen=True)
 class Undecodable:
     """A request message that did not decode: the RPC is refused inside the scope (authenticated,
