@@ -46,6 +46,23 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def json_object(data: bytes, *, limit: int, what: str) -> dict[str, Any]:
+    """``data`` as one JSON object of at most ``limit`` bytes: every request and answer here is one.
+
+    Raises:
+        ValueError: too large, not JSON, or not an object (the message names ``what``).
+    """
+    if len(data) > limit:
+        raise ValueError(f"{what} too large")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise ValueError(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return doc
+
+
 @dataclass(frozen=True, slots=True)
 class ConsistencyRequest:
     """A consistency proof between two sizes of the responder's log (what a witness asks)."""
@@ -91,28 +108,13 @@ def parse_request(data: bytes) -> LedgerRequest:
     Raises:
         ValueError: not a request of any kind (the message is what the error reply says).
     """
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ValueError("request too large")
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise ValueError("request is not JSON") from None
-    if not isinstance(doc, dict):
-        raise ValueError("request is not a JSON object")
+    doc = json_object(data, limit=MAX_REQUEST_BYTES, what="request")
     if "entries" in doc:
         return _entries_request(doc)
     if "leaf_index" in doc:
-        if set(doc) != {"leaf_index", "tree_size"}:
-            raise ValueError("request must be {leaf_index, tree_size}")
-        leaf, size = doc["leaf_index"], doc["tree_size"]
-        if not (_is_int(leaf) and _is_int(size)):
-            raise ValueError("leaf index and size must be integers")
+        leaf, size = _integers(doc, "leaf_index", "tree_size", "leaf index and size must be integers")
         return InclusionRequest(leaf, size)
-    if set(doc) != {"old_size", "new_size"}:
-        raise ValueError("request must be {old_size, new_size}")
-    old, new = doc["old_size"], doc["new_size"]
-    if not (_is_int(old) and _is_int(new)):
-        raise ValueError("sizes must be integers")
+    old, new = _integers(doc, "old_size", "new_size", "sizes must be integers")
     return ConsistencyRequest(old, new)
 
 
@@ -128,8 +130,14 @@ def _entries_request(doc: dict[str, Any]) -> EntriesRequest:
     raise ValueError("entries are selected by a well-formed message_id (ULID) or trace_id (32 hex digits)")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _integers(doc: dict[str, Any], first: str, second: str, not_integers: str) -> tuple[int, int]:
+    """The two integer fields that are all of ``doc`` (a JSON ``true`` is not an integer here)."""
+    if set(doc) != {first, second}:
+        raise ValueError(f"request must be {{{first}, {second}}}")
+    a, b = doc[first], doc[second]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (a, b)):
+        raise ValueError(not_integers)
+    return a, b
 
 
 def error_reply(why: str) -> bytes:
@@ -148,14 +156,7 @@ def parse_proof_reply(data: bytes) -> list[bytes]:
     Raises:
         ValueError: an error reply, or not a well-formed proof.
     """
-    if len(data) > MAX_PROOF_REPLY_BYTES:
-        raise ValueError("proof reply too large")
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        raise ValueError("proof reply is not JSON") from None
-    if not isinstance(doc, dict):
-        raise ValueError("proof reply is not an object")
+    doc = json_object(data, limit=MAX_PROOF_REPLY_BYTES, what="proof reply")
     if "error" in doc:
         raise ValueError(f"origin refused: {str(doc['error'])[:200]}")
     hashes = doc.get("proof")

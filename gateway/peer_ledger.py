@@ -24,6 +24,7 @@ from gateway.ledger_wire import (
     InclusionRequest,
     encode_request,
     entry_from_doc,
+    json_object,
 )
 from ledger.checkpoint import Checkpoint
 from ledger.entry import Entry, canonical_bytes, chain_hash
@@ -140,19 +141,16 @@ def _parse_entries_reply(
             f"{region} answered unusably: {why}", region=region, reason=Reason.PEER_ANSWER_INVALID
         )
 
-    if len(data) > MAX_ENTRY_REPLY_BYTES:
-        raise invalid("answer too large")
     try:
-        doc = json.loads(data)
-    except ValueError:
-        raise invalid("not JSON") from None
-    if isinstance(doc, dict) and set(doc) == {"error"}:
+        doc = json_object(data, limit=MAX_ENTRY_REPLY_BYTES, what="answer")
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    if set(doc) == {"error"}:
         raise PeerReadError(
             f"{region} refused the read: {str(doc['error'])[:200]}", region=region, reason=Reason.PEER_REFUSED
         )
     if (
-        not isinstance(doc, dict)
-        or set(doc) != {"entries", "truncated"}
+        set(doc) != {"entries", "truncated"}
         or not isinstance(doc["entries"], list)
         or not isinstance(doc["truncated"], bool)
     ):

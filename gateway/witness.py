@@ -256,31 +256,40 @@ class Witness:
             # a prefix of the one held: only a failing proof from it to the held one is an alarm.
             if cp.size == 0:
                 return  # the empty tree is a prefix of every tree (its root was checked above)
-            proof = await self._request_proof(origin_region, cp.size, old.size)
-            if proof is None:
-                return
-            try:
-                verify_consistency(cp.size, old.size, cp.root, old.root, proof)
-            except ProofError:
-                await self._alarm(
-                    held, signed, origin_region, "older checkpoint is not a prefix of the held one"
-                )
-                return
-            log.debug("witness.stale_checkpoint", region=origin_region, size=cp.size, held_size=old.size)
+            why = "older checkpoint is not a prefix of the held one"
+            if await self._proven(origin_region, cp, old, held, signed, alarm=why):
+                log.debug("witness.stale_checkpoint", region=origin_region, size=cp.size, held_size=old.size)
         elif cp.size == old.size:
             if cp.root != old.root:
                 await self._alarm(held, signed, origin_region, "different root at the same size")
-        else:
-            proof = await self._request_proof(origin_region, old.size, cp.size)
-            if proof is None:
-                return
-            try:
-                verify_consistency(old.size, cp.size, old.root, cp.root, proof)
-            except ProofError:
-                await self._alarm(held, signed, origin_region, "consistency proof does not verify")
-                return
+        elif await self._proven(
+            origin_region, old, cp, held, signed, alarm="consistency proof does not verify"
+        ):
             self.verified += 1
             self._adopt(origin_region, signed)
+
+    async def _proven(
+        self,
+        region: str,
+        smaller: Checkpoint,
+        larger: Checkpoint,
+        held: SignedCheckpoint,
+        new: SignedCheckpoint,
+        *,
+        alarm: str,
+    ) -> bool:
+        """Whether ``region`` proves ``smaller`` a prefix of ``larger``. A proof that does not verify
+        raises the alarm (``alarm`` says why); no usable proof is no verdict (the next checkpoint
+        asks again)."""
+        proof = await self._request_proof(region, smaller.size, larger.size)
+        if proof is None:
+            return False
+        try:
+            verify_consistency(smaller.size, larger.size, smaller.root, larger.root, proof)
+        except ProofError:
+            await self._alarm(held, new, region, alarm)
+            return False
+        return True
 
     def _signing_keys(self, region: str) -> list[Ed25519PublicKey]:
         now = self._clock()
