@@ -92,8 +92,8 @@ class Alarm:
 
 @dataclass(frozen=True, slots=True)
 class FirstSight:
-    """When a witness first trusted a region's log, and the checkpoint it trusted (no proof exists
-    from nothing: trust on first use)."""
+    """When a witness first trusted a region's log, and the checkpoint it trusted (trust on first
+    use: there is no consistency proof from the empty log)."""
 
     at_ms: int
     size: int
