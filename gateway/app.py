@@ -13,15 +13,7 @@ log = structlog.get_logger("tongban.gateway")
 
 def build(parts: ComponentParts) -> Gateway:
     """The region's gateway, from what its process loaded."""
-    return Gateway(
-        parts.cfg,
-        registry=parts.registry,
-        secrets=parts.secrets,
-        catalogue=parts.catalogue,
-        ledger=parts.ledger,
-        tracer=parts.tracer,
-        metrics=parts.metrics,
-    )
+    return Gateway(parts)
 
 
 async def run(cfg: Config) -> None:

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger import EntryDraft, Event
 from tongban.core.delivery import delivery_rank
+from tongban.core.details import Detail
+from tongban.runtime.records import draft
 from tongban.runtime.sqlitedb import SqliteDb
 from tongban.v1 import exchange_pb2
 
@@ -103,6 +106,18 @@ class CaseRow:
         )
         r.accepted_at.FromNanoseconds(self.accepted_ns)
         return r
+
+    def entry(self, event: Event, detail: Detail, *, digest: bytes | None = None) -> EntryDraft:
+        """The ledger entry for ``event`` of this case (naming its request's digest unless ``digest``)."""
+        return draft(
+            event,
+            self.message_id,
+            peer=self.to_region,
+            service=self.service,
+            digest=self.request_digest if digest is None else digest,
+            trace_id=self.trace_id,
+            detail=detail,
+        )
 
 
 class IdempotencyConflict(Exception):

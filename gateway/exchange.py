@@ -2,7 +2,8 @@
 
 DESIGN.md "The flow of one request", steps 1-3 and 6. Every outcome lands in the region's ledger:
 SUBMITTED before the request leaves, then RESPONDED, REJECTED (bad input here, or a refusal from
-the other side) or EXPIRED (no answer within the deadline).
+the other side) or EXPIRED (no answer within the deadline). Validation, sealing and receipts are
+shared with Submit (:class:`~gateway.case_desk.CaseDesk`).
 """
 
 from __future__ import annotations
@@ -10,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn, Protocol
 
-import grpc
 import nats.errors
 import structlog
 from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from gateway.interceptors import Caller, current_caller
-from ledger import Event, LedgerStore
+from gateway.interceptors import Caller, require_caller
+from ledger import Event
 from tongban.core import envelope, messages, subjects
-from tongban.core.catalogue import Catalogue, validate_request
+from tongban.core.catalogue import validate_request
 from tongban.core.details import OK, Detail, Source
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import (
@@ -34,29 +34,38 @@ from tongban.core.errors import (
     Reason,
     RemoteProblem,
     TongbanError,
-    Unauthenticated,
     Unavailable,
     Violation,
 )
 from tongban.core.message_ids import new_message_id
 from tongban.core.privacy import mask_subject
 from tongban.core.receipts import verify_receipt
-from tongban.core.registry import Registry
 from tongban.runtime import telemetry
-from tongban.runtime.config import Config
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.instruments import TimedHop
-from tongban.runtime.metrics import NO_METRICS, Metrics, label_request
-from tongban.runtime.node import RegionSecrets
+from tongban.runtime.metrics import label_request
 from tongban.runtime.records import draft
 from tongban.runtime.status_codes import status_from_wire
-from tongban.v1 import envelope_pb2, exchange_pb2, exchange_pb2_grpc
-
-if TYPE_CHECKING:
-    from gateway.submit import CaseDesk
+from tongban.v1 import envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?)$")
+_SEND_FAILURES = (
+    nats.errors.NoRespondersError,
+    TimeoutError,  # nats.errors.TimeoutError is one
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+)
+"""What a request sent on NATS can end in without an answer (besides the caller's cancel)."""
+
+
+def reason_code(text: str, otherwise: str) -> str:
+    """``text`` if it has the shape of a reason code (UPPER_SNAKE, at most 64), else ``otherwise``:
+    another region's text goes on (to a partner, the logs, the ledger) only in that shape."""
+    return text if _REASON.match(text) else otherwise
 
 
 class ReceiptKeeper(Protocol):
@@ -69,6 +78,17 @@ class ReplyInvalid(TongbanError):
     reason = Reason.REPLY_INVALID
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What every ledger entry of one validated Query names."""
+
+    message_id: str
+    to: str
+    """The providing region."""
+    service: str
+    trace_id: str
+
+
 def _ledger_detail(exc: TongbanError) -> Detail:
     """Reason plus offending field paths; a path that could carry caller text is replaced by '?'."""
     paths = [v.field if _SAFE_PATH.match(v.field) else "?" for v in getattr(exc, "violations", [])]
@@ -76,29 +96,24 @@ def _ledger_detail(exc: TongbanError) -> Detail:
 
 
 class ExchangeCore:
-    """The gateway's request logic, independent of gRPC plumbing."""
+    """The gateway's request logic, independent of gRPC plumbing.
 
-    def __init__(
-        self,
-        cfg: Config,
-        *,
-        registry: Registry,
-        secrets: RegionSecrets,
-        catalogue: Catalogue,
-        ledger: LedgerStore,
-        nc: NATS,
-        tracer: trace.Tracer,
-        metrics: Metrics = NO_METRICS,
-    ) -> None:
-        self.cfg = cfg
-        self.metrics = metrics
-        self.region = cfg.region.code
-        self.registry = registry
-        self.secrets = secrets
-        self.catalogue = catalogue
-        self.ledger = ledger
+    Args:
+        parts: what the gateway was built from (configuration, registry, keys, catalogue, ledger,
+            tracer, metrics).
+        nc: the gateway's NATS connection (the region's inbox prefix).
+    """
+
+    def __init__(self, parts: ComponentParts, nc: NATS) -> None:
+        self.cfg = parts.cfg
+        self.metrics = parts.metrics
+        self.region = parts.cfg.region.code
+        self.registry = parts.registry
+        self.secrets = parts.secrets
+        self.catalogue = parts.catalogue
+        self.ledger = parts.ledger
         self.nc = nc
-        self.tracer = tracer
+        self.tracer = parts.tracer
         self.receipts: ReceiptKeeper | None = None
         """Where verified receipts are kept (the gateway's case store, once open)."""
 
@@ -148,15 +163,17 @@ class ExchangeCore:
             )
         return receipt
 
-    async def record_rejected(
-        self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str, exc: TongbanError
-    ) -> None:
-        """One REJECTED entry for a request refused here. Region and service are caller text: they
-        are recorded only when the registry names the region and the catalogue the service (a
-        well-formed value is not enough: an ID number is well-formed), else '?'."""
+    async def refuse(
+        self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str, error: TongbanError
+    ) -> NoReturn:
+        """Refuse a request here: one REJECTED entry, then ``error`` raised. Region and service are
+        caller text: they are recorded only when the registry names the region and the catalogue the
+        service (a well-formed value is not enough: an ID number is well-formed), else '?'."""
         to = req.target_region if self.registry.region(req.target_region) is not None else "?"
         svc = req.service_code if req.service_code in self.catalogue else "?"
-        await self._record(Event.REJECTED, message_id, to, svc, trace_id, _ledger_detail(exc))
+        await self._fail(
+            Outgoing(message_id, to, svc, trace_id), Event.REJECTED, _ledger_detail(error), error
+        )
 
     async def validate(
         self,
@@ -173,8 +190,14 @@ class ExchangeCore:
                 if extra is not None:
                     extra()
             except TongbanError as exc:
-                await self.record_rejected(message_id, req, trace_id, exc)
-                raise
+                await self.refuse(message_id, req, trace_id, exc)
+
+    async def require_nats(self, message_id: str, req: exchange_pb2.ServiceRequest, trace_id: str) -> None:
+        """Refuse at once, on record, while this region's NATS connection is down: nats-py would
+        buffer the request while reconnecting and the caller would only see its deadline pass."""
+        if not self.nc.is_connected:
+            error = Unavailable("this region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE)
+            await self.refuse(message_id, req, trace_id, error)
 
     def seal_request(
         self,
@@ -218,9 +241,7 @@ class ExchangeCore:
     async def query(
         self, req: exchange_pb2.ServiceRequest, *, timeout_s: float
     ) -> exchange_pb2.QueryResponse:
-        caller = current_caller.get()
-        if caller is None:
-            raise Unauthenticated("caller is not authenticated")
+        caller = require_caller()
         # The header carries the instant this gateway stops waiting (a little before the caller's
         # deadline, to leave time for recording the outcome), so the provider answers before it.
         deadline = time.time() + timeout_s - min(0.05, timeout_s * 0.05)
@@ -232,13 +253,8 @@ class ExchangeCore:
         await self.validate(req, caller, message_id, trace_id)
         structlog.contextvars.bind_contextvars(service_code=svc, peer_region=to)
         label_request(svc, to)
-        if not self.nc.is_connected:
-            # nats-py would buffer the request while reconnecting and the caller would only see
-            # its deadline pass; say at once that the region's bus is down.
-            await self._record(
-                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NATS_UNAVAILABLE)
-            )
-            raise Unavailable("this region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE)
+        await self.require_nats(message_id, req, trace_id)
+        out = Outgoing(message_id, to, svc, trace_id)
 
         subject = subjects.rpc_subject(to, svc)
         # The PRODUCER span is the one the envelope names as its parent (the traceparent is taken
@@ -250,64 +266,63 @@ class ExchangeCore:
         ):
             with self.metrics.hop(TimedHop.SEAL_SIGN):
                 built = self.seal_request(req, caller, message_id=message_id, deadline=deadline)
-            await self._record(Event.SUBMITTED, message_id, to, svc, trace_id, Detail(), digest=built.digest)
+            await self._record(out, Event.SUBMITTED, Detail(), digest=built.digest)
             try:
                 with self.metrics.hop(TimedHop.ROUND_TRIP):
-                    reply = await self._request(subject, built.data, message_id, deadline, to, svc, trace_id)
+                    reply = await self._request(out, subject, built.data, deadline)
             except TongbanError:
                 raise
             except Exception as exc:
-                await self._record_internal(message_id, to, svc, trace_id, exc)
+                await self._record_internal(out, exc)
                 raise
         try:
             with (
                 self.tracer.start_as_current_span("gateway.verify_reply"),
                 self.metrics.hop(TimedHop.VERIFY_REPLY),
             ):
-                verified, problem, receipt = await self._verify_reply(reply, built, to, svc, trace_id)
+                verified, problem, receipt = await self._verify_reply(out, reply, built)
             with self.tracer.start_as_current_span("gateway.respond"):
-                return await self._respond(verified, problem, receipt, built, to, svc, trace_id)
+                return await self._respond(out, verified, problem, receipt, built)
         except TongbanError:
             raise
         except Exception as exc:
-            await self._record_internal(message_id, to, svc, trace_id, exc)
+            await self._record_internal(out, exc)
             raise
 
-    async def _record(
-        self,
-        event: Event,
-        message_id: str,
-        to: str,
-        svc: str,
-        trace_id: str,
-        detail: Detail,
-        *,
-        digest: bytes = b"",
-    ) -> None:
+    async def _record(self, out: Outgoing, event: Event, detail: Detail, *, digest: bytes = b"") -> None:
         """One entry of this Query's record (every outcome of a Query is recorded, then answered)."""
         await self.ledger.append(
-            draft(event, message_id, peer=to, service=svc, digest=digest, trace_id=trace_id, detail=detail)
+            draft(
+                event,
+                out.message_id,
+                peer=out.to,
+                service=out.service,
+                digest=digest,
+                trace_id=out.trace_id,
+                detail=detail,
+            )
         )
 
-    async def _record_internal(
-        self, message_id: str, to: str, svc: str, trace_id: str, exc: Exception
-    ) -> None:
+    async def _fail(
+        self, out: Outgoing, event: Event, detail: Detail, error: TongbanError, *, digest: bytes = b""
+    ) -> NoReturn:
+        """Record an outcome that fails the call, then raise ``error`` to the caller."""
+        await self._record(out, event, detail, digest=digest)
+        raise error
+
+    async def _record_internal(self, out: Outgoing, exc: Exception) -> None:
         """After SUBMITTED every outcome gets an entry, bugs included (best effort: the ledger
         itself may be what failed)."""
         log.error("query.internal_error", error=type(exc).__name__)
         try:
-            await asyncio.shield(
-                self._record(Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.INTERNAL))
-            )
+            await asyncio.shield(self._record(out, Event.REJECTED, Detail(outcome=Reason.INTERNAL)))
         except Exception as again:
             log.error("ledger.append_failed", error=type(again).__name__)
 
-    async def _request(
-        self, subject: str, data: bytes, message_id: str, deadline: float, to: str, svc: str, trace_id: str
-    ) -> bytes:
+    async def _request(self, out: Outgoing, subject: str, data: bytes, deadline: float) -> bytes:
         remaining = deadline - time.time()
         headers: dict[str, str] = {
-            subjects.Header.MESSAGE_ID: message_id,
+            subjects.Header.MESSAGE_ID: out.message_id,
             subjects.Header.FROM_REGION: self.region,
             subjects.Header.TRACEPARENT: telemetry.current_traceparent(),
         }
@@ -316,43 +331,19 @@ class ExchangeCore:
                 raise TimeoutError
             msg = await self.nc.request(subject, data, timeout=remaining, headers=headers)
             return msg.data
-        except nats.errors.NoRespondersError as exc:
-            await self._record(
-                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NO_RESPONDERS)
-            )
-            raise Unavailable(
-                f"region {to} has no connector serving {svc} right now", reason=Reason.NO_RESPONDERS
-            ) from exc
-        except (TimeoutError, nats.errors.TimeoutError) as exc:
-            await self._record(
-                Event.EXPIRED, message_id, to, svc, trace_id, Detail(outcome=Reason.NO_REPLY_IN_DEADLINE)
-            )
-            raise DeadlineExceeded(f"no answer from region {to} within the deadline") from exc
         except asyncio.CancelledError:
             # The caller went away (cancelled, or its deadline fired first): the record must still say so.
-            await asyncio.shield(
-                self._record(
-                    Event.EXPIRED, message_id, to, svc, trace_id, Detail(outcome=Reason.CALLER_CANCELLED)
-                )
-            )
+            await asyncio.shield(self._record(out, Event.EXPIRED, Detail(outcome=Reason.CALLER_CANCELLED)))
             raise
-        except (
-            nats.errors.ConnectionClosedError,
-            nats.errors.ConnectionReconnectingError,
-            nats.errors.ConnectionDrainingError,
-            nats.errors.OutboundBufferLimitError,
-        ) as exc:
-            await self._record(
-                Event.REJECTED, message_id, to, svc, trace_id, Detail(outcome=Reason.NATS_UNAVAILABLE)
-            )
-            raise Unavailable("the region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE) from exc
+        except _SEND_FAILURES as exc:
+            await self._fail(out, *_unanswered(exc, out))
 
     async def _verify_reply(
-        self, data: bytes, sent: messages.Built, to: str, svc: str, trace_id: str
+        self, out: Outgoing, data: bytes, sent: messages.Built
     ) -> tuple[envelope.Verified, exchange_pb2.Problem | None, envelope_pb2.Receipt | None]:
         """Signature, addressing and receipt of the answer (a response or a signed refusal); an
         answer that fails is recorded, then raised."""
-        message_id = sent.header.message_id
+        to, message_id = out.to, out.message_id
         problem: exchange_pb2.Problem | None = None
         receipt: envelope_pb2.Receipt | None = None
         try:
@@ -375,79 +366,57 @@ class ExchangeCore:
                 # A connector of an older release (a rolling upgrade): served, without a receipt.
                 log.warning("reply.receipt_missing", peer_region=to)
         except (EnvelopeRejected, ReplyInvalid) as exc:
-            await self._record(
+            log.error("reply.invalid", reason=exc.reason)
+            await self._fail(
+                out,
                 Event.REJECTED,
-                message_id,
-                to,
-                svc,
-                trace_id,
                 Detail(outcome=exc.reason, source=Source.REPLY_INVALID),
+                ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})"),
                 digest=envelope.digest(data),
             )
-            log.error("reply.invalid", reason=exc.reason)
-            raise ReplyInvalid(f"the answer from {to} failed verification ({exc.reason})") from exc
         return verified, problem, receipt
 
     async def _respond(
         self,
+        out: Outgoing,
         verified: envelope.Verified,
         problem: exchange_pb2.Problem | None,
         receipt: envelope_pb2.Receipt | None,
         sent: messages.Built,
-        to: str,
-        svc: str,
-        trace_id: str,
     ) -> exchange_pb2.QueryResponse:
         """Record the verified answer and turn it into the caller's response (or error)."""
-        message_id, h = sent.header.message_id, verified.header
+        to, h = out.to, verified.header
         if problem is not None:
             # A signed refusal from the region we asked, for our message id. If it names another
             # request digest, what arrived there was not what we sent: the request was altered on
             # the way. A refusal can only make us fail, so it is reported, with that fact.
             altered = h.request_digest != sent.digest
-            reason = problem.reason if _REASON.match(problem.reason) else "?"
-            await self._record(
-                Event.REJECTED,
-                message_id,
-                to,
-                svc,
-                trace_id,
-                Detail(outcome=reason, source=Source.REMOTE, altered=altered),
-                digest=verified.digest,
-            )
             err = _remote(problem, to)
             if altered:
                 err.message += " (the request was altered in transit)"
-            raise err
+            detail = Detail(outcome=reason_code(problem.reason, "?"), source=Source.REMOTE, altered=altered)
+            await self._fail(out, Event.REJECTED, detail, err, digest=verified.digest)
         try:
             body = exchange_pb2.ResponseBody.FromString(
                 messages.open_body(verified, self.secrets.sealing_for(verified.header.recipient_key_id))
             )
-        except (EnvelopeRejected, DecodeError) as exc:
-            await self._record(
+        except (EnvelopeRejected, DecodeError):
+            await self._fail(
+                out,
                 Event.REJECTED,
-                message_id,
-                to,
-                svc,
-                trace_id,
                 Detail(outcome="SEAL", source=Source.REPLY_INVALID),
+                ReplyInvalid(f"the answer from {to} does not open"),
                 digest=verified.digest,
             )
-            raise ReplyInvalid(f"the answer from {to} does not open") from exc
         if self.receipts is not None and receipt is not None:
-            await self.receipts.store_receipt(message_id, to, receipt.leaf_index, h.receipt)
+            await self.receipts.store_receipt(out.message_id, to, receipt.leaf_index, h.receipt)
         if body.WhichOneof("outcome") == "problem":
-            reason = body.problem.reason if _REASON.match(body.problem.reason) else "?"
-            await self._record(
-                Event.RESPONDED, message_id, to, svc, trace_id, Detail(outcome=reason), digest=verified.digest
-            )
-            raise _remote(body.problem, to)
-        await self._record(
-            Event.RESPONDED, message_id, to, svc, trace_id, Detail(outcome=OK), digest=verified.digest
-        )
+            detail = Detail(outcome=reason_code(body.problem.reason, "?"))
+            await self._fail(out, Event.RESPONDED, detail, _remote(body.problem, to), digest=verified.digest)
+        await self._record(out, Event.RESPONDED, Detail(outcome=OK), digest=verified.digest)
         return exchange_pb2.QueryResponse(
-            message_id=message_id,
-            service_code=svc,
+            message_id=out.message_id,
+            service_code=out.service,
             responder_region=to,
             data=body.data,
             responded_at=body.responded_at,
@@ -455,48 +424,40 @@ class ExchangeCore:
             receipt=h.receipt,
             response_digest=verified.digest,
             responder_key_id=verified.signer_key_id,
-            trace_id=trace_id,
+            trace_id=out.trace_id,
         )
+
+
+def _unanswered(exc: Exception, out: Outgoing) -> tuple[Event, Detail, TongbanError]:
+    """How a request that got no answer (one of :data:`_SEND_FAILURES`) is recorded, and what its
+    caller is told."""
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return (
+            Event.REJECTED,
+            Detail(outcome=Reason.NO_RESPONDERS),
+            Unavailable(
+                f"region {out.to} has no connector serving {out.service} right now",
+                reason=Reason.NO_RESPONDERS,
+            ),
+        )
+    if isinstance(exc, TimeoutError):
+        return (
+            Event.EXPIRED,
+            Detail(outcome=Reason.NO_REPLY_IN_DEADLINE),
+            DeadlineExceeded(f"no answer from region {out.to} within the deadline"),
+        )
+    return (
+        Event.REJECTED,
+        Detail(outcome=Reason.NATS_UNAVAILABLE),
+        Unavailable("the region's NATS connection is down", reason=Reason.NATS_UNAVAILABLE),
+    )
 
 
 def _remote(problem: exchange_pb2.Problem, region: str) -> RemoteProblem:
     return RemoteProblem(
         message=f"region {region} refused: {problem.message}",
         # Another region's text: only a well-formed reason code goes on, to the partner and the logs.
-        remote_reason=problem.reason if _REASON.match(problem.reason) else Reason.REMOTE_PROBLEM.value,
+        remote_reason=reason_code(problem.reason, Reason.REMOTE_PROBLEM.value),
         status=status_from_wire(problem.code).value[0],
         violations=[Violation(v.field, v.description) for v in problem.field_violations],
     )
-
-
-class ExchangeService(exchange_pb2_grpc.ExchangeServicer):
-    """gRPC binding of :class:`ExchangeCore` and the case desk (deadline handling only; errors map
-    in the interceptor)."""
-
-    def __init__(self, core: ExchangeCore, desk: CaseDesk) -> None:
-        self.core = core
-        self.desk = desk
-
-    async def Submit(
-        self, request: exchange_pb2.SubmitRequest, context: grpc.aio.ServicerContext
-    ) -> exchange_pb2.SubmitResponse:
-        return await self.desk.submit(request)
-
-    async def GetCase(
-        self, request: exchange_pb2.GetCaseRequest, context: grpc.aio.ServicerContext
-    ) -> exchange_pb2.GetCaseResponse:
-        return exchange_pb2.GetCaseResponse(case=await self.desk.get_case(request.case_no))
-
-    async def WatchCase(  # type: ignore[override]
-        self, request: exchange_pb2.WatchCaseRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[exchange_pb2.WatchCaseResponse]:
-        async for event in self.desk.watch_case(request.case_no, request.after_sequence):
-            yield exchange_pb2.WatchCaseResponse(event=event)
-
-    async def Query(
-        self, request: exchange_pb2.QueryRequest, context: grpc.aio.ServicerContext
-    ) -> exchange_pb2.QueryResponse:
-        gw = self.core.cfg.gateway
-        remaining = context.time_remaining()
-        timeout = gw.default_deadline_s if remaining is None else min(remaining, gw.max_deadline_s)
-        return await self.core.query(request.request, timeout_s=timeout)

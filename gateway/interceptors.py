@@ -62,6 +62,18 @@ class Caller:
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("tongban_caller", default=None)
 
 
+def require_caller() -> Caller:
+    """The caller the interceptor established for this RPC.
+
+    Raises:
+        Unauthenticated: there is none (a handler called outside the interceptor's scope).
+    """
+    caller = current_caller.get()
+    if caller is None:
+        raise Unauthenticated("caller is not authenticated")
+    return caller
+
+
 @dataclass(frozen=True)
 class Undecodable:
     """A request message that did not decode: the RPC is refused inside the scope (authenticated,
@@ -215,33 +227,30 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
     def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """Health Watch and reflection: counted against their connection and the gateway (a stream
         each, whoever opens them), refused beyond the bounds like a tongban RPC."""
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._held(context):
-                    async for item in inner_us(request, context):
-                        yield item
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._held(context):
-                    async for item in inner_ss(requests, context):
-                        yield item
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for inner, make in (
+            (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+            (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+        ):
+            if inner is not None:
+                return make(
+                    self._held_stream(inner),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return handler  # no other RPC without a partner is served (health Check is exempt)
+
+    def _held_stream(
+        self, inner: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+        """``inner`` (a response stream, to one request or to a request stream), held in the counts
+        while it runs."""
+
+        async def held(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._held(context):
+                async for item in inner(request, context):
+                    yield item
+
+        return held
 
     @contextlib.asynccontextmanager
     async def _held(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:

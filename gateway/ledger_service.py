@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gateway.witness import PeerReadError
+from gateway.peer_ledger import PeerReadError
 from ledger import Entry, LedgerStore
 from ledger.entry import canonical_bytes
 from ledger.merkle import leaf_hash
@@ -59,11 +59,11 @@ CaseLookup = Callable[[str], Awaitable["CaseRecord | None"]]
 
 
 class PeerReader(Protocol):
-    """Reads another region's entries about this region's traffic (``gateway.witness.fetch_entries``
+    """Reads another region's entries about this region's traffic (``gateway.peer_ledger.fetch_entries``
     with the gateway's NATS connection bound).
 
-    Raises :class:`~gateway.witness.PeerReadError` (its ``reason``: ``PEER_UNREACHABLE``, ``PEER_REFUSED`` or
-    ``PEER_ANSWER_INVALID``) when there is no usable answer.
+    Raises :class:`~gateway.peer_ledger.PeerReadError` (its ``reason``: ``PEER_UNREACHABLE``,
+    ``PEER_REFUSED`` or ``PEER_ANSWER_INVALID``) when there is no usable answer.
     """
 
     def __call__(

@@ -11,27 +11,26 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
-from opentelemetry import trace
 
+from gateway.case_desk import CaseDesk
 from gateway.cases import CaseStore
-from gateway.exchange import ExchangeCore, ExchangeService
+from gateway.checkpoints import CheckpointPublisher
+from gateway.exchange import ExchangeCore
+from gateway.exchange_service import ExchangeService
 from gateway.interceptors import GatewayInterceptor
 from gateway.ledger_service import LedgerService
+from gateway.peer_ledger import fetch_entries
 from gateway.ratelimit import ConcurrencyLimits, PartnerLimiter
 from gateway.reach import PeerReach
-from gateway.submit import CaseDesk
-from gateway.witness import CheckpointPublisher, Witness, fetch_entries
-from ledger import LedgerStore
+from gateway.witness import Witness
 from ledger.files import write_atomically
 from ledger.tree import LedgerTree
-from tongban.core.catalogue import Catalogue
 from tongban.core.errors import ConfigError
-from tongban.core.registry import Registry
-from tongban.runtime.config import Config, GatewayConfig
+from tongban.runtime.component import ComponentParts
+from tongban.runtime.config import GatewayConfig
 from tongban.runtime.live_registry import RegistryWatcher
-from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.node import connect_nats, registry_watcher
 from tongban.runtime.shutdown import Deadline, stop_task, within
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
@@ -72,38 +71,33 @@ class Gateway:
     Health: the overall and Exchange statuses are SERVING only once NATS is connected, and go
     NOT_SERVING while the NATS connection is down. ``tongban.cross_region`` also needs a peer
     region to answer through the hub (Submit does not: it stores and forwards).
+
+    Args:
+        parts: what the process loaded (:func:`~tongban.runtime.component.run_component`).
+        nc: a NATS connection to use (and leave open); None: the gateway connects, and drains its
+            connection when it stops.
     """
 
-    def __init__(
-        self,
-        cfg: Config,
-        *,
-        registry: Registry,
-        secrets: RegionSecrets,
-        catalogue: Catalogue,
-        ledger: LedgerStore,
-        nc: NATS | None = None,
-        tracer: trace.Tracer | None = None,
-        metrics: Metrics = NO_METRICS,
-    ) -> None:
+    def __init__(self, parts: ComponentParts, nc: NATS | None = None) -> None:
+        cfg = parts.cfg
         if not cfg.gateway.dev_mode and not cfg.gateway.client_ca:
             raise ConfigError(
                 "outside dev mode partners authenticate with client certificates: set [gateway] tls_cert, "
                 "tls_key and client_ca (`tongban certs` makes a development set), or dev_mode = true"
             )
+        self.parts = parts
         self.cfg = cfg
-        self.registry = registry
-        self.secrets = secrets
-        self.catalogue = catalogue
-        self.ledger = ledger
+        self.registry = parts.registry
+        self.secrets = parts.secrets
+        self.ledger = parts.ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
         self.ledger_tree = LedgerTree()
         self.publisher: CheckpointPublisher | None = None
         self.witness: Witness | None = None
         self._owns_nc = nc is None
-        self.tracer = tracer or trace.get_tracer("tongban.gateway")
-        self.metrics = metrics
+        self.tracer = parts.tracer
+        self.metrics = parts.metrics
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.cases: CaseStore | None = None
@@ -120,7 +114,7 @@ class Gateway:
         """Peer regions answering through the hub, probed while the gateway serves."""
         self.interceptor: GatewayInterceptor | None = None
         """The server's interceptor once started (its ``calls`` count what is in flight)."""
-        metrics.observe(peers_reachable=self._peers_reachable)
+        self.metrics.observe(peers_reachable=self._peers_reachable)
 
     def readiness(self) -> dict[str, bool]:
         """What must hold for Exchange to serve; all True means ready (gRPC health, ``/readyz``)."""
@@ -177,16 +171,7 @@ class Gateway:
         except BaseException:
             await self._release()
             raise
-        core = ExchangeCore(
-            self.cfg,
-            registry=self.registry,
-            secrets=self.secrets,
-            catalogue=self.catalogue,
-            ledger=self.ledger,
-            nc=nc,
-            tracer=self.tracer,
-            metrics=self.metrics,
-        )
+        core = ExchangeCore(self.parts, nc)
         self.interceptor = GatewayInterceptor(
             region=self.cfg.region.code,
             dev_mode=gw.dev_mode,

@@ -34,6 +34,7 @@ from tongban.core.registry import Registry, sign_registry
 from tongban.ops.devstate import DevState, init_state
 from tongban.ops.natsserver import Topology
 from tongban.runtime import certs
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import Config
 from tongban.runtime.ledgers import store_for
 from tongban.runtime.metrics import NO_METRICS, Metrics
@@ -163,12 +164,15 @@ async def start_stack(
         registry = load_registry(cfg)
         metrics = Metrics("gateway", region, services=catalogue.codes()) if metered else NO_METRICS
         node.gateway = Gateway(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=catalogue,
-            ledger=ledger,
-            metrics=metrics,
+            ComponentParts(
+                cfg,
+                registry=registry,
+                secrets=load_secrets(cfg, registry),
+                catalogue=catalogue,
+                ledger=ledger,
+                tracer=trace.get_tracer("tongban.gateway"),
+                metrics=metrics,
+            )
         )
         if metered:
             node.monitors["gateway"] = monitor_component(

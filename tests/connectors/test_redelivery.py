@@ -191,7 +191,7 @@ async def test_reconciler_sends_what_never_reached_the_outbound_stream(
     async def crashed(*args: Any, **kw: Any) -> bool:
         return False  # as if the gateway died between the outbox commit and the publish
 
-    monkeypatch.setattr(desk, "_publish", crashed)
+    monkeypatch.setattr(desk.outbox, "publish", crashed)
     stub = quick_stack.stub(SZ)
     receipt = await stub.Submit(submit_request(), timeout=10)
     monkeypatch.undo()

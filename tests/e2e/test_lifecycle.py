@@ -7,6 +7,7 @@ import asyncio
 import socket
 
 import pytest
+from opentelemetry import trace
 
 from connectors.runtime import Connector
 from gateway.server import Gateway
@@ -14,7 +15,9 @@ from ledger import SQLiteLedger
 from tests.conftest import SZ
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import Config
+from tongban.runtime.metrics import NO_METRICS
 from tongban.runtime.node import load_registry, load_secrets
 
 _STOPPED_TASKS = ("gateway-health", "checkpoints-", "registry-watch-", "lproof-", "witness-")
@@ -34,11 +37,15 @@ async def test_gateway_that_cannot_listen_releases_everything(state: DevState) -
         registry = load_registry(cfg)
         async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
             gateway = Gateway(
-                cfg,
-                registry=registry,
-                secrets=load_secrets(cfg, registry),
-                catalogue=Catalogue.load(),
-                ledger=ledger,
+                ComponentParts(
+                    cfg,
+                    registry=registry,
+                    secrets=load_secrets(cfg, registry),
+                    catalogue=Catalogue.load(),
+                    ledger=ledger,
+                    tracer=trace.get_tracer("tongban.gateway"),
+                    metrics=NO_METRICS,
+                )
             )
             with pytest.raises(Exception, match=r"cannot listen|[Bb]ind"):
                 await gateway.start()
@@ -78,11 +85,15 @@ async def test_gateway_stop_is_bounded_while_its_health_probe_runs(state: DevSta
     async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
         for i in range(15):
             gateway = Gateway(
-                cfg,
-                registry=registry,
-                secrets=load_secrets(cfg, registry),
-                catalogue=Catalogue.load(),
-                ledger=ledger,
+                ComponentParts(
+                    cfg,
+                    registry=registry,
+                    secrets=load_secrets(cfg, registry),
+                    catalogue=Catalogue.load(),
+                    ledger=ledger,
+                    tracer=trace.get_tracer("tongban.gateway"),
+                    metrics=NO_METRICS,
+                )
             )
             await gateway.start()
             # The stop lands at a different point of the running probe loop each time: that spread

@@ -20,7 +20,9 @@ import pytest
 from nats.aio.msg import Msg
 from structlog.testing import capture_logs
 
-from gateway.witness import MAX_ENTRY_REPLY_BYTES, CheckpointPublisher, PeerReadError, fetch_entries
+from gateway.checkpoints import CheckpointPublisher
+from gateway.ledger_wire import MAX_ENTRY_REPLY_BYTES, entry_doc
+from gateway.peer_ledger import PeerReadError, fetch_entries
 from ledger import EntryDraft, Event
 from tests.conftest import QD, SZ, WX, Stack
 from tests.e2e.grpc_errors import details_of
@@ -184,14 +186,12 @@ async def test_the_asker_checks_every_entry(regions: dict[str, Region], tmp_path
         await fetch_entries(sz, WX, message_id=message_id, timeout_s=1)
     assert err.value.reason == "PEER_UNREACHABLE"
 
-    from gateway.witness import _entry_doc
-
-    good = _entry_doc(received)
+    good = entry_doc(received)
     answers = {
         "tampered": {"entries": [good | {"detail": "edited"}], "truncated": False},
         "wrong region": {"entries": [good | {"region": QD}], "truncated": False},
         "not ours": {"entries": [good | {"peer_region": QD}], "truncated": False},
-        "other message": {"entries": [_entry_doc(other)], "truncated": False},
+        "other message": {"entries": [entry_doc(other)], "truncated": False},
         "extra field": {"entries": [good | {"x": 1}], "truncated": False},
         "bad hash": {"entries": [good | {"entry_hash": "AAAA"}], "truncated": False},
         "twice": {"entries": [good, good], "truncated": False},

@@ -21,7 +21,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from structlog.testing import capture_logs
 
-from gateway.witness import CheckpointPublisher, Witness
+from gateway.checkpoints import CheckpointPublisher
+from gateway.witness import Witness
 from ledger import EntryDraft, Event, SQLiteLedger
 from ledger.checkpoint import Checkpoint, CheckpointRefused, origin_of, sign_checkpoint
 from ledger.merkle import root_from_leaves

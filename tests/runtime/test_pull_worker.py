@@ -94,3 +94,42 @@ async def test_the_owners_window_sizes_each_fetch_and_a_stop_waits_for_the_batch
     assert len(acked) == 1  # the stop flag ended the loop after that batch
     assert asked
     await nc.close()
+
+
+async def test_begin_stop_ends_the_loop_without_waiting_and_is_not_reported(topology: Topology) -> None:
+    nc, js = await _dead_letters(topology, 3)
+    got: list[bytes] = []
+    ended: list[BaseException | None] = []
+
+    async def handle(msgs: list[Msg]) -> None:
+        for m in msgs:
+            got.append(m.data)
+            await m.ack()
+
+    worker = PullWorker(handle, batch=10, events="test", on_end=ended.append)
+    worker.begin_stop()  # not running: nothing to stop, and no flag left behind for the start
+    worker.start(await _bind(js), task_name="test-pull-worker")
+    await eventually(lambda: len(got) == 3)
+    worker.begin_stop()  # returns at once: the loop sees the flag within one fetch wait
+    await eventually(lambda: not any(t.get_name() == "test-pull-worker" for t in asyncio.all_tasks()))
+    assert worker.running  # until stop() collects it
+    assert await worker.stop(timeout=2.0, what="test")
+    assert not worker.running and ended == []
+    await nc.close()
+
+
+async def test_a_loop_that_ends_unasked_is_reported_to_its_owner(topology: Topology) -> None:
+    nc, js = await _dead_letters(topology, 1)
+    ended: list[BaseException | None] = []
+
+    async def handle(msgs: list[Msg]) -> None:
+        raise RuntimeError("a bug in the owner")
+
+    worker = PullWorker(handle, batch=10, events="test", on_end=ended.append)
+    worker.start(await _bind(js), task_name="test-pull-worker")
+    await eventually(lambda: bool(ended))
+    [error] = ended
+    assert isinstance(error, RuntimeError)
+    assert await worker.stop(timeout=2.0, what="test")
+    assert len(ended) == 1  # the stop itself is not reported
+    await nc.close()

@@ -21,6 +21,7 @@ from tests.e2e.requests import pension
 from tongban.core.errors import ConfigError
 from tongban.ops.devstate import DevState
 from tongban.runtime import certs
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import Config
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
@@ -127,7 +128,17 @@ def test_outside_dev_mode_the_gateway_needs_mutual_tls(state: DevState) -> None:
     cfg = Config.load(state.config_path(SZ))
     cfg.gateway.dev_mode = False
     with pytest.raises(ConfigError, match="client certificates"):
-        Gateway(cfg, registry=None, secrets=None, catalogue=None, ledger=None)  # type: ignore[arg-type]
+        Gateway(
+            ComponentParts(
+                cfg,
+                registry=None,  # type: ignore[arg-type]
+                secrets=None,  # type: ignore[arg-type]
+                catalogue=None,  # type: ignore[arg-type]
+                ledger=None,  # type: ignore[arg-type]
+                tracer=None,  # type: ignore[arg-type]
+                metrics=None,  # type: ignore[arg-type]
+            )
+        )
 
 
 def test_tls_settings_go_together(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from opentelemetry.trace import SpanKind
 
 from tongban.core import subjects
 from tongban.runtime import telemetry
+from tongban.runtime.config import Config
 from tongban.runtime.instruments import TimedHop
 from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.pull_worker import PullWorker
@@ -99,6 +100,33 @@ class Forwarder:
         self.forwarded = 0
         self._js: JetStreamContext | None = None
         self._worker = PullWorker(self._forward_batch, batch=batch, events="forwarder")
+
+    @classmethod
+    def for_config(
+        cls,
+        cfg: Config,
+        nc: NATS,
+        kind: subjects.OutKind,
+        metrics: Metrics,
+        *,
+        on_forwarded: OnForwarded | None = None,
+        on_expired: OnForwarded | None = None,
+    ) -> Forwarder:
+        """The forwarder of ``kind`` for ``cfg``'s region, with the stream settings of ``[gateway]``
+        (``ack_wait_s``, ``forward_retry_max_s``, ``publish_timeout_s``), which gateways and
+        connectors share: both forward across the same hub."""
+        gw = cfg.gateway
+        return cls(
+            nc,
+            cfg.region.code,
+            kind,
+            on_forwarded=on_forwarded,
+            on_expired=on_expired,
+            ack_wait_s=gw.ack_wait_s,
+            retry_max_s=gw.forward_retry_max_s,
+            publish_timeout_s=gw.publish_timeout_s,
+            metrics=metrics,
+        )
 
     async def start(self) -> None:
         if self._worker.running:

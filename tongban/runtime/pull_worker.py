@@ -44,6 +44,9 @@ class PullWorker:
             owner can take messages and returns how many (the owner's own window, e.g. messages in
             hand that are still being worked on).
         events: prefix of this worker's log events (``<events>.fetch_failed``).
+        on_end: if given, called when the loop ends without being asked to (``handle`` or ``room``
+            raised, or the task was cancelled from outside), with what ended it (None: a cancel),
+            so the owner can report a consumer that no longer runs.
     """
 
     def __init__(
@@ -53,11 +56,13 @@ class PullWorker:
         batch: int,
         room: Callable[[], Awaitable[int]] | None = None,
         events: str,
+        on_end: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self._handle = handle
         self.batch = batch
         self._room = room
         self._events = events
+        self._on_end = on_end
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -73,6 +78,13 @@ class PullWorker:
             return
         self._stopping = False
         self._task = asyncio.create_task(self._loop(sub), name=task_name)
+        self._task.add_done_callback(self._ended)
+
+    def begin_stop(self) -> None:
+        """Set the stop flag without waiting: the loop ends after the batch in hand (or the fetch
+        wait in progress). :meth:`stop` then waits for it, bounded."""
+        if self._task is not None:
+            self._stopping = True
 
     async def stop(self, *, timeout: float, what: str) -> bool:
         """Set the stop flag and let the batch in hand finish, at most ``timeout`` seconds; then
@@ -82,6 +94,14 @@ class PullWorker:
             return True
         self._stopping = True
         return await finish_task(task, timeout=timeout, what=what)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        # stop() sets the flag before the loop can end and resumes only after this callback has
+        # run (callbacks run in the order they were added): a stop is never reported as an end,
+        # even when the worker is started again at once.
+        if self._stopping or self._on_end is None:
+            return
+        self._on_end(None if task.cancelled() else task.exception())
 
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         try:

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.cases import CaseStore
-from gateway.witness import fetch_proven_entry
+from gateway.peer_ledger import fetch_proven_entry
 from ledger import Event, LedgerError, verify_store
 from ledger.checkpoint import CheckpointError, CheckpointSigner, origin_of, parse_and_verify, read_note
 from ledger.files import write_atomically

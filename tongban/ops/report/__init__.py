@@ -1,8 +1,8 @@
 """Exchange reports: volumes, success rates, latencies and 堵点 of one region's ledger over a period.
 
 A report reads only the region's own ledger (no other region, no metrics back end): what the gateway
-and the connector recorded, as written in ``gateway/exchange.py``, ``gateway/submit.py``,
-``connectors/runtime.py`` and ``connectors/cases.py``.
+and the connector recorded through ``tongban.runtime.records.draft``, each entry's detail a typed
+``tongban.core.details.Detail``.
 
 Definitions:
 
