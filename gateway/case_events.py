@@ -23,12 +23,12 @@ from nats.js.client import JetStreamContext
 
 from gateway.case_watch import CaseWatchers
 from gateway.cases import CaseStore
-from gateway.exchange import ExchangeCore, reason_code
+from gateway.exchange import ExchangeCore
 from ledger import Event
 from tongban.core import envelope, messages, subjects
 from tongban.core.details import Detail, Source
 from tongban.core.envelope import EnvelopeRejected
-from tongban.core.errors import Reason, TongbanError
+from tongban.core.errors import Reason, TongbanError, reason_or
 from tongban.core.message_ids import is_case_no, is_message_id
 from tongban.runtime.pull_worker import PullWorker
 from tongban.runtime.records import draft
@@ -185,7 +185,7 @@ class CaseEvents:
             detail = Detail(
                 seq=ev.sequence,
                 status=ev.status,
-                outcome=reason_code(ev.problem.reason, ""),
+                outcome=reason_or(ev.problem.reason, ""),
                 event_id=h.message_id,
             )
             drafts.append(row.entry(event, detail, digest=digest))

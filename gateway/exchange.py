@@ -36,6 +36,7 @@ from tongban.core.errors import (
     TongbanError,
     Unavailable,
     Violation,
+    reason_or,
 )
 from tongban.core.message_ids import new_message_id
 from tongban.core.privacy import mask_subject
@@ -49,7 +50,6 @@ from tongban.runtime.status_codes import status_from_wire
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")
-_REASON = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 _SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?)$")
 _SEND_FAILURES = (
     nats.errors.NoRespondersError,
@@ -60,12 +60,6 @@ _SEND_FAILURES = (
     nats.errors.OutboundBufferLimitError,
 )
 """What a request sent on NATS can end in without an answer (besides the caller's cancel)."""
-
-
-def reason_code(text: str, otherwise: str) -> str:
-    """``text`` if it has the shape of a reason code (UPPER_SNAKE, at most 64), else ``otherwise``:
-    another region's text goes on (to a partner, the logs, the ledger) only in that shape."""
-    return text if _REASON.match(text) else otherwise
 
 
 class ReceiptKeeper(Protocol):
@@ -394,7 +388,7 @@ class ExchangeCore:
             err = _remote(problem, to)
             if altered:
                 err.message += " (the request was altered in transit)"
-            detail = Detail(outcome=reason_code(problem.reason, "?"), source=Source.REMOTE, altered=altered)
+            detail = Detail(outcome=reason_or(problem.reason, "?"), source=Source.REMOTE, altered=altered)
             await self._fail(out, Event.REJECTED, detail, err, digest=verified.digest)
         try:
             body = exchange_pb2.ResponseBody.FromString(
@@ -411,7 +405,7 @@ class ExchangeCore:
         if self.receipts is not None and receipt is not None:
             await self.receipts.store_receipt(out.message_id, to, receipt.leaf_index, h.receipt)
         if body.WhichOneof("outcome") == "problem":
-            detail = Detail(outcome=reason_code(body.problem.reason, "?"))
+            detail = Detail(outcome=reason_or(body.problem.reason, "?"))
             await self._fail(out, Event.RESPONDED, detail, _remote(body.problem, to), digest=verified.digest)
         await self._record(out, Event.RESPONDED, Detail(outcome=OK), digest=verified.digest)
         return exchange_pb2.QueryResponse(
@@ -457,7 +451,7 @@ def _remote(problem: exchange_pb2.Problem, region: str) -> RemoteProblem:
     return RemoteProblem(
         message=f"region {region} refused: {problem.message}",
         # Another region's text: only a well-formed reason code goes on, to the partner and the logs.
-        remote_reason=reason_code(problem.reason, Reason.REMOTE_PROBLEM.value),
+        remote_reason=reason_or(problem.reason, Reason.REMOTE_PROBLEM.value),
         status=status_from_wire(problem.code).value[0],
         violations=[Violation(v.field, v.description) for v in problem.field_violations],
     )

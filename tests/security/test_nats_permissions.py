@@ -3,8 +3,8 @@
 Threat: a region's NATS credentials (its NKey seed and leafnode client certificate) are stolen, or a
 region's own servers are compromised, and used to read another region's requests, Query answers or
 JetStream streams through the hub, or to publish where the region has no business. Control: the hub
-binds each region's NKey user to least-privilege permissions (tongban/ops/natsconfig.py), requires a
-client certificate from the NATS CA on every leafnode link, and denies every ``$JS.>`` API across
+binds each region's NKey user to least-privilege permissions (tongban/ops/natsconfig/permissions.py),
+requires a client certificate from the NATS CA on every leafnode link, and denies every ``$JS.>`` API across
 the hub. The hub enforces them itself: the tests speak the leafnode protocol to it directly (a
 compromised leaf ignores the permissions the hub sends it), and also run an unmodified nats-server
 with the stolen credentials.
@@ -458,7 +458,8 @@ async def test_region_credentials_are_refused_on_the_hubs_client_port(topology: 
 #
 # Threat: anyone on a region's network (or one compromised process of it) connects to the region's
 # own nats-server and reads its durable streams, publishes into them or deletes them. Control: the
-# client port admits only the region's role users (tongban/ops/natsconfig.py client_permissions), each
-# with the subjects and JetStream API calls its role makes. A client's refused publish or
-# subscription gets ``-ERR 'Permissions Violation for …'`` and keeps its connection (unlike a leaf);
-# the raw-protocol client below reads the server's exact words, nats-py would lower-case them.
+# client port admits only the region's role users (tongban/ops/natsconfig/permissions.py
+# client_permissions), each with the subjects and JetStream API calls its role makes. A client's
+# refused publish or subscription gets ``-ERR 'Permissions Violation for …'`` and keeps its
+# connection (unlike a leaf); the raw-protocol client below reads the server's exact words, nats-py
+# would lower-case them.

@@ -1,6 +1,6 @@
 """NATS least privilege inside a region: each process role logs in as its own NKey user with only
-the subjects and JetStream API calls it makes (tongban/ops/natsconfig.py ``client_permissions``); a
-client without a known key is refused at the region's own nats-server."""
+the subjects and JetStream API calls it makes (tongban/ops/natsconfig/permissions.py
+``client_permissions``); a client without a known key is refused at the region's own nats-server."""
 
 from __future__ import annotations
 

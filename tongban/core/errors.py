@@ -131,6 +131,11 @@ def is_reason_code(text: str) -> bool:
     return _REASON_CODE.fullmatch(text) is not None
 
 
+def reason_or(text: str, otherwise: str) -> str:
+    """``text`` when it is a reason code (:func:`is_reason_code`), else ``otherwise``."""
+    return text if is_reason_code(text) else otherwise
+
+
 @dataclass(frozen=True)
 class Violation:
     """One bad field of a request: the field path and what is wrong with it (never its value)."""

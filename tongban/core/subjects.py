@@ -153,7 +153,8 @@ def checkpoint_wildcard(region: str) -> str:
 def ledger_proof_subject(region: str) -> str:
     """Request/reply subject on which ``region`` answers questions about its own ledger from other
     regions: consistency proofs, one entry with its inclusion proof, and the entries of a message
-    or trace about the asking region's traffic (``gateway.witness``)."""
+    or trace about the asking region's traffic (``gateway.checkpoints``; wire format
+    ``gateway.ledger_wire``)."""
     return f"{PREFIX}.lproof.{_token(region, 'region')}"
 
 

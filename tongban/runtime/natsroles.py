@@ -1,7 +1,7 @@
 """Who a process is to its region's nats-server: the NKey user roles, and their seeds.
 
 Each process role is an NKey user of the region's client port with only the subjects and API calls
-that role makes; ``tongban nats-config`` (tongban/ops/natsconfig.py) renders those permissions.
+that role makes; ``tongban nats-config`` (tongban/ops/natsconfig/permissions.py) renders those permissions.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class NatsRole(StrEnum):
     CONNECTOR = "connector"
     """Connectors (with their case worker, forwarder of events and dead-lettering)."""
     OPERATOR = "operator"
-    """Operator tools: ``tongban dlq``, ``registry publish``, ``case report``, ``ledger
+    """Operator tools: ``tongban dlq``, ``registry publish``, ``case send-status``, ``ledger
     check-receipt``; stream inspection and the dead-letter stream's admin."""
     ADMIN = "admin"
     """Every subject and API of the region: the single-machine topology only (its readiness probe
