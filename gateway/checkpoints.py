@@ -33,7 +33,8 @@ from gateway.ledger_wire import (
     proof_reply,
 )
 from gateway.subscription import STOP_S, DrainedSubscription
-from ledger.checkpoint import CheckpointSigner, SignedCheckpoint, origin_of
+from ledger.checkpoint import SignedCheckpoint, origin_of
+from ledger.checkpoint_signer import CheckpointSigner
 from ledger.store import LedgerStore
 from ledger.tree import LedgerTree
 from tongban.core import subjects

@@ -24,7 +24,8 @@ from structlog.testing import capture_logs
 from gateway.checkpoints import CheckpointPublisher
 from gateway.witness import Witness
 from ledger import EntryDraft, Event, SQLiteLedger
-from ledger.checkpoint import Checkpoint, CheckpointRefused, origin_of, sign_checkpoint
+from ledger.checkpoint import Checkpoint, origin_of, sign_checkpoint
+from ledger.errors import CheckpointRefused
 from ledger.merkle import root_from_leaves
 from ledger.tree import leaf_hash_of
 from tests.conftest import QD, SZ, WX

@@ -11,21 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import SQLiteLedger
-from ledger.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointReason,
-    CheckpointRefused,
-    CheckpointSigner,
-    key_id,
-    open_note,
-    origin_of,
-    parse_and_verify,
-    region_of_origin,
-    sign_checkpoint,
-    sign_note,
-)
+from ledger.checkpoint import Checkpoint, origin_of, parse_and_verify, region_of_origin, sign_checkpoint
+from ledger.checkpoint_signer import CheckpointSigner
+from ledger.errors import CheckpointError, CheckpointReason, CheckpointRefused
 from ledger.merkle import EMPTY_ROOT, root_from_leaves
+from ledger.note import note_key_id, open_note, sign_note
 from ledger.tree import LedgerTree
 from tests.ledger.helpers import REGION, make_draft
 from tongban.core.keys import SigningKey
@@ -59,7 +49,7 @@ def checkpoint(size: int = 42, root: bytes = ROOT, origin: str = ORIGIN) -> Chec
 
 
 def test_key_hash_matches_the_go_reference_key() -> None:
-    assert key_id(GO_NAME, GO_PUBLIC).hex() == GO_KEY_HASH
+    assert note_key_id(GO_NAME, GO_PUBLIC).hex() == GO_KEY_HASH
 
 
 def test_note_signature_matches_the_go_reference_note_byte_for_byte() -> None:

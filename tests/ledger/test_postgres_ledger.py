@@ -14,6 +14,9 @@ import asyncpg
 import pytest
 
 from ledger import LedgerError, PostgresLedger, SQLiteLedger
+from ledger.checkpoint_signer import CheckpointSigner
+from ledger.errors import CheckpointRefused
+from tongban.core.keys import SigningKey
 
 from .conftest import PG_DSN
 from .helpers import REGION, make_draft
@@ -111,8 +114,6 @@ async def test_replicas_on_other_hosts_never_sign_inconsistent_checkpoints(
     checkpoints of one PostgreSQL log: the last one either signed is kept in the database under the
     region's lock, so after the table is edited the replica with the honest tree in memory refuses
     to sign beside the other's checkpoint of the edited one."""
-    from ledger.checkpoint import CheckpointRefused, CheckpointSigner
-    from tongban.core.keys import SigningKey
 
     conn, schema = pg_schema
     key = SigningKey.generate(REGION)

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.cases import CaseStore
 from gateway.peer_ledger import fetch_proven_entry
 from ledger import Event, LedgerError, verify_store
-from ledger.checkpoint import CheckpointError, CheckpointSigner, origin_of, parse_and_verify, read_note
+from ledger.checkpoint import CheckpointError, origin_of, parse_and_verify, read_note
+from ledger.checkpoint_signer import CheckpointSigner
 from ledger.files import write_atomically
 from ledger.tree import LedgerTree
 from ledger.verify import verify_sqlite_file
