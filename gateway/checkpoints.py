@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from types import TracebackType
 from typing import Any, Self
 
 import structlog
@@ -118,9 +117,7 @@ class CheckpointPublisher:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def publish_now(self) -> SignedCheckpoint:
