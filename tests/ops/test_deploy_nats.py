@@ -1,170 +1,52 @@
-"""deploy/nats: the production hub and region configs parse, say what DESIGN.md says, and boot.
+"""deploy/nats: the production hub and region configs are what ``tongban nats-config`` generates,
+parse (``nats-server -t``) and say what deploy/nats/README.md says.
 
 ``nats-server -t`` only parses: it follows includes and rejects unknown fields and bad values, but it
 does not validate options the way a start does, resolve or dial any host, or touch ``store_dir``. It
 does load the TLS files, so ``-t`` runs on the real files with only the secrets directory they name
-(``/etc/tongban/nats``) pointed at secrets generated here. The last tests boot the whole topology
-(3 hub nodes, 3 regions of 3 nodes) on loopback from the same files, with hostnames, ports, store
-directories and the secrets rewritten, every region joining the hub as its own NKey user over TLS,
-and tongban's processes logging in to their region's nodes over TLS first as their role's NKey user.
+(``/etc/tongban/nats``) pointed at secrets generated here. Booting them: test_deploy_nats_boot.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
-import ssl
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import nats
-import nats.errors
 import pytest
 
-from tests.helpers import free_port
-from tongban.core import subjects
+from tests.ops.natsdeploy import (
+    DEPLOY,
+    DEV,
+    HUB_CONFS,
+    HUBS,
+    NODE_CONFS,
+    REGIONS,
+    all_confs,
+    block,
+    committed_client_keys,
+    committed_keys,
+    expand,
+    fragments,
+    hub_conf,
+    hub_leaf_urls,
+    hub_routes,
+    node_conf,
+    node_env,
+    node_secrets,
+    region_routes,
+    urls,
+    value,
+)
 from tongban.core.errors import ConfigError
 from tongban.ops import natsconfig
 from tongban.ops.cli import nats_config
 from tongban.ops.natsconfig import INSTALL_DIR, SEED_ENV
 from tongban.ops.natsserver import NatsServerError, ServerSpec, check_binary, render_config
-from tongban.runtime import natsroles, streams
-from tongban.runtime.config import Config
+from tongban.runtime import natsroles
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import connect_nats
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "nats"
-REGIONS = ("440300", "320200", "370200")
-HUBS = tuple(f"hub-{n}" for n in (1, 2, 3))
-DOMAIN = ".tongban.internal"
-
-INCLUDE = re.compile(r'^[ \t]*include[ \t]+"?([^"\s;]+)"?[ \t]*;?[ \t]*$', re.MULTILINE)
-COMMENT = re.compile(r"(?:^|(?<=\s))(?:#|//).*$", re.MULTILINE)  # not the // in nats-route://
-
-
-def hub_conf(name: str) -> Path:
-    return DEPLOY / "hub" / f"{name}.conf"
-
-
-def node_conf(region: str, n: int) -> Path:
-    return DEPLOY / "regions" / region / f"node-{n}.conf"
-
-
-NODE_CONFS = {f"{r}-node-{n}": node_conf(r, n) for r in REGIONS for n in (1, 2, 3)}
-HUB_CONFS = {h: hub_conf(h) for h in HUBS}
-
-
-DEV = DEPLOY / "dev"  # single-process templates rendered by tongban/ops/natsserver.py
-
-
-def all_confs() -> list[Path]:
-    """The production configs (deploy/nats/dev/ holds the single-machine templates)."""
-    return sorted(p for p in DEPLOY.rglob("*.conf") if DEV not in p.parents)
-
-
-def included_by(conf: Path) -> list[Path]:
-    """Files ``conf`` includes; nats-server resolves them relative to the including file."""
-    return [(conf.parent / m).resolve() for m in INCLUDE.findall(conf.read_text())]
-
-
-def fragments() -> set[Path]:
-    """Include-only files: included by another config, not meant to run on their own."""
-    return {inc for conf in all_confs() for inc in included_by(conf)}
-
-
-def expand(conf: Path, depth: int = 0) -> str:
-    """The config as the server reads it: includes inlined (recursively), comments dropped."""
-    assert depth < 10, f"include loop at {conf}"
-    text = COMMENT.sub("", conf.read_text())
-    return INCLUDE.sub(lambda m: expand((conf.parent / m[1]).resolve(), depth + 1), text)
-
-
-def block(text: str, key: str) -> list[str]:
-    """Bodies of every top-level-or-nested ``key { ... }`` block (nested blocks included)."""
-    bodies = []
-    for m in re.finditer(rf"(?<![\w.-]){key}\s*[:=]?\s*\{{", text):
-        depth, i = 1, m.end()
-        while depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        bodies.append(text[m.end() : i - 1])
-    return bodies
-
-
-def value(text: str, key: str) -> list[str]:
-    return [v.strip().strip('"') for v in re.findall(rf"(?<![\w.-]){key}\s*[:=]\s*([^\s,}}]+)", text)]
-
-
-def urls(text: str, scheme: str) -> set[str]:
-    return set(re.findall(rf"{scheme}://[\w.-]+:\d+", text))
-
-
-def hub_routes() -> set[str]:
-    return {f"nats-route://{h}{DOMAIN}:6222" for h in HUBS}
-
-
-def region_routes(region: str) -> set[str]:
-    return {f"nats-route://{region}-node-{n}{DOMAIN}:6222" for n in (1, 2, 3)}
-
-
-def hub_leaf_urls() -> set[str]:
-    return {f"nats-leaf://{h}{DOMAIN}:7422" for h in HUBS}
-
-
-@pytest.fixture(scope="module")
-def secrets(tmp_path_factory: pytest.TempPathFactory) -> natsconfig.Secrets:
-    """NATS secrets for the three regions, as `tongban nats-config --dev` makes them: the hub's
-    certificate also names 127.0.0.1, where the boot test runs the hub."""
-    hosts = [f"{h}{DOMAIN}" for h in HUBS] + list(natsconfig.LOOPBACK)
-    return natsconfig.ensure_secrets(
-        tmp_path_factory.mktemp("nats-secrets"),
-        REGIONS,
-        hosts,
-        region_hosts=lambda r: [*natsconfig.region_hosts(r), *natsconfig.LOOPBACK],
-    )
-
-
-def node_secrets(secrets: natsconfig.Secrets, name: str) -> Path:
-    """The directory that is /etc/tongban/nats on node ``name`` (a hub node or ``<code>-node-<n>``)."""
-    return secrets.hub_dir if name.startswith("hub") else secrets.region_dir(name.split("-")[0])
-
-
-def node_env(secrets: natsconfig.Secrets, name: str) -> dict[str, str]:
-    """The environment of node ``name``: a region node reads its NKey seed from TB_LEAF_NKEY."""
-    env = dict(os.environ)
-    if not name.startswith("hub"):
-        env[SEED_ENV] = secrets.seed(name.split("-")[0]).decode()
-    return env
-
-
-def committed_keys() -> dict[str, str]:
-    """Region → public NKey, from the comment lines of the committed hub/authorization.conf."""
-    text = (DEPLOY / "hub" / "authorization.conf").read_text()
-    return dict(re.findall(r"^# (\d{6}): (U[A-Z2-7]{55})$", text, re.MULTILINE))
-
-
-def committed_client_keys(region: str) -> dict[NatsRole, str]:
-    """Role → public NKey of ``region``'s client users, from its committed authorization.conf."""
-    text = (DEPLOY / "regions" / region / "authorization.conf").read_text()
-    return {NatsRole(r): k for r, k in re.findall(r"^# (\w+): (U[A-Z2-7]{55})$", text, re.MULTILINE)}
-
-
-def generated_keys(secrets: natsconfig.Secrets) -> dict[str, str]:
-    """Committed public key → the generated one that stands in for it (hub link and client users)."""
-    out = {committed_keys()[r]: k for r, k in secrets.public_keys().items()}
-    for region in REGIONS:
-        committed = committed_client_keys(region)
-        out.update({committed[role]: k for role, k in secrets.client_public_keys(region).items()})
-    return out
-
 
 # -- generated by `tongban nats-config` ---------------------------------------------------------
 
@@ -332,209 +214,6 @@ def test_server_names_are_unique() -> None:
     flat = [n for ns in names for n in ns]
     assert all(len(ns) == 1 for ns in names)
     assert len(set(flat)) == len(flat) == 12
-
-
-# -- booting the same files on loopback ---------------------------------------------------------
-
-
-@dataclass
-class Booted:
-    """The topology from deploy/nats running on loopback; ``addr[(server, port)]`` maps a production
-    endpoint (e.g. ``("hub-1", 7422)``) to its loopback ``host:port``."""
-
-    addr: dict[tuple[str, int], str]
-    secrets: natsconfig.Secrets
-
-    def monitor(self, server: str, path: str) -> dict[str, object]:
-        url = f"http://{self.addr[(server, 8222)]}{path}"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.loads(resp.read().decode())  # type: ignore[no-any-return]
-
-    def client_url(self, server: str) -> str:
-        return f"nats://{self.addr[(server, 4222)]}"
-
-    def config(self, server: str) -> Config:
-        """A node config of ``server``'s region as a deployment writes it: the node's client port,
-        the CA of the client-port certificates and the roles' seeds (``tongban nats-config``)."""
-        region = server.split("-")[0]
-        s = self.secrets
-        nats_section = {
-            "servers": [self.client_url(server)],
-            "tls_ca": str(s.clients_dir(region) / "ca.crt"),
-            "connect_timeout_s": 5.0,
-            "max_reconnect_attempts": 0,
-            **{f"{role.value}_nkey_seed": str(s.client_seed_file(region, role)) for role in s.roles},
-        }
-        return Config.from_dict({"region": {"code": region}, "nats": nats_section}, base_dir=s.root, env={})
-
-    async def connect(self, server: str, role: NatsRole) -> nats.NATS:
-        return await connect_nats(self.config(server), role=role, name=f"test-{role.value}")
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError, KeyError) as exc:
-            last = exc
-        time.sleep(0.1)  # polling interval of this condition wait (a synchronous fixture), not a delay
-    raise AssertionError(f"{what} not reached in {timeout}s ({last})")
-
-
-@pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory, secrets: natsconfig.Secrets) -> Iterator[Booted]:
-    binary = check_binary()
-    root = tmp_path_factory.mktemp("deploy-nats")
-    addr: dict[tuple[str, int], str] = {}
-
-    def loopback(server: str, port: int) -> str:
-        if (server, port) not in addr:
-            addr[(server, port)] = f"127.0.0.1:{free_port()}"
-        return addr[(server, port)]
-
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for name, conf in {**HUB_CONFS, **NODE_CONFS}.items():
-            text = expand(conf)
-            # 0.0.0.0 is "this host"; every <name>.tongban.internal gets its own loopback ports.
-            text = re.sub(r"0\.0\.0\.0:(\d+)", lambda m, n=name: loopback(n, int(m[1])), text)
-            text = re.sub(rf"([\w-]+){re.escape(DOMAIN)}:(\d+)", lambda m: loopback(m[1], int(m[2])), text)
-            text, subs = re.subn(r'store_dir\s*:\s*"[^"]*"', f'store_dir: "{root / name / "js"}"', text)
-            assert subs == (1 if name in NODE_CONFS else 0)
-            assert DOMAIN not in text and "0.0.0.0" not in text
-            # Its secrets; the servers know the generated public keys instead of the committed.
-            text = text.replace(str(INSTALL_DIR), str(node_secrets(secrets, name)))
-            for committed, key in generated_keys(secrets).items():
-                text = text.replace(committed, key)
-            path = root / f"{name}.conf"
-            path.write_text(text)
-            with open(root / f"{name}.log", "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [str(binary), "-c", str(path)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=node_env(secrets, name),
-                    )
-                )
-        boot = Booted(addr, secrets)
-
-        def healthy(name: str) -> bool:
-            for p, n in zip(procs, (*HUB_CONFS, *NODE_CONFS), strict=True):
-                assert p.poll() is None, f"{n} exited: {(root / f'{n}.log').read_text()[-2000:]}"
-            # A clustered JetStream server is healthy only once it knows its meta leader.
-            return boot.monitor(name, "/healthz").get("status") == "ok"
-
-        for name in (*HUBS, *NODE_CONFS):
-            wait_for(lambda n=name: healthy(n), f"{name} healthy")
-        yield boot
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-def test_boot_clusters_and_leafnodes(booted: Booted) -> None:
-    for name in (*HUBS, *NODE_CONFS):
-        wait_for(lambda n=name: booted.monitor(n, "/routez")["num_routes"] >= 2, f"{name} routes")
-    # Every region node is a leafnode of some hub node: 9 leaf connections across the hub cluster.
-    wait_for(
-        lambda: sum(int(booted.monitor(h, "/leafz")["leafnodes"]) for h in HUBS) == 9,  # type: ignore[call-overload]
-        "9 leafnode connections on the hub",
-    )
-    for hub in HUBS:
-        varz = booted.monitor(hub, "/varz")
-        assert varz["cluster"]["name"] == "tongban-hub"  # type: ignore[index]
-        assert booted.monitor(hub, "/jsz")["disabled"] is True, f"{hub} runs JetStream"
-        assert not varz["jetstream"]
-        assert varz["max_payload"] == 4 * 1024 * 1024
-
-
-def test_boot_region_domains(booted: Booted) -> None:
-    for name in NODE_CONFS:
-        region = name.split("-")[0]
-        jsz = booted.monitor(name, "/jsz")
-        config = jsz["config"]
-        assert config["domain"] == region  # type: ignore[index]
-        assert config["sync_always"] is True  # type: ignore[index]
-        meta = jsz["meta_cluster"]
-        assert meta["name"] == f"tongban-{region}"  # type: ignore[index]
-        assert meta["cluster_size"] == 3  # type: ignore[index]
-        assert str(meta["leader"]).startswith(f"{region}-node-")  # type: ignore[index]
-
-
-async def test_boot_region_streams_at_replicas_3(booted: Booted) -> None:
-    """tongban's four streams of Shenzhen at replicas 3 in its domain, created by Shenzhen's gateway
-    user; Wuxi's users may not even ask for Shenzhen's JetStream API (and the hub would not carry
-    it); a request Qingdao's gateway forwards (with Qingdao's inbox prefix, where the PubAck may come
-    back) lands in Shenzhen's inbound stream, and Shenzhen's operator user sees it there. Every
-    client logs in over TLS as its role's NKey user, as tongban's processes do."""
-    refused: list[str] = []
-
-    async def record(exc: Exception) -> None:
-        refused.append(str(exc))
-
-    sz = await booted.connect("440300-node-1", NatsRole.GATEWAY)
-    sz_op = await booted.connect("440300-node-3", NatsRole.OPERATOR)
-    wx = await connect_nats(
-        booted.config("320200-node-2"), role=NatsRole.OPERATOR, name="wx", error_cb=record
-    )
-    qd = await booted.connect("370200-node-3", NatsRole.GATEWAY)
-    try:
-        js_sz = sz.jetstream(domain="440300", timeout=10)
-        for config in streams.region_streams("440300", replicas=3):
-            await js_sz.add_stream(config)
-        with pytest.raises(nats.errors.TimeoutError):
-            await wx.jetstream(domain="440300", timeout=2).stream_info("IN_440300")
-        assert refused == [
-            'nats: permissions violation for publish to "$js.440300.api.stream.info.in_440300"'
-        ]
-        ack = await qd.jetstream(timeout=10).publish(subjects.request_subject("440300", "demo"), b"x")
-        assert ack.stream == subjects.inbound_stream_name("440300")
-        assert ack.domain == "440300"
-        for name in ("IN", "OUT", "EVT", "DLQ"):
-            info = await sz_op.jetstream(domain="440300", timeout=10).stream_info(f"{name}_440300")
-            assert info.config.num_replicas == 3
-            assert info.cluster is not None and info.cluster.name == "tongban-440300"
-            assert len(info.cluster.replicas or []) == 2
-            assert info.state.messages == (1 if name == "IN" else 0)
-    finally:
-        for nc in (sz, sz_op, wx, qd):
-            await nc.close()
-
-
-async def test_boot_region_client_port_is_tls_first_and_authenticated(booted: Booted) -> None:
-    """A region node's client port: a plaintext client never gets a word from it (TLS first), a TLS
-    client without credentials is refused by name, an unknown NKey too; a role user logs in."""
-    url = booted.client_url("440300-node-2")
-    with pytest.raises((nats.errors.NoServersError, TimeoutError)):
-        await nats.connect(url, connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=0)
-    tls = ssl.create_default_context(cafile=str(booted.secrets.clients_dir("440300") / "ca.crt"))
-    once = {"allow_reconnect": False, "max_reconnect_attempts": 0, "connect_timeout": 5}
-    with pytest.raises(nats.errors.Error, match=r"^nats: 'Authorization Violation'$"):
-        await nats.connect(url, tls=tls, tls_handshake_first=True, **once)  # type: ignore[arg-type]
-    with pytest.raises(nats.errors.Error, match=r"^nats: 'Authorization Violation'$"):
-        await nats.connect(
-            url,
-            tls=tls,
-            tls_handshake_first=True,
-            nkeys_seed_str=natsroles.new_user_seed().decode(),
-            **once,  # type: ignore[arg-type]
-        )
-    nc = await booted.connect("440300-node-2", NatsRole.OPERATOR)
-    try:
-        assert nc.is_connected
-    finally:
-        await nc.close()
 
 
 def test_a_leaf_without_client_users_is_refused(tmp_path: Path, secrets: natsconfig.Secrets) -> None:
