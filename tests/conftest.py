@@ -23,10 +23,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from connectors.adapters import Adapter
-from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
+from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import LedgerStore
+from tests.adapters import CountingAdapter
 from tests.helpers import eventually
 from tongban.core import subjects
 from tongban.core.catalogue import Catalogue

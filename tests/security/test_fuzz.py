@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
+from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from ledger import Event, SQLiteLedger
+from tests.adapters import CountingAdapter
 from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import Catalogue
