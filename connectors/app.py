@@ -31,16 +31,7 @@ def load_adapters(cfg: Config) -> Mapping[str, Adapter]:
 
 def build(parts: ComponentParts) -> Connector:
     """The region's connector, from what its process loaded, with its configured adapters."""
-    return Connector(
-        parts.cfg,
-        registry=parts.registry,
-        secrets=parts.secrets,
-        catalogue=parts.catalogue,
-        adapters=load_adapters(parts.cfg),
-        ledger=parts.ledger,
-        tracer=parts.tracer,
-        metrics=parts.metrics,
-    )
+    return Connector(parts, adapters=load_adapters(parts.cfg))
 
 
 async def run(cfg: Config) -> None:

@@ -22,7 +22,6 @@ from typing import Any, Literal
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from opentelemetry import trace
 from opentelemetry.trace import Span, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
@@ -32,21 +31,21 @@ from connectors.cases import CaseWorker
 from connectors.errors import Refused
 from connectors.inbound import Inbound, Labels, Opened
 from connectors.state import ConnectorState
-from ledger import Event, LedgerStore
+from ledger import Event
 from tongban.core import envelope, messages, subjects
-from tongban.core.catalogue import Catalogue, response_projection
+from tongban.core.catalogue import response_projection
 from tongban.core.details import OK, Detail
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.errors import NotFound, Reason, TongbanError
 from tongban.core.message_ids import new_message_id
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
-from tongban.runtime.config import Config
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.instruments import TimedHop
 from tongban.runtime.live_registry import RegistryWatcher
-from tongban.runtime.metrics import NO_METRICS, Metrics, set_outcome
+from tongban.runtime.metrics import set_outcome
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.node import connect_nats, registry_watcher
 from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
 from tongban.runtime.status_codes import problem, problem_of
@@ -60,40 +59,42 @@ class Connector:
 
     It answers Query on the region's RPC subject and, unless ``durable=False``, takes Submit
     requests from the region's inbound stream (:class:`connectors.cases.CaseWorker`).
+
+    Args:
+        parts: what the region's process loaded (config, registry, keys, catalogue, ledger,
+            tracer, metrics).
+        adapters: the back ends, by catalogue item code.
+        nc: a NATS connection to use (and leave open); by default the connector makes its own.
+        durable: take Submit requests too (needs the state store); False: Query only.
     """
 
     def __init__(
         self,
-        cfg: Config,
+        parts: ComponentParts,
         *,
-        registry: Registry,
-        secrets: RegionSecrets,
-        catalogue: Catalogue,
         adapters: Mapping[str, Adapter],
-        ledger: LedgerStore,
         nc: NATS | None = None,
-        tracer: trace.Tracer | None = None,
         durable: bool = True,
-        metrics: Metrics = NO_METRICS,
     ) -> None:
+        cfg = parts.cfg
+        self.parts = parts
         self.cfg = cfg
         self.region = cfg.region.code
-        self.secrets = secrets
-        self.catalogue = catalogue
-        self.ledger = ledger
+        self.secrets = parts.secrets
+        self.ledger = parts.ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
         self._owns_nc = nc is None
-        self.tracer = tracer or trace.get_tracer("tongban.connector")
-        self.metrics = metrics
+        self.tracer = parts.tracer
+        self.metrics = parts.metrics
         self.inbound = Inbound(
             cfg,
-            registry=registry,
-            secrets=secrets,
-            catalogue=catalogue,
+            registry=parts.registry,
+            secrets=parts.secrets,
+            catalogue=parts.catalogue,
             adapters=adapters,
-            tracer=self.tracer,
-            metrics=metrics,
+            tracer=parts.tracer,
+            metrics=parts.metrics,
         )
         self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -476,14 +476,7 @@ async def _restart_wuxi_connector(stack: Stack) -> None:
     node = stack.nodes[WX]
     old = _connector(stack)
     await old.stop()
-    node.connector = Connector(
-        node.cfg,
-        registry=old.registry,
-        secrets=old.secrets,
-        catalogue=old.catalogue,
-        adapters=node.adapters,
-        ledger=node.ledger,
-    )
+    node.connector = Connector(old.parts, adapters=node.adapters)
     await node.connector.start()
     nc = await stack.nats(SZ)
 
