@@ -79,7 +79,6 @@ class CaseWorker:
         self._fetcher = PullWorker(self._take, batch=self._batch, room=self._room, events="cases")
         self._inflight: set[asyncio.Task[None]] = set()
         self.processed = 0
-        self.dead_lettered = 0
 
     async def start(self) -> None:
         if self._fetcher.running:
@@ -302,7 +301,6 @@ class CaseWorker:
     ) -> None:
         h = verified.header
         await self._to_dlq(msg, h.message_id, h.service_code, reason, attempts)
-        self.dead_lettered += 1
         dead = problem(
             reason, f"the back end failed {attempts} times; the request waits in the dead-letter queue"
         )
