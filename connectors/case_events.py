@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 
 import structlog
-from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from connectors.adapters import StatusUpdate
@@ -32,7 +31,6 @@ from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 from tongban.runtime.node import RegionSecrets
-from tongban.runtime.streams import ensure_streams
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.connector")
@@ -58,7 +56,8 @@ class CaseEvents:
         secrets: the region's keys (events are signed with its signing key).
         ledger: the region's ledger.
         state: the connector state store (sequences, processed requests, events).
-        js: JetStream of the region's own nats-server, with the region's streams in place.
+        js: JetStream of the region's own nats-server, with the region's streams in place
+            (:func:`~tongban.runtime.streams.ensure_streams`).
     """
 
     def __init__(
@@ -78,21 +77,6 @@ class CaseEvents:
         self.ledger = ledger
         self.state = state
         self.js = js
-
-    @classmethod
-    async def attach(
-        cls,
-        cfg: Config,
-        *,
-        registry: Registry,
-        secrets: RegionSecrets,
-        ledger: LedgerStore,
-        state: ConnectorState,
-        nc: NATS,
-    ) -> CaseEvents:
-        """Ready to send events without consuming requests (a tool beside the running connectors)."""
-        js = await ensure_streams(nc, cfg.region.code, replicas=cfg.nats.stream_replicas)
-        return cls(cfg, registry=registry, secrets=secrets, ledger=ledger, state=state, js=js)
 
     async def conclude(
         self,

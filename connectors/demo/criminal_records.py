@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.demo.seed import RESIDENTS, WUXI
-from connectors.demo.store import NO_RECORD, SQLiteStore
-from tongban.core.errors import NotFound
+from connectors.demo.store import SQLiteStore, one
 
 
 class CriminalRecordStore(SQLiteStore):
@@ -44,9 +43,7 @@ class CriminalRecordStore(SQLiteStore):
         """
         issued_on = self._clock().isoformat()
         with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM ps_resident WHERE id_no = ?", (id_no,)).fetchone()
-            if row is None:
-                raise NotFound(NO_RECORD)
+            row = one(conn, "SELECT * FROM ps_resident WHERE id_no = ?", id_no)
             if row["has_record"]:
                 number, issued = None, None
             else:

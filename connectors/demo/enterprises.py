@@ -6,8 +6,7 @@ import sqlite3
 from typing import Any
 
 from connectors.demo.seed import ENTERPRISES
-from connectors.demo.store import NO_RECORD, SQLiteStore
-from tongban.core.errors import NotFound
+from connectors.demo.store import SQLiteStore, one
 from tongban.core.identifiers import mask_name
 
 
@@ -35,9 +34,7 @@ class EnterpriseRegistryStore(SQLiteStore):
             NotFound: no enterprise with this code is registered here.
         """
         with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM mr_enterprise WHERE uscc = ?", (uscc,)).fetchone()
-        if row is None:
-            raise NotFound(NO_RECORD)
+            row = one(conn, "SELECT * FROM mr_enterprise WHERE uscc = ?", uscc)
         return dict(row)
 
     def registration_check(

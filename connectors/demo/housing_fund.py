@@ -6,8 +6,7 @@ import sqlite3
 from typing import Any
 
 from connectors.demo.seed import HOUSING_FUND, HOUSING_FUND_UNITS
-from connectors.demo.store import NO_RECORD, SQLiteStore
-from tongban.core.errors import NotFound
+from connectors.demo.store import SQLiteStore, one
 
 
 def _month_count(first: str, last: str) -> int:
@@ -53,9 +52,7 @@ class HousingFundStore(SQLiteStore):
             NotFound: the person has no account here.
         """
         with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM hf_account WHERE id_no = ?", (id_no,)).fetchone()
-        if row is None:
-            raise NotFound(NO_RECORD)
+            row = one(conn, "SELECT * FROM hf_account WHERE id_no = ?", id_no)
         balance = row["balance"]
         if reason == "RETIREMENT":
             eligible = retired

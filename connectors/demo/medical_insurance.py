@@ -7,8 +7,7 @@ import sqlite3
 from typing import Any
 
 from connectors.demo.seed import MEDICAL, WUXI, in_wuxi
-from connectors.demo.store import NO_RECORD, SQLiteStore
-from tongban.core.errors import NotFound
+from connectors.demo.store import SQLiteStore, one
 
 _LONG_TERM_CATEGORIES = frozenset({"LONG_TERM_RESIDENT", "RESIDENT_WORKER"})
 _TEMPORARY_FILING_DAYS = 180
@@ -58,9 +57,7 @@ class MedicalInsuranceStore(SQLiteStore):
             "check_note": "",
         }
         with self.transaction() as conn:
-            insured = conn.execute("SELECT * FROM mi_insured WHERE id_no = ?", (id_no,)).fetchone()
-            if insured is None:
-                raise NotFound(NO_RECORD)
+            insured = one(conn, "SELECT * FROM mi_insured WHERE id_no = ?", id_no)
             answer["insurance_type_name"] = insured["insurance_type_name"]
             if not in_wuxi(insured_region):
                 answer["check_note"] = "参保地不属于本统筹区"

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from connectors.demo.seed import INSURANCE_TYPES, INSURED, PENSIONERS, RATES, WUXI, Insured, in_wuxi
-from connectors.demo.store import NO_RECORD, SQLiteStore
+from connectors.demo.store import NO_RECORD, SQLiteStore, one
 from tongban.core.errors import NotFound
+
+_PERSON = "SELECT * FROM si_person WHERE id_no = ?"
 
 
 def _months(first: str, last: str) -> Iterator[str]:
@@ -62,11 +64,22 @@ class SocialInsuranceStore(SQLiteStore):
         conn.executemany("INSERT OR IGNORE INTO si_contribution VALUES (?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("INSERT OR IGNORE INTO si_pensioner VALUES (?, ?, ?, ?)", PENSIONERS)
 
-    def _person(self, conn: sqlite3.Connection, id_no: str) -> sqlite3.Row:
-        row = conn.execute("SELECT * FROM si_person WHERE id_no = ?", (id_no,)).fetchone()
-        if row is None:
+    def _contributions(self, id_no: str, insurance_type: str) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+        """The insured person and their monthly contributions of one type, oldest first.
+
+        Raises:
+            NotFound: the person is not insured here, or has no contribution of this type.
+        """
+        with self.transaction() as conn:
+            person = one(conn, _PERSON, id_no)
+            rows = conn.execute(
+                "SELECT month, base, amount, unit_amount FROM si_contribution"
+                " WHERE id_no = ? AND insurance_type = ? ORDER BY month",
+                (id_no, insurance_type),
+            ).fetchall()
+        if not rows:
             raise NotFound(NO_RECORD)
-        return row
+        return person, rows
 
     def contribution_record(
         self, id_no: str, insurance_type: str, *, period_start: str = "", period_end: str = ""
@@ -85,15 +98,7 @@ class SocialInsuranceStore(SQLiteStore):
         Raises:
             NotFound: the person is not insured here, or not in this insurance type.
         """
-        with self.transaction() as conn:
-            person = self._person(conn, id_no)
-            rows = conn.execute(
-                "SELECT month, base, amount, unit_amount FROM si_contribution"
-                " WHERE id_no = ? AND insurance_type = ? ORDER BY month",
-                (id_no, insurance_type),
-            ).fetchall()
-        if not rows:
-            raise NotFound(NO_RECORD)
+        person, rows = self._contributions(id_no, insurance_type)
         start = (
             period_start[:7]
             if period_start
@@ -131,15 +136,7 @@ class SocialInsuranceStore(SQLiteStore):
         Raises:
             NotFound: the person has no pension record here.
         """
-        with self.transaction() as conn:
-            person = self._person(conn, id_no)
-            rows = conn.execute(
-                "SELECT month, base, amount FROM si_contribution"
-                " WHERE id_no = ? AND insurance_type = '110' ORDER BY month",
-                (id_no,),
-            ).fetchall()
-        if not rows:
-            raise NotFound(NO_RECORD)
+        person, rows = self._contributions(id_no, "110")
         if person["status"] == "已退休":
             transferable, note = False, "已领取基本养老金，不办理转移接续"
         elif not in_wuxi(transfer_out_region):
@@ -174,7 +171,7 @@ class SocialInsuranceStore(SQLiteStore):
             NotFound: the person is not insured here.
         """
         with self.transaction() as conn:
-            self._person(conn, id_no)
+            one(conn, _PERSON, id_no)
             row = conn.execute("SELECT * FROM si_pensioner WHERE id_no = ?", (id_no,)).fetchone()
         if row is None:
             return {

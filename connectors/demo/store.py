@@ -8,8 +8,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tongban.core.errors import NotFound
+
 NO_RECORD = "no record for this applicant"
 """What a store's :class:`~tongban.core.errors.NotFound` says (never the applicant's ID number)."""
+
+
+def one(conn: sqlite3.Connection, sql: str, *params: object) -> sqlite3.Row:
+    """The row ``sql`` selects.
+
+    Raises:
+        NotFound: there is none (:data:`NO_RECORD`).
+    """
+    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+    if row is None:
+        raise NotFound(NO_RECORD)
+    return row
 
 
 class SQLiteStore:
