@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from tongban.core.errors import Reason, TongbanError
+from tongban.core.errors import NotFound, Reason, TongbanError
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 
@@ -120,8 +120,6 @@ async def submit_via_call(
     """A Submit to a back end that only answers data checks (秒批, instant approval by data check):
     a record found is 1 已接件 → 3 已受理 → 11 办结（通过）; no record is 1 已接件 → 5 不予受理.
     Back-end failures propagate (and are retried by the connector)."""
-    from tongban.core.errors import NotFound
-
     try:
         await adapter.call(request)
     except NotFound:

@@ -16,45 +16,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import structlog
-from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status
+from opentelemetry.trace import Span, Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from connectors.adapters import Adapter, AdapterFailure, adapter_request
+from connectors.answers import answer_header, entry, receipt, request_trace_id, seal_to_recipient
 from connectors.cases import CaseWorker
 from connectors.errors import Refused
+from connectors.inbound import Inbound, Labels, Opened
 from connectors.state import ConnectorState
-from ledger import Event, LedgerStore
+from ledger import Event
 from tongban.core import envelope, messages, subjects
-from tongban.core.catalogue import Catalogue, CatalogueItem, response_projection, validate_request
+from tongban.core.catalogue import response_projection
 from tongban.core.details import OK, Detail
-from tongban.core.envelope import EnvelopeRejected, Reason
-from tongban.core.errors import NotFound, TongbanError
-from tongban.core.message_ids import is_message_id, new_message_id
-from tongban.core.receipts import sign_receipt
+from tongban.core.envelope import EnvelopeRejected
+from tongban.core.errors import NotFound, Reason, TongbanError
+from tongban.core.message_ids import new_message_id
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
-from tongban.runtime.config import Config
-from tongban.runtime.instruments import UNSET, TimedHop
+from tongban.runtime.component import ComponentParts
+from tongban.runtime.instruments import TimedHop
 from tongban.runtime.live_registry import RegistryWatcher
-from tongban.runtime.metrics import NO_METRICS, Metrics, RequestRecord, set_outcome
+from tongban.runtime.metrics import set_outcome
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import RegionSecrets, connect_nats, registry_watcher
+from tongban.runtime.node import connect_nats, registry_watcher
 from tongban.runtime.records import draft
 from tongban.runtime.shutdown import Deadline, finish_tasks, within
 from tongban.runtime.status_codes import problem, problem_of
 from tongban.v1 import envelope_pb2, exchange_pb2
-
-_SEEN_IN_MEMORY = 100_000
-"""Recent message ids kept in memory in front of the state store's replay record."""
 
 log = structlog.get_logger("tongban.connector")
 
@@ -64,44 +59,61 @@ class Connector:
 
     It answers Query on the region's RPC subject and, unless ``durable=False``, takes Submit
     requests from the region's inbound stream (:class:`connectors.cases.CaseWorker`).
+
+    Args:
+        parts: what the region's process loaded (config, registry, keys, catalogue, ledger,
+            tracer, metrics).
+        adapters: the back ends, by catalogue item code.
+        nc: a NATS connection to use (and leave open); by default the connector makes its own.
+        durable: take Submit requests too (needs the state store); False: Query only.
     """
 
     def __init__(
         self,
-        cfg: Config,
+        parts: ComponentParts,
         *,
-        registry: Registry,
-        secrets: RegionSecrets,
-        catalogue: Catalogue,
         adapters: Mapping[str, Adapter],
-        ledger: LedgerStore,
         nc: NATS | None = None,
-        tracer: trace.Tracer | None = None,
         durable: bool = True,
-        metrics: Metrics = NO_METRICS,
     ) -> None:
+        cfg = parts.cfg
+        self.parts = parts
         self.cfg = cfg
         self.region = cfg.region.code
-        self.registry = registry
-        self.secrets = secrets
-        self.catalogue = catalogue
-        self.adapters = dict(adapters)
-        self.ledger = ledger
+        self.secrets = parts.secrets
+        self.ledger = parts.ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
         self._owns_nc = nc is None
-        self.tracer = tracer or trace.get_tracer("tongban.connector")
-        self.metrics = metrics
+        self.tracer = parts.tracer
+        self.metrics = parts.metrics
+        self.inbound = Inbound(
+            cfg,
+            registry=parts.registry,
+            secrets=parts.secrets,
+            catalogue=parts.catalogue,
+            adapters=adapters,
+            tracer=parts.tracer,
+            metrics=parts.metrics,
+        )
         self._sem = asyncio.Semaphore(cfg.connector.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
-        self._seen: OrderedDict[str, float] = OrderedDict()
         self._peer_in_flight: dict[str, int] = {}
         self._started = False
         self.handled = 0
         self.durable = durable
         self.state: ConnectorState | None = None
         self.cases: CaseWorker | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The trust registry requests are checked against (replaceable while running)."""
+        return self.inbound.registry
+
+    @registry.setter
+    def registry(self, registry: Registry) -> None:
+        self.inbound.registry = registry
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,7 +143,7 @@ class Connector:
             )
             await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
             if self.state is not None:
-                self.cases = CaseWorker(self, self.state, self.nc)
+                self.cases = CaseWorker(self.inbound, ledger=self.ledger, state=self.state, nc=self.nc)
                 await self.cases.start()
         except BaseException:
             await self.stop()
@@ -188,11 +200,11 @@ class Connector:
             "registry": self.secrets.signing_key_usable(),
         }
 
-    def measure(self, labels: tuple[str, str, str], rpc: str) -> RequestRecord:
-        """The metrics scope of one request; ``labels``: :meth:`_labels` of its unverified header
-        (as in the logs, and computed once for both)."""
-        _, svc, peer = labels
-        return self.metrics.request(rpc, service_code=svc or UNSET, peer_region=peer or UNSET)
+    def receive_scope(
+        self, header: envelope_pb2.Header | None, destination: str, transport_traceparent: str = ""
+    ) -> contextlib.AbstractContextManager[Span]:
+        """Log context and span of one received request: :meth:`Inbound.receive_scope`."""
+        return self.inbound.receive_scope(header, destination, transport_traceparent)
 
     async def __aenter__(self) -> Connector:
         await self.start()
@@ -200,8 +212,6 @@ class Connector:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    # -- message handling ----------------------------------------------------------------------
 
     async def _on_ping(self, msg: Msg) -> None:
         if msg.reply and self.registry.region(subjects.inbox_region(msg.reply) or "") is not None:
@@ -243,79 +253,6 @@ class Connector:
         finally:
             self._sem.release()
 
-    def _labels(self, header: envelope_pb2.Header | None) -> tuple[str, str, str]:
-        """(message id, service, peer) of a header not yet verified, fit for logs, spans and the
-        ledger: each value only if it is a well-formed id or a code we know, else '' or '?'."""
-        if header is None:
-            return "", "", ""
-        mid = header.message_id if is_message_id(header.message_id) else ""
-        svc = header.service_code if header.service_code in self.catalogue else "?"
-        peer = header.from_region if self.registry.region(header.from_region) is not None else "?"
-        return mid, svc, peer
-
-    @contextlib.contextmanager
-    def receive_scope(
-        self,
-        header: envelope_pb2.Header | None,
-        destination: str,
-        transport_traceparent: str = "",
-        *,
-        labels: tuple[str, str, str] | None = None,
-    ) -> Iterator[Span]:
-        """Log context and CONSUMER span of one received request, continuing the sender's trace;
-        labels only from well-formed values of the (not yet verified) header.
-
-        The trace is the one the signed header names. A NATS ``traceparent`` header (set by a
-        forwarder on the way) only refines the parent span, and only within that same trace: an
-        unsigned header can never move a request into another trace. ``labels``: :meth:`_labels` of
-        ``header`` when the caller has them already.
-        """
-        signed = header.traceparent if header else ""
-        trace_id = telemetry.trace_id_of(signed)
-        refines = bool(trace_id) and telemetry.trace_id_of(transport_traceparent) == trace_id
-        parent = telemetry.context_from_traceparent(transport_traceparent if refines else signed)
-        mid, svc, peer = self._labels(header) if labels is None else labels
-        with (
-            structlog.contextvars.bound_contextvars(
-                region=self.region, message_id=mid, service_code=svc, peer_region=peer
-            ),
-            self.tracer.start_as_current_span(
-                "connector.receive",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    **telemetry.messaging_attributes(
-                        destination, mid, peer, svc, operation="process", operation_type="process"
-                    ),
-                    "tongban.region": self.region,
-                },
-            ) as span,
-        ):
-            yield span
-
-    async def _check_replay(self, message_id: str, now: float) -> None:
-        """Refuse a message id seen within the freshness window (older ones are refused as stale).
-
-        The state store remembers ids across restarts and replicas; this process's own memory
-        answers the common replay without a write.
-        """
-        seen = self._seen
-        while seen:
-            oldest, expires = next(iter(seen.items()))
-            if expires > now:
-                break
-            del seen[oldest]
-        window = self.cfg.connector
-        expires_s = now + window.freshness_window_s + window.clock_skew_s
-        replayed = message_id in seen
-        if not replayed and self.state is not None:
-            replayed = not await self.state.first_sighting(message_id, expires_s=expires_s, now_s=now)
-        if replayed:
-            raise EnvelopeRejected("this message id was already received", reason=Reason.REPLAYED)
-        seen[message_id] = expires_s
-        if self.state is not None and len(seen) > _SEEN_IN_MEMORY:
-            seen.popitem(last=False)  # the store still remembers it
-
     async def handle(
         self, subject: str, data: bytes, *, header: envelope_pb2.Header | Literal[False] | None = False
     ) -> bytes:
@@ -325,11 +262,7 @@ class Connector:
         now = received_ns / 1e9
         if header is False:
             header = envelope.header_or_none(data)
-        labels = self._labels(header)
-        with (
-            self.receive_scope(header, subjects.rpc_wildcard(self.region), labels=labels) as span,
-            self.measure(labels, "Query") as measured,
-        ):
+        with self.inbound.receive(header, subjects.rpc_wildcard(self.region), "Query") as (span, measured):
             try:
                 return await self._process(subject, data, now, received_ns)
             except TongbanError as exc:
@@ -343,95 +276,18 @@ class Connector:
                 log.error("request.internal_error", error=type(exc).__name__)
                 return await self._refuse(data, header, TongbanError("internal error at the provider"))
 
-    def verify_request(self, subject: str, data: bytes, now: float, *, durable: bool) -> envelope.Verified:
-        """Signature, kind, recipient, subject and time checks of a request envelope.
-
-        A durable (Submit) request may have waited in streams for days while a region was down:
-        its deadline bounds it, not the freshness window, and the processed-message record (not
-        the in-memory replay cache) keeps it from being done twice.
-        """
-        limit = self.cfg.connector.max_envelope_bytes
-        if len(data) > limit:  # before any parsing: a peer cannot make us decode or verify megabytes
-            raise EnvelopeRejected(
-                f"envelope of {len(data)} bytes is over the limit of {limit}",
-                reason=Reason.ENVELOPE_TOO_LARGE,
-            )
-        with self.tracer.start_as_current_span("connector.verify"), self.metrics.hop(TimedHop.VERIFY):
-            verified = envelope.verify(data, self.registry, now_s=now)
-            h = verified.header
-            if h.kind not in (envelope_pb2.MESSAGE_KIND_REQUEST, envelope_pb2.MESSAGE_KIND_CASE_REQUEST):
-                raise EnvelopeRejected("not a request", reason=Reason.ENVELOPE_MALFORMED)
-            # One kind never passes as the other: a case copied from a stream onto the RPC subject
-            # would run the back end a second time, outside the case's processed record.
-            wanted = envelope_pb2.MESSAGE_KIND_CASE_REQUEST if durable else envelope_pb2.MESSAGE_KIND_REQUEST
-            if h.kind != wanted or bool(h.case_no) != durable:
-                raise EnvelopeRejected(
-                    "a case request arrives only from the inbound stream, a query only on the RPC subject",
-                    reason=Reason.KIND_MISMATCH,
-                )
-            if h.to_region != self.region:
-                raise EnvelopeRejected(
-                    f"request is addressed to {h.to_region}, not {self.region}", reason=Reason.WRONG_RECIPIENT
-                )
-            expected = (subjects.request_subject if durable else subjects.rpc_subject)(
-                self.region, h.service_code
-            )
-            if subject != expected:
-                raise EnvelopeRejected(
-                    "request arrived on a subject that does not match its header",
-                    reason=Reason.SUBJECT_MISMATCH,
-                )
-            created = messages.seconds(h.created_at)
-            window = self.cfg.connector
-            if not durable and created < now - window.freshness_window_s:
-                raise EnvelopeRejected("request is older than the freshness window", reason=Reason.STALE)
-            if created > now + window.clock_skew_s:
-                raise EnvelopeRejected(
-                    "request is dated beyond the allowed clock skew", reason=Reason.FROM_THE_FUTURE
-                )
-            return verified
-
-    def open_request(
-        self, verified: envelope.Verified
-    ) -> tuple[exchange_pb2.ServiceRequest, CatalogueItem, Adapter]:
-        """Open the seal, check header/body agreement, the registry's access rule (again: never
-        trusting the sending gateway alone) and the form; find the adapter."""
-        h = verified.header
-        with self.tracer.start_as_current_span("connector.open"), self.metrics.hop(TimedHop.OPEN):
-            plaintext = messages.open_body(
-                verified, self.secrets.sealing_for(verified.header.recipient_key_id)
-            )
-            try:
-                request = exchange_pb2.RequestBody.FromString(plaintext).request
-            except DecodeError as exc:
-                raise EnvelopeRejected(
-                    "sealed body does not decode", reason=Reason.ENVELOPE_MALFORMED
-                ) from exc
-            if request.service_code != h.service_code or request.target_region != h.to_region:
-                raise Refused("sealed request does not match its header", reason=Reason.HEADER_BODY_MISMATCH)
-        svc = h.service_code
-        if not self.registry.provides(self.region, svc) or not self.registry.allows(
-            h.from_region, h.origin_system, svc, self.region
-        ):
-            raise Refused(f"region {h.from_region} may not call {svc} here", reason=Reason.NOT_AUTHORISED)
-        item = validate_request(self.catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
-        adapter = self.adapters.get(svc)
-        if adapter is None:
-            raise Refused(f"no back end serves {svc} in {self.region}", reason=Reason.SERVICE_NOT_SERVED)
-        return request, item, adapter
-
     async def _process(self, subject: str, data: bytes, now: float, received_ns: int) -> bytes:
-        verified = self.verify_request(subject, data, now, durable=False)
+        verified = self.inbound.verify(subject, data, now, durable=False)
         h = verified.header
         deadline = messages.seconds(h.deadline)
         if deadline <= now:
             raise EnvelopeRejected("request deadline has passed", reason=Reason.EXPIRED)
-        await self._check_replay(h.message_id, now)
-        request, item, adapter = self.open_request(verified)
+        await self.inbound.replays.first_query(h.message_id, now, self.state)
+        opened = self.inbound.open(verified)
         peer = h.from_region
         self._take_peer_slot(peer)
         try:
-            return await self._answer(verified, request, item, adapter, now, received_ns)
+            return await self._answer(verified, opened, now, received_ns)
         finally:
             self._peer_in_flight[peer] -= 1
 
@@ -450,42 +306,24 @@ class Connector:
         self._peer_in_flight[peer] = taken + 1
 
     async def _answer(
-        self,
-        verified: envelope.Verified,
-        request: exchange_pb2.ServiceRequest,
-        item: CatalogueItem,
-        adapter: Adapter,
-        now: float,
-        received_ns: int,
+        self, verified: envelope.Verified, opened: Opened, now: float, received_ns: int
     ) -> bytes:
         """Record RECEIVED, call the back end within the deadline, seal and sign the answer, record
         PROCESSED; the reply envelope."""
         h = verified.header
         deadline = messages.seconds(h.deadline)
         svc = h.service_code
+        request, item, adapter = opened
 
         allowed = response_projection(item, tuple(request.governance.declared_fields))
-        trace_id = telemetry.trace_id_of(h.traceparent) or telemetry.current_trace_id()
+        trace_id = request_trace_id(h)
         # Every access to the back end is on record before it happens.
         [received] = await self.ledger.append(
-            draft(
-                Event.RECEIVED,
-                h.message_id,
-                peer=h.from_region,
-                service=svc,
-                digest=verified.digest,
-                trace_id=trace_id,
-                time_ns=received_ns,
-            )
+            entry(Event.RECEIVED, h, digest=verified.digest, trace_id=trace_id, time_ns=received_ns)
         )
         body = exchange_pb2.ResponseBody()
         outcome: str = OK
-        with (
-            self.tracer.start_as_current_span(
-                "connector.adapter", kind=SpanKind.CLIENT, attributes={"tongban.service_code": svc}
-            ) as sp,
-            self.metrics.hop(TimedHop.ADAPTER),
-        ):
+        with self.inbound.calling_backend(svc) as sp:
             try:
                 # Keep a little of the deadline for sealing, the ledger and the reply.
                 remaining = deadline - time.time()
@@ -513,43 +351,24 @@ class Connector:
         body.responded_at.CopyFrom(messages.timestamp(time.time()))
 
         with self.tracer.start_as_current_span("connector.reply"), self.metrics.hop(TimedHop.REPLY):
-            recipient_kid, recipient = self.registry.sealing_key_for(h.from_region)
-            reply_header = envelope_pb2.Header(
+            reply_header = answer_header(
+                h,
+                region=self.region,
                 message_id=new_message_id(),
                 kind=envelope_pb2.MESSAGE_KIND_RESPONSE,
-                service_code=svc,
-                from_region=self.region,
-                to_region=h.from_region,
-                created_at=messages.timestamp(time.time()),
-                deadline=h.deadline,
-                traceparent=telemetry.current_traceparent(),
-                subject_digest=h.subject_digest,
-                subject_masked=h.subject_masked,
-                purpose=h.purpose,
                 content_type=messages.RESPONSE_CONTENT_TYPE,
-                in_reply_to=h.message_id,
                 request_digest=verified.digest,
-                receipt=sign_receipt(
-                    region=self.region,
-                    leaf_index=received.index,
-                    envelope_digest=verified.digest,
-                    message_id=h.message_id,
-                    key=self.secrets.signing,
-                ),
+                traceparent=telemetry.current_traceparent(),
+                deadline=h.deadline,
+                receipt=receipt(self.region, received, verified, self.secrets.signing),
             )
-            built = messages.build_sealed(
-                reply_header,
-                body.SerializeToString(),
-                recipient_key_id=recipient_kid,
-                recipient=recipient,
-                signer=self.secrets.signing,
+            built = seal_to_recipient(
+                reply_header, body.SerializeToString(), registry=self.registry, signer=self.secrets.signing
             )
             await self.ledger.append(
-                draft(
+                entry(
                     Event.PROCESSED,
-                    h.message_id,
-                    peer=h.from_region,
-                    service=svc,
+                    h,
                     digest=built.digest,
                     trace_id=trace_id,
                     detail=Detail(outcome=outcome),
@@ -564,15 +383,14 @@ class Connector:
         refusal = problem_of(exc)
         req_digest = envelope.digest(data)
         # Header values are unverified here: only well-formed ids and codes we know are recorded.
-        mid, svc, peer = self._labels(header)
-        # A request without a usable message id is named by its digest.
-        message_id = mid or "sha256:" + req_digest[:8].hex()
+        labels: Labels = self.inbound.labels(header)
+        message_id = labels.name(req_digest)
         trace_id = telemetry.trace_id_of(header.traceparent) if header else ""  # validated format
         reply_header = envelope_pb2.Header(
             message_id=new_message_id(),
-            service_code=svc,
+            service_code=labels.service_code,
             from_region=self.region,
-            to_region=peer,
+            to_region=labels.peer_region,
             created_at=messages.timestamp(time.time()),
             traceparent=telemetry.current_traceparent(),
             in_reply_to=message_id,
@@ -584,8 +402,8 @@ class Connector:
             draft(
                 Event.REJECTED,
                 message_id,
-                peer=peer,
-                service=svc,
+                peer=labels.peer_region,
+                service=labels.service_code,
                 digest=req_digest,
                 trace_id=trace_id,
                 detail=Detail(outcome=exc.reason),

@@ -168,15 +168,6 @@ class ConnectorState:
 
         return await self.db.run(tx, write=False)
 
-    async def case(self, case_no: str) -> CaseRef | None:
-        def tx(conn: sqlite3.Connection) -> CaseRef | None:
-            row = conn.execute(
-                f"SELECT {_CASE_COLUMNS} FROM case_seq WHERE case_no = ?", (case_no,)
-            ).fetchone()
-            return None if row is None else CaseRef(*row)
-
-        return await self.db.run(tx, write=False)
-
     async def record(
         self,
         *,
@@ -270,11 +261,6 @@ class ConnectorState:
             return events
 
         return await self.db.run(tx)
-
-    async def count_processed(self) -> int:
-        return await self.db.run(
-            lambda c: int(c.execute("SELECT count(*) FROM processed").fetchone()[0]), write=False
-        )
 
 
 def _events(conn: sqlite3.Connection, message_id: str) -> list[OutEvent]:

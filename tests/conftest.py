@@ -23,10 +23,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from connectors.adapters import Adapter
-from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
+from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import LedgerStore
+from tests.adapters import CountingAdapter
+from tests.connectors.parts import connector_parts
 from tests.helpers import eventually
 from tongban.core import subjects
 from tongban.core.catalogue import Catalogue
@@ -147,13 +149,8 @@ async def start_stack(
         registry = load_registry(cfg)
         metrics = Metrics("connector", region, services=catalogue.codes()) if metered else NO_METRICS
         node.connector = Connector(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=catalogue,
+            connector_parts(cfg, ledger, registry=registry, catalogue=catalogue, metrics=metrics),
             adapters=node.adapters,
-            ledger=ledger,
-            metrics=metrics,
         )
         if metered:
             node.monitors["connector"] = monitor_component(

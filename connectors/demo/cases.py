@@ -9,10 +9,11 @@ finds its row and gets the same answer: the back end is idempotent, as :class:`C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,41 +55,28 @@ class DemoCaseAdapter:
         statuses = await submit_via_call(self.inner, request, local_system=LOCAL_SYSTEM)
         return await asyncio.to_thread(self._record, request, statuses)
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own in a write transaction taken at once, committed when the block
+        ends (rolled back if it raises)."""
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-
-    def _seen(self, message_id: str) -> list[StatusUpdate] | None:
-        conn = self._connect()
         try:
+            conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute(
-                "SELECT statuses FROM demo_case_effects WHERE message_id = ?", (message_id,)
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "UPDATE demo_case_effects SET attempts = attempts + 1 WHERE message_id = ?", (message_id,)
-                )
+            yield conn
             conn.execute("COMMIT")
-            return None if row is None else [StatusUpdate(**s) for s in json.loads(row[0])]
         finally:
             conn.close()
 
+    def _seen(self, message_id: str) -> list[StatusUpdate] | None:
+        with self._write() as conn:
+            return _attempt_again(conn, message_id)
+
     def _record(self, request: AdapterRequest, statuses: list[StatusUpdate]) -> list[StatusUpdate]:
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute(
-                "SELECT statuses FROM demo_case_effects WHERE message_id = ?", (request.message_id,)
-            ).fetchone()
-            if row is not None:  # a concurrent attempt won: its answer stands
-                conn.execute(
-                    "UPDATE demo_case_effects SET attempts = attempts + 1 WHERE message_id = ?",
-                    (request.message_id,),
-                )
-                conn.execute("COMMIT")
-                return [StatusUpdate(**s) for s in json.loads(row[0])]
+        with self._write() as conn:
+            stored = _attempt_again(conn, request.message_id)
+            if stored is not None:  # a concurrent attempt won: its answer stands
+                return stored
             conn.execute(
                 "INSERT INTO demo_case_effects"
                 " (message_id, case_no, service, requester_region, statuses, created_ns)"
@@ -102,10 +90,18 @@ class DemoCaseAdapter:
                     time.time_ns(),
                 ),
             )
-            conn.execute("COMMIT")
             return statuses
-        finally:
-            conn.close()
+
+
+def _attempt_again(conn: sqlite3.Connection, message_id: str) -> list[StatusUpdate] | None:
+    """The statuses stored for ``message_id`` (counting this attempt), or None for a new case."""
+    row = conn.execute(
+        "SELECT statuses FROM demo_case_effects WHERE message_id = ?", (message_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute("UPDATE demo_case_effects SET attempts = attempts + 1 WHERE message_id = ?", (message_id,))
+    return [StatusUpdate(**s) for s in json.loads(row[0])]
 
 
 def case_effects(path: str | Path) -> dict[str, int]:

@@ -14,14 +14,9 @@ import pytest
 from google.protobuf import struct_pb2
 
 from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
-from connectors.demo.backends import (
-    SEEDED_ENTERPRISES,
-    SEEDED_PERSONS,
-    CountingAdapter,
-    DemoBackend,
-    FailingAdapter,
-    demo_adapters,
-)
+from connectors.demo.backends import DemoBackend, demo_adapters
+from connectors.demo.seed import SEEDED_ENTERPRISES, SEEDED_PERSONS
+from tests.adapters import CountingAdapter, FailingAdapter
 from tongban.core.catalogue import Catalogue
 from tongban.core.errors import NotFound
 from tongban.v1 import exchange_pb2

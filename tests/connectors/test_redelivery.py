@@ -112,14 +112,7 @@ async def test_two_connector_replicas_share_one_consumer(topology: Topology, sta
     stack = await start_stack(topology, state, config={"connector": {"fetch_batch": 1}})
     node = stack.nodes[WX]
     assert node.connector is not None
-    second = Connector(
-        node.cfg,
-        registry=node.connector.registry,
-        secrets=node.connector.secrets,
-        catalogue=node.connector.catalogue,
-        adapters=node.adapters,
-        ledger=node.ledger,
-    )
+    second = Connector(node.connector.parts, adapters=node.adapters)
     await second.start()
     try:
         stub = stack.stub(SZ)

@@ -13,6 +13,7 @@ from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import SQLiteLedger
 from tests.conftest import SZ
+from tests.connectors.parts import connector_parts
 from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.runtime.component import ComponentParts
@@ -60,14 +61,7 @@ async def test_connector_whose_state_store_cannot_open_releases_everything(
     cfg.connector.state_store = "/proc/no-such-dir/state.sqlite"  # cannot be created
     registry = load_registry(cfg)
     async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
-        connector = Connector(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=Catalogue.load(),
-            adapters={},
-            ledger=ledger,
-        )
+        connector = Connector(connector_parts(cfg, ledger, registry=registry), adapters={})
         with pytest.raises(Exception):  # noqa: B017 (any failure to open; the point is the cleanup)
             await connector.start()
     assert connector.nc is None and connector.state is None and connector.trust is None

@@ -11,8 +11,8 @@ import nats
 import pytest
 
 from connectors.adapters import AdapterRequest
-from connectors.demo.backends import FailingAdapter
 from ledger import Event
+from tests.adapters import FailingAdapter
 from tests.conftest import QD, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension

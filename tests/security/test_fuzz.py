@@ -17,12 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.demo.backends import CountingAdapter, DemoBackend, demo_adapters
+from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from ledger import Event, SQLiteLedger
+from tests.adapters import CountingAdapter
+from tests.connectors.parts import connector_parts
 from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
-from tongban.core.catalogue import Catalogue
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.message_ids import new_message_id
 from tongban.ops.devstate import init_state
@@ -63,15 +64,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     adapters = {
         c: CountingAdapter(a) for c, a in demo_adapters(DemoBackend(wx.path(wx.connector.demo_db))).items()
     }
-    connector = Connector(
-        wx,
-        registry=load_registry(wx),
-        secrets=load_secrets(wx),
-        catalogue=Catalogue.load(),
-        adapters=adapters,
-        ledger=ledger,
-        durable=False,
-    )
+    connector = Connector(connector_parts(wx, ledger), adapters=adapters, durable=False)
     # A valid request from Shenzhen, signed and sealed as its gateway would (never sent as is).
     registry, signer = load_registry(sz), load_secrets(sz)
     kid, recipient = registry.sealing_key_for(WX)

@@ -22,8 +22,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from connectors.demo.backends import DemoBackend, FailingAdapter, demo_adapters
+from connectors.demo.backends import DemoBackend, demo_adapters
 from ledger import Event
+from tests.adapters import FailingAdapter
 from tests.conftest import SZ, WX, Pki, Stack, start_stack, stop_stack
 from tests.e2e.cases import CASE_SERVICE, submit_request, watch
 from tests.e2e.cli import tongban
