@@ -102,14 +102,8 @@ class CaseWorker:
             ack_wait_s=c.ack_wait_s,
             max_ack_pending=self._batch * 4,
         )
-        self._forwarder = Forwarder(
-            self.nc,
-            self.region,
-            subjects.OutKind.EVENT,
-            ack_wait_s=self.cfg.gateway.ack_wait_s,
-            retry_max_s=self.cfg.gateway.forward_retry_max_s,
-            publish_timeout_s=self.cfg.gateway.publish_timeout_s,
-            metrics=self.inbound.metrics,
+        self._forwarder = Forwarder.for_config(
+            self.cfg, self.nc, subjects.OutKind.EVENT, self.inbound.metrics
         )
         await self._forwarder.start()
         self._fetcher.start(sub, task_name="case-worker")

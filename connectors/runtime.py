@@ -14,7 +14,6 @@ Replicas of one region subscribe in one queue group, so NATS spreads requests ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from typing import Any, Literal
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from opentelemetry.trace import Span, Status
+from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
 from connectors.adapters import Adapter, AdapterFailure, adapter_request
@@ -199,12 +198,6 @@ class Connector:
             "nats": self.nc is not None and self.nc.is_connected,
             "registry": self.secrets.signing_key_usable(),
         }
-
-    def receive_scope(
-        self, header: envelope_pb2.Header | None, destination: str, transport_traceparent: str = ""
-    ) -> contextlib.AbstractContextManager[Span]:
-        """Log context and span of one received request: :meth:`Inbound.receive_scope`."""
-        return self.inbound.receive_scope(header, destination, transport_traceparent)
 
     async def __aenter__(self) -> Connector:
         await self.start()

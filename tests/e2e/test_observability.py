@@ -163,7 +163,7 @@ async def test_an_unsigned_traceparent_cannot_move_a_request_into_another_trace(
     other_trace = "00-" + "9" * 32 + "-" + "4" * 16 + "-01"
     header = envelope_pb2.Header(traceparent=signed_tp)
     for transport, parent_span in ((same_trace, "3" * 16), (other_trace, "2" * 16), ("", "2" * 16)):
-        with connector.receive_scope(header, "tb.v1.req.320200.>", transport) as span:
+        with connector.inbound.receive_scope(header, "tb.v1.req.320200.>", transport) as span:
             assert isinstance(span, ReadableSpan) and span.parent is not None
             assert format(span.context.trace_id, "032x") == "1" * 32
             assert format(span.parent.span_id, "016x") == parent_span

@@ -20,8 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from connectors.adapters import StatusUpdate
-from connectors.cases import CaseWorker
-from connectors.runtime import Connector
+from connectors.case_events import CaseEvents
 from connectors.state import ConnectorState
 from tongban.core.catalogue import Catalogue
 from tongban.ops.cli.common import (
@@ -35,6 +34,7 @@ from tongban.ops.cli.common import (
 )
 from tongban.runtime.ledgers import store_for
 from tongban.runtime.node import load_registry, load_secrets
+from tongban.runtime.streams import ensure_streams
 from tongban.v1 import exchange_pb2, exchange_pb2_grpc
 
 SEND_STATUS = "send-status"
@@ -293,19 +293,16 @@ def _send_status(args: argparse.Namespace) -> int:
         try:
             await state.open()
             async with store_for(cfg) as ledger:
-                connector = Connector(
+                registry = load_registry(cfg)
+                case_events = CaseEvents(
                     cfg,
-                    registry=(registry := load_registry(cfg)),
+                    registry=registry,
                     secrets=load_secrets(cfg, registry),
-                    catalogue=Catalogue.load(),
-                    adapters={},
                     ledger=ledger,
-                    nc=nc,
-                    durable=False,
+                    state=state,
+                    js=await ensure_streams(nc, cfg.region.code, replicas=cfg.nats.stream_replicas),
                 )
-                worker = CaseWorker(connector, state, nc)
-                await worker.attach()
-                events = await worker.report_status(args.case_no, [update])
+                events = await case_events.report_status(args.case_no, [update])
         finally:
             await state.close()
             await nc.close()
