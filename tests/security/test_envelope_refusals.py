@@ -20,43 +20,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any
 
 import grpc
 import nats.errors
 import pytest
 import pytest_asyncio
 
-from connectors.runtime import Connector
-from ledger import Entry, Event
-from tests.conftest import QD, REGIONS, SZ, WX, Stack, resigned_registry, start_stack, stop_stack
+from ledger import Event
+from tests.conftest import QD, REGIONS, SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.cases import submit_request
-from tests.e2e.grpc_errors import Details, details_of
+from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
-from tests.e2e.tamper import body_flip, craft, header_flip, send, send_ok, sig_flip
+from tests.e2e.tamper import body_flip, header_flip, send, send_ok, sig_flip
 from tests.helpers import eventually, nkey_connect, note
-from tongban.core import envelope, messages, subjects
+from tests.security.refusal_scene import (
+    GARBAGE,
+    OTHER_SERVICE,
+    SERVICE,
+    UNDECODABLE,
+    Code,
+    Edit,
+    Scene,
+    Sent,
+    edit,
+    edited,
+    edited_registry,
+    for_qingdao,
+    forged,
+    from_the_future,
+    only_another_service,
+    only_partner_szgov_ywtb,
+    refused_by_connector,
+    refused_by_gateway,
+    reheadered,
+    request_body,
+    resigned,
+    sealed,
+    sealed_for_qingdao_under_our_key_id,
+    sealing,
+    sealing_key_as_signer,
+    secrets,
+    served_once,
+    served_then_restarted,
+    shenzhen_signing_key_expired,
+    shenzhen_signing_key_not_yet_valid,
+    signing_key,
+    unnamed,
+    validity,
+    wuxi_does_not_provide,
+)
+from tongban.core import envelope, subjects
 from tongban.core.errors import Reason
 from tongban.core.keys import SigningKey
-from tongban.core.registry import Registry
 from tongban.ops.devstate import init_state
 from tongban.ops.natsserver import Topology
-from tongban.runtime.config import Config
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import RegionSecrets, load_registry, load_secrets
-from tongban.v1 import envelope_pb2, exchange_pb2, registry_pb2
+from tongban.v1 import envelope_pb2
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-SERVICE = "SBJFJLCX0001"  # what craft() and pension() ask Wuxi for
-OTHER_SERVICE = "WFZJLZM00001"
-Code = grpc.StatusCode
-UNDECODABLE = b"\x0a\xff\xff\xff\x0f"  # a field whose length runs past the end
-GARBAGE = UNDECODABLE + b"not a protobuf"
-Edit = Callable[[registry_pb2.TrustRegistry], None]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -76,307 +101,11 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
             await stop_stack(s)
 
 
-class Sent(NamedTuple):
-    """An envelope sent to Wuxi, and the name its REJECTED entry must carry."""
-
-    data: bytes
-    message_id: str
-
-
-@dataclass
-class Scene:
-    """One test's view of the shared stack: what the test caused (ledger entries and back-end calls
-    since it started) and envelopes with message ids no other test of the module used.
-
-    craft() names a message by the millisecond it was made in, and Wuxi's connector remembers every
-    id for the freshness window: two envelopes made in one millisecond would be refused as REPLAYED.
-    """
-
-    stack: Stack
-    sizes: dict[str, int] = field(default_factory=dict)
-    calls: int = 0
-
-    async def rebase(self) -> None:
-        """From now on, count only what comes after this point."""
-        self.sizes = {region: await node.ledger.size() for region, node in self.stack.nodes.items()}
-        self.calls = self.stack.nodes[WX].backend_calls()
-
-    def craft(self, **kw: Any) -> messages.Built:
-        """craft() (tests/e2e/tamper.py): a fresh message id each time."""
-        return craft(self.stack, **kw)
-
-    def sent(self, **kw: Any) -> Sent:
-        """What :meth:`craft` makes, named by its message id."""
-        built = self.craft(**kw)
-        return Sent(built.data, built.header.message_id)
-
-    async def entries(self, region: str) -> list[Entry]:
-        return await self.stack.nodes[region].ledger.entries(self.sizes[region])
-
-    def backend_calls(self) -> int:
-        return self.stack.nodes[WX].backend_calls() - self.calls
-
-
 @pytest_asyncio.fixture(loop_scope="module")
 async def scene(stack: Stack) -> Scene:
     s = Scene(stack)
     await s.rebase()
     return s
-
-
-class _HoldsRegistry(Protocol):
-    registry: Registry
-
-
-def _connector(stack: Stack) -> Connector:
-    connector = stack.nodes[WX].connector
-    assert connector is not None
-    return connector
-
-
-@contextlib.contextmanager
-def edited_registry(
-    stack: Stack, edit: Edit | None, *, at: Literal["connector", "gateway"]
-) -> Iterator[None]:
-    """Wuxi's connector (``at="connector"``) or Shenzhen's gateway (``at="gateway"``) holds the dev
-    registry with ``edit`` applied (if any), re-signed by the root, until the block ends."""
-    if edit is None:
-        yield
-        return
-    holder: _HoldsRegistry
-    if at == "connector":
-        holder = _connector(stack)
-    else:
-        gateway = stack.nodes[SZ].gateway
-        assert gateway is not None and gateway.desk is not None
-        holder = gateway.desk.core
-    original = holder.registry
-    holder.registry = resigned_registry(stack.state, edit)
-    try:
-        yield
-    finally:
-        holder.registry = original
-
-
-# -- registry edits ------------------------------------------------------------------------------
-
-
-def _shenzhen_to_wuxi(doc: registry_pb2.TrustRegistry) -> list[registry_pb2.AccessRule]:
-    rules = [r for r in doc.access_rules if r.caller_region == SZ and r.provider_region == WX]
-    assert rules
-    return rules
-
-
-def _only_partner_szgov_ywtb(doc: registry_pb2.TrustRegistry) -> None:
-    """Shenzhen may call Wuxi only from its 一网通办 platform, not from the dev partner."""
-    for rule in _shenzhen_to_wuxi(doc):
-        rule.caller_system = "szgov-ywtb"
-
-
-def _only_another_service(doc: registry_pb2.TrustRegistry) -> None:
-    """Shenzhen may call Wuxi for another service, not for the pension record."""
-    for rule in _shenzhen_to_wuxi(doc):
-        rule.service_code = OTHER_SERVICE
-
-
-def _wuxi_does_not_provide(doc: registry_pb2.TrustRegistry) -> None:
-    for region in doc.regions:
-        if region.code == WX:
-            keep = [s for s in region.provided_services if s != SERVICE]
-            del region.provided_services[:]
-            region.provided_services.extend(keep)
-
-
-def _shenzhen_signing_key(doc: registry_pb2.TrustRegistry) -> registry_pb2.RegionKey:
-    region = next(r for r in doc.regions if r.code == SZ)
-    return next(k for k in region.keys if k.use == registry_pb2.KEY_USE_SIGNING)
-
-
-def _shenzhen_signing_key_expired(doc: registry_pb2.TrustRegistry) -> None:
-    _shenzhen_signing_key(doc).not_after.CopyFrom(messages.timestamp(time.time() - 60))
-
-
-def _shenzhen_signing_key_not_yet_valid(doc: registry_pb2.TrustRegistry) -> None:
-    _shenzhen_signing_key(doc).not_before.CopyFrom(messages.timestamp(time.time() + 3600))
-
-
-# -- envelopes -----------------------------------------------------------------------------------
-
-
-def _secrets(stack: Stack, region: str) -> RegionSecrets:
-    return load_secrets(Config.load(stack.state.config_path(region)))
-
-
-def _signing_key(stack: Stack, region: str) -> SigningKey:
-    return _secrets(stack, region).signing
-
-
-def _resigned(stack: Stack, data: bytes, edit: Callable[[envelope_pb2.Header], None]) -> bytes:
-    """``data`` with its header edited and signed again with Shenzhen's real key. The body stays
-    sealed under the old header: the checks these edits meet come before the seal is opened."""
-    env = envelope_pb2.Envelope.FromString(data)
-    header = envelope_pb2.Header.FromString(env.header)
-    edit(header)
-    return envelope.sign(header.SerializeToString(deterministic=True), env.body, _signing_key(stack, SZ))
-
-
-def _sealed(stack: Stack, built: messages.Built, plaintext: bytes) -> bytes:
-    """``built``'s header with ``plaintext`` sealed for Wuxi under it, signed with Shenzhen's real key."""
-    header = envelope_pb2.Header()
-    header.CopyFrom(built.header)
-    kid, recipient = load_registry(Config.load(stack.state.config_path(SZ))).sealing_key_for(WX)
-    return messages.build_sealed(
-        header, plaintext, recipient_key_id=kid, recipient=recipient, signer=_signing_key(stack, SZ)
-    ).data
-
-
-def _request_body(request: exchange_pb2.ServiceRequest | None = None) -> bytes:
-    return exchange_pb2.RequestBody(request=request or pension().request).SerializeToString()
-
-
-def _edited(data: bytes, edit: Callable[[envelope_pb2.Envelope], None]) -> bytes:
-    env = envelope_pb2.Envelope.FromString(data)
-    edit(env)
-    return env.SerializeToString()
-
-
-# -- the changes ---------------------------------------------------------------------------------
-
-
-def _unnamed(data: bytes) -> Sent:
-    """Bytes with no usable message id: the connector names them by their digest."""
-    return Sent(data, "sha256:" + envelope.digest(data)[:8].hex())
-
-
-def _edit(s: Scene, edit: Callable[[envelope_pb2.Envelope], None]) -> Sent:
-    """A crafted envelope, ``edit`` made to it after signing."""
-    built = s.craft()
-    return Sent(_edited(built.data, edit), built.header.message_id)
-
-
-def _reheadered(s: Scene, **fields: Any) -> Sent:
-    """A crafted envelope, ``fields`` set in its header, signed again by Shenzhen (:func:`_resigned`)."""
-    built = s.craft()
-
-    def edit(h: envelope_pb2.Header) -> None:
-        for name, value in fields.items():
-            setattr(h, name, value)
-
-    return Sent(_resigned(s.stack, built.data, edit), built.header.message_id)
-
-
-def _sealing(s: Scene, plaintext: bytes) -> Sent:
-    """A crafted header, ``plaintext`` sealed under it for Wuxi and signed by Shenzhen."""
-    built = s.craft()
-    return Sent(_sealed(s.stack, built, plaintext), built.header.message_id)
-
-
-def _forged(s: Scene, private_of: str | None) -> Sent:
-    """Signed under Shenzhen's key id with the real key of ``private_of`` (None: a key no registry
-    knows)."""
-    key = _signing_key(s.stack, private_of) if private_of else SigningKey.generate(SZ)
-    return s.sent(signer=SigningKey(_signing_key(s.stack, SZ).key_id, key.private))
-
-
-def _sealing_key_as_signer(s: Scene) -> Sent:
-    """A registered key of the sender, but its sealing (KEM) key, named as the signer."""
-    sz = _secrets(s.stack, SZ)
-    return s.sent(signer=SigningKey(sz.sealing.key_id, sz.signing.private))
-
-
-def _sealed_for_qingdao_under_our_key_id(s: Scene) -> Sent:
-    wx_kid, _ = load_registry(Config.load(s.stack.state.config_path(SZ))).sealing_key_for(WX)
-    return s.sent(sealed_for=QD, recipient_key_id=wx_kid)
-
-
-def _for_qingdao() -> bytes:
-    """The header says Wuxi; the request sealed inside targets Qingdao."""
-    request = pension().request
-    request.target_region = QD
-    return _request_body(request)
-
-
-def _from_the_future(s: Scene) -> Sent:
-    created = time.time() + s.stack.nodes[WX].cfg.connector.clock_skew_s + 5
-    return s.sent(created=created, deadline=created + 10)
-
-
-def _validity(s: Scene) -> str:
-    return f"key {_signing_key(s.stack, SZ).key_id} is outside its validity period"
-
-
-async def _served_once(s: Scene, sent: Sent) -> None:
-    await send_ok(s.stack, sent.data)
-    assert [e.event for e in await s.entries(WX)] == [Event.RECEIVED, Event.PROCESSED]
-    assert s.stack.nodes[WX].adapters[SERVICE].calls[sent.message_id] == 1
-    await s.rebase()
-
-
-async def _served_then_restarted(s: Scene, sent: Sent) -> None:
-    await send_ok(s.stack, sent.data)
-    await _restart_wuxi_connector(s.stack)
-    await s.rebase()
-
-
-async def _restart_wuxi_connector(stack: Stack) -> None:
-    """Wuxi's connector process stops; a new one (same config, keys, ledger, back ends) starts."""
-    node = stack.nodes[WX]
-    old = _connector(stack)
-    await old.stop()
-    node.connector = Connector(old.parts, adapters=node.adapters)
-    await node.connector.start()
-    nc = await stack.nats(SZ)
-
-    async def reachable() -> bool:
-        try:
-            await nc.request(subjects.ping_subject(WX), b"", timeout=0.5)
-            return True
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            return False
-
-    try:
-        await eventually(reachable, what="the new Wuxi connector reachable from Shenzhen")
-    finally:
-        await nc.close()
-
-
-# -- assertions ----------------------------------------------------------------------------------
-
-
-async def refused_by_connector(
-    scene: Scene,
-    data: bytes,
-    *,
-    reason: str,
-    code: grpc.StatusCode,
-    message: str,
-    message_id: str,
-    service: str = SERVICE,
-) -> None:
-    """Wuxi answers ``data`` with a signed Problem saying exactly this, records REJECTED and nothing
-    else under ``message_id``; neither its back end nor Shenzhen's ledger sees anything."""
-    problem = await send(scene.stack, data, service)
-    assert (problem.reason, problem.code, problem.message) == (reason, code.value[0], message), problem
-    assert not problem.field_violations
-    wx = await scene.entries(WX)
-    assert [(e.event, note(e), e.message_id, e.envelope_digest) for e in wx] == [
-        (Event.REJECTED, reason, message_id, envelope.digest(data))
-    ]
-    assert scene.backend_calls() == 0
-    assert await scene.entries(SZ) == []
-
-
-async def refused_by_gateway(scene: Scene, request: exchange_pb2.QueryRequest, *, detail: str) -> Details:
-    """Shenzhen's gateway refuses ``request``: one REJECTED entry (``detail``), nothing sent on."""
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await scene.stack.stub(SZ).Query(request, timeout=5)
-    sz = await scene.entries(SZ)
-    assert [(e.event, note(e), e.peer_region, e.service_code) for e in sz] == [
-        (Event.REJECTED, detail, WX, SERVICE)
-    ]
-    assert await scene.entries(WX) == []
-    assert scene.backend_calls() == 0
-    return details_of(exc.value)
 
 
 # -- the control ---------------------------------------------------------------------------------
@@ -387,8 +116,8 @@ async def test_the_untouched_envelope_is_served(scene: Scene) -> None:
     them, so every refusal below is that one change's."""
     crafted = scene.craft()
     await send_ok(scene.stack, crafted.data)
-    await send_ok(scene.stack, _resigned(scene.stack, scene.craft().data, lambda h: None))
-    await send_ok(scene.stack, _sealed(scene.stack, scene.craft(), _request_body()))
+    await send_ok(scene.stack, resigned(scene.stack, scene.craft().data, lambda h: None))
+    await send_ok(scene.stack, sealed(scene.stack, scene.craft(), request_body()))
     wx = await scene.entries(WX)
     assert [e.event for e in wx] == [Event.RECEIVED, Event.PROCESSED] * 3
     assert scene.backend_calls() == 3
@@ -428,34 +157,34 @@ MALFORMED = (Reason.ENVELOPE_MALFORMED, Code.INVALID_ARGUMENT)
 # fmt: off
 REFUSALS = [
     # signature and signer
-    case("unsigned", lambda s: _edit(s, lambda env: env.ClearField("signatures")),
+    case("unsigned", lambda s: edit(s, lambda env: env.ClearField("signatures")),
          Reason.ENVELOPE_UNSIGNED, Code.UNAUTHENTICATED, "envelope carries no signature"),
-    case("tampered-header", lambda s: _edit(s, header_flip), *BAD_SIGNATURE),
-    case("tampered-body", lambda s: _edit(s, body_flip), *BAD_SIGNATURE),
-    case("tampered-signature", lambda s: _edit(s, sig_flip), *BAD_SIGNATURE),
-    case("signed-by-another-region-under-the-senders-key-id", lambda s: _forged(s, QD), *BAD_SIGNATURE),
-    case("signed-by-an-unregistered-key-under-the-senders-key-id", lambda s: _forged(s, None),
+    case("tampered-header", lambda s: edit(s, header_flip), *BAD_SIGNATURE),
+    case("tampered-body", lambda s: edit(s, body_flip), *BAD_SIGNATURE),
+    case("tampered-signature", lambda s: edit(s, sig_flip), *BAD_SIGNATURE),
+    case("signed-by-another-region-under-the-senders-key-id", lambda s: forged(s, QD), *BAD_SIGNATURE),
+    case("signed-by-an-unregistered-key-under-the-senders-key-id", lambda s: forged(s, None),
          *BAD_SIGNATURE),
     # Qingdao signs, under its own key id, an envelope that says it comes from Shenzhen
-    case("signed-by-another-regions-key", lambda s: s.sent(signer=_signing_key(s.stack, QD)),
+    case("signed-by-another-regions-key", lambda s: s.sent(signer=signing_key(s.stack, QD)),
          Reason.KEY_REGION_MISMATCH, Code.UNAUTHENTICATED, "signing key belongs to another region"),
     case("unknown-key-id", lambda s: s.sent(signer=SigningKey.generate(SZ)),
          Reason.UNKNOWN_KEY, Code.UNAUTHENTICATED, "signing key id is not in the trust registry"),
-    case("sealing-key-id-as-signer", _sealing_key_as_signer, Reason.KEY_NOT_FOR_SIGNING, Code.UNAUTHENTICATED,
-         lambda s: f"key {_secrets(s.stack, SZ).sealing.key_id} is not a signing key"),
-    case("expired-signing-key", Scene.sent, Reason.KEY_EXPIRED, Code.UNAUTHENTICATED, _validity,
-         registry=_shenzhen_signing_key_expired),
-    case("not-yet-valid-signing-key", Scene.sent, Reason.KEY_EXPIRED, Code.UNAUTHENTICATED, _validity,
-         registry=_shenzhen_signing_key_not_yet_valid),
-    case("unsupported-suite", lambda s: _reheadered(s, suite="rsa1024+none"),
+    case("sealing-key-id-as-signer", sealing_key_as_signer, Reason.KEY_NOT_FOR_SIGNING, Code.UNAUTHENTICATED,
+         lambda s: f"key {secrets(s.stack, SZ).sealing.key_id} is not a signing key"),
+    case("expired-signing-key", Scene.sent, Reason.KEY_EXPIRED, Code.UNAUTHENTICATED, validity,
+         registry=shenzhen_signing_key_expired),
+    case("not-yet-valid-signing-key", Scene.sent, Reason.KEY_EXPIRED, Code.UNAUTHENTICATED, validity,
+         registry=shenzhen_signing_key_not_yet_valid),
+    case("unsupported-suite", lambda s: reheadered(s, suite="rsa1024+none"),
          Reason.UNSUPPORTED_SUITE, Code.UNAUTHENTICATED, "unsupported cryptographic suite"),
     # time and replay
-    case("replayed-message", Scene.sent, *REPLAYED, before=_served_once),
-    case("replayed-message-after-a-connector-restart", Scene.sent, *REPLAYED, before=_served_then_restarted),
+    case("replayed-message", Scene.sent, *REPLAYED, before=served_once),
+    case("replayed-message-after-a-connector-restart", Scene.sent, *REPLAYED, before=served_then_restarted),
     case("stale-timestamp",
          lambda s: s.sent(created=time.time() - s.stack.nodes[WX].cfg.connector.freshness_window_s - 5),
          Reason.STALE, Code.UNAUTHENTICATED, "request is older than the freshness window"),
-    case("future-timestamp-beyond-clock-skew", _from_the_future,
+    case("future-timestamp-beyond-clock-skew", from_the_future,
          Reason.FROM_THE_FUTURE, Code.UNAUTHENTICATED, "request is dated beyond the allowed clock skew"),
     case("deadline-passed", lambda s: s.sent(deadline=time.time() - 1),
          Reason.EXPIRED, Code.DEADLINE_EXCEEDED, "request deadline has passed"),
@@ -467,24 +196,24 @@ REFUSALS = [
          "request arrived on a subject that does not match its header", service=OTHER_SERVICE),
     case("body-sealed-for-another-region", lambda s: s.sent(sealed_for=QD), Reason.SEALED_FOR_ANOTHER_KEY,
          Code.UNAUTHENTICATED, "body is sealed for a key this region does not hold"),
-    case("body-sealed-for-another-region-under-our-key-id", _sealed_for_qingdao_under_our_key_id,
+    case("body-sealed-for-another-region-under-our-key-id", sealed_for_qingdao_under_our_key_id,
          Reason.SEAL_INVALID, Code.UNAUTHENTICATED, "sealed body does not open with our key"),
-    case("sealed-request-not-matching-its-header", lambda s: _sealing(s, _for_qingdao()),
+    case("sealed-request-not-matching-its-header", lambda s: sealing(s, for_qingdao()),
          Reason.HEADER_BODY_MISMATCH, Code.INVALID_ARGUMENT, "sealed request does not match its header"),
     # authorisation: envelopes Shenzhen's gateway should never have sent (from partner dev-partner)
-    case("unauthorised-partner", Scene.sent, *NOT_AUTHORISED, registry=_only_partner_szgov_ywtb),
-    case("unauthorised-service", Scene.sent, *NOT_AUTHORISED, registry=_only_another_service),
-    case("service-not-provided", Scene.sent, *NOT_AUTHORISED, registry=_wuxi_does_not_provide),
+    case("unauthorised-partner", Scene.sent, *NOT_AUTHORISED, registry=only_partner_szgov_ywtb),
+    case("unauthorised-service", Scene.sent, *NOT_AUTHORISED, registry=only_another_service),
+    case("service-not-provided", Scene.sent, *NOT_AUTHORISED, registry=wuxi_does_not_provide),
     # shape: not a protobuf; nothing; a header that does not decode; correctly signed by Shenzhen but
     # a response; signed and sealed correctly, but what is sealed is not a RequestBody
-    case("garbage-bytes", lambda s: _unnamed(GARBAGE), *MALFORMED, "envelope does not decode"),
-    case("empty-message", lambda s: _unnamed(b""), *MALFORMED, "header lacks message id, sender or kind"),
+    case("garbage-bytes", lambda s: unnamed(GARBAGE), *MALFORMED, "envelope does not decode"),
+    case("empty-message", lambda s: unnamed(b""), *MALFORMED, "header lacks message id, sender or kind"),
     case("header-that-does-not-decode",
-         lambda s: _unnamed(_edited(s.craft().data, lambda env: setattr(env, "header", UNDECODABLE))),
+         lambda s: unnamed(edited(s.craft().data, lambda env: setattr(env, "header", UNDECODABLE))),
          *MALFORMED, "envelope does not decode"),
-    case("envelope-that-is-not-a-request", lambda s: _reheadered(s, kind=envelope_pb2.MESSAGE_KIND_RESPONSE),
+    case("envelope-that-is-not-a-request", lambda s: reheadered(s, kind=envelope_pb2.MESSAGE_KIND_RESPONSE),
          *MALFORMED, "not a request"),
-    case("sealed-body-that-does-not-decode", lambda s: _sealing(s, GARBAGE), *MALFORMED,
+    case("sealed-body-that-does-not-decode", lambda s: sealing(s, GARBAGE), *MALFORMED,
          "sealed body does not decode"),
 ]
 # fmt: on
@@ -515,11 +244,11 @@ NOT_PROVIDED = {"request.service_code": "the target region does not provide this
 
 # fmt: off
 GATEWAY_REFUSALS = [  # registry edit; REJECTED detail; code, reason, message, field violations
-    pytest.param(_only_partner_szgov_ywtb, "NOT_AUTHORISED",
+    pytest.param(only_partner_szgov_ywtb, "NOT_AUTHORISED",
                  Code.PERMISSION_DENIED, "NOT_AUTHORISED", NOT_ALLOWED, {}, id="unauthorised-partner"),
-    pytest.param(_only_another_service, "NOT_AUTHORISED",
+    pytest.param(only_another_service, "NOT_AUTHORISED",
                  Code.PERMISSION_DENIED, "NOT_AUTHORISED", NOT_ALLOWED, {}, id="unauthorised-service"),
-    pytest.param(_wuxi_does_not_provide, "INVALID_REQUEST: request.service_code", Code.INVALID_ARGUMENT,
+    pytest.param(wuxi_does_not_provide, "INVALID_REQUEST: request.service_code", Code.INVALID_ARGUMENT,
                  "INVALID_REQUEST", "request does not match the catalogue", NOT_PROVIDED,
                  id="service-not-provided"),
 ]
