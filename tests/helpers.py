@@ -15,6 +15,7 @@ import nkeys
 from ledger import Entry
 from tongban.core.details import Detail
 from tongban.ops.dev import free_port
+from tongban.v1 import registry_pb2
 
 __all__ = ["eventually", "free_port", "nkey_connect"]
 
@@ -56,3 +57,10 @@ def nkey_connect(info_line: bytes, seed_file: Path, **fields: object) -> bytes:
 def note(entry: Entry) -> str:
     """A ledger entry's detail as operators read it (``tongban trace``): the typed detail, rendered."""
     return Detail.decode(entry.detail, event=entry.event).render(event=entry.event)
+
+
+def signing_key_of(doc: registry_pb2.TrustRegistry, region: str) -> registry_pb2.RegionKey:
+    """``region``'s signing key in a registry document (the dev registry has one per region)."""
+    return next(
+        k for r in doc.regions if r.code == region for k in r.keys if k.use == registry_pb2.KEY_USE_SIGNING
+    )

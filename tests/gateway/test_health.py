@@ -19,22 +19,14 @@ from tests.e2e.cli import tongban
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.metered import METRICS_CONFIG, Metered, readyz
 from tests.e2e.requests import pension
-from tests.helpers import eventually
+from tests.helpers import eventually, signing_key_of
 from tests.security.test_registry_live import root_key
 from tongban.ops.devstate import DevState
 from tongban.ops.natsserver import Topology
 from tongban.runtime import live_registry
-from tongban.v1 import registry_pb2
 
 SERVICES = ("", "tongban.v1.Exchange")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def signing_key_of(doc: registry_pb2.TrustRegistry, region: str) -> registry_pb2.RegionKey:
-    """``region``'s signing key in a registry document (the dev registry has one per region)."""
-    return next(
-        k for r in doc.regions if r.code == region for k in r.keys if k.use == registry_pb2.KEY_USE_SIGNING
-    )
 
 
 async def per_service(stack: Stack) -> dict[str, int]:

@@ -20,7 +20,7 @@ from tests.conftest import QD, SZ, WX, Stack, resigned_registry
 from tests.e2e.grpc_errors import Details, details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import craft, send, send_ok
-from tests.helpers import eventually, note
+from tests.helpers import eventually, note, signing_key_of
 from tongban.core import envelope, messages, subjects
 from tongban.core.keys import SigningKey
 from tongban.core.registry import Registry
@@ -140,17 +140,12 @@ def wuxi_does_not_provide(doc: registry_pb2.TrustRegistry) -> None:
             region.provided_services.extend(keep)
 
 
-def shenzhen_signing_key(doc: registry_pb2.TrustRegistry) -> registry_pb2.RegionKey:
-    region = next(r for r in doc.regions if r.code == SZ)
-    return next(k for k in region.keys if k.use == registry_pb2.KEY_USE_SIGNING)
-
-
 def shenzhen_signing_key_expired(doc: registry_pb2.TrustRegistry) -> None:
-    shenzhen_signing_key(doc).not_after.CopyFrom(messages.timestamp(time.time() - 60))
+    signing_key_of(doc, SZ).not_after.CopyFrom(messages.timestamp(time.time() - 60))
 
 
 def shenzhen_signing_key_not_yet_valid(doc: registry_pb2.TrustRegistry) -> None:
-    shenzhen_signing_key(doc).not_before.CopyFrom(messages.timestamp(time.time() + 3600))
+    signing_key_of(doc, SZ).not_before.CopyFrom(messages.timestamp(time.time() + 3600))
 
 
 # -- envelopes -----------------------------------------------------------------------------------

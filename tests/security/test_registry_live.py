@@ -26,7 +26,7 @@ from tests.conftest import SZ, WX, Stack, start_stack, stop_stack
 from tests.e2e.grpc_errors import details_of
 from tests.e2e.requests import pension
 from tests.e2e.tamper import ask_wuxi, craft, send, send_ok
-from tests.helpers import eventually, note
+from tests.helpers import eventually, note, signing_key_of
 from tongban.core import envelope
 from tongban.core.keys import SealingKey, SigningKey
 from tongban.core.registry import Registry, sign_registry
@@ -99,12 +99,6 @@ async def bucket_holds(stack: Stack, region: str, version: int) -> None:
         await nc.close()
 
 
-def _shenzhen_signing_key(doc: registry_pb2.TrustRegistry) -> registry_pb2.RegionKey:
-    return next(
-        k for r in doc.regions if r.code == SZ for k in r.keys if k.use == registry_pb2.KEY_USE_SIGNING
-    )
-
-
 async def test_registry_rollback_attempt_is_refused(stack: Stack) -> None:
     """An older, genuinely signed registry put in the bucket is refused by every node, and the
     bucket is put back to the newest version."""
@@ -149,7 +143,7 @@ async def test_revoked_key_while_running_is_refused(stack: Stack) -> None:
     revoked = live_registry.edit_signed(
         connector_registry(stack, WX).signed,
         root,
-        lambda doc: setattr(_shenzhen_signing_key(doc), "revoked", True),
+        lambda doc: setattr(signing_key_of(doc, SZ), "revoked", True),
     )
     nc = await stack.nats(WX)
     try:
