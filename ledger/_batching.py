@@ -4,7 +4,7 @@ task commits in batches (group commit).
 A store subclasses :class:`BatchingStore`, sets up its fields with :meth:`BatchingStore._init_batching`,
 implements ``open`` (which creates its resources, one of them the writer task, and sets the state to
 OPEN) and ``_shutdown`` (which waits for the writer to drain the queue and releases the resources),
-and has its writer take work with :meth:`BatchingStore._take_batch`.
+and runs :meth:`BatchingStore._run_writer` as its writer task with a function that commits one batch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import collections
 import dataclasses
 import enum
 import time
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Final, Generic, Protocol, Self, TypeVar
 
@@ -180,3 +181,71 @@ class BatchingStore(Generic[R]):
             count += len(request.drafts)
             batch.append(request)
         return batch
+
+    async def _run_writer(
+        self,
+        write: Callable[[list[EntryDraft]], Awaitable[list[Entry]]],
+        *,
+        describe: Callable[[BaseException], str] = repr,
+        committed: Callable[[list[Entry]], None] | None = None,
+    ) -> None:
+        """The writer task. Group commit: whatever queued up while the previous batch was committing
+        forms the next batch, committed by ``write`` (all or nothing); ``committed`` sees each
+        committed batch; ``describe`` words a failure for the log and the callers' errors."""
+        batch: list[Request] = []
+        try:
+            while True:
+                if not self._pending:
+                    if self._state is not State.OPEN:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                batch = self._take_batch()
+                drafts = [d for request in batch for d in request.drafts]
+                try:
+                    entries = await write(drafts)
+                except Exception as exc:
+                    log.warning(
+                        "ledger.batch_failed",
+                        region=self._region,
+                        requests=len(batch),
+                        entries=len(drafts),
+                        error=describe(exc),
+                    )
+                    for request in batch:
+                        _fail(request.future, exc, len(drafts), describe)
+                    batch = []
+                    continue
+                if committed is not None:
+                    committed(entries)
+                self.commits += 1
+                offset = 0
+                for request in batch:
+                    n = len(request.drafts)
+                    if not request.future.done():  # the caller may have been cancelled
+                        request.future.set_result(entries[offset : offset + n])
+                    offset += n
+                batch = []
+        except BaseException as exc:
+            # Cancelled from outside or a bug: nobody may be left waiting on a future that will never resolve.
+            for request in [*batch, *self._pending]:
+                _fail(request.future, exc, len(request.drafts), describe)
+            self._pending.clear()
+            raise
+
+
+def _fail(
+    future: asyncio.Future[list[Entry]],
+    cause: BaseException,
+    batch_size: int,
+    describe: Callable[[BaseException], str],
+) -> None:
+    if future.done():
+        return
+    # One error object per caller: a shared exception would collect every caller's traceback.
+    error = LedgerError(
+        f"append failed, its batch of {batch_size} entries was rolled back: {describe(cause)}"
+    )
+    error.__cause__ = cause
+    future.set_exception(error)

@@ -28,7 +28,7 @@ import asyncpg
 import structlog
 
 from ledger import _sqlite
-from ledger._batching import BatchingStore, Request, State
+from ledger._batching import BatchingStore, State
 from ledger.entry import ZERO_HASH, Entry, EntryDraft, seal
 from ledger.errors import LedgerClosed, LedgerError
 
@@ -238,7 +238,8 @@ class PostgresLedger(BatchingStore[_Resources]):
                 raise
             self.commits = 0
             writer = asyncio.get_running_loop().create_task(
-                self._run_writer(pool), name=f"ledger-{self._region}-writer"
+                self._run_writer(lambda drafts: self._write_batch(pool, drafts), describe=_brief),
+                name=f"ledger-{self._region}-writer",
             )
             self._res = _Resources(pool, writer)
             self._state = State.OPEN
@@ -390,48 +391,6 @@ class PostgresLedger(BatchingStore[_Resources]):
             raise LedgerError(f"cannot read the ledger {self._where}: {_brief(exc)}") from exc
         return [_decode(row) for row in rows]
 
-    async def _run_writer(self, pool: asyncpg.Pool) -> None:
-        """Group commit: whatever queued up while the previous batch was committing forms the next batch."""
-        batch: list[Request] = []
-        try:
-            while True:
-                if not self._pending:
-                    if self._state is not State.OPEN:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                batch = self._take_batch()
-                drafts = [d for request in batch for d in request.drafts]
-                try:
-                    entries = await self._write_batch(pool, drafts)
-                except Exception as exc:
-                    log.warning(
-                        "ledger.batch_failed",
-                        region=self._region,
-                        requests=len(batch),
-                        entries=len(drafts),
-                        error=_brief(exc),
-                    )
-                    for request in batch:
-                        _fail(request.future, exc, len(drafts))
-                    batch = []
-                    continue
-                self.commits += 1
-                offset = 0
-                for request in batch:
-                    n = len(request.drafts)
-                    if not request.future.done():  # the caller may have been cancelled
-                        request.future.set_result(entries[offset : offset + n])
-                    offset += n
-                batch = []
-        except BaseException as exc:
-            # Cancelled from outside or a bug: nobody may be left waiting on a future that will never resolve.
-            for request in [*batch, *self._pending]:
-                _fail(request.future, exc, len(request.drafts))
-            self._pending.clear()
-            raise
-
     async def _write_batch(self, pool: asyncpg.Pool, drafts: Sequence[EntryDraft]) -> list[Entry]:
         """Seal drafts after the region's current head and insert them in one transaction, or leave nothing.
 
@@ -504,15 +463,6 @@ def _decode(row: Sequence[object]) -> Entry:
     except ValueError as exc:
         # Only a table edited behind the ledger's back holds such a row; verify_store says more.
         raise LedgerError(f"undecodable ledger row idx={row[0]!r}: {exc}") from exc
-
-
-def _fail(future: asyncio.Future[list[Entry]], cause: BaseException, batch_size: int) -> None:
-    if future.done():
-        return
-    # One error object per caller: a shared exception would collect every caller's traceback.
-    error = LedgerError(f"append failed, its batch of {batch_size} entries was rolled back: {_brief(cause)}")
-    error.__cause__ = cause
-    future.set_exception(error)
 
 
 def _brief(exc: BaseException) -> str:

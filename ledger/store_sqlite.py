@@ -27,7 +27,7 @@ from typing import Any, Final
 import structlog
 
 from ledger import _sqlite
-from ledger._batching import BatchingStore, Request, State
+from ledger._batching import BatchingStore, State
 from ledger.entry import ZERO_HASH, Entry, EntryDraft, seal
 from ledger.errors import LedgerClosed, LedgerError
 
@@ -131,7 +131,7 @@ class SQLiteLedger(BatchingStore[_Resources]):
             self._head = head
             self.commits = 0
             writer = loop.create_task(
-                self._run_writer(write_executor, write_conn), name=f"ledger-{self._region}-writer"
+                self._writer_loop(write_executor, write_conn), name=f"ledger-{self._region}-writer"
             )
             self._res = _Resources(write_executor, write_conn, read_executor, read_conn, writer)
             self._state = State.OPEN
@@ -210,49 +210,16 @@ class SQLiteLedger(BatchingStore[_Resources]):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(res.read_executor, _select, res.read_conn, sql, params)
 
-    async def _run_writer(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
-        """Group commit: whatever queued up while the previous batch was committing forms the next batch."""
+    async def _writer_loop(self, executor: ThreadPoolExecutor, conn: sqlite3.Connection) -> None:
         loop = asyncio.get_running_loop()
-        batch: list[Request] = []
-        try:
-            while True:
-                if not self._pending:
-                    if self._state is not State.OPEN:
-                        return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                batch = self._take_batch()
-                drafts = [d for request in batch for d in request.drafts]
-                try:
-                    entries = await loop.run_in_executor(executor, _write_batch, conn, self._region, drafts)
-                except Exception as exc:
-                    log.warning(
-                        "ledger.batch_failed",
-                        region=self._region,
-                        requests=len(batch),
-                        entries=len(drafts),
-                        error=repr(exc),
-                    )
-                    for request in batch:
-                        _fail(request.future, exc, len(drafts))
-                    batch = []
-                    continue
-                self._head = entries[-1]
-                self.commits += 1
-                offset = 0
-                for request in batch:
-                    n = len(request.drafts)
-                    if not request.future.done():  # the caller may have been cancelled
-                        request.future.set_result(entries[offset : offset + n])
-                    offset += n
-                batch = []
-        except BaseException as exc:
-            # Cancelled from outside or a bug: nobody may be left waiting on a future that will never resolve.
-            for request in [*batch, *self._pending]:
-                _fail(request.future, exc, len(request.drafts))
-            self._pending.clear()
-            raise
+
+        def committed(entries: list[Entry]) -> None:
+            self._head = entries[-1]
+
+        await self._run_writer(
+            lambda drafts: loop.run_in_executor(executor, _write_batch, conn, self._region, drafts),
+            committed=committed,
+        )
 
 
 async def open_ledger(path: str | os.PathLike[str], region: str, **kw: Any) -> SQLiteLedger:
@@ -273,15 +240,6 @@ async def open_ledger(path: str | os.PathLike[str], region: str, **kw: Any) -> S
 
 def _size(head: Entry | None) -> int:
     return 0 if head is None else head.index + 1
-
-
-def _fail(future: asyncio.Future[list[Entry]], cause: BaseException, batch_size: int) -> None:
-    if future.done():
-        return
-    # One error object per caller: a shared exception would collect every caller's traceback.
-    error = LedgerError(f"append failed, its batch of {batch_size} entries was rolled back: {cause!r}")
-    error.__cause__ = cause
-    future.set_exception(error)
 
 
 # --- run on the executor threads ---------------------------------------------------------------------------
