@@ -28,7 +28,6 @@ from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import LedgerStore
 from tests.adapters import CountingAdapter
-from tests.connectors.parts import connector_parts
 from tests.helpers import eventually
 from tongban.core import subjects
 from tongban.core.catalogue import Catalogue
@@ -42,7 +41,7 @@ from tongban.runtime.ledgers import store_for
 from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.monitor import ComponentMonitor, monitor_component
 from tongban.runtime.natsroles import NatsRole
-from tongban.runtime.node import load_registry, load_secrets
+from tongban.runtime.node import load_registry
 from tongban.v1 import exchange_pb2_grpc, registry_pb2
 
 SZ, WX, QD = "440300", "320200", "370200"
@@ -149,7 +148,9 @@ async def start_stack(
         registry = load_registry(cfg)
         metrics = Metrics("connector", region, services=catalogue.codes()) if metered else NO_METRICS
         node.connector = Connector(
-            connector_parts(cfg, ledger, registry=registry, catalogue=catalogue, metrics=metrics),
+            ComponentParts.load(
+                cfg, "connector", ledger, registry=registry, catalogue=catalogue, metrics=metrics
+            ),
             adapters=node.adapters,
         )
         if metered:
@@ -158,19 +159,10 @@ async def start_stack(
             )
             await node.monitors["connector"].start()
         await node.connector.start()
-        registry = load_registry(cfg)
         metrics = Metrics("gateway", region, services=catalogue.codes()) if metered else NO_METRICS
-        node.gateway = Gateway(
-            ComponentParts(
-                cfg,
-                registry=registry,
-                secrets=load_secrets(cfg, registry),
-                catalogue=catalogue,
-                ledger=ledger,
-                tracer=trace.get_tracer("tongban.gateway"),
-                metrics=metrics,
-            )
-        )
+        parts = ComponentParts.load(cfg, "gateway", ledger, catalogue=catalogue, metrics=metrics)
+        registry = parts.registry
+        node.gateway = Gateway(parts)
         if metered:
             node.monitors["gateway"] = monitor_component(
                 cfg, "gateway", metrics, node.gateway, ledger=ledger, registry=registry

@@ -7,19 +7,15 @@ import asyncio
 import socket
 
 import pytest
-from opentelemetry import trace
 
 from connectors.runtime import Connector
 from gateway.server import Gateway
 from ledger import SQLiteLedger
 from tests.conftest import SZ
-from tests.connectors.parts import connector_parts
-from tongban.core.catalogue import Catalogue
 from tongban.ops.devstate import DevState
 from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import Config
-from tongban.runtime.metrics import NO_METRICS
-from tongban.runtime.node import load_registry, load_secrets
+from tongban.runtime.node import load_registry
 
 _STOPPED_TASKS = ("gateway-health", "checkpoints-", "registry-watch-", "lproof-", "witness-")
 """Names of the tasks a gateway's stop ends."""
@@ -37,17 +33,7 @@ async def test_gateway_that_cannot_listen_releases_everything(state: DevState) -
         cfg.gateway.listen = f"127.0.0.1:{taken.getsockname()[1]}"
         registry = load_registry(cfg)
         async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
-            gateway = Gateway(
-                ComponentParts(
-                    cfg,
-                    registry=registry,
-                    secrets=load_secrets(cfg, registry),
-                    catalogue=Catalogue.load(),
-                    ledger=ledger,
-                    tracer=trace.get_tracer("tongban.gateway"),
-                    metrics=NO_METRICS,
-                )
-            )
+            gateway = Gateway(ComponentParts.load(cfg, "gateway", ledger, registry=registry))
             with pytest.raises(Exception, match=r"cannot listen|[Bb]ind"):
                 await gateway.start()
     assert gateway.nc is None and gateway.trust is None
@@ -61,7 +47,7 @@ async def test_connector_whose_state_store_cannot_open_releases_everything(
     cfg.connector.state_store = "/proc/no-such-dir/state.sqlite"  # cannot be created
     registry = load_registry(cfg)
     async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
-        connector = Connector(connector_parts(cfg, ledger, registry=registry), adapters={})
+        connector = Connector(ComponentParts.load(cfg, "connector", ledger, registry=registry), adapters={})
         with pytest.raises(Exception):  # noqa: B017 (any failure to open; the point is the cleanup)
             await connector.start()
     assert connector.nc is None and connector.state is None and connector.trust is None
@@ -78,17 +64,7 @@ async def test_gateway_stop_is_bounded_while_its_health_probe_runs(state: DevSta
     registry = load_registry(cfg)
     async with SQLiteLedger(cfg.path(cfg.ledger.path), SZ) as ledger:
         for i in range(15):
-            gateway = Gateway(
-                ComponentParts(
-                    cfg,
-                    registry=registry,
-                    secrets=load_secrets(cfg, registry),
-                    catalogue=Catalogue.load(),
-                    ledger=ledger,
-                    tracer=trace.get_tracer("tongban.gateway"),
-                    metrics=NO_METRICS,
-                )
-            )
+            gateway = Gateway(ComponentParts.load(cfg, "gateway", ledger, registry=registry))
             await gateway.start()
             # The stop lands at a different point of the running probe loop each time: that spread
             # is the behaviour under test, not a wait for a condition.

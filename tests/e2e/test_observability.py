@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 
 from connectors.runtime import Connector
 from tests.conftest import SZ, WX, Stack
-from tests.connectors.parts import connector_parts
 from tests.e2e.requests import pension
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.telemetry import add_trace_ids
 from tongban.v1 import envelope_pb2
 
@@ -88,7 +88,7 @@ async def test_logs_carry_ids_and_no_personal_data(stack: Stack) -> None:
 async def test_connector_replicas_share_the_work(stack: Stack) -> None:
     node = stack.nodes[WX]
     cfg = node.cfg
-    replica = Connector(connector_parts(cfg, node.ledger), adapters=node.adapters)
+    replica = Connector(ComponentParts.load(cfg, "connector", node.ledger), adapters=node.adapters)
     await replica.start()
     try:
         first = node.connector

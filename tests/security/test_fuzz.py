@@ -21,12 +21,12 @@ from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
 from ledger import Event, SQLiteLedger
 from tests.adapters import CountingAdapter
-from tests.connectors.parts import connector_parts
 from tests.e2e.requests import pension
 from tongban.core import envelope, messages, subjects
 from tongban.core.envelope import EnvelopeRejected
 from tongban.core.message_ids import new_message_id
 from tongban.ops.devstate import init_state
+from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import Config
 from tongban.runtime.node import load_registry, load_secrets
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -64,7 +64,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     adapters = {
         c: CountingAdapter(a) for c, a in demo_adapters(DemoBackend(wx.path(wx.connector.demo_db))).items()
     }
-    connector = Connector(connector_parts(wx, ledger), adapters=adapters, durable=False)
+    connector = Connector(ComponentParts.load(wx, "connector", ledger), adapters=adapters, durable=False)
     # A valid request from Shenzhen, signed and sealed as its gateway would (never sent as is).
     registry, signer = load_registry(sz), load_secrets(sz)
     kid, recipient = registry.sealing_key_for(WX)

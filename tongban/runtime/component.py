@@ -22,7 +22,7 @@ from tongban.core.catalogue import Catalogue
 from tongban.core.registry import Registry
 from tongban.runtime.config import Config
 from tongban.runtime.ledgers import store_for
-from tongban.runtime.metrics import Metrics
+from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.monitor import ComponentMonitor, Monitored, component_metrics, monitor_component
 from tongban.runtime.node import RegionSecrets, load_registry, load_secrets
 from tongban.runtime.process import serve_until_signal
@@ -61,6 +61,36 @@ class ComponentParts:
     metrics: Metrics
     """Real instruments when ``[metrics]`` gives the role an endpoint, else no-ops."""
 
+    @classmethod
+    def load(
+        cls,
+        cfg: Config,
+        role: Role,
+        ledger: LedgerStore,
+        *,
+        metrics: Metrics = NO_METRICS,
+        catalogue: Catalogue | None = None,
+        registry: Registry | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> ComponentParts:
+        """The parts of ``cfg``'s ``role`` component: its registry (the newest of its file and cache,
+        unless given) and the keys following it, the shipped catalogue (unless given), the tracer of
+        the global provider (unless given).
+
+        Raises:
+            TongbanError: the registry or the keys cannot be loaded (``ConfigError``, ``RegistryError``).
+        """
+        registry = registry or load_registry(cfg)
+        return cls(
+            cfg,
+            registry=registry,
+            secrets=load_secrets(cfg, registry),
+            catalogue=catalogue or Catalogue.load(),
+            ledger=ledger,
+            tracer=tracer or trace.get_tracer(f"tongban.{role}"),
+            metrics=metrics,
+        )
+
 
 async def run_component(cfg: Config, role: Role, build: Callable[[ComponentParts], Component]) -> None:
     """Run the ``role`` component that ``build`` makes from its parts until SIGINT, SIGTERM or
@@ -82,22 +112,14 @@ async def run_component(cfg: Config, role: Role, build: Callable[[ComponentParts
         otlp_ca=cfg.path(cfg.telemetry.otlp_ca).read_bytes() if cfg.telemetry.otlp_ca else None,
     )
     trace.set_tracer_provider(provider)
-    registry = load_registry(cfg)
     ledger = store_for(cfg)
     catalogue = Catalogue.load()
     metrics = component_metrics(cfg, role, services=catalogue.codes())
-    component = build(
-        ComponentParts(
-            cfg,
-            registry=registry,
-            secrets=load_secrets(cfg, registry),
-            catalogue=catalogue,
-            ledger=ledger,
-            tracer=provider.get_tracer(f"tongban.{role}"),
-            metrics=metrics,
-        )
+    parts = ComponentParts.load(
+        cfg, role, ledger, metrics=metrics, catalogue=catalogue, tracer=provider.get_tracer(f"tongban.{role}")
     )
-    monitor = monitor_component(cfg, role, metrics, component, ledger=ledger, registry=registry)
+    component = build(parts)
+    monitor = monitor_component(cfg, role, metrics, component, ledger=ledger, registry=parts.registry)
 
     async def start() -> None:
         await ledger.open()
