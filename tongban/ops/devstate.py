@@ -15,7 +15,6 @@ Layout of the state directory::
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -65,10 +64,7 @@ class DevState:
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_atomically(path, text.encode(), mode=mode)
 
 
 def _root_key(root: Path) -> Ed25519PrivateKey:

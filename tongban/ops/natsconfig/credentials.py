@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
+from ledger.files import write_atomically
 from tongban.core import subjects
 from tongban.ops.natsconfig.permissions import hub_users
 from tongban.runtime import certs
@@ -96,10 +97,7 @@ class Secrets:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_bytes(data)
+    write_atomically(path, data, mode=0o600)
 
 
 def issue_leaf(ca: certs.Issued, region: str) -> certs.Issued:
@@ -149,12 +147,12 @@ def ensure_secrets(
     ca_pem = ca.cert_pem
     if not (secrets.hub_dir / "hub.crt").exists():
         certs.write(certs.issue_server(ca, list(hub_hosts), days=3650), secrets.hub_dir, "hub")
-    (secrets.hub_dir / "ca.crt").write_bytes(ca_pem)
+    write_atomically(secrets.hub_dir / "ca.crt", ca_pem)
     for r in regions:
         d = secrets.region_dir(r)
         if not (d / "leaf.crt").exists():
             certs.write(issue_leaf(ca, r), d, "leaf")
-        (d / "ca.crt").write_bytes(ca_pem)
+        write_atomically(d / "ca.crt", ca_pem)
         if not secrets.seed_file(r).exists():
             _write_secret(secrets.seed_file(r), new_user_seed() + b"\n")
         seed = secrets.seed(r)
@@ -162,7 +160,7 @@ def ensure_secrets(
         _write_secret(d / "leaf-nkey.env", f"{SEED_ENV}={seed.decode()}\n".encode())
         if region_hosts is not None and not (d / "server.crt").exists():
             certs.write(certs.issue_server(ca, list(region_hosts(r)), days=3650), d, "server")
-        (secrets.clients_dir(r) / "ca.crt").write_bytes(ca_pem)
+        write_atomically(secrets.clients_dir(r) / "ca.crt", ca_pem)
         for role in roles:
             path = secrets.client_seed_file(r, role)
             if not path.exists():

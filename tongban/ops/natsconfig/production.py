@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from ledger.files import write_atomically
 from tongban.core.errors import ConfigError
 from tongban.ops.natsconfig.credentials import INSTALL_DIR, SEED_ENV, Secrets, ensure_secrets
 from tongban.ops.natsconfig.permissions import hub_users, region_users
@@ -253,7 +254,5 @@ def generate(out: Path, regions: Sequence[str], secrets_dir: Path, *, dev: bool 
     )
     files = production_files(secrets.public_keys(), secrets.all_client_public_keys())
     for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_atomically(out / rel, text.encode())
     return secrets
