@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 
 from tests.conftest import QD, SZ, WX
 from tests.helpers import eventually
-from tests.security.natsprobe import READ_TIMEOUT, SVC
+from tests.security.natsprobe import READ_TIMEOUT, SVC, ProtocolLink
 from tongban.core import subjects
 from tongban.ops import natsconfig
 from tongban.ops.natsserver import NatsServer, ServerSpec, Topology
@@ -78,17 +78,9 @@ async def connect(topology: Topology, region: str) -> NATS:
 # -- a leaf that ignores the permissions the hub sends it ------------------------------------------
 
 
-@dataclass
-class RogueLeaf:
+class RogueLeaf(ProtocolLink):
     """A leafnode link to the hub that speaks the protocol itself (software that ignores the
     permissions the hub tells it), with a region's credentials."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    msgs: list[str] = field(default_factory=list)
-    """Subjects of the messages the hub delivered."""
-    errors: list[str] = field(default_factory=list)
-    closed: bool = False
 
     @classmethod
     async def connect(
@@ -124,46 +116,6 @@ class RogueLeaf:
         if expect_auth:
             await leaf.ping()
         return leaf
-
-    async def send(self, line: str, payload: bytes | None = None) -> None:
-        data = line.encode() + b"\r\n"
-        if payload is not None:
-            data += payload + b"\r\n"
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def ping(self) -> None:
-        """PING and read up to the PONG: every protocol line sent before is then processed."""
-        await self.send("PING")
-        await self.read_until(lambda line: line == "PONG")
-
-    async def read_until(self, stop: Callable[[str], bool]) -> None:
-        """Read protocol lines (recording messages and errors) until ``stop`` holds for one or the
-        hub closes the link."""
-        while True:
-            raw = await asyncio.wait_for(self.reader.readline(), READ_TIMEOUT)
-            if not raw:
-                self.closed = True
-                return
-            line = raw.decode().rstrip("\r\n")
-            if line == "PING":
-                await self.send("PONG")
-            elif line.startswith("-ERR"):
-                self.errors.append(line)
-            elif line.startswith(("LMSG ", "HLMSG ")):
-                parts = line.split()
-                await asyncio.wait_for(self.reader.readexactly(int(parts[-1]) + 2), READ_TIMEOUT)
-                self.msgs.append(parts[1])
-            if stop(line):
-                return
-
-    async def read_to_close(self) -> None:
-        await self.read_until(lambda _line: False)
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await self.writer.wait_closed()
 
 
 @pytest.fixture

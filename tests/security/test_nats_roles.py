@@ -5,10 +5,9 @@ the subjects and JetStream API calls it makes (tongban/ops/natsconfig/permission
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
@@ -18,7 +17,7 @@ from nats.aio.client import Client as NATS
 
 from tests.conftest import QD, SZ, WX
 from tests.helpers import eventually, nkey_connect
-from tests.security.natsprobe import READ_TIMEOUT, SVC, connections
+from tests.security.natsprobe import READ_TIMEOUT, SVC, ProtocolLink, connections
 from tongban.core import subjects
 from tongban.core.errors import ConfigError
 from tongban.ops import dlq
@@ -32,15 +31,10 @@ from tongban.runtime.streams import ensure_streams
 
 
 @dataclass
-class RawClient:
+class RawClient(ProtocolLink):
     """A client of a region's leaf that speaks the protocol itself (software that tries whatever
     it likes), logged in as one NKey user."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    errors: list[str] = field(default_factory=list)
-    msgs: list[str] = field(default_factory=list)
-    closed: bool = False
     _sid: int = 0
 
     @classmethod
@@ -54,33 +48,11 @@ class RawClient:
             # No PING after it: the server answers and closes, and a PING racing the close could
             # make the socket reset before the answer is read.
             w.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true}\r\n')
-            await client._read(until_pong=False)
+            await client.read_to_close()
         else:
             w.write(nkey_connect(info, seed_file, headers=True))
             await client.ping()
         return client
-
-    async def ping(self) -> None:
-        """PING and read up to the PONG (or the close): every line sent before is then processed."""
-        self.writer.write(b"PING\r\n")
-        await self.writer.drain()
-        await self._read(until_pong=True)
-
-    async def _read(self, *, until_pong: bool) -> None:
-        while True:
-            raw = await asyncio.wait_for(self.reader.readline(), READ_TIMEOUT)
-            if not raw:
-                self.closed = True
-                return
-            line = raw.decode().rstrip("\r\n")
-            if line == "PONG" and until_pong:
-                return
-            if line.startswith("-ERR"):
-                self.errors.append(line)
-            elif line.startswith(("MSG ", "HMSG ")):
-                parts = line.split()
-                await asyncio.wait_for(self.reader.readexactly(int(parts[-1]) + 2), READ_TIMEOUT)
-                self.msgs.append(parts[1])
 
     async def pub(self, subject: str, payload: bytes = b"{}", reply: str = "") -> None:
         self.writer.write(f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n")
@@ -90,11 +62,6 @@ class RawClient:
         self._sid += 1
         self.writer.write(f"SUB {subject} {self._sid}\r\n".encode())
         await self.ping()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 def pub_violation(subject: str) -> str:
