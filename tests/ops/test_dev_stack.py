@@ -44,6 +44,17 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _start_dev(state: Path) -> subprocess.Popen[str]:
+    """``tongban dev`` on ``state``, its output (stdout and stderr) on one pipe."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "tongban"), "dev", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def _wait_output(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
     out = []
     deadline = time.monotonic() + timeout
@@ -63,14 +74,7 @@ def _wait_output(proc: subprocess.Popen[str], marker: str, timeout: float) -> st
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to prove no stray processes")
 def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
     state = tmp_path / "dev-state"
-    tongban = Path(sys.executable).parent / "tongban"
-    proc = subprocess.Popen(
-        [str(tongban), "dev", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = _start_dev(state)
     try:
         banner = _wait_output(proc, "Ctrl-C stops everything", timeout=90)
         assert "DEV MODE" in banner
@@ -86,7 +90,15 @@ def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
 
         for region, at_least in (("440300", 2), ("320200", 2)):
             v = subprocess.run(
-                [str(tongban), "ledger", "verify", "--region", region, "--state-dir", str(state)],
+                [
+                    str(Path(sys.executable).parent / "tongban"),
+                    "ledger",
+                    "verify",
+                    "--region",
+                    region,
+                    "--state-dir",
+                    str(state),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -108,13 +120,7 @@ def test_no_strays_however_the_supervisor_ends(tmp_path: Path, how: signal.Signa
     """A closed terminal (SIGHUP), a service manager (SIGTERM) or SIGKILL of the supervisor itself:
     every nats-server, gateway and connector it started goes too (the last through PR_SET_PDEATHSIG)."""
     state = tmp_path / "dev-state"
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tongban"), "dev", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = _start_dev(state)
     try:
         _wait_output(proc, "Ctrl-C stops everything", timeout=90)
         children = set(_processes_mentioning(str(state))) - {proc.pid}
@@ -187,13 +193,7 @@ async def test_dev_stack_serves_again_after_a_child_is_killed(tmp_path: Path, vi
     query command answers again; Ctrl-C then leaves none of the old or new processes."""
     state = tmp_path / "dev-state"
     marker = VICTIMS[victim].format(state=state)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tongban"), "dev", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = _start_dev(state)
     seen: set[int] = set()
     try:
         banner = _wait_output(proc, "Ctrl-C stops everything", timeout=90)
