@@ -146,7 +146,8 @@ class CaseEvents:
         bad = [u.status for u in updates if not 1 <= u.status <= 15]
         if not updates or bad:
             raise InvalidRequest(
-                "status updates must be BLZT codes 1-15", [Violation("status", "a BLZT code, 1 to 15")]
+                "status updates must be BLZT codes 1-15",
+                violations=[Violation("status", "a BLZT code, 1 to 15")],
             )
         traceparent = telemetry.current_traceparent()
         header: list[envelope_pb2.Header] = []

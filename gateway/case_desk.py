@@ -136,7 +136,7 @@ class CaseDesk:
                         Violation("time_to_live", f"must be between 1 and {longest:.0f} seconds")
                     )
             if violations:
-                raise InvalidRequest("request cannot be submitted", violations)
+                raise InvalidRequest("request cannot be submitted", violations=violations)
 
         await self.core.validate(req, caller, message_id, trace_id, durable_checks)
         svc, to = req.service_code, req.target_region

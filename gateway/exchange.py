@@ -130,7 +130,7 @@ class ExchangeCore:
                 Violation("request.service_code", "the target region does not provide this service")
             )
         if violations:
-            raise InvalidRequest("request does not match the catalogue", violations)
+            raise InvalidRequest("request does not match the catalogue", violations=violations)
         if not self.registry.allows(caller.region, caller.system_id, req.service_code, req.target_region):
             raise PermissionDenied(
                 f"the registry does not allow {caller.system_id} of {caller.region} to call "

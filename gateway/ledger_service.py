@@ -128,7 +128,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
     ) -> ledger_pb2.GetEntriesResponse:
         limit = request.limit or DEFAULT_LIMIT
         if limit > MAX_LIMIT:
-            raise InvalidRequest("limit too large", [Violation("limit", f"at most {MAX_LIMIT}")])
+            raise InvalidRequest("limit too large", violations=[Violation("limit", f"at most {MAX_LIMIT}")])
         if request.region and request.region != self.store.region:
             found = await self._from_peer(request, context)
             return ledger_pb2.GetEntriesResponse(
@@ -138,18 +138,24 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         which = request.WhichOneof("selector")
         if which == "message_id":
             if not request.message_id:
-                raise InvalidRequest("empty selector", [Violation("message_id", "must not be empty")])
+                raise InvalidRequest(
+                    "empty selector", violations=[Violation("message_id", "must not be empty")]
+                )
             found = await self.store.by_message_id(request.message_id)
         elif which == "trace_id":
             if not request.trace_id:
-                raise InvalidRequest("empty selector", [Violation("trace_id", "must not be empty")])
+                raise InvalidRequest(
+                    "empty selector", violations=[Violation("trace_id", "must not be empty")]
+                )
             found = await self.store.by_trace_id(request.trace_id)
         elif which == "case_no":
             found = await self.store.by_message_id(await self._case_message_id(request.case_no))
         elif which == "index_range":
             r = request.index_range
             if r.stop and r.stop < r.start:
-                raise InvalidRequest("bad range", [Violation("index_range.stop", "must not be below start")])
+                raise InvalidRequest(
+                    "bad range", violations=[Violation("index_range.stop", "must not be below start")]
+                )
             stop = min(r.stop or size, size, r.start + limit + 1)
             found = await self.store.entries(min(r.start, size), stop)
         elif which == "time_range":
@@ -157,7 +163,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         else:
             raise InvalidRequest(
                 "no selector",
-                [Violation("selector", "give message_id, trace_id, case_no, time_range or index_range")],
+                violations=[
+                    Violation("selector", "give message_id, trace_id, case_no, time_range or index_range")
+                ],
             )
         return ledger_pb2.GetEntriesResponse(
             entries=[entry_message(e) for e in found[:limit]], tree_size=size, truncated=len(found) > limit
@@ -168,7 +176,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         within the RPC's deadline."""
         region, which = request.region, request.WhichOneof("selector")
         if not (len(region) == 6 and region.isascii() and region.isdigit()):
-            raise InvalidRequest("bad region", [Violation("region", "must be a 6-digit region code")])
+            raise InvalidRequest(
+                "bad region", violations=[Violation("region", "must be a 6-digit region code")]
+            )
         if which == "message_id" and is_message_id(request.message_id):
             selector = {"message_id": request.message_id}
         elif which == "trace_id" and is_trace_id(request.trace_id):
@@ -176,12 +186,14 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         elif which in ("message_id", "trace_id"):
             what = "a message id (26-character ULID)" if which == "message_id" else "32 lower-case hex digits"
             raise InvalidRequest(
-                "malformed selector", [Violation(which, f"must be {what} to read another region")]
+                "malformed selector", violations=[Violation(which, f"must be {what} to read another region")]
             )
         else:
             raise InvalidRequest(
                 "selector not available for another region",
-                [Violation("region", "another region's entries are read by message_id or trace_id only")],
+                violations=[
+                    Violation("region", "another region's entries are read by message_id or trace_id only")
+                ],
             )
         if self.peer_reader is None:
             raise Unavailable(
@@ -202,7 +214,7 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
 
     async def _case_message_id(self, case_no: str) -> str:
         if not case_no:
-            raise InvalidRequest("empty selector", [Violation("case_no", "must not be empty")])
+            raise InvalidRequest("empty selector", violations=[Violation("case_no", "must not be empty")])
         lookup = self.case_lookup if is_case_no(case_no) else None
         case = await lookup(case_no) if lookup is not None else None
         if case is None:
@@ -224,7 +236,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
             requested = latest[1] if latest is not None else self.tree.size
         if requested > self.tree.size:
             raise InvalidRequest(
-                "tree size beyond the ledger", [Violation(field, f"the ledger has {self.tree.size} entries")]
+                "tree size beyond the ledger",
+                violations=[Violation(field, f"the ledger has {self.tree.size} entries")],
             )
         return requested
 
@@ -235,7 +248,8 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
         if request.leaf_index >= size:
             latest = "" if request.tree_size else " of the latest checkpoint (ask with tree_size, or later)"
             raise InvalidRequest(
-                "no such leaf", [Violation("leaf_index", f"must be below the tree size {size}{latest}")]
+                "no such leaf",
+                violations=[Violation("leaf_index", f"must be below the tree size {size}{latest}")],
             )
         tree = self.tree.tree
         return ledger_pb2.GetInclusionProofResponse(
@@ -251,7 +265,9 @@ class LedgerService(ledger_pb2_grpc.LedgerServicer):
     ) -> ledger_pb2.GetConsistencyProofResponse:
         new_size = await self._sizes(request.new_size, "new_size")
         if request.old_size > new_size:
-            raise InvalidRequest("bad sizes", [Violation("old_size", f"must not exceed new_size {new_size}")])
+            raise InvalidRequest(
+                "bad sizes", violations=[Violation("old_size", f"must not exceed new_size {new_size}")]
+            )
         tree = self.tree.tree
         return ledger_pb2.GetConsistencyProofResponse(
             old_size=request.old_size,

@@ -66,7 +66,7 @@ def test_problems_carry_the_reason_its_code_and_the_violations() -> None:
         grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
         "back end did not answer",
     )
-    refused = problem_of(InvalidRequest("bad form", [Violation("request.fields.x", "required")]))
+    refused = problem_of(InvalidRequest("bad form", violations=[Violation("request.fields.x", "required")]))
     assert (refused.reason, refused.code) == ("INVALID_REQUEST", grpc.StatusCode.INVALID_ARGUMENT.value[0])
     assert [(v.field, v.description) for v in refused.field_violations] == [("request.fields.x", "required")]
     assert problem_of(NotFound("nope"), message="fixed text").message == "fixed text"

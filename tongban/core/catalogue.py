@@ -273,7 +273,7 @@ def response_projection(item: CatalogueItem, declared_fields: Iterable[str]) -> 
 def _reject(violations: list[Violation]) -> NoReturn:
     count = len(violations)
     noun = "violation" if count == 1 else "violations"
-    raise InvalidRequest(f"the request breaks the catalogue ({count} {noun})", violations)
+    raise InvalidRequest(f"the request breaks the catalogue ({count} {noun})", violations=violations)
 
 
 def _check_target_region(value: str) -> list[Violation]:

@@ -172,7 +172,7 @@ class InvalidRequest(TongbanError):
     reason = Reason.INVALID_REQUEST
 
     def __init__(
-        self, message: str, violations: list[Violation] | None = None, *, reason: Reason | None = None
+        self, message: str, *, violations: list[Violation] | None = None, reason: Reason | None = None
     ) -> None:
         super().__init__(message, reason=reason)
         self.violations: list[Violation] = list(violations or [])
@@ -236,7 +236,7 @@ class ConfigError(TongbanError):
     reason = Reason.CONFIG_INVALID
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RemoteProblem(TongbanError):
     """The receiving region refused or failed the request and said so in a signed Problem.
 
