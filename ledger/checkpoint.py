@@ -149,25 +149,25 @@ def parse_checkpoint_body(text: bytes) -> Checkpoint:
     try:
         lines = text.decode("utf-8").split("\n")
     except UnicodeDecodeError:
-        raise CheckpointError(CheckpointReason.MALFORMED, "checkpoint is not UTF-8") from None
+        raise CheckpointError("checkpoint is not UTF-8", reason=CheckpointReason.MALFORMED) from None
     if len(lines) != 5 or lines[-1] != "":
         raise CheckpointError(
-            CheckpointReason.MALFORMED, "checkpoint must be origin, size, root and one timestamp line"
+            "checkpoint must be origin, size, root and one timestamp line", reason=CheckpointReason.MALFORMED
         )
     origin, size, root_b64, extension = lines[:4]
     keyword, _, ts = extension.partition(" ")
     if not _DECIMAL.fullmatch(size) or keyword != TIMESTAMP_EXTENSION or not _DECIMAL.fullmatch(ts):
-        raise CheckpointError(CheckpointReason.MALFORMED, "size or timestamp line malformed")
+        raise CheckpointError("size or timestamp line malformed", reason=CheckpointReason.MALFORMED)
     try:
         root = base64.b64decode(root_b64, validate=True)
     except binascii.Error:
-        raise CheckpointError(CheckpointReason.MALFORMED, "root hash is not base64") from None
+        raise CheckpointError("root hash is not base64", reason=CheckpointReason.MALFORMED) from None
     if base64.b64encode(root).decode("ascii") != root_b64:
-        raise CheckpointError(CheckpointReason.MALFORMED, "root hash is not canonical base64")
+        raise CheckpointError("root hash is not canonical base64", reason=CheckpointReason.MALFORMED)
     try:
         return Checkpoint(origin=origin, size=int(size), root=root, timestamp_ms=int(ts))
     except ValueError as exc:
-        raise CheckpointError(CheckpointReason.MALFORMED, str(exc)) from None
+        raise CheckpointError(str(exc), reason=CheckpointReason.MALFORMED) from None
 
 
 def parse_and_verify(
@@ -192,7 +192,9 @@ def parse_and_verify(
     text, _ = split_note(note)
     cp = parse_checkpoint_body(text)
     if origin is not None and cp.origin != origin:
-        raise CheckpointError(CheckpointReason.WRONG_ORIGIN, f"checkpoint of {cp.origin!r}, not {origin!r}")
+        raise CheckpointError(
+            f"checkpoint of {cp.origin!r}, not {origin!r}", reason=CheckpointReason.WRONG_ORIGIN
+        )
     open_note(note, public_keys_by_name)
     return cp
 

@@ -56,12 +56,13 @@ class CheckpointError(LedgerError):
         reason: which check failed.
     """
 
-    def __init__(self, reason: CheckpointReason, message: str) -> None:
+    def __init__(self, message: str, *, reason: CheckpointReason) -> None:
         super().__init__(f"checkpoint refused ({reason}): {message}")
         self.reason = reason
+        self.detail = message
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (CheckpointError, (self.reason, str(self)))
+        return (functools.partial(CheckpointError, reason=self.reason), (self.detail,))
 
 
 class CheckpointRefused(LedgerError):

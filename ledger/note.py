@@ -83,49 +83,53 @@ def open_note(
         if public is None:
             continue
         if len(blob) != 4 + _ED25519_SIG_SIZE:
-            raise CheckpointError(CheckpointReason.BAD_SIGNATURE, f"signature of {name} has the wrong length")
+            raise CheckpointError(
+                f"signature of {name} has the wrong length", reason=CheckpointReason.BAD_SIGNATURE
+            )
         try:
             public.verify(blob[4:], text)
         except InvalidSignature:
             raise CheckpointError(
-                CheckpointReason.BAD_SIGNATURE, f"signature of {name} does not verify"
+                f"signature of {name} does not verify", reason=CheckpointReason.BAD_SIGNATURE
             ) from None
         verified = True
     if not verified:
-        raise CheckpointError(CheckpointReason.UNKNOWN_KEY, "no signature from a known key")
+        raise CheckpointError("no signature from a known key", reason=CheckpointReason.UNKNOWN_KEY)
     return text
 
 
 def split_note(note: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
     if not isinstance(note, bytes):
-        raise CheckpointError(CheckpointReason.MALFORMED, "a note is bytes")
+        raise CheckpointError("a note is bytes", reason=CheckpointReason.MALFORMED)
     if len(note) > MAX_NOTE_BYTES:
-        raise CheckpointError(CheckpointReason.MALFORMED, f"note longer than {MAX_NOTE_BYTES} bytes")
+        raise CheckpointError(f"note longer than {MAX_NOTE_BYTES} bytes", reason=CheckpointReason.MALFORMED)
     try:
         _check_note_text(note)
     except ValueError as exc:
-        raise CheckpointError(CheckpointReason.MALFORMED, str(exc)) from None
+        raise CheckpointError(str(exc), reason=CheckpointReason.MALFORMED) from None
     split = note.rfind(b"\n\n")
     if split < 0 or not note.endswith(b"\n"):
-        raise CheckpointError(CheckpointReason.MALFORMED, "no blank line before the signatures")
+        raise CheckpointError("no blank line before the signatures", reason=CheckpointReason.MALFORMED)
     text, sig_block = note[: split + 1], note[split + 2 :]
     lines = sig_block.decode("utf-8").split("\n")[:-1]
     if not lines:
-        raise CheckpointError(CheckpointReason.MALFORMED, "no signature lines")
+        raise CheckpointError("no signature lines", reason=CheckpointReason.MALFORMED)
     if len(lines) > MAX_SIGNATURES:
-        raise CheckpointError(CheckpointReason.MALFORMED, f"more than {MAX_SIGNATURES} signatures")
+        raise CheckpointError(f"more than {MAX_SIGNATURES} signatures", reason=CheckpointReason.MALFORMED)
     signatures = []
     for line in lines:
         if not line.startswith(SIGNATURE_PREFIX):
-            raise CheckpointError(CheckpointReason.MALFORMED, "signature line does not start with an em dash")
+            raise CheckpointError(
+                "signature line does not start with an em dash", reason=CheckpointReason.MALFORMED
+            )
         name, space, b64 = line[len(SIGNATURE_PREFIX) :].partition(" ")
         try:
             check_key_name(name, "key name")
             blob = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error):
-            raise CheckpointError(CheckpointReason.MALFORMED, "malformed signature line") from None
+            raise CheckpointError("malformed signature line", reason=CheckpointReason.MALFORMED) from None
         if not space or len(blob) < 5 or base64.b64encode(blob).decode("ascii") != b64:
-            raise CheckpointError(CheckpointReason.MALFORMED, "malformed signature line")
+            raise CheckpointError("malformed signature line", reason=CheckpointReason.MALFORMED)
         signatures.append((name, blob))
     return text, signatures
 
