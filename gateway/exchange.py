@@ -50,7 +50,7 @@ from tongban.runtime.status_codes import status_from_wire
 from tongban.v1 import envelope_pb2, exchange_pb2
 
 log = structlog.get_logger("tongban.gateway")
-_SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[[a-z][a-z0-9_]{0,63}\])?)$")
+_SAFE_PATH = re.compile(r"^(time_to_live|request(\.[a-z_]+)*(\.fields\[(?P<name>[a-z][a-z0-9_]{0,63})\])?)$")
 _SEND_FAILURES = (
     nats.errors.NoRespondersError,
     TimeoutError,  # nats.errors.TimeoutError is one
@@ -83,9 +83,22 @@ class Outgoing:
     trace_id: str
 
 
-def _ledger_detail(exc: TongbanError) -> Detail:
-    """Reason plus offending field paths; a path that could carry caller text is replaced by '?'."""
-    paths = [v.field if _SAFE_PATH.match(v.field) else "?" for v in getattr(exc, "violations", [])]
+def _ledger_detail(exc: TongbanError, declared: frozenset[str]) -> Detail:
+    """Reason plus offending field paths. A path is recorded only in a shape that carries no caller
+    text: a form field the catalogue item declares keeps its name, any other field name (the
+    caller's text, perhaps an ID number or a phone with a letter in front) is ``fields[?]``, and a
+    path of any other shape is ``?``; each path once, in the order of the violations."""
+    paths: dict[str, None] = {}
+    for v in getattr(exc, "violations", []):
+        match = _SAFE_PATH.match(v.field)
+        name = match.group("name") if match else None
+        if match is None:
+            path = "?"
+        elif name is not None and name not in declared:
+            path = v.field[: v.field.index("[") + 1] + "?]"
+        else:
+            path = v.field
+        paths[path] = None
     return Detail(outcome=exc.wire_reason, fields=tuple(paths))
 
 
@@ -164,9 +177,11 @@ class ExchangeCore:
         caller text: they are recorded only when the registry names the region and the catalogue the
         service (a well-formed value is not enough: an ID number is well-formed), else '?'."""
         to = req.target_region if self.registry.region(req.target_region) is not None else "?"
-        svc = req.service_code if req.service_code in self.catalogue else "?"
+        item = self.catalogue.get(req.service_code)
+        svc = req.service_code if item is not None else "?"
+        declared = frozenset(f.name for f in item.fields) if item is not None else frozenset()
         await self._fail(
-            Outgoing(message_id, to, svc, trace_id), Event.REJECTED, _ledger_detail(error), error
+            Outgoing(message_id, to, svc, trace_id), Event.REJECTED, _ledger_detail(error, declared), error
         )
 
     async def validate(

@@ -149,3 +149,27 @@ async def test_all_violations_reported_together(stack: Stack) -> None:
         "request.fields[treatment_region]",
         "request.fields[valid_from]",
     }
+
+
+async def test_field_names_of_the_caller_stay_out_of_the_ledger(stack: Stack) -> None:
+    """Form field names the catalogue item does not declare are the caller's text (here a phone
+    number and an ID number behind a letter, and 64-character names): the partner is told which
+    name is wrong, the REJECTED entry says ``fields[?]``; as many as the catalogue lists (16 and a
+    summary) still fit in one entry, which a record of every name would not."""
+    q = pension()
+    q.request.fields["p13800138000"] = "x"
+    q.request.fields["i320213198511200025"] = "x"
+    long_names = [f"z{i:02d}" + "q" * 61 for i in range(30)]
+    for name in long_names:
+        q.request.fields[name] = "x"
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stack.stub(SZ).Query(q, timeout=5)
+    d = details_of(exc.value)
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.reason == "INVALID_REQUEST"
+    assert "request.fields[p13800138000]" in d.violations  # the partner learns which name
+    [entry] = await stack.nodes[SZ].ledger.entries()
+    assert entry.event == Event.REJECTED
+    text = note(entry)
+    assert text == "INVALID_REQUEST: request.fields[?],request.fields", text  # and the summary
+    for leaked in ("13800138000", "320213198511200025", "qqqq"):
+        assert leaked not in entry.detail
