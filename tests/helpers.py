@@ -17,7 +17,7 @@ from tongban.core.details import Detail
 from tongban.ops.dev import free_port
 from tongban.v1 import registry_pb2
 
-__all__ = ["eventually", "free_port", "nkey_connect"]
+__all__ = ["eventually", "eventually_sync", "free_port", "nkey_connect"]
 
 
 async def eventually(
@@ -34,6 +34,28 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {what or check}")
         await asyncio.sleep(0.01)  # the polling interval of the condition wait itself
+
+
+def eventually_sync(
+    check: Callable[[], bool],
+    *,
+    timeout: float = 10.0,
+    what: str = "",
+    tolerate: tuple[type[Exception], ...] = (),
+) -> None:
+    """:func:`eventually` for synchronous code (fixtures outside the event loop, subprocesses):
+    exceptions of the ``tolerate`` types count as "not yet" and the last one is named on failure."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            if check():
+                return
+        except tolerate as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {what or check} ({last})")
+        time.sleep(0.05)  # the polling interval of the condition wait itself
 
 
 def nkey_connect(info_line: bytes, seed_file: Path, **fields: object) -> bytes:

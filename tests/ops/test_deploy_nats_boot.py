@@ -10,7 +10,6 @@ import json
 import re
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import nats
 import nats.errors
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import eventually_sync, free_port
 from tests.ops.natsdeploy import (
     DOMAIN,
     HUB_CONFS,
@@ -78,16 +77,8 @@ class Booted:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, urllib.error.URLError, KeyError) as exc:
-            last = exc
-        time.sleep(0.1)  # polling interval of this condition wait (a synchronous fixture), not a delay
-    raise AssertionError(f"{what} not reached in {timeout}s ({last})")
+    """Until ``check`` holds; a node not answering yet (connection refused, no such key) is "not yet"."""
+    eventually_sync(check, timeout=timeout, what=what, tolerate=(OSError, urllib.error.URLError, KeyError))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.e2e.requests import pension
-from tests.helpers import eventually
+from tests.helpers import eventually, eventually_sync
 from tongban.ops.dev import Backoff, DevStack
 from tongban.v1 import exchange_pb2_grpc
 
@@ -128,10 +128,7 @@ def test_no_strays_however_the_supervisor_ends(tmp_path: Path, how: signal.Signa
     finally:
         proc.send_signal(how)
         proc.communicate(timeout=60)
-    deadline = time.monotonic() + 30
-    while _processes_mentioning(str(state)) and time.monotonic() < deadline:
-        time.sleep(0.05)  # polling interval of a condition wait (children exiting), not a fixed delay
-    assert _processes_mentioning(str(state)) == []
+    eventually_sync(lambda: _processes_mentioning(str(state)) == [], timeout=30, what="every child gone")
 
 
 def test_backoff_doubles_to_a_cap() -> None:
