@@ -15,7 +15,7 @@ UPPER_SNAKE), catalogue field paths already checked to be safe, case numbers and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Final
 
@@ -82,7 +82,12 @@ class Detail:
 
     def encode(self) -> str:
         """The canonical JSON text stored in the entry (sorted keys, no whitespace, no empty fields)."""
-        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if not _empty(v)}
+        # Not dataclasses.asdict: it deep-copies, and this runs for every ledger entry written.
+        data = {
+            name: list(v) if isinstance(v, tuple) else v
+            for name in _FIELD_NAMES
+            if not _empty(v := getattr(self, name))
+        }
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if data else ""
 
     @classmethod
@@ -158,6 +163,9 @@ class Detail:
 
     def _case_only(self) -> bool:
         return bool(self.case_no) and self == Detail(case_no=self.case_no)
+
+
+_FIELD_NAMES: Final = tuple(f.name for f in fields(Detail))
 
 
 def _empty(value: object) -> bool:
