@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from tongban.core import messages
 from tongban.core.errors import NotFound, Reason, TongbanError
 from tongban.v1 import envelope_pb2, exchange_pb2
 
@@ -44,6 +45,12 @@ class AdapterRequest:
     declared_fields: tuple[str, ...] = field(default_factory=tuple)
     case_no: str = ""
     """Case number of a Submit (empty for Query)."""
+    deadline: float = 0.0
+    """The request's deadline (epoch seconds; 0: none): a back-end call must end before it."""
+    origin_system: str = ""
+    """The partner system that sent the request in the requesting region."""
+    purpose: str = ""
+    """The request's purpose code (e.g. KSTB_CASE_HANDLING)."""
 
 
 class AdapterFailure(TongbanError):
@@ -78,6 +85,9 @@ def adapter_request(header: envelope_pb2.Header, request: exchange_pb2.ServiceRe
         fields=dict(request.fields),
         declared_fields=tuple(request.governance.declared_fields),
         case_no=header.case_no,
+        deadline=messages.seconds(header.deadline) if header.HasField("deadline") else 0.0,
+        origin_system=header.origin_system,
+        purpose=header.purpose,
     )
 
 

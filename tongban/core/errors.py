@@ -115,6 +115,16 @@ class Reason(StrEnum):
     BACKEND_FAILURE = "BACKEND_FAILURE"
     BACKEND_TIMEOUT = "BACKEND_TIMEOUT"
     BACKEND_ERROR = "BACKEND_ERROR"
+    BACKEND_BUSY = "BACKEND_BUSY"
+    """The back end said it is overloaded (HTTP 429 or 503) and retries did not get through."""
+    BACKEND_REFUSED = "BACKEND_REFUSED"
+    """The back end refused the request on its merits (HTTP 409 or 422): a business refusal."""
+    BACKEND_CIRCUIT_OPEN = "BACKEND_CIRCUIT_OPEN"
+    """The back end failed too often lately: calls are not attempted until its cool-down ends."""
+    CATALOGUE_REVISION_UNKNOWN = "CATALOGUE_REVISION_UNKNOWN"
+    """The request names a catalogue revision this region does not hold (yet)."""
+    DELIVERY_NOT_FOUND = "DELIVERY_NOT_FOUND"
+    """The back-end API knows no delivery with this id."""
 
     # -- operator tools -----------------------------------------------------------------------------
     DEAD_LETTER_NOT_FOUND = "DEAD_LETTER_NOT_FOUND"

@@ -226,6 +226,47 @@ class ConnectorConfig:
 
 
 @dataclass
+class CatalogueConfig:
+    file: str = ""
+    """The deployment's catalogue: protobuf JSON of ``tongban.v1.Catalogue`` or a ``SignedCatalogue``
+    (``.signed``); empty: the catalogue shipped in the package."""
+    watch: bool = True
+    """Adopt signed catalogues the registry authority publishes to the region's KV bucket."""
+    cache: str = "catalogue.latest"
+    """Where the newest adopted signed catalogue is kept across restarts."""
+    keep_revisions: int = 8
+    """Catalogue revisions kept to validate requests a sender checked against an earlier one."""
+
+
+@dataclass
+class BackendApiConfig:
+    listen: str = ""
+    """host:port of the connector's back-end API (CaseBackend) for the region's own case system;
+    empty: not served."""
+    port_file: str = ""
+    """Written with the bound port once listening (for ``listen = "127.0.0.1:0"``)."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    """Mutual TLS, as the gateway: required outside dev mode."""
+    allowed_clients: list[str] = field(default_factory=list)
+    """Client certificate common names allowed to call (empty: any certificate ``client_ca`` signed)."""
+    lease_s: float = 60.0
+    """A streamed delivery not acknowledged within this is streamed again."""
+    webhook_url: str = ""
+    """POST each delivered case here as well (empty: pull only)."""
+    webhook_secret_file: str = ""
+    """HMAC-SHA256 key for the webhook's signature header."""
+    webhook_ca: str = ""
+    """CA file for the webhook receiver's TLS certificate (empty: the system's)."""
+    webhook_timeout_s: float = 5.0
+    webhook_max_attempts: int = 10
+    """Attempts before a delivery the webhook never took is dead-lettered."""
+    webhook_backoff_s: list[float] = field(default_factory=lambda: [1.0, 5.0, 30.0, 120.0])
+    """Delays between webhook attempts (the last one repeats), jittered."""
+
+
+@dataclass
 class LedgerConfig:
     backend: str = "sqlite"
     """``sqlite`` (the file ``path``) or ``postgres`` (``dsn``): several gateway and connector
@@ -316,6 +357,13 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
+    catalogue: CatalogueConfig = field(default_factory=CatalogueConfig)
+    backend_api: BackendApiConfig = field(default_factory=BackendApiConfig)
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``[backends.<name>]``: the region's back-end systems (HTTP services, databases); read by
+    :mod:`connectors.declared`."""
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``[services.<item code>]``: which back end answers each catalogue item, and how."""
     base_dir: Path = field(default_factory=Path.cwd)
     """Directory relative paths are resolved against (the config file's directory)."""
 
@@ -342,6 +390,9 @@ class Config:
         cfg = cls(base_dir=base_dir)
         hints = get_type_hints(cls)
         for name, section in data.items():
+            if name in _TABLES_OF_TABLES:
+                setattr(cfg, name, _tables_of_tables(name, section))
+                continue
             if name not in hints or not is_dataclass(getattr(cfg, name)):
                 raise ConfigError(f"unknown config section [{name}]")
             if not isinstance(section, dict):
@@ -380,6 +431,22 @@ class Config:
             system, sep, token = entry.partition(":")
             if not sep or not system or len(token) < 16:
                 raise ConfigError('[gateway] dev_tokens entries are "<system-id>:<token of 16+ characters>"')
+        if self.catalogue.keep_revisions < 1:
+            raise ConfigError("[catalogue] keep_revisions must be >= 1")
+        api = self.backend_api
+        api_tls = (api.tls_cert, api.tls_key, api.client_ca)
+        if any(api_tls) and not all(api_tls):
+            raise ConfigError("[backend_api] tls_cert, tls_key and client_ca go together")
+        if api.listen and not all(api_tls) and not self.gateway.dev_mode:
+            raise ConfigError("[backend_api] needs tls_cert, tls_key and client_ca outside dev mode")
+        if api.lease_s <= 0 or api.webhook_timeout_s <= 0 or api.webhook_max_attempts < 1:
+            raise ConfigError(
+                "[backend_api] lease_s and webhook_timeout_s must be > 0, webhook_max_attempts >= 1"
+            )
+        if not api.webhook_backoff_s or any(b <= 0 for b in api.webhook_backoff_s):
+            raise ConfigError("[backend_api] webhook_backoff_s must be positive delays")
+        if api.webhook_url and not api.webhook_secret_file:
+            raise ConfigError("[backend_api] webhook_url needs webhook_secret_file (deliveries are signed)")
         if self.connector.max_in_flight_per_region < 1:
             raise ConfigError("[connector] max_in_flight_per_region must be >= 1")
         gw = self.gateway
@@ -438,6 +505,17 @@ class Config:
             or self.gateway.max_deadline_s < self.gateway.default_deadline_s
         ):
             raise ConfigError("[gateway] deadlines must satisfy 0 < default_deadline_s <= max_deadline_s")
+
+
+_TABLES_OF_TABLES = ("backends", "services")
+"""Sections holding one table per name (``[backends.shebao]``); their settings are checked by the
+connector that reads them."""
+
+
+def _tables_of_tables(name: str, section: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(section, dict) or not all(isinstance(t, dict) for t in section.values()):
+        raise ConfigError(f"[{name}] holds one table per name, e.g. [{name}.<name>]")
+    return {str(k): dict(v) for k, v in section.items()}
 
 
 def _apply(target: Any, values: dict[str, Any], section: str) -> None:

@@ -23,26 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from tongban.v1 import envelope_pb2 as tongban_dot_v1_dot_envelope__pb2
 from tongban.v1 import exchange_pb2 as tongban_dot_v1_dot_exchange__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19tongban/v1/exchange.proto\"\x9d\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x10\n\x08personal\x18\x07 \x01(\x08\"\x87\x03\n\rCatalogueItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12/\n\rhandling_mode\x18\x04 \x01(\x0e\x32\x18.tongban.v1.HandlingMode\x12\x31\n\x0e\x61pplicant_kind\x18\x05 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12%\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x17\n\x0fresponse_fields\x18\x07 \x03(\t\x12\x33\n\x0fshare_attribute\x18\x08 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x12\n\ndata_grade\x18\t \x01(\t\x12\x11\n\tsensitive\x18\n \x01(\x08\x12\x1b\n\x13provider_department\x18\x0b \x01(\t\x12,\n\x08\x64\x65livery\x18\x0c \x01(\x0b\x32\x1a.tongban.v1.DeliveryPolicy\"\x83\x01\n\x0e\x44\x65liveryPolicy\x12*\n\x07\x62\x61\x63koff\x18\x01 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\x12/\n\x0ctime_to_live\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\tCatalogue\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.tongban.v1.CatalogueItem*\xac\x01\n\x0cHandlingMode\x12\x1d\n\x19HANDLING_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHANDLING_MODE_FULLY_ONLINE\x10\x01\x12+\n\'HANDLING_MODE_COLLECT_HERE_HANDLE_THERE\x10\x02\x12\x17\n\x13HANDLING_MODE_JOINT\x10\x03\x12\x17\n\x13HANDLING_MODE_QUERY\x10\x04*\xe2\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x19\n\x15\x46IELD_TYPE_CITIZEN_ID\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_USCC\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_REGION_CODE\x10\x04\x12\x13\n\x0f\x46IELD_TYPE_DATE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x06\x12\x13\n\x0f\x46IELD_TYPE_ENUM\x10\x07\x12\x14\n\x10\x46IELD_TYPE_PHONE\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19tongban/v1/envelope.proto\x1a\x19tongban/v1/exchange.proto\"\xd7\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12#\n\x04type\x18\x03 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x10\n\x08required\x18\x04 \x01(\x08\x12\x12\n\nmax_length\x18\x05 \x01(\r\x12\x16\n\x0e\x61llowed_values\x18\x06 \x03(\t\x12\x10\n\x08personal\x18\x07 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x0f\n\x07pattern\x18\t \x01(\t\x12\x12\n\nmin_length\x18\n \x01(\r\"\x99\x04\n\rCatalogueItem\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12/\n\rhandling_mode\x18\x04 \x01(\x0e\x32\x18.tongban.v1.HandlingMode\x12\x31\n\x0e\x61pplicant_kind\x18\x05 \x01(\x0e\x32\x19.tongban.v1.ApplicantKind\x12%\n\x06\x66ields\x18\x06 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x17\n\x0fresponse_fields\x18\x07 \x03(\t\x12\x33\n\x0fshare_attribute\x18\x08 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x12\n\ndata_grade\x18\t \x01(\t\x12\x11\n\tsensitive\x18\n \x01(\x08\x12\x1b\n\x13provider_department\x18\x0b \x01(\t\x12,\n\x08\x64\x65livery\x18\x0c \x01(\x0b\x32\x1a.tongban.v1.DeliveryPolicy\x12\x0f\n\x07\x61liases\x18\r \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x0f \x01(\t\x12\x15\n\rpromised_days\x18\x10 \x01(\r\x12\x12\n\nlegal_days\x18\x11 \x01(\r\x12-\n\x0eresponse_specs\x18\x12 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\"\x83\x01\n\x0e\x44\x65liveryPolicy\x12*\n\x07\x62\x61\x63koff\x18\x01 \x03(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x02 \x01(\r\x12/\n\x0ctime_to_live\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\tCatalogue\x12\x0f\n\x07version\x18\x01 \x01(\t\x12(\n\x05items\x18\x02 \x03(\x0b\x32\x19.tongban.v1.CatalogueItem\x12\x10\n\x08revision\x18\x03 \x01(\x04\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x0fSignedCatalogue\x12\x10\n\x08\x64ocument\x18\x01 \x01(\x0c\x12)\n\nsignatures\x18\x02 \x03(\x0b\x32\x15.tongban.v1.Signature\"\xe1\x01\n\x13ListServicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12/\n\rhandling_mode\x18\x03 \x01(\x0e\x32\x18.tongban.v1.HandlingMode\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x17\n\x0fprovider_region\x18\x05 \x01(\t\x12\x33\n\x0fshare_attribute\x18\x06 \x01(\x0e\x32\x1a.tongban.v1.ShareAttribute\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\"\xa4\x01\n\x14ListServicesResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.tongban.v1.CatalogueItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\r\x12\x19\n\x11\x63\x61talogue_version\x18\x04 \x01(\t\x12\x1a\n\x12\x63\x61talogue_revision\x18\x05 \x01(\x04\"!\n\x11GetServiceRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"\x8e\x01\n\x12GetServiceResponse\x12\'\n\x04item\x18\x01 \x01(\x0b\x32\x19.tongban.v1.CatalogueItem\x12\x18\n\x10provider_regions\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61talogue_version\x18\x03 \x01(\t\x12\x1a\n\x12\x63\x61talogue_revision\x18\x04 \x01(\x04\"9\n\x15SearchServicesRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\"t\n\x16SearchServicesResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.tongban.v1.SearchHit\x12\x19\n\x11\x63\x61talogue_version\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61talogue_revision\x18\x03 \x01(\x04\"C\n\tSearchHit\x12\'\n\x04item\x18\x01 \x01(\x0b\x32\x19.tongban.v1.CatalogueItem\x12\r\n\x05score\x18\x02 \x01(\x01*\xac\x01\n\x0cHandlingMode\x12\x1d\n\x19HANDLING_MODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aHANDLING_MODE_FULLY_ONLINE\x10\x01\x12+\n\'HANDLING_MODE_COLLECT_HERE_HANDLE_THERE\x10\x02\x12\x17\n\x13HANDLING_MODE_JOINT\x10\x03\x12\x17\n\x13HANDLING_MODE_QUERY\x10\x04*\xe2\x01\n\tFieldType\x12\x1a\n\x16\x46IELD_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46IELD_TYPE_STRING\x10\x01\x12\x19\n\x15\x46IELD_TYPE_CITIZEN_ID\x10\x02\x12\x13\n\x0f\x46IELD_TYPE_USCC\x10\x03\x12\x1a\n\x16\x46IELD_TYPE_REGION_CODE\x10\x04\x12\x13\n\x0f\x46IELD_TYPE_DATE\x10\x05\x12\x16\n\x12\x46IELD_TYPE_INTEGER\x10\x06\x12\x13\n\x0f\x46IELD_TYPE_ENUM\x10\x07\x12\x14\n\x10\x46IELD_TYPE_PHONE\x10\x08\x32\x8b\x02\n\x10\x43\x61talogueService\x12Q\n\x0cListServices\x12\x1f.tongban.v1.ListServicesRequest\x1a .tongban.v1.ListServicesResponse\x12K\n\nGetService\x12\x1d.tongban.v1.GetServiceRequest\x1a\x1e.tongban.v1.GetServiceResponse\x12W\n\x0eSearchServices\x12!.tongban.v1.SearchServicesRequest\x1a\".tongban.v1.SearchServicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.catalogue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HANDLINGMODE']._serialized_start=862
-  _globals['_HANDLINGMODE']._serialized_end=1034
-  _globals['_FIELDTYPE']._serialized_start=1037
-  _globals['_FIELDTYPE']._serialized_end=1263
-  _globals['_FIELDSPEC']._serialized_start=102
-  _globals['_FIELDSPEC']._serialized_end=259
-  _globals['_CATALOGUEITEM']._serialized_start=262
-  _globals['_CATALOGUEITEM']._serialized_end=653
-  _globals['_DELIVERYPOLICY']._serialized_start=656
-  _globals['_DELIVERYPOLICY']._serialized_end=787
-  _globals['_CATALOGUE']._serialized_start=789
-  _globals['_CATALOGUE']._serialized_end=859
+  _globals['_HANDLINGMODE']._serialized_start=2093
+  _globals['_HANDLINGMODE']._serialized_end=2265
+  _globals['_FIELDTYPE']._serialized_start=2268
+  _globals['_FIELDTYPE']._serialized_end=2494
+  _globals['_FIELDSPEC']._serialized_start=162
+  _globals['_FIELDSPEC']._serialized_end=377
+  _globals['_CATALOGUEITEM']._serialized_start=380
+  _globals['_CATALOGUEITEM']._serialized_end=917
+  _globals['_DELIVERYPOLICY']._serialized_start=920
+  _globals['_DELIVERYPOLICY']._serialized_end=1051
+  _globals['_CATALOGUE']._serialized_start=1054
+  _globals['_CATALOGUE']._serialized_end=1189
+  _globals['_SIGNEDCATALOGUE']._serialized_start=1191
+  _globals['_SIGNEDCATALOGUE']._serialized_end=1269
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1272
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1497
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1500
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1664
+  _globals['_GETSERVICEREQUEST']._serialized_start=1666
+  _globals['_GETSERVICEREQUEST']._serialized_end=1699
+  _globals['_GETSERVICERESPONSE']._serialized_start=1702
+  _globals['_GETSERVICERESPONSE']._serialized_end=1844
+  _globals['_SEARCHSERVICESREQUEST']._serialized_start=1846
+  _globals['_SEARCHSERVICESREQUEST']._serialized_end=1903
+  _globals['_SEARCHSERVICESRESPONSE']._serialized_start=1905
+  _globals['_SEARCHSERVICESRESPONSE']._serialized_end=2021
+  _globals['_SEARCHHIT']._serialized_start=2023
+  _globals['_SEARCHHIT']._serialized_end=2090
+  _globals['_CATALOGUESERVICE']._serialized_start=2497
+  _globals['_CATALOGUESERVICE']._serialized_end=2764
 # @@protoc_insertion_point(module_scope)

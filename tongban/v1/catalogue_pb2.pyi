@@ -7,8 +7,10 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tongban.v1 import envelope_pb2 as _envelope_pb2
 from tongban.v1 import exchange_pb2 as _exchange_pb2
 import builtins as _builtins
 import sys
@@ -106,6 +108,9 @@ class FieldSpec(_message.Message):
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
     ALLOWED_VALUES_FIELD_NUMBER: _builtins.int
     PERSONAL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    MIN_LENGTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     label: _builtins.str
     """Chinese label shown to operators."""
@@ -115,6 +120,12 @@ class FieldSpec(_message.Message):
     """Upper bound on the value length in characters (0: the catalogue default)."""
     personal: _builtins.bool
     """Personal data: never logged, never in headers."""
+    description: _builtins.str
+    """What the field holds, for partners reading the catalogue."""
+    pattern: _builtins.str
+    """A regular expression the whole value must match (Python/RE2 common subset), in addition to the type."""
+    min_length: _builtins.int
+    """Lower bound on the value length in characters (0: none)."""
     @_builtins.property
     def allowed_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -127,10 +138,13 @@ class FieldSpec(_message.Message):
         max_length: _builtins.int = ...,
         allowed_values: _abc.Iterable[_builtins.str] | None = ...,
         personal: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        min_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_values", b"allowed_values", "label", b"label", "max_length", b"max_length", "name", b"name", "personal", b"personal", "required", b"required", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_values", b"allowed_values", "description", b"description", "label", b"label", "max_length", b"max_length", "min_length", b"min_length", "name", b"name", "pattern", b"pattern", "personal", b"personal", "required", b"required", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,6 +168,12 @@ class CatalogueItem(_message.Message):
     SENSITIVE_FIELD_NUMBER: _builtins.int
     PROVIDER_DEPARTMENT_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    PROMISED_DAYS_FIELD_NUMBER: _builtins.int
+    LEGAL_DAYS_FIELD_NUMBER: _builtins.int
+    RESPONSE_SPECS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Item code (GB/T 39554.1 实施编码 or a catalogue-local code), [0-9A-Z]{10,36}."""
     name: _builtins.str
@@ -165,6 +185,14 @@ class CatalogueItem(_message.Message):
     sensitive: _builtins.bool
     provider_department: _builtins.str
     """Government department that provides the data."""
+    description: _builtins.str
+    """What the item does, in a sentence or two."""
+    category: _builtins.str
+    """The 跨省通办 category of the 国办 list, e.g. 社保, 医保, 公积金, 户籍, 婚姻登记."""
+    promised_days: _builtins.int
+    """承诺时限: working days the handling region promises to conclude a case in (0: answered at once)."""
+    legal_days: _builtins.int
+    """法定时限: working days the law allows (0: none set)."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldSpec]: ...
     @_builtins.property
@@ -174,6 +202,14 @@ class CatalogueItem(_message.Message):
     @_builtins.property
     def delivery(self) -> Global___DeliveryPolicy:
         """How durable (Submit) requests for this item are delivered and retried."""
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names the item is known by (for search), e.g. 养老保险关系转移 for 基本养老保险关系转移接续."""
+
+    @_builtins.property
+    def response_specs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldSpec]:
+        """The response fields' labels and types, in response_fields order (may be empty for older items)."""
 
     def __init__(
         self,
@@ -190,10 +226,16 @@ class CatalogueItem(_message.Message):
         sensitive: _builtins.bool = ...,
         provider_department: _builtins.str = ...,
         delivery: Global___DeliveryPolicy | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        category: _builtins.str = ...,
+        promised_days: _builtins.int = ...,
+        legal_days: _builtins.int = ...,
+        response_specs: _abc.Iterable[Global___FieldSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant_kind", b"applicant_kind", "code", b"code", "data_grade", b"data_grade", "delivery", b"delivery", "fields", b"fields", "handling_mode", b"handling_mode", "name", b"name", "name_en", b"name_en", "provider_department", b"provider_department", "response_fields", b"response_fields", "sensitive", b"sensitive", "share_attribute", b"share_attribute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "applicant_kind", b"applicant_kind", "category", b"category", "code", b"code", "data_grade", b"data_grade", "delivery", b"delivery", "description", b"description", "fields", b"fields", "handling_mode", b"handling_mode", "legal_days", b"legal_days", "name", b"name", "name_en", b"name_en", "promised_days", b"promised_days", "provider_department", b"provider_department", "response_fields", b"response_fields", "response_specs", b"response_specs", "sensitive", b"sensitive", "share_attribute", b"share_attribute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,19 +285,259 @@ class Catalogue(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
     version: _builtins.str
+    """Human-readable version label, e.g. "2026.12"."""
+    revision: _builtins.int
+    """Monotonic: a node adopts a published catalogue only with a higher revision than the one it holds.
+    Requests carry the revision they were validated against (Header.catalogue_revision).
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueItem]: ...
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         items: _abc.Iterable[Global___CatalogueItem] | None = ...,
+        revision: _builtins.int = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at", "items", b"items", "revision", b"revision", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Catalogue: _TypeAlias = Catalogue  # noqa: Y015
+
+@_typing.final
+class SignedCatalogue(_message.Message):
+    """SignedCatalogue carries the exact signed bytes of a Catalogue and the registry root signatures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
+    document: _builtins.bytes
+    """Serialised Catalogue."""
+    @_builtins.property
+    def signatures(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Signature]: ...
+    def __init__(
+        self,
+        *,
+        document: _builtins.bytes = ...,
+        signatures: _abc.Iterable[_envelope_pb2.Signature] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "signatures", b"signatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedCatalogue: _TypeAlias = SignedCatalogue  # noqa: Y015
+
+@_typing.final
+class ListServicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    HANDLING_MODE_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    PROVIDER_REGION_FIELD_NUMBER: _builtins.int
+    SHARE_ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many items (0: 50; capped at 200)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
+    handling_mode: Global___HandlingMode.ValueType
+    """Filters (unset: any)."""
+    department: _builtins.str
+    """Exact provider_department, e.g. 人力资源和社会保障部门."""
+    provider_region: _builtins.str
+    """GB/T 2260 code of a region that provides the item (from the trust registry)."""
+    share_attribute: _exchange_pb2.ShareAttribute.ValueType
+    category: _builtins.str
+    """Exact category, e.g. 公积金."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        handling_mode: Global___HandlingMode.ValueType = ...,
+        department: _builtins.str = ...,
+        provider_region: _builtins.str = ...,
+        share_attribute: _exchange_pb2.ShareAttribute.ValueType = ...,
+        category: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "department", b"department", "handling_mode", b"handling_mode", "page_size", b"page_size", "page_token", b"page_token", "provider_region", b"provider_region", "share_attribute", b"share_attribute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServicesRequest: _TypeAlias = ListServicesRequest  # noqa: Y015
+
+@_typing.final
+class ListServicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    CATALOGUE_REVISION_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    total_size: _builtins.int
+    """Items matching the filters, over all pages."""
+    catalogue_version: _builtins.str
+    catalogue_revision: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogueItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___CatalogueItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+        catalogue_version: _builtins.str = ...,
+        catalogue_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_revision", b"catalogue_revision", "catalogue_version", b"catalogue_version", "items", b"items", "next_page_token", b"next_page_token", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServicesResponse: _TypeAlias = ListServicesResponse  # noqa: Y015
+
+@_typing.final
+class GetServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceRequest: _TypeAlias = GetServiceRequest  # noqa: Y015
+
+@_typing.final
+class GetServiceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    PROVIDER_REGIONS_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    CATALOGUE_REVISION_FIELD_NUMBER: _builtins.int
+    catalogue_version: _builtins.str
+    catalogue_revision: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___CatalogueItem: ...
+    @_builtins.property
+    def provider_regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Regions whose registry entry provides this item."""
+
+    def __init__(
+        self,
+        *,
+        item: Global___CatalogueItem | None = ...,
+        provider_regions: _abc.Iterable[_builtins.str] | None = ...,
+        catalogue_version: _builtins.str = ...,
+        catalogue_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_revision", b"catalogue_revision", "catalogue_version", b"catalogue_version", "item", b"item", "provider_regions", b"provider_regions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServiceResponse: _TypeAlias = GetServiceResponse  # noqa: Y015
+
+@_typing.final
+class SearchServicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """Keywords, e.g. "公积金 提取" (at most 64 characters)."""
+    page_size: _builtins.int
+    """At most this many hits (0: 20; capped at 100)."""
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchServicesRequest: _TypeAlias = SearchServicesRequest  # noqa: Y015
+
+@_typing.final
+class SearchServicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    CATALOGUE_VERSION_FIELD_NUMBER: _builtins.int
+    CATALOGUE_REVISION_FIELD_NUMBER: _builtins.int
+    catalogue_version: _builtins.str
+    catalogue_revision: _builtins.int
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        catalogue_version: _builtins.str = ...,
+        catalogue_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalogue_revision", b"catalogue_revision", "catalogue_version", b"catalogue_version", "hits", b"hits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchServicesResponse: _TypeAlias = SearchServicesResponse  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    """SearchHit is one matching item and how well it matched (higher is better)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    @_builtins.property
+    def item(self) -> Global___CatalogueItem: ...
+    def __init__(
+        self,
+        *,
+        item: Global___CatalogueItem | None = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from tongban.v1 import catalogue_pb2 as tongban_dot_v1_dot_catalogue__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,170 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class CatalogueServiceStub:
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListServices = channel.unary_unary(
+                '/tongban.v1.CatalogueService/ListServices',
+                request_serializer=tongban_dot_v1_dot_catalogue__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_catalogue__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.GetService = channel.unary_unary(
+                '/tongban.v1.CatalogueService/GetService',
+                request_serializer=tongban_dot_v1_dot_catalogue__pb2.GetServiceRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_catalogue__pb2.GetServiceResponse.FromString,
+                _registered_method=True)
+        self.SearchServices = channel.unary_unary(
+                '/tongban.v1.CatalogueService/SearchServices',
+                request_serializer=tongban_dot_v1_dot_catalogue__pb2.SearchServicesRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_catalogue__pb2.SearchServicesResponse.FromString,
+                _registered_method=True)
+
+
+class CatalogueServiceServicer:
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    def ListServices(self, request, context):
+        """Items in catalogue order, filtered and paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetService(self, request, context):
+        """One item with its full field schema.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchServices(self, request, context):
+        """Items matching keywords (Chinese or English) over names, aliases and descriptions, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CatalogueServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=tongban_dot_v1_dot_catalogue__pb2.ListServicesRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_catalogue__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'GetService': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetService,
+                    request_deserializer=tongban_dot_v1_dot_catalogue__pb2.GetServiceRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_catalogue__pb2.GetServiceResponse.SerializeToString,
+            ),
+            'SearchServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchServices,
+                    request_deserializer=tongban_dot_v1_dot_catalogue__pb2.SearchServicesRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_catalogue__pb2.SearchServicesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tongban.v1.CatalogueService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tongban.v1.CatalogueService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CatalogueService:
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CatalogueService/ListServices',
+            tongban_dot_v1_dot_catalogue__pb2.ListServicesRequest.SerializeToString,
+            tongban_dot_v1_dot_catalogue__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CatalogueService/GetService',
+            tongban_dot_v1_dot_catalogue__pb2.GetServiceRequest.SerializeToString,
+            tongban_dot_v1_dot_catalogue__pb2.GetServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CatalogueService/SearchServices',
+            tongban_dot_v1_dot_catalogue__pb2.SearchServicesRequest.SerializeToString,
+            tongban_dot_v1_dot_catalogue__pb2.SearchServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -5,9 +5,16 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from tongban.v1 import catalogue_pb2 as _catalogue_pb2
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -18,3 +25,64 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class CatalogueServiceStub:
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CatalogueServiceAsyncStub: ...
+    ListServices: _grpc.UnaryUnaryMultiCallable[_catalogue_pb2.ListServicesRequest, _catalogue_pb2.ListServicesResponse]
+    """Items in catalogue order, filtered and paged."""
+    GetService: _grpc.UnaryUnaryMultiCallable[_catalogue_pb2.GetServiceRequest, _catalogue_pb2.GetServiceResponse]
+    """One item with its full field schema."""
+    SearchServices: _grpc.UnaryUnaryMultiCallable[_catalogue_pb2.SearchServicesRequest, _catalogue_pb2.SearchServicesResponse]
+    """Items matching keywords (Chinese or English) over names, aliases and descriptions, best first."""
+
+@_typing.type_check_only
+class CatalogueServiceAsyncStub(CatalogueServiceStub):
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListServices: _aio.UnaryUnaryMultiCallable[_catalogue_pb2.ListServicesRequest, _catalogue_pb2.ListServicesResponse]  # type: ignore[assignment]
+    """Items in catalogue order, filtered and paged."""
+    GetService: _aio.UnaryUnaryMultiCallable[_catalogue_pb2.GetServiceRequest, _catalogue_pb2.GetServiceResponse]  # type: ignore[assignment]
+    """One item with its full field schema."""
+    SearchServices: _aio.UnaryUnaryMultiCallable[_catalogue_pb2.SearchServicesRequest, _catalogue_pb2.SearchServicesResponse]  # type: ignore[assignment]
+    """Items matching keywords (Chinese or English) over names, aliases and descriptions, best first."""
+
+class CatalogueServiceServicer(metaclass=_abc_1.ABCMeta):
+    """CatalogueService lets partners list, read and search the items of the catalogue a gateway holds.
+    (The message Catalogue already takes the name in this package.)
+    """
+
+    @_abc_1.abstractmethod
+    def ListServices(
+        self,
+        request: _catalogue_pb2.ListServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalogue_pb2.ListServicesResponse, _abc.Awaitable[_catalogue_pb2.ListServicesResponse]]:
+        """Items in catalogue order, filtered and paged."""
+
+    @_abc_1.abstractmethod
+    def GetService(
+        self,
+        request: _catalogue_pb2.GetServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalogue_pb2.GetServiceResponse, _abc.Awaitable[_catalogue_pb2.GetServiceResponse]]:
+        """One item with its full field schema."""
+
+    @_abc_1.abstractmethod
+    def SearchServices(
+        self,
+        request: _catalogue_pb2.SearchServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalogue_pb2.SearchServicesResponse, _abc.Awaitable[_catalogue_pb2.SearchServicesResponse]]:
+        """Items matching keywords (Chinese or English) over names, aliases and descriptions, best first."""
+
+def add_CatalogueServiceServicer_to_server(servicer: CatalogueServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/envelope.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12)\n\nsignatures\x18\x03 \x03(\x0b\x32\x15.tongban.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xda\x03\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.tongban.v1.MessageKind\x12\x14\n\x0cservice_code\x18\x03 \x01(\t\x12\x13\n\x0b\x66rom_region\x18\x04 \x01(\t\x12\x11\n\tto_region\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0esubject_digest\x18\t \x01(\t\x12\x16\n\x0esubject_masked\x18\n \x01(\t\x12\x0f\n\x07purpose\x18\x0b \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\x12\r\n\x05suite\x18\r \x01(\t\x12\x18\n\x10recipient_key_id\x18\x0e \x01(\t\x12\x13\n\x0bin_reply_to\x18\x0f \x01(\t\x12\x16\n\x0erequest_digest\x18\x10 \x01(\x0c\x12\x15\n\rorigin_system\x18\x11 \x01(\t\x12\x0f\n\x07\x63\x61se_no\x18\x12 \x01(\t\x12\x0f\n\x07receipt\x18\x13 \x01(\x0c\"\x8b\x01\n\x07Receipt\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x17\n\x0f\x65nvelope_digest\x18\x03 \x01(\x0c\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\rSignedReceipt\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12(\n\tsignature\x18\x02 \x01(\x0b\x32\x15.tongban.v1.Signature*\xb3\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_KIND_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_KIND_RESPONSE\x10\x02\x12\x1a\n\x16MESSAGE_KIND_REJECTION\x10\x03\x12\x16\n\x12MESSAGE_KIND_EVENT\x10\x04\x12\x1d\n\x19MESSAGE_KIND_CASE_REQUEST\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tongban/v1/envelope.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"S\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12)\n\nsignatures\x18\x03 \x03(\x0b\x32\x15.tongban.v1.Signature\"(\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0b\n\x03sig\x18\x02 \x01(\x0c\"\xf6\x03\n\x06Header\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.tongban.v1.MessageKind\x12\x14\n\x0cservice_code\x18\x03 \x01(\t\x12\x13\n\x0b\x66rom_region\x18\x04 \x01(\t\x12\x11\n\tto_region\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x16\n\x0esubject_digest\x18\t \x01(\t\x12\x16\n\x0esubject_masked\x18\n \x01(\t\x12\x0f\n\x07purpose\x18\x0b \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x0c \x01(\t\x12\r\n\x05suite\x18\r \x01(\t\x12\x18\n\x10recipient_key_id\x18\x0e \x01(\t\x12\x13\n\x0bin_reply_to\x18\x0f \x01(\t\x12\x16\n\x0erequest_digest\x18\x10 \x01(\x0c\x12\x15\n\rorigin_system\x18\x11 \x01(\t\x12\x0f\n\x07\x63\x61se_no\x18\x12 \x01(\t\x12\x0f\n\x07receipt\x18\x13 \x01(\x0c\x12\x1a\n\x12\x63\x61talogue_revision\x18\x14 \x01(\x04\"\x8b\x01\n\x07Receipt\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x17\n\x0f\x65nvelope_digest\x18\x03 \x01(\x0c\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\rSignedReceipt\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12(\n\tsignature\x18\x02 \x01(\x0b\x32\x15.tongban.v1.Signature*\xb3\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_KIND_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_KIND_RESPONSE\x10\x02\x12\x1a\n\x16MESSAGE_KIND_REJECTION\x10\x03\x12\x16\n\x12MESSAGE_KIND_EVENT\x10\x04\x12\x1d\n\x19MESSAGE_KIND_CASE_REQUEST\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGEKIND']._serialized_start=897
-  _globals['_MESSAGEKIND']._serialized_end=1076
+  _globals['_MESSAGEKIND']._serialized_start=925
+  _globals['_MESSAGEKIND']._serialized_end=1104
   _globals['_ENVELOPE']._serialized_start=74
   _globals['_ENVELOPE']._serialized_end=157
   _globals['_SIGNATURE']._serialized_start=159
   _globals['_SIGNATURE']._serialized_end=199
   _globals['_HEADER']._serialized_start=202
-  _globals['_HEADER']._serialized_end=676
-  _globals['_RECEIPT']._serialized_start=679
-  _globals['_RECEIPT']._serialized_end=818
-  _globals['_SIGNEDRECEIPT']._serialized_start=820
-  _globals['_SIGNEDRECEIPT']._serialized_end=894
+  _globals['_HEADER']._serialized_end=704
+  _globals['_RECEIPT']._serialized_start=707
+  _globals['_RECEIPT']._serialized_end=846
+  _globals['_SIGNEDRECEIPT']._serialized_start=848
+  _globals['_SIGNEDRECEIPT']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

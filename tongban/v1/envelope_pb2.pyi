@@ -149,6 +149,7 @@ class Header(_message.Message):
     ORIGIN_SYSTEM_FIELD_NUMBER: _builtins.int
     CASE_NO_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
+    CATALOGUE_REVISION_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """26-character ULID-like id, unique per message."""
     kind: Global___MessageKind.ValueType
@@ -183,6 +184,10 @@ class Header(_message.Message):
     """On a response or the first event of a case: the receiving region's signed receipt
     (a serialised SignedReceipt) naming the ledger leaf that recorded the request.
     """
+    catalogue_revision: _builtins.int
+    """Revision of the catalogue the request was validated against (0: a sender before revisions);
+    the receiving region validates against the same revision or refuses (CATALOGUE_REVISION_UNKNOWN).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -211,10 +216,11 @@ class Header(_message.Message):
         origin_system: _builtins.str = ...,
         case_no: _builtins.str = ...,
         receipt: _builtins.bytes = ...,
+        catalogue_revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "receipt", b"receipt", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "catalogue_revision", b"catalogue_revision", "content_type", b"content_type", "created_at", b"created_at", "deadline", b"deadline", "from_region", b"from_region", "in_reply_to", b"in_reply_to", "kind", b"kind", "message_id", b"message_id", "origin_system", b"origin_system", "purpose", b"purpose", "receipt", b"receipt", "recipient_key_id", b"recipient_key_id", "request_digest", b"request_digest", "service_code", b"service_code", "subject_digest", b"subject_digest", "subject_masked", b"subject_masked", "suite", b"suite", "to_region", b"to_region", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -204,6 +204,28 @@ DELIVERY_STATE_REJECTED: DeliveryState.ValueType  # 6
 """The handling region refused the request (signed Problem)."""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
+class _MissingItemKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MissingItemKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MissingItemKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MISSING_ITEM_KIND_UNSPECIFIED: _MissingItemKind.ValueType  # 0
+    MISSING_ITEM_KIND_MATERIAL: _MissingItemKind.ValueType  # 1
+    """A material (申请材料), named by the handling region."""
+    MISSING_ITEM_KIND_FIELD: _MissingItemKind.ValueType  # 2
+    """A form field of the catalogue item."""
+
+class MissingItemKind(_MissingItemKind, metaclass=_MissingItemKindEnumTypeWrapper):
+    """MissingItemKind says what a 补正 request asks for."""
+
+MISSING_ITEM_KIND_UNSPECIFIED: MissingItemKind.ValueType  # 0
+MISSING_ITEM_KIND_MATERIAL: MissingItemKind.ValueType  # 1
+"""A material (申请材料), named by the handling region."""
+MISSING_ITEM_KIND_FIELD: MissingItemKind.ValueType  # 2
+"""A form field of the catalogue item."""
+Global___MissingItemKind: _TypeAlias = MissingItemKind  # noqa: Y015
+
 @_typing.final
 class Applicant(_message.Message):
     """Applicant is the person or enterprise the request is about. Personal data: it travels only
@@ -761,6 +783,7 @@ class CaseEvent(_message.Message):
     DELIVERY_STATE_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
     case_no: _builtins.str
     sequence: _builtins.int
     """1, 2, 3, ... per case, in the order the handling region emitted them; 0 for a delivery failure
@@ -781,6 +804,10 @@ class CaseEvent(_message.Message):
     def problem(self) -> Global___Problem:
         """Why delivery failed (expired, dead-lettered, refused)."""
 
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___MissingItem]:
+        """With status 6 补正 (SUPPLEMENT): what the applicant must supply."""
+
     def __init__(
         self,
         *,
@@ -794,14 +821,44 @@ class CaseEvent(_message.Message):
         delivery_state: Global___DeliveryState.ValueType = ...,
         event_id: _builtins.str = ...,
         problem: Global___Problem | None = ...,
+        missing: _abc.Iterable[Global___MissingItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "problem", b"problem"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "delivery_state", b"delivery_state", "event_id", b"event_id", "local_code", b"local_code", "local_system", b"local_system", "note", b"note", "occurred_at", b"occurred_at", "problem", b"problem", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "delivery_state", b"delivery_state", "event_id", b"event_id", "local_code", b"local_code", "local_system", b"local_system", "missing", b"missing", "note", b"note", "occurred_at", b"occurred_at", "problem", b"problem", "sequence", b"sequence", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaseEvent: _TypeAlias = CaseEvent  # noqa: Y015
+
+@_typing.final
+class MissingItem(_message.Message):
+    """MissingItem is one thing a 补正 request asks for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    kind: Global___MissingItemKind.ValueType
+    name: _builtins.str
+    """The material's name or the field's name."""
+    reason: _builtins.str
+    """Why it is needed or what is wrong with what was given."""
+    def __init__(
+        self,
+        *,
+        kind: Global___MissingItemKind.ValueType = ...,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MissingItem: _TypeAlias = MissingItem  # noqa: Y015
 
 @_typing.final
 class Case(_message.Message):

@@ -1,0 +1,1 @@
+"""Declarative back ends: HTTP services and SQL databases a connector calls from configuration alone."""
