@@ -27,6 +27,7 @@ from opentelemetry.trace import StatusCode as SpanStatus
 from connectors.adapters import Adapter, AdapterFailure, adapter_request
 from connectors.answers import answer_header, entry, receipt, request_trace_id, seal_to_recipient
 from connectors.cases import CaseWorker
+from connectors.declared import AdapterSet
 from connectors.errors import Refused
 from connectors.inbound import Inbound, Labels, Opened
 from connectors.state import ConnectorState
@@ -104,6 +105,7 @@ class Connector:
         self.durable = durable
         self.state: ConnectorState | None = None
         self.cases: CaseWorker | None = None
+        self.adapters = adapters
 
     @property
     def registry(self) -> Registry:
@@ -172,6 +174,8 @@ class Connector:
             what="queries in flight",
         )
         # In-flight requests are done: only now close what they use.
+        if isinstance(self.adapters, AdapterSet):
+            await within(self.adapters.aclose(), timeout=deadline.budget(5.0), what="back ends")
         if self.state is not None:
             await within(self.state.close(), timeout=deadline.budget(2.0), what="connector state")
             self.state = None

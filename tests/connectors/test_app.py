@@ -15,6 +15,7 @@ from tongban.core.errors import ConfigError
 from tongban.runtime.config import Config
 
 PENSION = "SBJFJLCX0001"
+CATALOGUE = Catalogue.load()
 
 
 def back_ends(cfg: Config) -> Mapping[str, Adapter]:
@@ -36,7 +37,7 @@ def test_a_connector_naming_no_back_end_is_refused_outside_dev_mode(tmp_path: Pa
     cfg = _config(tmp_path, setting)
     assert not cfg.gateway.dev_mode
     with pytest.raises(ConfigError, match="names no back end"):
-        load_adapters(cfg)
+        load_adapters(cfg, CATALOGUE)
     assert not cfg.path(cfg.connector.demo_db).exists()  # no demo data was even seeded
 
 
@@ -45,14 +46,14 @@ def test_a_connector_naming_no_back_end_is_refused_outside_dev_mode(tmp_path: Pa
 )
 def test_in_dev_mode_the_demo_back_ends_serve(tmp_path: Path, setting: str) -> None:
     cfg = _config(tmp_path, setting, "dev_mode = true")
-    assert set(load_adapters(cfg)) <= set(Catalogue.load().codes())
-    assert PENSION in load_adapters(cfg)
+    assert set(load_adapters(cfg, CATALOGUE)) <= set(Catalogue.load().codes())
+    assert PENSION in load_adapters(cfg, CATALOGUE)
     assert cfg.path(cfg.connector.demo_db).exists()
 
 
 def test_named_back_ends_serve_outside_dev_mode(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f'adapters = "{__name__}:back_ends"')
-    adapters = load_adapters(cfg)
+    adapters = load_adapters(cfg, CATALOGUE)
     assert list(adapters) == [PENSION] and isinstance(adapters[PENSION], FailingAdapter)
 
 
@@ -62,4 +63,4 @@ def test_named_back_ends_serve_outside_dev_mode(tmp_path: Path) -> None:
 )
 def test_a_malformed_or_missing_factory_is_refused(tmp_path: Path, spec: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        load_adapters(_config(tmp_path, f'adapters = "{spec}"', "dev_mode = true"))
+        load_adapters(_config(tmp_path, f'adapters = "{spec}"', "dev_mode = true"), CATALOGUE)

@@ -15,6 +15,7 @@ gateways first, then connectors, then NATS, each SIGTERM then SIGKILL after a de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -98,6 +99,9 @@ class Backoff:
         """The wait before restart ``attempt`` (1 = first restart after a stable run)."""
         return min(self.cap_s, self.initial_s * 2 ** max(0, attempt - 1))
 
+
+DEMO_BACKEND = "demo-backend"
+"""Role of a region's demo REST services process."""
 
 POLL_S = 0.1
 """How often the supervisor looks for exited children."""
@@ -229,6 +233,11 @@ class DevStack:
     """Config values merged into every region's node.toml (e.g. another adapter set)."""
     backoff: Backoff = field(default_factory=Backoff)
     """Restart delays of crashed children."""
+    declared_demo: bool = True
+    """Each region's demo back ends as declared HTTP and SQL services, the REST services in a
+    process of their own (``tongban demo-backend``); False: the in-process demo adapters."""
+    demo_ports: dict[str, int] = field(default_factory=dict)
+    """Port of each region's demo REST services."""
     topology: Topology | None = None
     state: DevState | None = None
     children: list[Child] = field(default_factory=list)
@@ -249,6 +258,8 @@ class DevStack:
             *(NatsChild("nats-leaf", region, leaf) for region, leaf in self.topology.leaves.items()),
         ]
         extra = {k: dict(v) for k, v in self.extra_config.items()}
+        if self.declared_demo:
+            self.demo_ports = {region: free_port() for region in self.regions}
         if self.otlp_endpoint:
             extra.setdefault("telemetry", {})["otlp_endpoint"] = self.otlp_endpoint
         # Fixed ports, known before the gateways start, so the registry can name them and a
@@ -261,9 +272,14 @@ class DevStack:
             log_format=self.log_format,
             extra=extra,
             gateway_ports={region: free_port() for region in self.regions},
+            demo_http_ports=self.demo_ports,
         )
         for region in self.regions:
             self.state.port_file(region).unlink(missing_ok=True)
+        for region in self.demo_ports:
+            child = self._child(DEMO_BACKEND, region)
+            self.children.append(child)
+            await child.start()
         for role in ("connector", "gateway"):
             for region in self.regions:
                 child = self._child(role, region)
@@ -278,7 +294,7 @@ class DevStack:
         config = self.state.config_path(region)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # A metrics endpoint on port 0 would move on every restart: pin it now, for every start.
-        listen, _ = Config.load(config).metrics.listen(role)
+        listen, _ = Config.load(config).metrics.listen(role) if role != DEMO_BACKEND else ("", None)
         host, _, port = listen.rpartition(":")
         if listen and port == "0":
             env[f"TONGBAN_METRICS__{role.upper()}_LISTEN"] = f"{host}:{free_port()}"
@@ -349,6 +365,12 @@ class DevStack:
 
     async def _wait_ready(self, deadline: float) -> None:
         assert self.state is not None and self.topology is not None
+        for region, port in self.demo_ports.items():
+            while not await _accepts(port):
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"demo back end of {region} is not listening on {port}")
+                await asyncio.sleep(0.05)
         for region in self.regions:
             pf = self.state.port_file(region)
             while not pf.exists():
@@ -396,7 +418,7 @@ class DevStack:
         if supervisor is not None:
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
-        for role in ("gateway", "connector"):
+        for role in ("gateway", "connector", DEMO_BACKEND):
             group = [c for c in self.children if c.role == role]
             for c in group:
                 c.terminate()
@@ -430,7 +452,12 @@ class DevStack:
             w(f"  region {region} {name}\n")
             w(f"    nats leaf      {self.topology.url(region)}  (JetStream domain {region})\n")
             w(f"    gateway        127.0.0.1:{self.ports[region]}  (gRPC: Exchange, health, reflection)\n")
-            w(f"    connector      demo back ends, log {self.root / region / 'connector.log'}\n")
+            w(f"    connector      log {self.root / region / 'connector.log'}\n")
+            if region in self.demo_ports:
+                w(
+                    f"    back ends      demo REST services http://127.0.0.1:{self.demo_ports[region]} "
+                    f"and demo database, declared in {self.state.config_path(region)}\n"
+                )
             w(f"    metrics        {self.metrics_url(region, 'gateway')} (gateway), ")
             w(f"{self.metrics_url(region, 'connector')} (connector); /livez, /readyz beside them\n")
             w(f"    ledger         {self.state.ledger_path(region)}\n")
@@ -457,6 +484,18 @@ class DevStack:
         )
         w("DEV MODE: never put real citizens' data through this stack.  Ctrl-C stops everything.\n")
         out.flush()
+
+
+async def _accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def run_dev(

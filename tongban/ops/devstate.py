@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from connectors.demo.services import declared_demo
 from ledger.files import write_atomically
 from tongban.core import identifiers
 from tongban.core.catalogue import Catalogue
@@ -146,6 +147,7 @@ def init_state(
     log_format: str = "json",
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     gateway_ports: Mapping[str, int] | None = None,
+    demo_http_ports: Mapping[str, int] | None = None,
 ) -> DevState:
     """Create (or refresh) a dev trust domain under ``root``.
 
@@ -159,6 +161,11 @@ def init_state(
     A region given a port in ``gateway_ports`` has its gateway listen on ``127.0.0.1:<port>``, and
     the registry names that address as its ``gateway_address``; the others listen on port 0 (the
     port file says which) and the registry names no address.
+
+    A region given a port in ``demo_http_ports`` declares its demo back ends as a city would
+    (:func:`connectors.demo.services.declared_demo`: the demo REST services on that port through the
+    HTTP adapter, the enterprise register through the SQL adapter); the others use the in-process
+    demo adapters.
     """
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -205,6 +212,10 @@ def init_state(
                 "connector_port_file": "connector-metrics.port",
             },
         }
+        demo_port = (demo_http_ports or {}).get(code)
+        if demo_port is not None:
+            cfg["connector"] = {"demo_db": "demo-backend.sqlite"}
+            cfg.update(declared_demo(f"http://127.0.0.1:{demo_port}", "demo-backend.sqlite", cat))
         for section, values in (extra or {}).items():
             cfg.setdefault(section, {}).update(values)
         _write(root / code / "node.toml", dump_toml(cfg))

@@ -8,6 +8,7 @@ config file, so a state directory can be moved as a whole.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -207,8 +208,9 @@ class ConnectorConfig:
     end leaves room for the others."""
     max_envelope_bytes: int = 2 << 20
     """Larger request envelopes are refused unread (the gateway's own limit is 1 MiB a message)."""
-    adapters: str = "demo"
-    """``demo`` (the shipped demo back ends) or ``module:function`` returning {code: Adapter}."""
+    adapters: str = ""
+    """``module:function`` returning {code: Adapter}, or ``demo`` (the shipped demo back ends, dev mode
+    only); empty: only what ``[services]`` declares (or, in dev mode with nothing declared, the demo)."""
     demo_db: str = "demo-backend.sqlite"
     """SQLite file of the demo back ends."""
     state_store: str = "connector-state.sqlite"
@@ -555,22 +557,32 @@ def _from_env(target: Any, attr: str, raw: str, key: str) -> Any:
 
 
 def dump_toml(cfg: dict[str, dict[str, Any]]) -> str:
-    """Render a two-level dict as TOML (enough for the configs tongban writes itself)."""
+    """Render a two-level dict as TOML (enough for the configs tongban writes itself): a section
+    named ``a.b`` is the table ``[a.b]``, a dict value an inline table."""
     out: list[str] = []
     for section, values in cfg.items():
         out.append(f"[{section}]")
         for k, v in values.items():
-            out.append(f"{k} = {_toml_value(v)}")
+            out.append(f"{_toml_key(k)} = {_toml_value(v)}")
         out.append("")
     return "\n".join(out)
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.fullmatch(k) else _toml_value(k)
+
+
 def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
         return repr(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{s}"'
