@@ -158,15 +158,20 @@ class SqlService:
             if len(set(rows.columns)) != len(rows.columns):
                 raise failure("the statement gives two columns of one name; name them apart (AS)")
             pairs = zip(rows.columns, row, strict=True)
-            return {column: json_value(value, column) for column, value in pairs}
+            return {column: self._value(value, column) for column, value in pairs}
         at = {column: i for i, column in enumerate(rows.columns)}
         out: dict[str, Any] = {}
         for name, column in self.settings.response:
             i = at.get(column)
             if i is None:
                 raise failure(f"the statement gives no column {column!r} (response.{name})")
-            out[name] = json_value(row[i], column)
+            out[name] = self._value(row[i], column)
         return out
+
+    def _value(self, value: Any, column: str) -> Any:
+        if column in self.settings.booleans and type(value) is int and value in (0, 1):
+            return bool(value)
+        return json_value(value, column)
 
 
 def json_value(value: Any, column: str = "") -> Any:

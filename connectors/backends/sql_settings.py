@@ -101,6 +101,8 @@ class StatementSettings:
     """``rows = "many"``: what no row means: NOT_FOUND, or an answer with an empty list."""
     response: tuple[tuple[str, str], ...] = ()
     """Field → column pairs; empty: every column is a field of its own name."""
+    booleans: frozenset[str] = frozenset()
+    """Columns whose 0 and 1 are answered as false and true (SQLite has no boolean type)."""
 
 
 def backend_settings(name: str, table: Mapping[str, Any], cfg: Config) -> PostgresSettings | SqliteSettings:
@@ -173,6 +175,10 @@ def statement_settings(
     if rows not in ("one", "many"):
         raise ConfigError(f'{t.where} rows: must be "one" or "many"')
     response = _response(t.value("response", {}), t.where)
+    raw_booleans = t.value("booleans", [])
+    if not isinstance(raw_booleans, list) or not all(isinstance(c, str) and c for c in raw_booleans):
+        raise ConfigError(f"{t.where} booleans: must be a list of column names")
+    booleans = frozenset(raw_booleans)
     declared = set(item.response_fields)
     if rows == "one":
         for key in ("list_field", "max_rows", "empty"):
@@ -181,7 +187,7 @@ def statement_settings(
         undeclared = sorted({f for f, _ in response} - declared)
         if undeclared:
             raise ConfigError(f"{t.where} response: {', '.join(undeclared)} not a response field of {code}")
-        settings = StatementSettings(code=code, sql=sql, params=params, response=response)
+        settings = StatementSettings(code=code, sql=sql, params=params, response=response, booleans=booleans)
     else:
         list_field = t.text("list_field", "")
         if list_field not in declared:
@@ -198,6 +204,7 @@ def statement_settings(
             max_rows=t.count("max_rows", 100, minimum=1, maximum=MAX_ROWS_LIMIT),
             empty="empty_list" if empty == "empty_list" else "not_found",
             response=response,
+            booleans=booleans,
         )
     t.done()
     return settings

@@ -120,6 +120,7 @@ def declared_demo(
             "backend": DB_BACKEND_NAME,
             "sql": " ".join(_ENTERPRISE_SQL.split()),
             "params": ["applicant.id", "fields.enterprise_name", "fields.legal_representative_id"],
+            "booleans": ["name_matches", "legal_representative_matches"],
         },
     }
     tables.update({f"services.{code}": service for code, service in services.items()})

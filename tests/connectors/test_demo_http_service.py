@@ -38,7 +38,9 @@ async def test_a_record_comes_wrapped_as_a_city_api_answers(demo: tuple[httpx.As
     assert body["code"] == 0 and body["data"]["insurance_type"] == "110" and body["data"]["total_months"] > 0
 
 
-async def test_an_unknown_person_is_404_and_a_malformed_request_400(demo: tuple[httpx.AsyncClient, Path]) -> None:
+async def test_an_unknown_person_is_404_and_a_malformed_request_400(
+    demo: tuple[httpx.AsyncClient, Path],
+) -> None:
     client, _ = demo
     r = await client.get("/rs/v1/persons/110101199003070000/qualification")
     assert r.status_code == 404 and r.json()["code"] == 404

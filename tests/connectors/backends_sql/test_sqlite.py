@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connectors.adapters import Adapter, AdapterFailure
+from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
 from connectors.backends.sql import SqlBackend
 from connectors.demo.backends import DemoBackend
 from connectors.demo.seed import HOUSING_FUND
@@ -226,3 +226,29 @@ async def test_the_demo_database_answers_through_the_adapter(tmp_path: Path, cfg
     finally:
         await backend.aclose()
     assert demo.housing_fund.path.exists()
+
+
+async def test_columns_named_booleans_answer_true_and_false(tmp_path: Path) -> None:
+    db = tmp_path / "flags.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (id TEXT, name TEXT)")
+        conn.execute("INSERT INTO t VALUES ('a', 'x')")
+    cfg = Config(base_dir=tmp_path)
+    backend = SqlBackend.from_table("flags", {"kind": "sqlite", "path": str(db)}, cfg)
+    item = CatalogueItem(code="FLAGTEST0001", response_fields=["matches", "count"])
+    service = backend.service(
+        item.code,
+        {
+            "sql": "SELECT name = $2 AS matches, 1 AS count FROM t WHERE id = $1",
+            "params": ["applicant.id", "fields.name"],
+            "booleans": ["matches"],
+        },
+        item,
+    )
+    try:
+        request = AdapterRequest("m", item.code, "440300", "person", "a", "", {"name": "x"})
+        assert await service.call(request) == {"matches": True, "count": 1}
+        request = AdapterRequest("m", item.code, "440300", "person", "a", "", {"name": "y"})
+        assert await service.call(request) == {"matches": False, "count": 1}
+    finally:
+        await backend.aclose()
