@@ -62,7 +62,7 @@ def violations_of(catalogue: Catalogue, request: exchange_pb2.ServiceRequest) ->
 
 
 def test_embedded_catalogue_loads(catalogue: Catalogue) -> None:
-    assert catalogue.version == "2026.11-dev"
+    assert catalogue.version == "2026.12"
     assert len(catalogue) >= 7
     assert len(set(catalogue.codes())) == len(catalogue.codes())
     for item in catalogue:
@@ -82,8 +82,11 @@ def test_embedded_catalogue_loads(catalogue: Catalogue) -> None:
     assert catalogue.get("NOSUCHITEM01") is None
 
 
-def test_every_item_has_exactly_one_vector(catalogue: Catalogue) -> None:
-    assert sorted(v["service_code"] for v in VECTORS) == sorted(catalogue.codes())
+def test_every_vector_names_a_distinct_catalogue_item(catalogue: Catalogue) -> None:
+    # The vectors cover the items the demo back ends answer (the first 8), not the whole catalogue.
+    codes = [v["service_code"] for v in VECTORS]
+    assert len(set(codes)) == len(codes)
+    assert set(codes) <= set(catalogue.codes())
 
 
 def test_load_from_a_path_equals_embedded(catalogue: Catalogue, tmp_path: Path) -> None:
