@@ -88,6 +88,8 @@ class CaseBackendService(backend_pb2_grpc.CaseBackendServicer):
         services = checks.watch_filter(request, self.catalogue)
         lease_s = float(request.lease_seconds) if request.lease_seconds else self.lease_s
         owner = f"stream:{uuid.uuid4().hex}"
+        # At once, before any delivery: the watcher knows it is watching (wait_for_connection).
+        await context.send_initial_metadata(())
         log.info("backend_api.watching", services=len(services), lease_s=lease_s)
         try:
             while not self.stopping:

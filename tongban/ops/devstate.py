@@ -195,8 +195,6 @@ def init_state(
                 "system_id": DEV_SYSTEM,
             },
             "connector": {"adapters": "demo", "demo_db": "demo-backend.sqlite"},
-            # The back-end API (case system ↔ connector, `tongban case send-status`), plaintext in dev.
-            "backend_api": {"listen": "127.0.0.1:0", "port_file": "backend-api.port"},
             "ledger": {"path": "ledger.sqlite"},
             "log": {"format": log_format, "level": "info"},
             # /metrics, /livez, /readyz of each process on a free loopback port (port files).
