@@ -17,6 +17,8 @@ Handlers raise tongban errors; the interceptor (:mod:`.interceptor`) turns them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -112,8 +114,10 @@ class CaseBackendService(backend_pb2_grpc.CaseBackendServicer):
                 log.info("backend_api.streamed", case_no=taken.case_no, attempt=taken.attempts)
                 yield backend_pb2.WatchDeliveriesResponse(delivery=delivery)
         finally:
-            # Shielded in the store: runs to its end even when the stream was cancelled.
-            await self.queue.release(owner)
+            # Shielded in the store: runs to its end even when the stream was cancelled. A store
+            # closed meanwhile (the API stopping) frees nothing: the leases run out on their own.
+            with contextlib.suppress(RuntimeError, sqlite3.Error):
+                await self.queue.release(owner)
 
     async def AckDelivery(
         self, request: backend_pb2.AckDeliveryRequest, context: grpc.aio.ServicerContext
@@ -143,13 +147,24 @@ class CaseBackendService(backend_pb2_grpc.CaseBackendServicer):
         # meanwhile (its deadline, a cancel) does not leave it half done.
         task = asyncio.create_task(self.report(request.case_no, [update]))
         self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        task.add_done_callback(self._settled)
         events = await asyncio.shield(task)
         last = events[-1]
         log.info(
             "backend_api.status_reported", case_no=request.case_no, status=update.status, seq=last.last_seq
         )
         return backend_pb2.ReportStatusResponse(sequence=last.last_seq, event_id=last.event_id)
+
+    def _settled(self, task: asyncio.Task[Sequence[OutEvent]]) -> None:
+        self._reports.discard(task)
+        if (
+            not task.cancelled()
+            and task.exception() is not None
+            and not isinstance(task.exception(), TongbanError)
+        ):
+            # The caller may have gone: the failure is on record here at least (type only: the
+            # exception's text may quote the request).
+            log.error("backend_api.report_failed", error=type(task.exception()).__name__)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -221,6 +221,13 @@ class WebhookPusher:
 
     async def _post(self, taken: Taken) -> None:
         try:
+            await self._deliver(taken)
+        except Exception as exc:
+            # The store failing after the post: the lease runs out and the delivery comes again.
+            log.error("backend_api.webhook_post_failed", error=type(exc).__name__)
+
+    async def _deliver(self, taken: Taken) -> None:
+        try:
             delivery = self.vault.open(taken)
         except TongbanError as exc:
             await self.queue.kill(taken.delivery_id, now_s=time.time())
