@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tongban.core import messages
 from tongban.core.errors import NotFound, Reason, TongbanError
@@ -91,6 +91,21 @@ def adapter_request(header: envelope_pb2.Header, request: exchange_pb2.ServiceRe
     )
 
 
+MissingKind = Literal["material", "field"]
+"""What a 补正 request asks for: a material (申请材料) the handling region names, or a form field."""
+
+
+@dataclass(frozen=True)
+class MissingItem:
+    """One thing a 补正 (status 6) asks the applicant to supply."""
+
+    kind: MissingKind
+    name: str
+    """The material's name or the form field's name."""
+    reason: str = ""
+    """Why it is needed, or what is wrong with what was given."""
+
+
 @dataclass(frozen=True)
 class StatusUpdate:
     """One case status the back end reports (BLZT code plus its own code and system)."""
@@ -99,6 +114,8 @@ class StatusUpdate:
     local_code: str = ""
     local_system: str = ""
     note: str = ""
+    missing: tuple[MissingItem, ...] = ()
+    """With status 6 补正（开始）: what the applicant must supply (sealed on its way back)."""
 
 
 @runtime_checkable

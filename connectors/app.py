@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Mapping
 
 from connectors.adapters import Adapter
+from connectors.backend_api import BackendApi
 from connectors.declared import AdapterSet, declare
 from connectors.demo.backends import DemoBackend, demo_adapters
 from connectors.runtime import Connector
@@ -59,7 +60,9 @@ def _factory(cfg: Config, spec: str) -> Mapping[str, Adapter]:
 
 def build(parts: ComponentParts) -> Connector:
     """The region's connector, from what its process loaded, with its configured adapters."""
-    return Connector(parts, adapters=load_adapters(parts.cfg, parts.catalogue))
+    api = BackendApi.from_parts(parts) if BackendApi.configured(parts.cfg) else None
+    adapters = load_adapters(parts.cfg, parts.catalogue, case_desk=api.adapter() if api else None)
+    return Connector(parts, adapters=adapters, backend_api=api)
 
 
 async def run(cfg: Config) -> None:

@@ -43,6 +43,12 @@ _OUTCOME_EVENT = {
 }
 
 
+_MISSING_KIND: dict[str, exchange_pb2.MissingItemKind.ValueType] = {
+    "material": exchange_pb2.MISSING_ITEM_KIND_MATERIAL,
+    "field": exchange_pb2.MISSING_ITEM_KIND_FIELD,
+}
+
+
 def outcome_of(delivery: exchange_pb2.DeliveryState.ValueType) -> Event:
     """The ledger event that records a request's delivery outcome."""
     return _OUTCOME_EVENT[delivery]
@@ -135,11 +141,13 @@ class CaseEvents:
         await self._send(events)
 
     async def report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
-        """Later statuses of a case this region took (补正 requested, received, 办结 …), signed and
-        sent to the submitting region like the first ones, numbered after them.
+        """Later statuses of a case this region took (补正 requested with what is missing,
+        received, 办结 …), signed and sent to the submitting region like the first ones, numbered
+        after them.
 
         Raises:
-            InvalidRequest: no update, or a status that is not a BLZT code (1-15).
+            InvalidRequest: no update, a status that is not a BLZT code (1-15), or missing items
+                with a status other than 6.
             NotFound: this region never took the case.
             TongbanError: FAILED_PRECONDITION ``CASE_CLOSED``, the case's last status is terminal.
         """
@@ -148,6 +156,11 @@ class CaseEvents:
             raise InvalidRequest(
                 "status updates must be BLZT codes 1-15",
                 violations=[Violation("status", "a BLZT code, 1 to 15")],
+            )
+        if any(u.missing and u.status != exchange_pb2.CASE_STATUS_SUPPLEMENT_REQUESTED for u in updates):
+            raise InvalidRequest(
+                "missing items go with status 6 补正（开始） only",
+                violations=[Violation("missing", "only with status 6")],
             )
         traceparent = telemetry.current_traceparent()
         header: list[envelope_pb2.Header] = []
@@ -207,6 +220,10 @@ class CaseEvents:
                 note=update.note,
                 delivery_state=delivery,
                 event_id=event_id,
+            )
+            ev.missing.extend(
+                exchange_pb2.MissingItem(kind=_MISSING_KIND[m.kind], name=m.name, reason=m.reason)
+                for m in update.missing
             )
             ev.occurred_at.CopyFrom(now)
             if problem is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import structlog
@@ -24,19 +24,20 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import Status
 from opentelemetry.trace import StatusCode as SpanStatus
 
-from connectors.adapters import Adapter, AdapterFailure, adapter_request
+from connectors.adapters import Adapter, AdapterFailure, StatusUpdate, adapter_request
 from connectors.answers import answer_header, entry, receipt, request_trace_id, seal_to_recipient
+from connectors.backend_api import BackendApi
 from connectors.cases import CaseWorker
 from connectors.declared import AdapterSet
 from connectors.errors import Refused
 from connectors.inbound import Inbound, Labels, Opened
-from connectors.state import ConnectorState
+from connectors.state import ConnectorState, OutEvent
 from ledger import Event
 from tongban.core import envelope, messages, subjects
 from tongban.core.catalogue import response_projection
 from tongban.core.details import OK, Detail
 from tongban.core.envelope import EnvelopeRejected
-from tongban.core.errors import NotFound, Reason, TongbanError
+from tongban.core.errors import NotFound, Reason, TongbanError, Unavailable
 from tongban.core.message_ids import new_message_id
 from tongban.core.registry import Registry
 from tongban.runtime import telemetry
@@ -66,6 +67,9 @@ class Connector:
         adapters: the back ends, by catalogue item code.
         nc: a NATS connection to use (and leave open); by default the connector makes its own.
         durable: take Submit requests too (needs the state store); False: Query only.
+        backend_api: the region's back-end API (:class:`connectors.backend_api.BackendApi`, whose
+            ``adapter()`` serves the items the region's case system handles); by default one of
+            its own when ``[backend_api] listen`` or ``webhook_url`` is set. Durable only.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Connector:
         adapters: Mapping[str, Adapter],
         nc: NATS | None = None,
         durable: bool = True,
+        backend_api: BackendApi | None = None,
     ) -> None:
         cfg = parts.cfg
         self.parts = parts
@@ -106,6 +111,9 @@ class Connector:
         self.state: ConnectorState | None = None
         self.cases: CaseWorker | None = None
         self.adapters = adapters
+        if backend_api is None and durable and BackendApi.configured(cfg):
+            backend_api = BackendApi.from_parts(parts)
+        self.backend_api = backend_api if durable else None
 
     @property
     def registry(self) -> Registry:
@@ -143,6 +151,9 @@ class Connector:
                 await self.nc.subscribe(subjects.ping_subject(self.region), queue=queue, cb=self._on_ping)
             )
             await self.nc.flush(timeout=max(1, round(self.cfg.nats.connect_timeout_s)))
+            if self.backend_api is not None:
+                # Open before the case worker: its first request may be for the case desk.
+                await self.backend_api.start(self._report_status)
             if self.state is not None:
                 self.cases = CaseWorker(self.inbound, ledger=self.ledger, state=self.state, nc=self.nc)
                 await self.cases.start()
@@ -168,6 +179,10 @@ class Connector:
         if self.cases is not None:
             await within(self.cases.stop(deadline), timeout=deadline.remaining(), what="case worker")
             self.cases = None
+        if self.backend_api is not None:
+            # After the case worker (its cases in flight may still store deliveries), before the
+            # state store (a status report in flight uses it).
+            await within(self.backend_api.stop(deadline), timeout=deadline.budget(8.0), what="backend API")
         await finish_tasks(
             self._tasks,
             timeout=min(self.cfg.nats.drain_timeout_s, deadline.remaining() / 2),
@@ -202,6 +217,12 @@ class Connector:
             "nats": self.nc is not None and self.nc.is_connected,
             "registry": self.secrets.signing_key_usable(),
         }
+
+    async def _report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+        """Later statuses from the back-end API, through the case worker while it runs."""
+        if self.cases is None:
+            raise Unavailable("the connector's case worker is not running")
+        return await self.cases.report_status(case_no, updates)
 
     async def __aenter__(self) -> Connector:
         await self.start()

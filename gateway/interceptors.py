@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status
@@ -23,7 +22,6 @@ from opentelemetry.trace import StatusCode as SpanStatus
 from gateway.errors import code_of, internal_status, to_status
 from gateway.ratelimit import CallCounter, ConcurrencyLimits, PartnerLimiter
 from tongban.core.errors import (
-    InvalidRequest,
     PermissionDenied,
     RateLimited,
     Reason,
@@ -32,6 +30,7 @@ from tongban.core.errors import (
     Unavailable,
 )
 from tongban.runtime.certs import partner_of
+from tongban.runtime.grpc_edge import refuse_undecodable, tolerant
 from tongban.runtime.metrics import NO_METRICS, Metrics
 
 log = structlog.get_logger("tongban.gateway")
@@ -72,36 +71,6 @@ def require_caller() -> Caller:
     if caller is None:
         raise Unauthenticated("caller is not authenticated")
     return caller
-
-
-@dataclass(frozen=True)
-class Undecodable:
-    """A request message that did not decode: the RPC is refused inside the scope (authenticated,
-    rate-limited, logged) rather than by gRPC's own ``UNKNOWN`` with a traceback."""
-
-    type_name: str
-
-
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserialize is None:
-        return None
-    owner = getattr(deserialize, "__self__", None)
-    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
-
-    def tolerant(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except (DecodeError, RuntimeError, ValueError):
-            return Undecodable(type_name)
-
-    return tolerant
-
-
-def _refuse_undecodable(request: Any) -> None:
-    if isinstance(request, Undecodable):
-        raise InvalidRequest(
-            f"the request does not decode as {request.type_name}", reason=Reason.REQUEST_MALFORMED
-        )
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
@@ -158,13 +127,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._scope(service, rpc, metadata, context):
-                    _refuse_undecodable(request)
+                    refuse_undecodable(request)
                     return await inner(request, context)
                 raise AssertionError("unreachable: the scope aborts or returns")
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
-                request_deserializer=_tolerant(handler.request_deserializer),
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -172,13 +141,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._scope(service, rpc, metadata, context, stream=True):
-                    _refuse_undecodable(request)
+                    refuse_undecodable(request)
                     async for item in inner_stream(request, context):
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,
-                request_deserializer=_tolerant(handler.request_deserializer),
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

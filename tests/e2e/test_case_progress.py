@@ -33,7 +33,12 @@ class AcceptingBackend:
 
 @pytest.fixture
 async def slow_stack(topology: Topology, state: DevState) -> AsyncIterator[Stack]:
-    s = await start_stack(topology, state, adapters={WX: {CASE_SERVICE: AcceptingBackend()}})
+    s = await start_stack(
+        topology,
+        state,
+        adapters={WX: {CASE_SERVICE: AcceptingBackend()}},
+        config={"backend_api": {"listen": "127.0.0.1:0"}},
+    )
     try:
         yield s
     finally:
@@ -58,15 +63,16 @@ async def test_later_statuses_reach_the_watcher_in_order(slow_stack: Stack) -> N
     assert worker is not None
     await worker.report_status(receipt.case_no, [StatusUpdate(6, "BZ", "wx-ywtb", "请补充劳动合同")])
     await eventually(lambda: len(seen) == 3, what="supplement requested")
-    # The operator's tool, beside the running connector, reports the rest.
-    config = str(slow_stack.state.config_path(WX))
+    # The operator's tool reports the rest through the connector's back-end API.
+    api = slow_stack.nodes[WX].connector.backend_api  # type: ignore[union-attr]
+    assert api is not None
     for status, code in ((7, "BZJS"), (11, "BJ")):
         rc, out, err = await tongban(
             "case",
             "report",
             receipt.case_no,
-            "--config",
-            config,
+            "--api",
+            f"127.0.0.1:{api.port}",
             "--status",
             str(status),
             "--local-code",
@@ -93,5 +99,6 @@ async def test_later_statuses_reach_the_watcher_in_order(slow_stack: Stack) -> N
     )
     with pytest.raises(NotFound):
         await worker.report_status(f"{SZ}-20260101-0000000000", [StatusUpdate(6)])
+    config = str(slow_stack.state.config_path(WX))
     rc, _, err = await tongban("case", "report", receipt.case_no, "--config", config, "--status", "16")
     assert rc == 2 and "BLZT" in err

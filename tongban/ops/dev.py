@@ -262,6 +262,12 @@ class DevStack:
             self.demo_ports = {region: free_port() for region in self.regions}
         if self.otlp_endpoint:
             extra.setdefault("telemetry", {})["otlp_endpoint"] = self.otlp_endpoint
+        # Each connector's back-end API, plaintext as the dev stack is (`tongban case send-status`).
+        extra["backend_api"] = {
+            "listen": "127.0.0.1:0",
+            "port_file": "backend-api.port",
+            **extra.get("backend_api", {}),
+        }
         # Fixed ports, known before the gateways start, so the registry can name them and a
         # restarted gateway comes back on the printed address.
         self.state = init_state(

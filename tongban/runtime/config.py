@@ -255,6 +255,10 @@ class BackendApiConfig:
     """Client certificate common names allowed to call (empty: any certificate ``client_ca`` signed)."""
     lease_s: float = 60.0
     """A streamed delivery not acknowledged within this is streamed again."""
+    store: str = "backend-api.sqlite"
+    """SQLite file of the deliveries waiting for the back end: ids, states and times, each body
+    sealed to the region's own sealing key. The region's connector replicas share it, like
+    ``[connector] state_store``."""
     webhook_url: str = ""
     """POST each delivered case here as well (empty: pull only)."""
     webhook_secret_file: str = ""

@@ -56,7 +56,7 @@ def test_the_commands_in_their_order() -> None:
 def test_every_command_has_a_handler() -> None:
     parser = build_parser()
     paths = list(leaves(parser))
-    assert len(paths) == 28  # 27 commands and the hidden alias `case report`
+    assert len(paths) == 29  # 28 commands and the hidden alias `case report`
     for path in paths:
         p = parser
         for name in path:
@@ -73,6 +73,7 @@ def test_every_command_has_a_handler() -> None:
         (["maintenance", "on"], "maintenance maintenance"),  # as it has always read
         (["case", "send-status", CASE_NO, "--status", "6"], "case send-status"),
         (["case", "report", CASE_NO, "--status", "6"], "case report"),
+        (["case", "deliveries"], "case deliveries"),
         (["registry", "publish", "--file", "registry.signed"], "registry publish"),
         (["ledger", "verify"], "ledger verify"),
         (["ledger", "prove", "M"], "ledger prove"),
@@ -105,5 +106,5 @@ def test_case_send_status_and_its_hidden_alias(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         parser.parse_args(["case", "--help"])
     text = capsys.readouterr().out
-    assert "{get,watch,send-status}" in text and "formerly `case report`" in text
+    assert "{get,watch,send-status,deliveries}" in text and "formerly `case report`" in text
     assert not [line for line in text.splitlines() if line.split()[:1] == ["report"]]

@@ -1,9 +1,11 @@
 """``tongban query``, ``tongban submit`` and ``tongban case``: a partner's calls to its gateway, and
-the handling region's later case statuses.
+the handling region's later case statuses and deliveries.
 
-``tongban case send-status`` was ``tongban case report``, a name that overlapped ``tongban report``
-(a region's exchange statistics); ``report`` still works, hidden from the help, for operators'
-scripts.
+``tongban case send-status`` is a client of the connector's back-end API (``CaseBackend.ReportStatus``,
+docs/backend-api.md), as the region's case system is: the connector signs the status and sends it
+back. It was ``tongban case report``, a name that overlapped ``tongban report`` (a region's exchange
+statistics); ``report`` still works, hidden from the help, for operators' scripts. ``tongban case
+deliveries`` lists what waits for the case system (and what the webhook gave up on).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -19,9 +22,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from connectors.adapters import StatusUpdate
-from connectors.case_events import CaseEvents
-from connectors.state import ConnectorState
+from connectors.backend_api import DeliveryQueue, Row, State
 from tongban.core.catalogue import Catalogue
 from tongban.ops.cli.common import (
     Subparsers,
@@ -30,16 +31,17 @@ from tongban.ops.cli.common import (
     node_flags,
     tls_flags,
     tool_config,
-    tool_nats,
 )
-from tongban.runtime.ledgers import store_for
-from tongban.runtime.node import load_registry, load_secrets
-from tongban.runtime.streams import ensure_streams
-from tongban.v1 import exchange_pb2, exchange_pb2_grpc
+from tongban.v1 import backend_pb2, backend_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 
 SEND_STATUS = "send-status"
 """The case command of the handling region; ``report`` is its former name, kept as a hidden alias."""
 SEND_STATUS_ALIASES = ("report",)
+_MISSING_KINDS = {
+    "material": exchange_pb2.MISSING_ITEM_KIND_MATERIAL,
+    "field": exchange_pb2.MISSING_ITEM_KIND_FIELD,
+}
+_ANY_HOST = ("", "0.0.0.0", "::", "[::]")
 
 
 def add_parsers(sub: Subparsers) -> None:
@@ -69,7 +71,9 @@ def add_parsers(sub: Subparsers) -> None:
         f"later status of a case ({SEND_STATUS}, formerly `case report`, a name that still works).",
     )
     # The metavar lists the commands without the hidden alias.
-    csub = cs.add_subparsers(dest="case_command", required=True, metavar=f"{{get,watch,{SEND_STATUS}}}")
+    csub = cs.add_subparsers(
+        dest="case_command", required=True, metavar=f"{{get,watch,{SEND_STATUS},deliveries}}"
+    )
     for verb, text in (
         ("get", "print the case and its events"),
         ("watch", "stream its events until it ends"),
@@ -98,8 +102,31 @@ def add_parsers(sub: Subparsers) -> None:
         rp.add_argument(
             "--note", default="", help="note for the collecting window (sealed: may hold personal data)"
         )
+        rp.add_argument(
+            "--missing",
+            action="append",
+            default=[],
+            metavar="KIND:NAME[:REASON]",
+            help="with --status 6 补正: what the applicant must supply; KIND is material or field",
+        )
+        rp.add_argument(
+            "--api",
+            default="",
+            help="host:port of the connector's back-end API (default: [backend_api] of the node config)",
+        )
+        rp.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
         node_flags(rp)
+        tls_flags(rp)
         rp.set_defaults(func=_send_status)
+
+    dl = csub.add_parser(
+        "deliveries", help="handling region: the cases waiting for the case system (back-end API)"
+    )
+    dl.add_argument("--state", choices=[s.value for s in State], help="only deliveries in this state")
+    dl.add_argument("--limit", type=int, default=100, help="at most this many, oldest first (default 100)")
+    dl.add_argument("--requeue", default="", metavar="DELIVERY_ID", help="put a dead delivery back")
+    node_flags(dl)
+    dl.set_defaults(func=_deliveries)
 
 
 def _request_flags(p: argparse.ArgumentParser) -> None:
@@ -281,35 +308,124 @@ def _case(args: argparse.Namespace) -> int:
     return 0
 
 
+def _missing_items(values: list[str]) -> list[exchange_pb2.MissingItem] | None:
+    """The ``--missing KIND:NAME[:REASON]`` items, or None after saying which one is malformed."""
+    items = []
+    for value in values:
+        kind, _, rest = value.partition(":")
+        name, _, reason = rest.partition(":")
+        if kind not in _MISSING_KINDS or not name:
+            print(
+                f"tongban case send-status: --missing {value!r} must be KIND:NAME[:REASON], "
+                "KIND material or field",
+                file=sys.stderr,
+            )
+            return None
+        items.append(exchange_pb2.MissingItem(kind=_MISSING_KINDS[kind], name=name, reason=reason))
+    return items
+
+
+def _api_address(args: argparse.Namespace) -> str:
+    """The back-end API to call: ``--api``, else the node config's ``[backend_api]`` (its port file
+    when it listens on port 0).
+
+    Raises:
+        SystemExit: the config names no API, or a mutual-TLS API without ``--ca/--cert/--key``.
+    """
+    if args.api:
+        return str(args.api)
+    cfg = tool_config(args)
+    api = cfg.backend_api
+    if api.client_ca and not (args.ca and args.cert and args.key):
+        raise SystemExit(
+            "the connector's back-end API requires mutual TLS: give --ca (its server's CA), "
+            "--cert and --key (a client certificate of [backend_api] client_ca)"
+        )
+    host, _, port = api.listen.rpartition(":")
+    if api.port_file:
+        try:
+            port = cfg.path(api.port_file).read_text().strip()
+        except OSError:
+            port = port if port not in ("", "0") else ""
+    if not api.listen or not port or port == "0":
+        raise SystemExit(
+            f"no back-end API to send to: region {cfg.region.code}'s config has no [backend_api] listen "
+            "(or its connector is not running); give --api host:port"
+        )
+    return f"{'127.0.0.1' if host in _ANY_HOST else host}:{port}"
+
+
 def _send_status(args: argparse.Namespace) -> int:
-    if missing_node(args, f"case {args.case_command}"):
+    if not args.api and missing_node(args, f"case {args.case_command}"):
+        return 2
+    if not 1 <= args.status <= 15:
+        print(f"tongban case {args.case_command}: --status must be a BLZT code, 1 to 15", file=sys.stderr)
+        return 2
+    missing = _missing_items(args.missing)
+    if missing is None:
+        return 2
+    request = backend_pb2.ReportStatusRequest(
+        case_no=args.case_no,
+        status=args.status,
+        local_code=args.local_code,
+        local_system=args.local_system,
+        note=args.note,
+        missing=missing,
+    )
+    with channel(_api_address(args), ca=args.ca, cert=args.cert, key=args.key) as ch:
+        try:
+            r = backend_pb2_grpc.CaseBackendStub(ch).ReportStatus(request, timeout=args.timeout)
+        except grpc.RpcError as err:
+            _print_rpc_error(err)
+            return 2 if err.code() == grpc.StatusCode.INVALID_ARGUMENT else 1
+    print(f"case {args.case_no}: status {args.status} sent as event {r.sequence} ({r.event_id})")
+    return 0
+
+
+def _delivery_line(r: Row) -> str:
+    def when(s: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s)) if s else "-"
+
+    local = f"{r.local_system}:{r.local_code}" if r.local_code or r.local_system else "-"
+    return (
+        f"{r.delivery_id}  {r.case_no}  {r.service_code:<14} {r.state.value:<7} "
+        f"{r.attempts:>3} {r.push_attempts:>3}  {when(r.received_s)}  {when(r.done_s)}  "
+        f"{r.acked_via or '-':<7} {local}"
+    )
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    if missing_node(args, "case deliveries"):
         return 2
     cfg = tool_config(args)
-    update = StatusUpdate(args.status, args.local_code, args.local_system, args.note)
+    path = cfg.path(cfg.backend_api.store)
+    if not path.exists():
+        print(f"no deliveries: {path} does not exist (no back-end API has run here)", file=sys.stderr)
+        return 1
 
     async def run() -> int:
-        nc = await tool_nats(cfg, "report")
-        state = ConnectorState(cfg.path(cfg.connector.state_store))
+        queue = DeliveryQueue(path)
+        await queue.open()
         try:
-            await state.open()
-            async with store_for(cfg) as ledger:
-                registry = load_registry(cfg)
-                case_events = CaseEvents(
-                    cfg,
-                    registry=registry,
-                    secrets=load_secrets(cfg, registry),
-                    ledger=ledger,
-                    state=state,
-                    js=await ensure_streams(nc, cfg.region.code, replicas=cfg.nats.stream_replicas),
+            if args.requeue:
+                try:
+                    back = await queue.requeue(args.requeue)
+                except KeyError:
+                    print(f"no delivery {args.requeue}", file=sys.stderr)
+                    return 1
+                print(
+                    f"delivery {args.requeue}: " + ("back in the queue" if back else "not dead, left as is")
                 )
-                events = await case_events.report_status(args.case_no, [update])
+                return 0 if back else 1
+            rows = await queue.rows(State(args.state) if args.state else None, limit=args.limit)
         finally:
-            await state.close()
-            await nc.close()
+            await queue.close()
         print(
-            f"case {args.case_no}: status {args.status} sent as event {events[-1].seq} "
-            f"({events[-1].event_id})"
+            "delivery_id                 case_no                     service        state   att web  "
+            "received              done                  via     local"
         )
+        for r in rows:
+            print(_delivery_line(r))
         return 0
 
     return asyncio.run(run())
