@@ -82,7 +82,7 @@ async def test_every_declared_service_answers_a_query_as_the_demo_would(
 async def test_an_unknown_applicant_is_not_found_through_both_kinds(stack: DevStack) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports[SZ]}") as ch:
         stub = exchange_pb2_grpc.ExchangeStub(ch)
-        for code, unknown in (("SBJFJLCX0001", "110101199003078515"), (SQL_CASE, "91110000100000000N")):
+        for code, unknown in (("SBJFJLCX0001", "110101199003078515"), (SQL_CASE, "91320213MA1XY0000H")):
             case = next(c for c in cases() if c["service_code"] == code)
             query = build(case)
             query.request.applicant.id_no = unknown
