@@ -19,8 +19,10 @@ Scoring, for one item:
   weights: bigram 2, word 1.5, word prefix 1, single character 0.5;
 - a query run of Chinese characters found verbatim in the name, an alias, the category or the
   description adds a phrase bonus (6, 5, 3, 2), and the query equal to the item code adds 20;
-- an item must contain at least half of the query's key terms (its bigrams, or its single characters
-  for one-character runs, and its words), else it is not a hit: 公积金 does not find 养老金 through 金.
+- the sum is multiplied by the share of the query's key terms the item contains (its bigrams, or its
+  single characters for one-character runs, and its words), so an item that matches more of the
+  query wins over one that matches part of it in many fields; an item with less than half of them
+  is not a hit at all: 公积金 does not find 养老金 through 金.
 
 Hits come best first, ties in catalogue order.
 """
@@ -157,10 +159,11 @@ class CatalogueIndex:
         code = query.strip().upper()
         hits: list[tuple[float, int, Hit]] = []
         for position, doc in enumerate(self._docs):
-            covered = sum(1 for (t,) in key_terms if self._has(doc, t))
-            if covered / len(key_terms) < _MIN_COVERAGE:
+            coverage = sum(1 for (t,) in key_terms if self._has(doc, t)) / len(key_terms)
+            if coverage < _MIN_COVERAGE:
                 continue
-            score = self._score(doc, runs, weighted) + (_CODE_BONUS if doc.item.code == code else 0.0)
+            score = coverage * self._score(doc, runs, weighted)
+            score += _CODE_BONUS if doc.item.code == code else 0.0
             if score > 0:
                 hits.append((-score, position, Hit(doc.item, round(score, 3))))
         hits.sort(key=lambda h: (h[0], h[1]))

@@ -164,14 +164,16 @@ class CatalogueWatcher(DocumentWatcher[Catalogue]):
         replicas: int = 1,
         recheck_s: float = 30.0,
         listeners: Sequence[Callable[[Catalogue], None]] = (),
+        reread_interval_s: float = REREAD_INTERVAL_S,
     ) -> None:
         super().__init__(
             catalogue, nc=nc, region=region, replicas=replicas, recheck_s=recheck_s, listeners=listeners
         )
         self.roots = list(roots)
         self.cache = cache
+        self.reread_interval_s = reread_interval_s
         self._reread: asyncio.Task[None] | None = None
-        self._reread_at = -REREAD_INTERVAL_S
+        self._reread_at = -reread_interval_s
 
     @property
     def catalogue(self) -> Catalogue:
@@ -192,13 +194,13 @@ class CatalogueWatcher(DocumentWatcher[Catalogue]):
         value and history) once; None if neither has it.
 
         Concurrent callers share one re-read, and the bucket is re-read at most every
-        :data:`REREAD_INTERVAL_S` seconds.
+        ``reread_interval_s`` seconds (:data:`REREAD_INTERVAL_S`).
         """
         found = self.held.at(revision)
         if found is not None:
             return found
         task = self._reread
-        if task is None and time.monotonic() - self._reread_at >= REREAD_INTERVAL_S:
+        if task is None and time.monotonic() - self._reread_at >= self.reread_interval_s:
             task = self._reread = asyncio.create_task(self._reread_bucket(), name="catalogue-reread")
         if task is not None:
             with contextlib.suppress(Exception):  # NATS down: the revision stays unknown for now
