@@ -153,7 +153,7 @@ class Catalogue:
 
         One synchronous step: on the event loop no validation can observe half of the change.
         """
-        held = self.frozen()
+        held = self.snapshot()
         self.items, self.version, self.revision = newer.items, newer.version, newer.revision
         self.issued_at_s, self.signed = newer.issued_at_s, newer.signed
         for revision in [r for r in self._earlier if r >= self.revision]:
@@ -163,10 +163,10 @@ class Catalogue:
     def remember(self, earlier: Catalogue) -> None:
         """Keep ``earlier`` (a verified catalogue older than this one) among the held revisions."""
         if 0 < earlier.revision < self.revision and earlier.revision not in self._earlier:
-            self._earlier[earlier.revision] = earlier.frozen()
+            self._earlier[earlier.revision] = earlier.snapshot()
             self._trim()
 
-    def frozen(self) -> Catalogue:
+    def snapshot(self) -> Catalogue:
         """This revision alone, as a catalogue that holds no other."""
         return Catalogue(self.items, self.version, self.revision, self.issued_at_s, self.signed, 1)
 

@@ -64,6 +64,8 @@ _DESCRIPTION = "tongban catalogue (root-signed SignedCatalogue bytes)"
 REREAD_INTERVAL_S = 1.0
 """At most this often, a request naming an unknown revision makes a node re-read its bucket: a
 peer cannot turn requests into a stream of bucket reads."""
+REREAD_TIMEOUT_S = 2.0
+"""How long a request waits for that re-read (it goes on in the background after)."""
 
 
 def bucket_name(region: str) -> str:
@@ -189,9 +191,10 @@ class CatalogueWatcher(DocumentWatcher[Catalogue]):
         await stop_task(reread, timeout=timeout / 2, what="catalogue re-read")
         await super().stop(timeout=timeout / 2)
 
-    async def find(self, revision: int) -> Catalogue | None:
+    async def find(self, revision: int, *, timeout_s: float = REREAD_TIMEOUT_S) -> Catalogue | None:
         """The catalogue of ``revision``: held already, or found by re-reading the bucket (its
-        value and history) once; None if neither has it.
+        value and history) once; None if neither has it (or the re-read takes over ``timeout_s``:
+        it goes on, for the next request).
 
         Concurrent callers share one re-read, and the bucket is re-read at most every
         ``reread_interval_s`` seconds (:data:`REREAD_INTERVAL_S`).
@@ -203,8 +206,8 @@ class CatalogueWatcher(DocumentWatcher[Catalogue]):
         if task is None and time.monotonic() - self._reread_at >= self.reread_interval_s:
             task = self._reread = asyncio.create_task(self._reread_bucket(), name="catalogue-reread")
         if task is not None:
-            with contextlib.suppress(Exception):  # NATS down: the revision stays unknown for now
-                await asyncio.shield(task)
+            with contextlib.suppress(Exception):  # NATS down or slow: the revision stays unknown
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
         return self.held.at(revision)
 
     async def _reread_bucket(self) -> None:
