@@ -94,7 +94,8 @@ def test_a_type_problem_is_reported_instead_of_the_pattern() -> None:
         (r"(?<!a)b", "look-ahead or look-behind"),
         (r"(a+)+b", "variable repeat inside another"),
         (r"([a-z]{1,5})*", "variable repeat inside another"),
-        (r"(a|ab)*c", "alternation repeated"),
+        (r"(a|aa)*c", "alternation repeated"),
+        (r"(,(a|,b))*", "alternation repeated"),  # the delimiter also inside: not a delimiter
         (r"\d*\d*\d*\d*\d*x", "more than 4 variable repeats"),
         ("a" * (MAX_PATTERN_LENGTH + 1), "longer than"),
     ],
@@ -106,7 +107,17 @@ def test_unsafe_or_broken_patterns_fail_the_load(pattern: str, why: str) -> None
 
 @pytest.mark.parametrize(
     "pattern",
-    [r"[0-9]{6}", r"(\d{3}-)+\d{4}", r"[\u4e00-\u9fff]{2,20}", r"(?:ab|cd){2}", r"[A-Z]{2}\d{4,8}", "a|b"],
+    [
+        r"[0-9]{6}",
+        r"(\d{3}-)+\d{4}",
+        r"[\u4e00-\u9fff]{2,20}",
+        r"(?:ab|cd){2}",
+        r"[A-Z]{2}\d{4,8}",
+        "a|b",
+        # a delimited list: each iteration begins with "," and nothing inside can match ","
+        r"(NAME|DOMICILE|SHAREHOLDERS)(,(NAME|DOMICILE|SHAREHOLDERS))*",
+        r"[A-Z]+(;[A-Z]+)*",
+    ],
 )
 def test_ordinary_patterns_load(pattern: str) -> None:
     assert compiled(pattern).pattern == pattern

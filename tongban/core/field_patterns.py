@@ -9,7 +9,9 @@ after its length was bounded (``max_length``, else the node's default, 256 chara
 - the common subset of Python's ``re`` and RE2 (the proto says so, and partners in other languages
   check the same pattern): no back-references, look-arounds or conditional groups;
 - no variable repeat (``*``, ``+``, ``?``, ``{m,n}`` with m < n) inside another variable repeat, nor
-  an alternation inside a variable repeat (``(a+)+``, ``(a|ab)*``: the classic catastrophic shapes);
+  an alternation inside a variable repeat (``(a+)+``, ``(a|ab)*``: the classic catastrophic shapes),
+  unless each iteration of the outer repeat begins with a literal character nothing else in it can
+  match: a delimiter fixes where iterations begin, as in the list ``(A|B)(,(A|B))*``;
 - at most :data:`MAX_VARIABLE_REPEATS` variable repeats in all (``\\d*\\d*\\d*…`` backtracks in
   polynomial time of that degree).
 
@@ -77,7 +79,9 @@ def _check(items: list[tuple[Any, Any]], *, inside_variable: bool) -> int:
             variable = low != high
             if variable and inside_variable:
                 raise ConfigError("a variable repeat inside another may take catastrophic time")
-            count += variable + _check(list(body), inside_variable=inside_variable or variable)
+            # Iterations that begin with their own delimiter cannot overlap: what is inside is free.
+            inside = (inside_variable or variable) and not (variable and _delimited(list(body)))
+            count += variable + _check(list(body), inside_variable=inside)
         elif op == sre.SUBPATTERN:
             count += _check(list(arg[-1]), inside_variable=inside_variable)
         elif op == sre.BRANCH:
@@ -85,3 +89,62 @@ def _check(items: list[tuple[Any, Any]], *, inside_variable: bool) -> int:
                 raise ConfigError("an alternation repeated variably may take catastrophic time")
             count += sum(_check(list(branch), inside_variable=False) for branch in arg[1])
     return count
+
+
+def _delimited(body: list[tuple[Any, Any]]) -> bool:
+    """Whether ``body`` begins with a literal character nothing else in it can match."""
+    while len(body) == 1 and body[0][0] == sre.SUBPATTERN:
+        body = list(body[0][1][-1])
+    if not body or body[0][0] != sre.LITERAL:
+        return False
+    return not _may_match(body[1:], body[0][1])
+
+
+def _may_match(items: list[tuple[Any, Any]], code: int) -> bool:
+    """Whether any node of ``items`` could match the character ``code`` (when unsure: yes)."""
+    for op, arg in items:
+        if op == sre.AT:
+            continue
+        if op == sre.LITERAL:
+            hit = arg == code
+        elif op == sre.NOT_LITERAL:
+            hit = arg != code
+        elif op == sre.IN:
+            hit = _in_class(arg, code)
+        elif op == sre.SUBPATTERN:
+            hit = _may_match(list(arg[-1]), code)
+        elif op == sre.BRANCH:
+            hit = any(_may_match(list(branch), code) for branch in arg[1])
+        elif op in _REPEATS:
+            hit = _may_match(list(arg[2]), code)
+        else:  # ANY and whatever else: assume it can
+            hit = True
+        if hit:
+            return True
+    return False
+
+
+_CATEGORIES = {
+    sre.CATEGORY_DIGIT: r"\d",
+    sre.CATEGORY_NOT_DIGIT: r"\D",
+    sre.CATEGORY_SPACE: r"\s",
+    sre.CATEGORY_NOT_SPACE: r"\S",
+    sre.CATEGORY_WORD: r"\w",
+    sre.CATEGORY_NOT_WORD: r"\W",
+}
+
+
+def _in_class(items: list[tuple[Any, Any]], code: int) -> bool:
+    negate, hit = False, False
+    for op, arg in items:
+        if op == sre.NEGATE:
+            negate = True
+        elif op == sre.LITERAL:
+            hit = hit or arg == code
+        elif op == sre.RANGE:
+            hit = hit or arg[0] <= code <= arg[1]
+        elif op == sre.CATEGORY and arg in _CATEGORIES:
+            hit = hit or re.fullmatch(_CATEGORIES[arg], chr(code)) is not None
+        else:
+            hit = True
+    return hit != negate
