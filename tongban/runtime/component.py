@@ -88,7 +88,7 @@ class ComponentParts:
             cfg,
             registry=registry,
             secrets=load_secrets(cfg, registry),
-            catalogue=catalogue or load_catalogue(cfg),
+            catalogue=catalogue if catalogue is not None else load_catalogue(cfg),
             ledger=ledger,
             tracer=tracer or trace.get_tracer(f"tongban.{role}"),
             metrics=metrics,

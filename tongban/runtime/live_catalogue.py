@@ -207,7 +207,8 @@ class CatalogueWatcher(DocumentWatcher[Catalogue]):
             task = self._reread = asyncio.create_task(self._reread_bucket(), name="catalogue-reread")
         if task is not None:
             with contextlib.suppress(Exception):  # NATS down or slow: the revision stays unknown
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(task)
         return self.held.at(revision)
 
     async def _reread_bucket(self) -> None:
