@@ -32,7 +32,7 @@ from nats.js.client import JetStreamContext
 from connectors.adapters import AdapterFailure, CaseAdapter, StatusUpdate, adapter_request, submit_via_call
 from connectors.answers import entry, receipt, request_trace_id
 from connectors.case_events import CaseEvents, outcome_of
-from connectors.inbound import Inbound
+from connectors.inbound import CatalogueRevisionUnknown, Inbound
 from connectors.state import ConnectorState, OutEvent
 from ledger import Entry, Event, LedgerStore
 from tongban.core import envelope, messages, subjects
@@ -195,8 +195,18 @@ class CaseWorker:
             await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_EXPIRED, expired)
             return
         try:
-            request, item, adapter = self.inbound.open(verified)
+            request, item, adapter = await self.inbound.open(verified)
         except TongbanError as exc:
+            if isinstance(exc, CatalogueRevisionUnknown) and exc.newer:
+                # Validated against a catalogue revision this region has not adopted yet: it will
+                # (the authority publishes to every region), so later, not never. The request's
+                # deadline bounds the wait (step 3).
+                backoff = self.cfg.connector.backoff_s or [1.0]
+                delay = float(backoff[min(_attempt(msg), len(backoff)) - 1])
+                log.warning("cases.catalogue_revision_pending", attempt=_attempt(msg), delay_s=delay)
+                set_outcome(exc.reason)
+                await msg.nak(delay=delay)
+                return
             refusal = problem(exc.reason, exc.message)
             await self._conclude(msg, verified, [], exchange_pb2.DELIVERY_STATE_REJECTED, refusal)
             return

@@ -4,8 +4,9 @@ inbound stream (:mod:`connectors.cases`).
 
 :class:`Inbound` verifies the envelope (signature against the trust registry; kind, path,
 recipient, subject, freshness and clock skew), opens and authorises the request (seal, header/body
-agreement, the registry's access rule again, the form, the adapter), and names a request by the
-safe labels of its not yet verified header in logs, spans, metrics and the ledger.
+agreement, the registry's access rule again, the form against the catalogue revision the sender
+validated it against, the adapter), and names a request by the safe labels of its not yet verified
+header in logs, spans, metrics and the ledger.
 :class:`ReplayRecord` refuses a message id this region received before, on either path.
 """
 
@@ -33,6 +34,7 @@ from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 from tongban.runtime.instruments import UNSET, TimedHop
+from tongban.runtime.live_catalogue import CatalogueWatcher
 from tongban.runtime.metrics import Metrics, RequestRecord
 from tongban.runtime.node import RegionSecrets
 from tongban.v1 import envelope_pb2, exchange_pb2
@@ -63,6 +65,18 @@ class Opened(NamedTuple):
     adapter: Adapter
 
 
+class CatalogueRevisionUnknown(Refused):
+    """The request was validated against a catalogue revision this region does not hold.
+
+    ``newer``: the revision is newer than any held (it may be adopted soon: a durable request is
+    redelivered later), else an earlier one no longer held (it never comes back).
+    """
+
+    def __init__(self, message: str, *, newer: bool) -> None:
+        super().__init__(message, reason=Reason.CATALOGUE_REVISION_UNKNOWN)
+        self.newer = newer
+
+
 class Reception(NamedTuple):
     """The span and the metrics record of one request being received."""
 
@@ -74,7 +88,9 @@ class Inbound:
     """The checks and the telemetry scope of requests arriving at one region's connector.
 
     ``registry`` may be replaced while running (the checks read it at each request); the live
-    registry watcher updates the one it was given in place.
+    registry watcher updates the one it was given in place, and the catalogue watcher the live
+    ``catalogue`` (set :attr:`catalogue_watch` to let a request naming a newer revision make it
+    re-read its bucket).
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class Inbound:
         self.tracer = tracer
         self.metrics = metrics
         self.replays = ReplayRecord(cfg)
+        self.catalogue_watch: CatalogueWatcher | None = None
 
     def labels(self, header: envelope_pb2.Header | None) -> Labels:
         """The safe labels of a header not yet verified (see :class:`Labels`)."""
@@ -210,9 +227,29 @@ class Inbound:
                 )
             return verified
 
-    def open(self, verified: envelope.Verified) -> Opened:
+    async def catalogue_for(self, revision: int) -> Catalogue:
+        """The catalogue of ``revision`` (the sender's, from the signed header): held, or found by
+        re-reading the region's bucket once; 0 (a sender from before revisions) is the current one.
+
+        Raises:
+            CatalogueRevisionUnknown: neither holds it.
+        """
+        found = self.catalogue.at(revision)
+        if found is None and self.catalogue_watch is not None:
+            found = await self.catalogue_watch.find(revision)
+        if found is None:
+            held = self.catalogue.revisions()
+            raise CatalogueRevisionUnknown(
+                f"the request was validated against catalogue revision {revision}; this region holds "
+                f"{', '.join(map(str, held))}",
+                newer=revision > held[-1],
+            )
+        return found
+
+    async def open(self, verified: envelope.Verified) -> Opened:
         """Open the seal, check header/body agreement, the registry's access rule (again: never
-        trusting the sending gateway alone) and the form; find the adapter."""
+        trusting the sending gateway alone) and the form against the catalogue revision the sender
+        validated it against; find the adapter."""
         h = verified.header
         with self.tracer.start_as_current_span("connector.open"), self.metrics.hop(TimedHop.OPEN):
             plaintext = messages.open_body(verified, self.secrets.sealing_for(h.recipient_key_id))
@@ -229,7 +266,8 @@ class Inbound:
             h.from_region, h.origin_system, svc, self.region
         ):
             raise Refused(f"region {h.from_region} may not call {svc} here", reason=Reason.NOT_AUTHORISED)
-        item = validate_request(self.catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
+        catalogue = await self.catalogue_for(h.catalogue_revision)
+        item = validate_request(catalogue, request, max_field_length=self.cfg.gateway.max_field_length)
         adapter = self.adapters.get(svc)
         if adapter is None:
             raise Refused(f"no back end serves {svc} in {self.region}", reason=Reason.SERVICE_NOT_SERVED)

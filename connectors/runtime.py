@@ -43,6 +43,7 @@ from tongban.core.registry import Registry
 from tongban.runtime import telemetry
 from tongban.runtime.component import ComponentParts
 from tongban.runtime.instruments import TimedHop
+from tongban.runtime.live_catalogue import CatalogueWatcher, catalogue_watcher
 from tongban.runtime.live_registry import RegistryWatcher
 from tongban.runtime.metrics import set_outcome
 from tongban.runtime.natsroles import NatsRole
@@ -89,6 +90,7 @@ class Connector:
         self.ledger = parts.ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
+        self.catalogue_watch: CatalogueWatcher | None = None
         self._owns_nc = nc is None
         self.tracer = parts.tracer
         self.metrics = parts.metrics
@@ -143,6 +145,10 @@ class Connector:
             if self.cfg.registry.watch and self.trust is None:
                 self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
                 await self.trust.start()
+            if self.cfg.catalogue.watch and self.catalogue_watch is None:
+                self.catalogue_watch = catalogue_watcher(self.cfg, self.inbound.catalogue, self.nc)
+                await self.catalogue_watch.start()
+                self.inbound.catalogue_watch = self.catalogue_watch
             queue = subjects.connector_queue(self.region)
             self._subs.append(
                 await self.nc.subscribe(subjects.rpc_wildcard(self.region), queue=queue, cb=self._on_msg)
@@ -197,6 +203,10 @@ class Connector:
         if self.trust is not None:
             await self.trust.stop(timeout=deadline.budget(2.0))
             self.trust = None
+        if self.catalogue_watch is not None:
+            self.inbound.catalogue_watch = None
+            await self.catalogue_watch.stop(timeout=deadline.budget(2.0))
+            self.catalogue_watch = None
         if self._owns_nc and self.nc is not None:
             nc, self.nc = self.nc, None
             if (
@@ -301,7 +311,7 @@ class Connector:
         if deadline <= now:
             raise EnvelopeRejected("request deadline has passed", reason=Reason.EXPIRED)
         await self.inbound.replays.first_query(h.message_id, now, self.state)
-        opened = self.inbound.open(verified)
+        opened = await self.inbound.open(verified)
         peer = h.from_region
         self._take_peer_slot(peer)
         try:

@@ -9,6 +9,7 @@ shared with Submit (:class:`~gateway.case_desk.CaseDesk`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import time
 from collections.abc import Callable
@@ -60,6 +61,12 @@ _SEND_FAILURES = (
     nats.errors.OutboundBufferLimitError,
 )
 """What a request sent on NATS can end in without an answer (besides the caller's cancel)."""
+_validated_revision: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "tongban_catalogue_revision", default=None
+)
+"""The catalogue revision this RPC's request was validated against: set by
+:meth:`ExchangeCore.validate`, named in the signed header by :meth:`ExchangeCore.seal_request` (Query
+and Submit validate and seal in one task; the live catalogue may move on between the two)."""
 
 
 class ReceiptKeeper(Protocol):
@@ -127,10 +134,12 @@ class ExchangeCore:
     def _check(self, req: exchange_pb2.ServiceRequest, caller: Caller) -> None:
         """Catalogue validation plus the registry's view of region, service and caller."""
         violations: list[Violation] = []
+        catalogue = self.catalogue  # live: adopting a newer revision is one synchronous step
         try:
-            validate_request(self.catalogue, req, max_field_length=self.cfg.gateway.max_field_length)
+            validate_request(catalogue, req, max_field_length=self.cfg.gateway.max_field_length)
         except InvalidRequest as exc:
             violations.extend(exc.violations)
+        _validated_revision.set(catalogue.revision)
         bad_fields = {v.field for v in violations}
         if "request.target_region" not in bad_fields and self.registry.region(req.target_region) is None:
             violations.append(Violation("request.target_region", "region is not in the trust registry"))
@@ -217,8 +226,11 @@ class ExchangeCore:
         deadline: float,
         case_no: str = "",
     ) -> messages.Built:
-        """The signed request envelope, its body sealed to the target region's current key."""
+        """The signed request envelope, its body sealed to the target region's current key; its
+        header names the catalogue revision the request was validated against (the current one if
+        this task validated nothing)."""
         to = req.target_region
+        revision = _validated_revision.get()
         kid, recipient = self.registry.sealing_key_for(to)
         id_no = req.applicant.id_no
         header = envelope_pb2.Header(
@@ -238,6 +250,7 @@ class ExchangeCore:
             content_type=messages.REQUEST_CONTENT_TYPE,
             origin_system=caller.system_id,
             case_no=case_no,
+            catalogue_revision=self.catalogue.revision if revision is None else revision,
         )
         return messages.build_sealed(
             header,

@@ -1,4 +1,5 @@
-"""The regional gateway process: grpc.aio server with Exchange, health and reflection."""
+"""The regional gateway process: grpc.aio server with Exchange, Ledger, CatalogueService, health and
+reflection."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from gateway.case_desk import CaseDesk
 from gateway.cases import CaseStore
+from gateway.catalogue_service import CatalogueService
 from gateway.checkpoints import CheckpointPublisher
 from gateway.exchange import ExchangeCore
 from gateway.exchange_service import ExchangeService
@@ -28,15 +30,24 @@ from ledger.tree import LedgerTree
 from tongban.core.errors import ConfigError
 from tongban.runtime.component import ComponentParts
 from tongban.runtime.config import GatewayConfig
+from tongban.runtime.live_catalogue import CatalogueWatcher, catalogue_watcher
 from tongban.runtime.live_registry import RegistryWatcher
 from tongban.runtime.natsroles import NatsRole
 from tongban.runtime.node import connect_nats, registry_watcher
 from tongban.runtime.shutdown import Deadline, stop_task, within
-from tongban.v1 import exchange_pb2, exchange_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from tongban.v1 import (
+    catalogue_pb2,
+    catalogue_pb2_grpc,
+    exchange_pb2,
+    exchange_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+)
 
 log = structlog.get_logger("tongban.gateway")
 EXCHANGE = exchange_pb2.DESCRIPTOR.services_by_name["Exchange"].full_name
 LEDGER = ledger_pb2.DESCRIPTOR.services_by_name["Ledger"].full_name
+CATALOGUE = catalogue_pb2.DESCRIPTOR.services_by_name["CatalogueService"].full_name
 LIVENESS = "tongban.liveness"
 """Health service name that is SERVING while the process serves at all (a liveness probe's)."""
 _PART_STOP_S = 3.0
@@ -92,6 +103,8 @@ class Gateway:
         self.ledger = parts.ledger
         self.nc = nc
         self.trust: RegistryWatcher | None = None
+        self.catalogue_watch: CatalogueWatcher | None = None
+        """Follows the region's catalogue bucket (``[catalogue] watch``) while NATS is up."""
         self.ledger_tree = LedgerTree()
         self.publisher: CheckpointPublisher | None = None
         self.witness: Witness | None = None
@@ -216,11 +229,15 @@ class Gateway:
                 ),
                 server,
             )
+            catalogue_pb2_grpc.add_CatalogueServiceServicer_to_server(
+                CatalogueService(self.parts.catalogue, self.registry, self.secrets.correlator), server
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             reflection.enable_server_reflection(
                 (
                     EXCHANGE,
                     LEDGER,
+                    CATALOGUE,
                     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                     reflection.SERVICE_NAME,
                 ),
@@ -310,8 +327,8 @@ class Gateway:
         return None if last is None else (last.note, last.checkpoint.size, last.checkpoint.root)
 
     async def _stop_background(self, deadline: Deadline) -> None:
-        """The NATS-side parts started with the connection: witness, checkpoints, registry watch;
-        each within its share of ``deadline``."""
+        """The NATS-side parts started with the connection: witness, checkpoints, registry and
+        catalogue watches; each within its share of ``deadline``."""
         if self.witness is not None:
             await within(self.witness.stop(), timeout=deadline.budget(_PART_STOP_S), what="witness")
             self.witness = None
@@ -321,6 +338,11 @@ class Gateway:
         if self.trust is not None:
             await within(self.trust.stop(), timeout=deadline.budget(_PART_STOP_S), what="registry watch")
             self.trust = None
+        if self.catalogue_watch is not None:
+            await within(
+                self.catalogue_watch.stop(), timeout=deadline.budget(_PART_STOP_S), what="catalogue watch"
+            )
+            self.catalogue_watch = None
 
     async def _connect_and_watch(self) -> NATS:
         if self.nc is None:
@@ -343,6 +365,9 @@ class Gateway:
         if self.cfg.registry.watch and self.trust is None:
             self.trust = registry_watcher(self.cfg, self.registry, self.nc, self.secrets)
             await self.trust.start()
+        if self.cfg.catalogue.watch and self.catalogue_watch is None:
+            self.catalogue_watch = catalogue_watcher(self.cfg, self.parts.catalogue, self.nc)
+            await self.catalogue_watch.start()
         lc, region = self.cfg.ledger, self.cfg.region.code
         if self.publisher is None:
             self.publisher = CheckpointPublisher(

@@ -1,8 +1,12 @@
 """The service catalogue: which 跨省通办 items exist, what their forms hold, and request validation.
 
-The catalogue is data: ``tongban/data/catalogue.json`` is the protobuf JSON of ``tongban.v1.Catalogue``
-and is embedded in the package. :meth:`Catalogue.load` parses it and checks the catalogue itself (a bad
-catalogue is a :class:`~tongban.core.errors.ConfigError` at start-up, never a surprise at request time).
+The catalogue is data: protobuf JSON of ``tongban.v1.Catalogue``, the one shipped in the package
+(``tongban/core/data/catalogue.json``) or a deployment's own file, or a ``SignedCatalogue`` the
+registry authority signed (:mod:`tongban.core.catalogue_signing`). :meth:`Catalogue.load` parses it
+and checks the catalogue itself, field patterns included (a bad catalogue is a
+:class:`~tongban.core.errors.ConfigError` at start-up, never a surprise at request time). A node
+follows newer revisions live and keeps a few earlier ones (:meth:`Catalogue.adopt`,
+:meth:`Catalogue.at`; docs/catalogue.md).
 
 :func:`validate_request` checks a ``ServiceRequest`` against its item and reports every problem at once
 as :class:`~tongban.core.errors.InvalidRequest` violations whose paths are relative to ``QueryRequest`` (the
@@ -22,7 +26,7 @@ from typing import NoReturn
 
 from google.protobuf import json_format
 
-from tongban.core import identifiers
+from tongban.core import field_patterns, identifiers
 from tongban.core.errors import ConfigError, InvalidRequest, PermissionDenied, Reason, Violation
 from tongban.core.text import unsafe_character
 from tongban.v1 import catalogue_pb2, exchange_pb2
@@ -75,23 +79,36 @@ _KIND_WORD = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Catalogue:
-    """The items a deployment knows, by code.
+    """The items a deployment knows, by code, at one revision; and, for the live catalogue a node
+    follows, the earlier revisions it still holds.
 
     Build it with :meth:`load` or :meth:`from_proto`, which check the catalogue; the constructor trusts
-    its arguments. The item messages are shared: treat them as read-only.
+    its arguments. The item messages are shared: treat them as read-only. Like the trust registry, the
+    live catalogue changes in place (:meth:`adopt`), so every holder of the object sees the newer
+    revision at once; the revision it held is kept (:meth:`at`), up to ``keep_revisions`` in all, for
+    requests another region validated against it.
 
     Attributes:
         items: catalogue items by item code, in catalogue order.
-        version: catalogue version string, e.g. ``"2026.11-dev"``.
+        version: catalogue version label, e.g. ``"2026.12"``.
+        revision: monotonic revision (0: a catalogue from before revisions).
+        issued_at_s: when the registry authority issued it (epoch seconds; 0: not said).
+        signed: the SignedCatalogue bytes it was verified from (empty: read from a JSON file).
+        keep_revisions: how many revisions :meth:`adopt` keeps, this one included.
     """
 
     items: Mapping[str, CatalogueItem] = field(default_factory=dict)
     version: str = ""
+    revision: int = 0
+    issued_at_s: float = 0.0
+    signed: bytes = b""
+    keep_revisions: int = 8
+    _earlier: dict[int, Catalogue] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "items", MappingProxyType(dict(self.items)))
+        self.items = MappingProxyType(dict(self.items))
 
     def get(self, code: str) -> CatalogueItem | None:
         """Return the item with this code, or None when the catalogue has no such item."""
@@ -112,9 +129,52 @@ class Catalogue:
 
     def to_proto(self) -> catalogue_pb2.Catalogue:
         """Return the catalogue as a fresh ``tongban.v1.Catalogue`` message."""
-        msg = catalogue_pb2.Catalogue(version=self.version)
+        msg = catalogue_pb2.Catalogue(version=self.version, revision=self.revision)
+        if self.issued_at_s:
+            msg.issued_at.FromNanoseconds(round(self.issued_at_s * 1e9))
         msg.items.extend(self.items.values())
         return msg
+
+    # -- revisions ----------------------------------------------------------------------------
+
+    def at(self, revision: int) -> Catalogue | None:
+        """The catalogue of ``revision`` if held: this one for its own revision and for 0 (a sender
+        from before revisions), an earlier one kept by :meth:`adopt` or :meth:`remember`; else None."""
+        if revision in (0, self.revision):
+            return self
+        return self._earlier.get(revision)
+
+    def revisions(self) -> tuple[int, ...]:
+        """The revisions held, oldest first (this one last)."""
+        return (*sorted(self._earlier), self.revision)
+
+    def adopt(self, newer: Catalogue) -> None:
+        """Take over ``newer``'s contents in place, keeping what this held as an earlier revision.
+
+        One synchronous step: on the event loop no validation can observe half of the change.
+        """
+        held = self.snapshot()
+        self.items, self.version, self.revision = newer.items, newer.version, newer.revision
+        self.issued_at_s, self.signed = newer.issued_at_s, newer.signed
+        for revision in [r for r in self._earlier if r >= self.revision]:
+            del self._earlier[revision]
+        self.remember(held)
+
+    def remember(self, earlier: Catalogue) -> None:
+        """Keep ``earlier`` (a verified catalogue older than this one) among the held revisions."""
+        if 0 < earlier.revision < self.revision and earlier.revision not in self._earlier:
+            self._earlier[earlier.revision] = earlier.snapshot()
+            self._trim()
+
+    def snapshot(self) -> Catalogue:
+        """This revision alone, as a catalogue that holds no other."""
+        return Catalogue(self.items, self.version, self.revision, self.issued_at_s, self.signed, 1)
+
+    def _trim(self) -> None:
+        while len(self._earlier) >= max(1, self.keep_revisions):
+            del self._earlier[min(self._earlier)]
+
+    # -- loading ------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Catalogue:
@@ -122,7 +182,7 @@ class Catalogue:
 
         Args:
             path: a protobuf JSON file of ``tongban.v1.Catalogue``; None loads the catalogue embedded in
-                the package (``tongban/data/catalogue.json``).
+                the package (``tongban/core/data/catalogue.json``).
 
         Returns:
             The checked catalogue.
@@ -147,13 +207,18 @@ class Catalogue:
         return cls.from_proto(msg)
 
     @classmethod
-    def from_proto(cls, msg: catalogue_pb2.Catalogue) -> Catalogue:
+    def from_proto(cls, msg: catalogue_pb2.Catalogue, *, signed: bytes = b"") -> Catalogue:
         """Check a ``tongban.v1.Catalogue`` message and wrap (a copy of) its items.
+
+        Args:
+            msg: the catalogue.
+            signed: the SignedCatalogue bytes ``msg`` was verified from, if any.
 
         Raises:
             ConfigError: naming the first bad item: a code not matching ``[0-9A-Z]{10,36}`` or used
                 twice, no applicant kind, a field without a well-formed unique name or without a type,
-                an ENUM field without allowed values, or no response fields.
+                an ENUM field without allowed values, a bad pattern or length bounds, or no response
+                fields.
         """
         items: dict[str, CatalogueItem] = {}
         for index, item in enumerate(msg.items):
@@ -163,7 +228,8 @@ class Catalogue:
             copy = CatalogueItem()
             copy.CopyFrom(item)
             items[item.code] = copy
-        return cls(items=items, version=msg.version)
+        issued = msg.issued_at.ToNanoseconds() / 1e9 if msg.HasField("issued_at") else 0.0
+        return cls(items=items, version=msg.version, revision=msg.revision, issued_at_s=issued, signed=signed)
 
 
 def _check_item(index: int, item: CatalogueItem) -> None:
@@ -187,8 +253,18 @@ def _check_item(index: int, item: CatalogueItem) -> None:
             raise bad(f"field {spec.name} has no type")
         if spec.type == catalogue_pb2.FIELD_TYPE_ENUM and not spec.allowed_values:
             raise bad(f"ENUM field {spec.name} has no allowed values")
+        if spec.max_length and spec.min_length > spec.max_length:
+            raise bad(f"field {spec.name}: min_length is above max_length")
+        if spec.pattern:
+            try:
+                field_patterns.compiled(spec.pattern)
+            except ConfigError as exc:
+                raise bad(f"field {spec.name}: {exc.message}") from None
     if not item.response_fields:
         raise bad("response_fields is empty")
+    offered = set(item.response_fields)
+    if any(spec.name not in offered for spec in item.response_specs):
+        raise bad("response_specs names a field that is not in response_fields")
     d = item.delivery
     if any(b.ToTimedelta().total_seconds() <= 0 for b in d.backoff):
         raise bad("delivery.backoff delays must be positive")
@@ -364,12 +440,17 @@ def _check_fields(
             if spec.required:
                 out.append(Violation(path, "This field is required."))
             continue
-        # Length first: validators never see (and never spend time on) an oversized value.
+        # Length first: validators and patterns never see (nor spend time on) an oversized value.
         limit = spec.max_length or max_field_length
         if len(value) > limit:
             out.append(Violation(path, f"Value is longer than {limit} characters."))
             continue
+        if len(value) < spec.min_length:
+            out.append(Violation(path, f"Value is shorter than {spec.min_length} characters."))
+            continue
         problem = _value_problem(spec, value, today=today, uscc_strict=uscc_strict)
+        if not problem and spec.pattern and not field_patterns.compiled(spec.pattern).fullmatch(value):
+            problem = f"Must match the pattern {spec.pattern}."
         if problem:
             out.append(Violation(path, problem))
 

@@ -22,6 +22,7 @@ from tongban.core.catalogue import Catalogue
 from tongban.core.registry import Registry
 from tongban.runtime.config import Config
 from tongban.runtime.ledgers import store_for
+from tongban.runtime.live_catalogue import load_catalogue
 from tongban.runtime.metrics import NO_METRICS, Metrics
 from tongban.runtime.monitor import ComponentMonitor, Monitored, component_metrics, monitor_component
 from tongban.runtime.node import RegionSecrets, load_registry, load_secrets
@@ -54,6 +55,7 @@ class ComponentParts:
     secrets: RegionSecrets
     """The region's keys, following ``registry``."""
     catalogue: Catalogue
+    """The live catalogue (the component's watcher adopts newer revisions into it in place)."""
     ledger: LedgerStore
     """The region's ledger, not open yet: the process opens it before the component starts."""
     tracer: trace.Tracer
@@ -74,8 +76,9 @@ class ComponentParts:
         tracer: trace.Tracer | None = None,
     ) -> ComponentParts:
         """The parts of ``cfg``'s ``role`` component: its registry (the newest of its file and cache,
-        unless given) and the keys following it, the shipped catalogue (unless given), the tracer of
-        the global provider (unless given).
+        unless given) and the keys following it, its catalogue (``[catalogue] file`` or the shipped
+        one, or the newer one it cached; unless given), the tracer of the global provider (unless
+        given).
 
         Raises:
             TongbanError: the registry or the keys cannot be loaded (``ConfigError``, ``RegistryError``).
@@ -85,7 +88,7 @@ class ComponentParts:
             cfg,
             registry=registry,
             secrets=load_secrets(cfg, registry),
-            catalogue=catalogue or Catalogue.load(),
+            catalogue=catalogue if catalogue is not None else load_catalogue(cfg),
             ledger=ledger,
             tracer=tracer or trace.get_tracer(f"tongban.{role}"),
             metrics=metrics,
@@ -113,7 +116,7 @@ async def run_component(cfg: Config, role: Role, build: Callable[[ComponentParts
     )
     trace.set_tracer_provider(provider)
     ledger = store_for(cfg)
-    catalogue = Catalogue.load()
+    catalogue = load_catalogue(cfg)
     metrics = component_metrics(cfg, role, services=catalogue.codes())
     parts = ComponentParts.load(
         cfg, role, ledger, metrics=metrics, catalogue=catalogue, tracer=provider.get_tracer(f"tongban.{role}")

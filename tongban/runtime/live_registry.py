@@ -13,25 +13,21 @@ the bucket needs no more trust than the file it replaces. A node:
   writes the cache, and calls its listeners (the region's keys re-select their signing key).
 
 The registry authority edits documents with :func:`edit_signed` (:func:`add_key`,
-:func:`revoke_key`) and hands them to each region's bucket with :func:`publish`.
+:func:`revoke_key`) and hands them to each region's bucket with :func:`publish`. The watch itself is
+the mechanism the catalogue shares (:mod:`tongban.runtime.kv_watch`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import nats.errors
-import nats.js.errors
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nats.aio.client import Client as NATS
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from ledger.files import write_atomically
@@ -39,13 +35,28 @@ from tongban.core.errors import Reason, RegistryError
 from tongban.core.keys import SEALING_ALGORITHM, SIGNING_ALGORITHM, key_id
 from tongban.core.messages import timestamp
 from tongban.core.registry import Registry, sign_registry
-from tongban.runtime.shutdown import stop_task
-from tongban.runtime.streams import jetstream
+from tongban.runtime import kv_watch
+from tongban.runtime.kv_watch import Applied, DocumentWatcher, Refusal
 from tongban.v1 import registry_pb2
+
+__all__ = [
+    "KEY",
+    "Applied",
+    "RegistryWatcher",
+    "add_key",
+    "bucket_name",
+    "edit_signed",
+    "load_newest",
+    "publish",
+    "read_signed",
+    "registry_bucket",
+    "revoke_key",
+    "write_cache",
+]
 
 log = structlog.get_logger("tongban.runtime.live_registry")
 
-KEY = "signed"
+KEY = kv_watch.KEY
 """The one key of a registry bucket."""
 
 
@@ -57,19 +68,12 @@ def bucket_name(region: str) -> str:
 
 async def registry_bucket(nc: NATS, region: str, *, replicas: int = 1) -> KeyValue:
     """The region's registry bucket in its own JetStream domain, created if missing."""
-    js = jetstream(nc, region)
-    try:
-        return await js.key_value(bucket_name(region))
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    config = KeyValueConfig(
-        bucket=bucket_name(region),
-        description="tongban trust registry (root-signed SignedRegistry bytes)",
-        history=16,
-        storage=StorageType.FILE,
-        replicas=replicas,
+    return await kv_watch.document_bucket(
+        nc, region, bucket_name(region), description=_DESCRIPTION, replicas=replicas
     )
-    return await js.create_key_value(config)
+
+
+_DESCRIPTION = "tongban trust registry (root-signed SignedRegistry bytes)"
 
 
 async def publish(nc: NATS, region: str, data: bytes, *, replicas: int = 1) -> int:
@@ -185,15 +189,10 @@ def write_cache(path: Path, registry: Registry, roots: Sequence[Ed25519PublicKey
         write_atomically(path, registry.signed)
 
 
-@dataclass(frozen=True)
-class Applied:
-    version: int
-    at_monotonic: float
-    source: str
-
-
-class RegistryWatcher:
+class RegistryWatcher(DocumentWatcher[Registry]):
     """Keeps ``registry`` current from the region's bucket (see the module docstring)."""
+
+    kind = "registry"
 
     def __init__(
         self,
@@ -207,143 +206,47 @@ class RegistryWatcher:
         recheck_s: float = 30.0,
         listeners: Sequence[Callable[[Registry], None]] = (),
     ) -> None:
-        self.registry = registry
-        self.roots = list(roots)
-        self.nc = nc
-        self.region = region
-        self.cache = cache
-        self.replicas = replicas
-        self.recheck_s = recheck_s
-        self.listeners = list(listeners)
-        self.applied: list[Applied] = []
-        self.refused: list[str] = []
-        self._kv: KeyValue | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        self._kv = await registry_bucket(self.nc, self.region, replicas=self.replicas)
-        await self._sync()
-        self._notify()  # listeners follow this registry from the start (e.g. the keys re-select)
-        self._task = asyncio.create_task(self._run(), name=f"registry-watch-{self.region}")
-
-    async def stop(self, timeout: float = 2.0) -> None:
-        """End the watch (its stop flag set, then cancelled) within ``timeout`` seconds; idempotent."""
-        self._stopping.set()
-        task, self._task = self._task, None
-        await stop_task(task, timeout=timeout, what="registry watch")
-
-    def offer(self, data: bytes, *, source: str) -> bool:
-        """Adopt ``data`` if it is a valid registry newer than ours; True if adopted."""
-        current = self.registry
-        try:
-            newer = Registry.from_signed(data, self.roots, min_version=current.version)
-        except RegistryError as exc:
-            self._refuse(exc.reason, source, offered=_peek_version(data))
-            return False
-        if newer.version == current.version:
-            if newer.document != current.document:
-                self._refuse("REGISTRY_EQUIVOCATION", source, offered=newer.version)
-            return False
-        was = current.version
-        current.adopt(newer)
-        self.applied.append(Applied(newer.version, time.monotonic(), source))
-        if self.cache is not None:
-            # Off the event loop (a file lock and an fsync); the next start reads the newest anyway.
-            task = asyncio.get_running_loop().run_in_executor(
-                None, write_cache, self.cache, newer, self.roots
-            )
-            task.add_done_callback(self._cache_written)
-        self._notify()
-        log.info("registry.updated", region=self.region, version=newer.version, was=was, source=source)
-        return True
-
-    def _cache_written(self, fut: asyncio.Future[None]) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            log.error("registry.cache_write_failed", path=str(self.cache), error=type(exc).__name__)
-
-    def _notify(self) -> None:
-        for listener in self.listeners:
-            try:
-                listener(self.registry)
-            except Exception as exc:  # one failing listener must not stop the others
-                log.error("registry.listener_failed", error=type(exc).__name__, detail=str(exc)[:200])
-
-    def _refuse(self, reason: str, source: str, *, offered: int | None) -> None:
-        self.refused.append(reason)
-        log.warning(
-            "registry.refused",
-            region=self.region,
-            reason=reason,
-            offered_version=offered,
-            held_version=self.registry.version,
-            source=source,
+        super().__init__(
+            registry, nc=nc, region=region, replicas=replicas, recheck_s=recheck_s, listeners=listeners
         )
+        self.roots = list(roots)
+        self.cache = cache
 
-    async def _sync(self) -> None:
-        """Read the bucket once: adopt what is newer; put ours back if it holds something older."""
-        assert self._kv is not None
+    @property
+    def registry(self) -> Registry:
+        """The live registry this watcher keeps current."""
+        return self.held
+
+    def bucket(self) -> str:
+        return bucket_name(self.region)
+
+    def description(self) -> str:
+        return _DESCRIPTION
+
+    def verify(self, data: bytes, *, min_version: int) -> Registry:
         try:
-            entry = await self._kv.get(KEY)
-        except nats.js.errors.KeyNotFoundError:
-            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
-                await self._kv.create(KEY, self.registry.signed)
-            return
-        if entry.value:
-            self.offer(entry.value, source="bucket")
-        await self._repair(entry.value or b"", entry.revision or 0)
+            return Registry.from_signed(data, self.roots, min_version=min_version)
+        except RegistryError as exc:
+            raise Refusal(exc.reason) from exc
 
-    async def _repair(self, held: bytes, revision: int) -> None:
-        """Replace what the bucket holds by ours unless it is a valid registry at least as new:
-        an older, forged, equivocating or deleted document is overwritten."""
-        assert self._kv is not None
-        version: int | None = None
-        with contextlib.suppress(RegistryError):
-            valid = Registry.from_signed(held, self.roots, min_version=self.registry.version)
-            if valid.document == self.registry.document or valid.version > self.registry.version:
-                return
-            version = valid.version
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.APIError):
-            await self._kv.update(KEY, self.registry.signed, last=revision)
-            log.info(
-                "registry.bucket_repaired", region=self.region, version=self.registry.version, was=version
-            )
+    def version(self, doc: Registry) -> int:
+        return doc.version
 
-    async def _run(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                await self._watch()
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS down, bucket gone: retry, never crash the node
-                log.warning("registry.watch_failed", region=self.region, error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):  # retry back-off
-                        await self._stopping.wait()
-                backoff = min(backoff * 2, self.recheck_s)
+    def signed(self, doc: Registry) -> bytes:
+        return doc.signed
 
-    async def _watch(self) -> None:
-        assert self._kv is not None
-        watcher = await self._kv.watch(KEY)
-        try:
-            while not self._stopping.is_set():
-                try:
-                    entry = await watcher.updates(timeout=self.recheck_s)
-                except nats.errors.TimeoutError:
-                    await self._sync()  # belt and braces: a watch can die silently
-                    continue
-                if isinstance(entry, KeyValue.Entry):
-                    value = entry.value if entry.operation is None else b""  # a delete or purge
-                    if not (value and self.offer(value, source="watch")):
-                        await self._repair(value or b"", entry.revision or 0)
-                elif entry is not None:  # the watcher was stopped under us
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+    def same(self, a: Registry, b: Registry) -> bool:
+        return a.document == b.document
+
+    def adopt(self, newer: Registry) -> None:
+        self.held.adopt(newer)
+
+    def write_cache(self, doc: Registry) -> None:
+        if self.cache is not None:
+            write_cache(self.cache, doc, self.roots)
+
+    def peek_version(self, data: bytes) -> int | None:
+        return _peek_version(data)
 
 
 def _peek_version(data: bytes) -> int | None:

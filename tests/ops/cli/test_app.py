@@ -17,6 +17,7 @@ COMMANDS = [
     "dev",
     "gateway",
     "connector",
+    "demo-backend",
     "query",
     "submit",
     "case",
@@ -25,6 +26,7 @@ COMMANDS = [
     "maintenance",
     "registry",
     "keys",
+    "catalogue",
     "nats-config",
     "trace",
     "ledger",
@@ -56,7 +58,7 @@ def test_the_commands_in_their_order() -> None:
 def test_every_command_has_a_handler() -> None:
     parser = build_parser()
     paths = list(leaves(parser))
-    assert len(paths) == 29  # 28 commands and the hidden alias `case report`
+    assert len(paths) == 35  # 34 commands and the hidden alias `case report`
     for path in paths:
         p = parser
         for name in path:

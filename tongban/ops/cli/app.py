@@ -13,6 +13,7 @@ from typing import Protocol
 
 from tongban.core.errors import TongbanError
 from tongban.ops.cli import (
+    catalogue,
     certs,
     dev,
     dlq,
@@ -43,6 +44,7 @@ GROUPS: tuple[CommandGroup, ...] = (
     certs,
     maintenance,
     trust,
+    catalogue,
     nats_config,
     trace,
     ledger,

@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Final
 
 from tongban.core import subjects
-from tongban.runtime import streams
-from tongban.runtime.live_registry import bucket_name
+from tongban.runtime import live_catalogue, live_registry, streams
 from tongban.runtime.natsroles import NatsRole
 
 JS_API_DENY: Final = "$JS.>"
@@ -103,27 +102,29 @@ def _ensures_streams(region: str) -> list[str]:
 
 
 def _registry_bucket(region: str) -> list[str]:
-    """The region's registry bucket (``tongban.runtime.live_registry``): create it if missing, read,
-    put (a node
+    """The region's registry and catalogue buckets (``tongban.runtime.live_registry``,
+    ``tongban.runtime.live_catalogue``): create them if missing, read (the history too), put (a node
     repairs an older document), watch (an ordered push consumer with flow control)."""
-    bucket = bucket_name(region)
-    stream = f"KV_{bucket}"
-    return [
-        f"$KV.{bucket}.>",
-        *_js_api(
-            region,
-            f"STREAM.INFO.{stream}",
-            f"STREAM.CREATE.{stream}",
-            f"STREAM.MSG.GET.{stream}",
-            f"DIRECT.GET.{stream}",
-            f"DIRECT.GET.{stream}.>",
-            f"CONSUMER.CREATE.{stream}",
-            f"CONSUMER.CREATE.{stream}.>",
-            f"CONSUMER.INFO.{stream}.*",
-            f"CONSUMER.DELETE.{stream}.*",
-        ),
-        f"$JS.FC.{stream}.>",
-    ]
+    out: list[str] = []
+    for bucket in (live_registry.bucket_name(region), live_catalogue.bucket_name(region)):
+        stream = f"KV_{bucket}"
+        out += [
+            f"$KV.{bucket}.>",
+            *_js_api(
+                region,
+                f"STREAM.INFO.{stream}",
+                f"STREAM.CREATE.{stream}",
+                f"STREAM.MSG.GET.{stream}",
+                f"DIRECT.GET.{stream}",
+                f"DIRECT.GET.{stream}.>",
+                f"CONSUMER.CREATE.{stream}",
+                f"CONSUMER.CREATE.{stream}.>",
+                f"CONSUMER.INFO.{stream}.*",
+                f"CONSUMER.DELETE.{stream}.*",
+            ),
+            f"$JS.FC.{stream}.>",
+        ]
+    return out
 
 
 def client_permissions(region: str, role: NatsRole) -> dict[str, object]:
