@@ -200,7 +200,8 @@ class PostgresEngine:
             return  # never opened: nothing to close
         pool = opening.result()
         try:
-            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await pool.close()
         except TimeoutError:
             # A statement still running after the bound: drop every connection rather than hang.
             pool.terminate()

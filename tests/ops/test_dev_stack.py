@@ -118,13 +118,14 @@ def test_dev_stack_query_verify_and_clean_stop(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL], ids=["hup", "term", "kill"])
 def test_no_strays_however_the_supervisor_ends(tmp_path: Path, how: signal.Signals) -> None:
     """A closed terminal (SIGHUP), a service manager (SIGTERM) or SIGKILL of the supervisor itself:
-    every nats-server, gateway and connector it started goes too (the last through PR_SET_PDEATHSIG)."""
+    every nats-server, gateway, connector and demo back end it started goes too (the last three
+    through PR_SET_PDEATHSIG)."""
     state = tmp_path / "dev-state"
     proc = _start_dev(state)
     try:
         _wait_output(proc, "Ctrl-C stops everything", timeout=90)
         children = set(_processes_mentioning(str(state))) - {proc.pid}
-        assert len(children) == 7  # hub, 2 leaves, 2 gateways, 2 connectors
+        assert len(children) == 9  # hub, 2 leaves, 2 gateways, 2 connectors, 2 demo back ends
     finally:
         proc.send_signal(how)
         proc.communicate(timeout=60)
@@ -140,6 +141,8 @@ def test_backoff_doubles_to_a_cap() -> None:
 # query goes Shenzhen's gateway → Wuxi's connector, through both leaves and the hub.
 VICTIMS = {
     "connector": f"connector --config {{state}}/{WX}/node.toml",
+    # Wuxi's demo REST services: the pension query is answered through its declared HTTP back end.
+    "demo-backend": f"demo-backend --config {{state}}/{WX}/node.toml",
     "gateway": f"gateway --config {{state}}/{SZ}/node.toml",
     "nats-leaf": f"{{state}}/nats/leaf-{WX}/leaf-{WX}.conf",
     "nats-hub": "{state}/nats/hub/hub.conf",
@@ -198,7 +201,7 @@ async def test_dev_stack_serves_again_after_a_child_is_killed(tmp_path: Path, vi
         address = command.split(" --gateway ", 1)[1].split()[0]
         assert await _answered(address)
         seen = set(_processes_mentioning(str(state))) - {proc.pid}
-        assert len(seen) == 7  # hub, 2 leaves, 2 gateways, 2 connectors
+        assert len(seen) == 9  # hub, 2 leaves, 2 gateways, 2 connectors, 2 demo back ends
         [old] = _processes_mentioning(marker)
         # A gateway or connector also comes back on its printed /metrics address.
         metrics = ""
