@@ -298,7 +298,8 @@ async def test_operator_user_does_its_admin_work_and_no_more(
 ) -> None:
     """Wuxi's operator user, through tongban's own code paths: sees every stream, lists and replays
     the dead letter (back into IN_), publishes a registry into the region's bucket. It may not
-    delete a stream, read a request, or consume the inbound stream."""
+    delete a stream, read a request, consume the inbound stream, or put a status event of a case
+    into the outbound stream (later statuses go through the connector's back-end API)."""
     op = await topology.connect(WX, NatsRole.OPERATOR)
     try:
         assert await stream_messages(op) == {f"IN_{WX}": 1, f"OUT_{WX}": 0, f"EVT_{WX}": 0, f"DLQ_{WX}": 1}
@@ -316,6 +317,7 @@ async def test_operator_user_does_its_admin_work_and_no_more(
         f"$JS.{WX}.API.STREAM.MSG.GET.IN_{WX}",
         f"$JS.{WX}.API.CONSUMER.DURABLE.CREATE.IN_{WX}.connector",
         subjects.rpc_subject(SZ, SVC),
+        subjects.outbound_filter(WX, subjects.OutKind.EVENT).replace(">", f"{SZ}.{SVC}.m1"),
     ]
     for subject in refused:
         await operator.pub(subject)

@@ -46,7 +46,7 @@ class NatsConfig:
     """NKey user seed file of the region's ``connector`` user (connectors)."""
     operator_nkey_seed: str = ""
     """NKey user seed file of the region's ``operator`` user (``tongban dlq``, ``registry
-    publish``, ``case send-status``, ``ledger check-receipt``)."""
+    publish``, ``catalogue publish``, ``ledger check-receipt``)."""
     tls_ca: str = ""
     """PEM CA certificate the region's nats-servers' client-port certificates chain to. When set,
     the client speaks TLS first and verifies the server (production: the servers are on other

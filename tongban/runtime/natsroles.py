@@ -24,7 +24,7 @@ class NatsRole(StrEnum):
     CONNECTOR = "connector"
     """Connectors (with their case worker, forwarder of events and dead-lettering)."""
     OPERATOR = "operator"
-    """Operator tools: ``tongban dlq``, ``registry publish``, ``case send-status``, ``ledger
+    """Operator tools: ``tongban dlq``, ``registry publish``, ``catalogue publish``, ``ledger
     check-receipt``; stream inspection and the dead-letter stream's admin."""
     ADMIN = "admin"
     """Every subject and API of the region: the single-machine topology only (its readiness probe

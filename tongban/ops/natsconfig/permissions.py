@@ -176,7 +176,6 @@ def client_permissions(region: str, role: NatsRole) -> dict[str, object]:
     else:
         publish = [
             subjects.request_wildcard(region),  # dlq replay: back into IN_
-            subjects.outbound_filter(region, subjects.OutKind.EVENT),  # case send-status
             f"{p}.lproof.*",  # ledger check-receipt
             *_ensures_streams(region),
             *_registry_bucket(region),
