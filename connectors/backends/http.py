@@ -96,9 +96,7 @@ class HttpBackend:
     answers; :meth:`aclose` closes the pool.
     """
 
-    def __init__(
-        self, name: str, settings: BackendSettings, *, auth: Auth, tls: ssl.SSLContext | None
-    ) -> None:
+    def __init__(self, name: str, settings: BackendSettings, *, auth: Auth, tls: ssl.SSLContext) -> None:
         self.name = name
         self.settings = settings
         self._auth = auth
@@ -107,7 +105,8 @@ class HttpBackend:
         def client(connections: int) -> httpx.AsyncClient:
             return httpx.AsyncClient(
                 http2=s.http2,
-                verify=tls if tls is not None else True,
+                # One context for every client (httpx would load a CA bundle for each).
+                verify=tls,
                 limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
                 timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
                 follow_redirects=False,
@@ -366,11 +365,9 @@ def _budget_end(call: _Call, now: float, deadline: float) -> float | None:
     return now + left - min(_RESERVE_MAX_S, left * _RESERVE_SHARE)
 
 
-def _tls_context(name: str, s: BackendSettings, cfg: Config) -> ssl.SSLContext | None:
-    """The TLS client context of an https back end: its CA file (else the system's roots) and the
-    client certificate for mutual TLS."""
-    if not s.base_url.lower().startswith("https:"):
-        return None
+def _tls_context(name: str, s: BackendSettings, cfg: Config) -> ssl.SSLContext:
+    """The TLS client context: the back end's CA file (else the system's roots) and the client
+    certificate for mutual TLS (an http back end never uses it)."""
     where = f"[backends.{name}]"
     try:
         ctx = ssl.create_default_context(cafile=str(cfg.path(s.ca_file)) if s.ca_file else None)
