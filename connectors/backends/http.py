@@ -48,7 +48,7 @@ from tongban.core.errors import ConfigError, Reason
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 
-__all__ = ["HttpBackend", "HttpService"]
+__all__ = ["HttpBackend", "HttpCall", "HttpService"]
 
 log = structlog.get_logger("tongban.connector.http")
 
@@ -73,7 +73,7 @@ _FIXED_HEADERS: Final = {
 
 
 @dataclass(frozen=True)
-class _Call:
+class HttpCall:
     """One request, built from settings and a request's values; the same for every attempt."""
 
     backend: str
@@ -156,7 +156,7 @@ class HttpBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def exchange(self, call: _Call, *, deadline: float) -> Any:
+    async def exchange(self, call: HttpCall, *, deadline: float) -> Any:
         """Send ``call`` (retrying an idempotent one) and return the answer's parsed JSON.
 
         Raises:
@@ -235,7 +235,7 @@ class HttpBackend:
             delay = max(delay, retry_after)
         return delay
 
-    async def _attempt(self, call: _Call, end: float | None) -> Any:
+    async def _attempt(self, call: HttpCall, end: float | None) -> Any:
         """One attempt, within its own time bound and the deadline."""
         loop = asyncio.get_running_loop()
         s = self.settings
@@ -275,7 +275,7 @@ class HttpBackend:
         except httpx.HTTPError as exc:
             raise transport_failure(call.what, exc) from None
 
-    async def _answer(self, call: _Call, response: httpx.Response) -> Any:
+    async def _answer(self, call: HttpCall, response: httpx.Response) -> Any:
         status = response.status_code
         trace.get_current_span().set_attribute("http.response.status_code", status)
         if not 200 <= status < 300:
@@ -308,7 +308,7 @@ class HttpService:
             raise AdapterFailure(f"{call.what}: answered JSON that is not an object")
         return document
 
-    def _build(self, request: AdapterRequest) -> _Call:
+    def _build(self, request: AdapterRequest) -> HttpCall:
         s = self.settings
         url = self._base + s.path.fill(request, _path_segment)
         query = [(name, t.fill(request)) for name, t in s.query.items()]
@@ -334,7 +334,7 @@ class HttpService:
         if s.method is Method.POST:
             # The back end's idempotency key: the same on a redelivered Submit.
             headers[IDEMPOTENCY_KEY] = request.message_id
-        return _Call(self.backend.name, self.code, s.method, url, headers, body, s.idempotent)
+        return HttpCall(self.backend.name, self.code, s.method, url, headers, body, s.idempotent)
 
 
 def _path_segment(value: str) -> str:
@@ -353,7 +353,7 @@ def _fill_body(body: Body, request: AdapterRequest) -> dict[str, Any]:
     }
 
 
-def _budget_end(call: _Call, now: float, deadline: float) -> float | None:
+def _budget_end(call: HttpCall, now: float, deadline: float) -> float | None:
     """The loop time by which the adapter must be done, or None (no deadline)."""
     if deadline <= 0:
         return None
