@@ -46,6 +46,7 @@ soak: $(STAMP) ## the whole suite 3 times in a row with a CPU hog on one core; s
 
 bench: $(STAMP) ## Query and Submit vs bare NATS paths; ledger append, Merkle proofs and full verify at 1M entries
 	$(BIN)/python -m bench.query_bench
+	$(BIN)/python -m bench.http_adapter_bench
 	$(BIN)/python -m bench.submit_bench
 	$(BIN)/python -m bench.ledger_bench
 

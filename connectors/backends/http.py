@@ -48,7 +48,7 @@ from tongban.core.errors import ConfigError, Reason
 from tongban.runtime import telemetry
 from tongban.runtime.config import Config
 
-__all__ = ["HttpBackend", "HttpService"]
+__all__ = ["HttpBackend", "HttpCall", "HttpService"]
 
 log = structlog.get_logger("tongban.connector.http")
 
@@ -73,7 +73,7 @@ _FIXED_HEADERS: Final = {
 
 
 @dataclass(frozen=True)
-class _Call:
+class HttpCall:
     """One request, built from settings and a request's values; the same for every attempt."""
 
     backend: str
@@ -96,9 +96,7 @@ class HttpBackend:
     answers; :meth:`aclose` closes the pool.
     """
 
-    def __init__(
-        self, name: str, settings: BackendSettings, *, auth: Auth, tls: ssl.SSLContext | None
-    ) -> None:
+    def __init__(self, name: str, settings: BackendSettings, *, auth: Auth, tls: ssl.SSLContext) -> None:
         self.name = name
         self.settings = settings
         self._auth = auth
@@ -107,7 +105,8 @@ class HttpBackend:
         def client(connections: int) -> httpx.AsyncClient:
             return httpx.AsyncClient(
                 http2=s.http2,
-                verify=tls if tls is not None else True,
+                # One context for every client (httpx would load a CA bundle for each).
+                verify=tls,
                 limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
                 timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
                 follow_redirects=False,
@@ -157,7 +156,7 @@ class HttpBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def exchange(self, call: _Call, *, deadline: float) -> Any:
+    async def exchange(self, call: HttpCall, *, deadline: float) -> Any:
         """Send ``call`` (retrying an idempotent one) and return the answer's parsed JSON.
 
         Raises:
@@ -236,7 +235,7 @@ class HttpBackend:
             delay = max(delay, retry_after)
         return delay
 
-    async def _attempt(self, call: _Call, end: float | None) -> Any:
+    async def _attempt(self, call: HttpCall, end: float | None) -> Any:
         """One attempt, within its own time bound and the deadline."""
         loop = asyncio.get_running_loop()
         s = self.settings
@@ -276,7 +275,7 @@ class HttpBackend:
         except httpx.HTTPError as exc:
             raise transport_failure(call.what, exc) from None
 
-    async def _answer(self, call: _Call, response: httpx.Response) -> Any:
+    async def _answer(self, call: HttpCall, response: httpx.Response) -> Any:
         status = response.status_code
         trace.get_current_span().set_attribute("http.response.status_code", status)
         if not 200 <= status < 300:
@@ -309,7 +308,7 @@ class HttpService:
             raise AdapterFailure(f"{call.what}: answered JSON that is not an object")
         return document
 
-    def _build(self, request: AdapterRequest) -> _Call:
+    def _build(self, request: AdapterRequest) -> HttpCall:
         s = self.settings
         url = self._base + s.path.fill(request, _path_segment)
         query = [(name, t.fill(request)) for name, t in s.query.items()]
@@ -335,7 +334,7 @@ class HttpService:
         if s.method is Method.POST:
             # The back end's idempotency key: the same on a redelivered Submit.
             headers[IDEMPOTENCY_KEY] = request.message_id
-        return _Call(self.backend.name, self.code, s.method, url, headers, body, s.idempotent)
+        return HttpCall(self.backend.name, self.code, s.method, url, headers, body, s.idempotent)
 
 
 def _path_segment(value: str) -> str:
@@ -354,7 +353,7 @@ def _fill_body(body: Body, request: AdapterRequest) -> dict[str, Any]:
     }
 
 
-def _budget_end(call: _Call, now: float, deadline: float) -> float | None:
+def _budget_end(call: HttpCall, now: float, deadline: float) -> float | None:
     """The loop time by which the adapter must be done, or None (no deadline)."""
     if deadline <= 0:
         return None
@@ -366,11 +365,9 @@ def _budget_end(call: _Call, now: float, deadline: float) -> float | None:
     return now + left - min(_RESERVE_MAX_S, left * _RESERVE_SHARE)
 
 
-def _tls_context(name: str, s: BackendSettings, cfg: Config) -> ssl.SSLContext | None:
-    """The TLS client context of an https back end: its CA file (else the system's roots) and the
-    client certificate for mutual TLS."""
-    if not s.base_url.lower().startswith("https:"):
-        return None
+def _tls_context(name: str, s: BackendSettings, cfg: Config) -> ssl.SSLContext:
+    """The TLS client context: the back end's CA file (else the system's roots) and the client
+    certificate for mutual TLS (an http back end never uses it)."""
     where = f"[backends.{name}]"
     try:
         ctx = ssl.create_default_context(cafile=str(cfg.path(s.ca_file)) if s.ca_file else None)

@@ -10,14 +10,14 @@ the back end               reason                 retried¹  breaker failure²
 other 5xx                  BACKEND_FAILURE        yes       yes
 401, 403                   BACKEND_FAILURE        no        no
 other 1xx/3xx/4xx          BACKEND_FAILURE        no        no
-2xx not JSON, too large,   BACKEND_FAILURE        no        no
-compressed
+2xx, body not usable³      BACKEND_FAILURE        no        no
 connection failed          BACKEND_FAILURE        yes       yes
 timed out                  BACKEND_TIMEOUT        yes       yes
 =========================  =====================  ========  ==================
 
 ¹ idempotent calls only, within the deadline. ² the breaker counts signs of a back end that is down
-or overloaded; one that answers, even "no record", is healthy.
+or overloaded; one that answers, even "no record", is healthy. ³ not JSON, a number beyond a double's
+range, more than ``max_response_bytes``, or compressed.
 
 Every message is a fixed text with the back end's name, the service code and the HTTP status: a
 back end's body, headers or a URL (which holds the applicant's ID number) are never quoted.
@@ -26,6 +26,7 @@ back end's body, headers or a URL (which holds the applicant's ID number) are ne
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, NoReturn
 
@@ -110,7 +111,10 @@ async def read_json(what: str, response: httpx.Response, *, limit: int) -> Any:
         if len(body) > limit:
             _too_large(what, limit)
     try:
-        return json.loads(bytes(body), parse_constant=_no_constant)
+        return json.loads(bytes(body), parse_constant=_no_constant, parse_int=_int, parse_float=_float)
+    except _OutOfRange:
+        text = f"answered HTTP {response.status_code} with a number out of range"
+        raise AttemptFailed.of(what, text, Reason.BACKEND_FAILURE) from None
     except (ValueError, RecursionError):
         text = f"answered HTTP {response.status_code} with a body that is not JSON"
         raise AttemptFailed.of(what, text, Reason.BACKEND_FAILURE) from None
@@ -128,3 +132,23 @@ def _too_large(what: str, limit: int) -> NoReturn:
 
 def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
+
+
+class _OutOfRange(ValueError):
+    """A number an answer cannot carry (answers are protobuf Structs: every number is a double)."""
+
+
+_MAX_INT_DIGITS = 300
+
+
+def _int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise _OutOfRange(text[:8])
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _OutOfRange(text[:8])
+    return value

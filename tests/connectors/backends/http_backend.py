@@ -52,6 +52,8 @@ class Seen:
     """The request target as on the request line: path and query, percent-encoded."""
     headers: dict[str, str]
     body: bytes
+    peer_port: int
+    """The client's port: one per connection."""
 
     @property
     def segments(self) -> list[str]:
@@ -168,7 +170,14 @@ class BackendApp:
         return len(self.seen)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        seen = Seen(request.method, request.raw_path, dict(request.headers), await request.read())
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen = Seen(
+            request.method,
+            request.raw_path,
+            dict(request.headers),
+            await request.read(),
+            peer[1] if peer else 0,
+        )
         refusal = self._refusal(seen)
         if refusal:
             self.refused.append(refusal)

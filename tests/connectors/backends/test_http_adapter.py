@@ -92,6 +92,17 @@ async def test_an_answer_is_mapped_to_the_declared_fields(
     assert "Idempotency-Key" not in seen.headers and seen.body == b""
 
 
+async def test_calls_share_pooled_connections(
+    app: BackendApp, backends: MakeBackend, catalogue: Catalogue
+) -> None:
+    service = pension(backends(app.base_url), catalogue)
+
+    for _ in range(20):
+        await service.call(adapter_request(PENSION))
+
+    assert len({seen.peer_port for seen in app.seen}) == 1
+
+
 async def test_without_a_response_table_the_top_level_object_is_the_answer(
     app: BackendApp, backends: MakeBackend, catalogue: Catalogue
 ) -> None:
@@ -261,6 +272,8 @@ async def test_a_request_past_its_deadline_is_not_sent(
         (b"\xff\xfe{}", "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),  # nested past the parser's recursion limit
         (b"", "not JSON"),
+        (b'{"total_months": ' + b"9" * 400 + b"}", "number out of range"),
+        (b'{"total_months": 1e400}', "number out of range"),
     ],
 )
 async def test_a_body_that_is_not_json_is_a_clear_failure(

@@ -26,7 +26,7 @@ async def test_the_circuit_opens_after_n_failures_and_closes_after_the_cool_down
     app: BackendApp, backends: MakeBackend, catalogue: Catalogue
 ) -> None:
     app.reply = status_reply(500)
-    backend = backends(app.base_url, retries=0, breaker_failures=3, breaker_cooldown_s=0.3)
+    backend = backends(app.base_url, retries=0, breaker_failures=3, breaker_cooldown_s=1.0)
     service = backend.service(PENSION, SERVICE, catalogue.items[PENSION])
 
     for _ in range(3):
@@ -61,7 +61,7 @@ async def test_a_failed_trial_opens_the_circuit_again(
     app: BackendApp, backends: MakeBackend, catalogue: Catalogue
 ) -> None:
     app.reply = status_reply(503)
-    backend = backends(app.base_url, retries=0, breaker_failures=1, breaker_cooldown_s=0.2)
+    backend = backends(app.base_url, retries=0, breaker_failures=1, breaker_cooldown_s=1.0)
     service = backend.service(PENSION, SERVICE, catalogue.items[PENSION])
     with pytest.raises(AdapterFailure):
         await service.call(adapter_request(PENSION))

@@ -56,12 +56,14 @@ async def scene(topology: Topology, state: DevState, tmp_path: Path) -> AsyncIte
             },
             Catalogue.load().items[PENSION],
         )
-        stack = await start_stack(topology, state, adapters={WX: {PENSION: service}})
         try:
-            yield Scene(stack, app)
+            stack = await start_stack(topology, state, adapters={WX: {PENSION: service}})
+            try:
+                yield Scene(stack, app)
+            finally:
+                app.released.set()
+                await stop_stack(stack)
         finally:
-            app.released.set()
-            await stop_stack(stack)
             await backend.aclose()
 
 
