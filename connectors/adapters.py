@@ -51,6 +51,8 @@ class AdapterRequest:
     """The partner system that sent the request in the requesting region."""
     purpose: str = ""
     """The request's purpose code (e.g. KSTB_CASE_HANDLING)."""
+    applicant_phone: str = ""
+    """The applicant's mobile phone if given (personal data: do not log)."""
 
 
 class AdapterFailure(TongbanError):
@@ -88,6 +90,7 @@ def adapter_request(header: envelope_pb2.Header, request: exchange_pb2.ServiceRe
         deadline=messages.seconds(header.deadline) if header.HasField("deadline") else 0.0,
         origin_system=header.origin_system,
         purpose=header.purpose,
+        applicant_phone=request.applicant.phone,
     )
 
 

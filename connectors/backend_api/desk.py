@@ -50,6 +50,7 @@ def delivery_of(request: AdapterRequest, *, received_s: float, trace_id: str) ->
     d.applicant.kind = _KINDS.get(request.applicant_kind, exchange_pb2.APPLICANT_KIND_UNSPECIFIED)
     d.applicant.id_no = request.applicant_id
     d.applicant.name = request.applicant_name
+    d.applicant.phone = request.applicant_phone
     d.fields.update(request.fields)
     d.received_at.CopyFrom(messages.timestamp(received_s))
     return d

@@ -6,6 +6,7 @@ Every value an adapter sends to a back end comes from a *source* named in the co
 ``applicant.id``       the applicant's ID number or USCC (validated by the catalogue)
 ``applicant.name``     the applicant's name
 ``applicant.kind``     ``person`` or ``enterprise``
+``applicant.phone``    the applicant's mobile phone (empty when not given)
 ``fields.<name>``      a validated form field (empty when the request left it out)
 ``message_id``         the exchange's message id (the back end's idempotency key)
 ``case_no``            the case number of a Submit (empty for a Query)
@@ -46,6 +47,7 @@ _SIMPLE: dict[str, Callable[[AdapterRequest], str]] = {
     "applicant.id": lambda r: r.applicant_id,
     "applicant.name": lambda r: r.applicant_name,
     "applicant.kind": lambda r: r.applicant_kind,
+    "applicant.phone": lambda r: r.applicant_phone,
     "message_id": lambda r: r.message_id,
     "case_no": lambda r: r.case_no,
     "requester_region": lambda r: r.requester_region,
@@ -77,7 +79,7 @@ class Source:
             return cls(name)
         raise ConfigError(
             f"{where}: unknown source {name!r} (applicant.id, applicant.name, applicant.kind, "
-            f"fields.<name>, message_id, case_no, requester_region, service_code, origin_system, purpose)"
+            f"applicant.phone, fields.<name>, message_id, case_no, requester_region, service_code, origin_system, purpose)"
         )
 
     def of(self, request: AdapterRequest) -> str:

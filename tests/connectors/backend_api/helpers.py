@@ -21,6 +21,7 @@ WX = "320200"
 SERVICE = "YLBXZYJX0001"
 ID_NO = "11010519491231002X"
 NAME = "张三"
+PHONE = "13912345678"
 
 
 def region_keys(region: str = WX) -> RegionSecrets:
@@ -42,6 +43,7 @@ def case_request(message_id: str = "", *, service: str = SERVICE) -> AdapterRequ
         applicant_kind="person",
         applicant_id=ID_NO,
         applicant_name=NAME,
+        applicant_phone=PHONE,
         fields={
             "transfer_out_region": "440300",
             "transfer_in_region": "320200",

@@ -13,7 +13,7 @@ from connectors.backend_api import CaseDesk, DeliveryQueue, State
 from connectors.backend_api.desk import RECEIVED
 from connectors.backend_api.queue import Via
 from connectors.backend_api.sealed import DeliveryVault
-from tests.connectors.backend_api.helpers import ID_NO, NAME, SERVICE, case_request, region_keys
+from tests.connectors.backend_api.helpers import ID_NO, NAME, PHONE, SERVICE, case_request, region_keys
 from tongban.core.envelope import EnvelopeRejected
 from tongban.runtime.node import RegionSecrets
 
@@ -55,13 +55,14 @@ async def test_bodies_are_sealed_at_rest_and_dropped_once_acknowledged(
     await desk.submit_case(request)
     await queue.close()
     raw = b"".join(p.read_bytes() for p in queue.path.parent.glob("backend-api.sqlite*"))
-    for secret in (ID_NO, NAME, "无锡某公司"):
+    for secret in (ID_NO, NAME, PHONE, "无锡某公司"):
         assert secret.encode() not in raw
     await queue.open()
     taken = await queue.take("w", now_s=1e10, lease_s=60)
     assert taken is not None
     delivery = DeliveryVault(keys).open(taken)
-    assert (delivery.applicant.id_no, delivery.applicant.name, delivery.attempt) == (ID_NO, NAME, 1)
+    applicant = delivery.applicant
+    assert (applicant.id_no, applicant.name, applicant.phone, delivery.attempt) == (ID_NO, NAME, PHONE, 1)
     assert delivery.fields["new_employer_name"] == "无锡某公司" and delivery.trace_id == ""
     # Sealed to this region's key, bound to its row: another region's keys do not open it.
     with pytest.raises(EnvelopeRejected):
