@@ -79,7 +79,8 @@ class Source:
             return cls(name)
         raise ConfigError(
             f"{where}: unknown source {name!r} (applicant.id, applicant.name, applicant.kind, "
-            f"applicant.phone, fields.<name>, message_id, case_no, requester_region, service_code, origin_system, purpose)"
+            f"applicant.phone, fields.<name>, message_id, case_no, requester_region, service_code, "
+            f"origin_system, purpose)"
         )
 
     def of(self, request: AdapterRequest) -> str:
