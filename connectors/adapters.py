@@ -148,14 +148,23 @@ async def submit_via_call(
     adapter: Adapter, request: AdapterRequest, *, local_system: str = ""
 ) -> list[StatusUpdate]:
     """A Submit to a back end that only answers data checks (秒批, instant approval by data check):
-    a record found is 1 已接件 → 3 已受理 → 11 办结（通过）; no record is 1 已接件 → 5 不予受理.
-    Back-end failures propagate (and are retried by the connector)."""
+    a record found is 1 已接件 → 3 已受理 → 11 办结（通过）; no record, or the back end's business
+    refusal (BACKEND_REFUSED), is 1 已接件 → 5 不予受理. Other back-end failures propagate (and are
+    retried by the connector)."""
     try:
         await adapter.call(request)
     except NotFound:
         return [
             StatusUpdate(1, "SJ", local_system, "已接件"),
             StatusUpdate(5, "BYSL", local_system, "不予受理：未查到相关记录"),
+        ]
+    except AdapterFailure as exc:
+        if exc.reason != Reason.BACKEND_REFUSED:
+            raise
+        # A business refusal (HTTP 409/422) is an answer, not a failure to retry.
+        return [
+            StatusUpdate(1, "SJ", local_system, "已接件"),
+            StatusUpdate(5, "BYSL", local_system, "不予受理：业务系统不予办理"),
         ]
     return [
         StatusUpdate(1, "SJ", local_system, "已接件"),

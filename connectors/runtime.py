@@ -361,7 +361,7 @@ class Connector:
             except (NotFound, AdapterFailure) as exc:
                 # Fixed texts: a back end's own message may quote the applicant.
                 outcome = exc.reason
-                text = _ADAPTER_MESSAGES.get(type(exc), "the back end failed")
+                text = _ADAPTER_MESSAGES.get(exc.reason, "the back end failed")
                 body.problem.CopyFrom(problem_of(exc, message=text))
             except TimeoutError:
                 outcome = Reason.BACKEND_TIMEOUT
@@ -441,7 +441,13 @@ class Connector:
         return built.data
 
 
-_ADAPTER_MESSAGES: dict[type, str] = {
-    NotFound: "the back end has no record for this applicant",
-    AdapterFailure: "the back end is unavailable",
+_ADAPTER_MESSAGES: dict[str, str] = {
+    Reason.NOT_FOUND: "the back end has no record for this applicant",
+    Reason.BACKEND_FAILURE: "the back end is unavailable",
+    Reason.BACKEND_TIMEOUT: "the back end did not answer within the deadline",
+    Reason.BACKEND_BUSY: "the back end is busy; try again later",
+    Reason.BACKEND_REFUSED: "the back end refused the request",
+    Reason.BACKEND_CIRCUIT_OPEN: "the back end is failing; calls are paused until it recovers",
+    Reason.SERVICE_NOT_SERVED: "this item is not answered by query here",
 }
+"""The partner's text per outcome (fixed: a back end's own message may quote the applicant)."""

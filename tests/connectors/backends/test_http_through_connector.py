@@ -73,16 +73,17 @@ async def test_a_query_answered_by_a_rest_back_end(scene: Scene) -> None:
     [seen] = scene.app.seen
     assert seen.raw_path.startswith("/api/persons/") and seen.headers["traceparent"]
 
-    for reply, code, reason in [
-        (status_reply(404), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
-        (status_reply(409), grpc.StatusCode.FAILED_PRECONDITION, "BACKEND_REFUSED"),
-        (status_reply(429), grpc.StatusCode.RESOURCE_EXHAUSTED, "BACKEND_BUSY"),
-        (status_reply(500), grpc.StatusCode.UNAVAILABLE, "BACKEND_FAILURE"),
+    for reply, code, reason, says in [
+        (status_reply(404), grpc.StatusCode.NOT_FOUND, "NOT_FOUND", "has no record"),
+        (status_reply(409), grpc.StatusCode.FAILED_PRECONDITION, "BACKEND_REFUSED", "refused the request"),
+        (status_reply(429), grpc.StatusCode.RESOURCE_EXHAUSTED, "BACKEND_BUSY", "is busy"),
+        (status_reply(500), grpc.StatusCode.UNAVAILABLE, "BACKEND_FAILURE", "is unavailable"),
     ]:
         error = await scene.query(reply)
         assert isinstance(error, grpc.aio.AioRpcError)
         d = details_of(error)
         assert (d.code, d.reason) == (code, reason)
+        assert says in d.message, (reason, d.message)
         assert "440304199001011234" not in d.message  # the back end's error page stays there
 
     error = await scene.query(hold(json_reply({})), timeout=1.0)
