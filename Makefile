@@ -44,7 +44,7 @@ soak: $(STAMP) ## the whole suite 3 times in a row with a CPU hog on one core; s
 	done; \
 	echo "soak: $(SOAK_RUNS)/$(SOAK_RUNS) runs passed"
 
-bench: $(STAMP) ## Query and Submit vs bare NATS paths; ledger append, Merkle proofs and full verify at 1M entries
+bench: $(STAMP) ## Query and Submit vs bare NATS paths; Query through the HTTP adapter vs in-process; ledger append, proofs, verify at 1M
 	$(BIN)/python -m bench.query_bench
 	$(BIN)/python -m bench.http_adapter_bench
 	$(BIN)/python -m bench.submit_bench

@@ -457,8 +457,17 @@ class DevStack:
         for region, name in self.regions.items():
             w(f"  region {region} {name}\n")
             w(f"    nats leaf      {self.topology.url(region)}  (JetStream domain {region})\n")
-            w(f"    gateway        127.0.0.1:{self.ports[region]}  (gRPC: Exchange, health, reflection)\n")
+            w(
+                f"    gateway        127.0.0.1:{self.ports[region]}  "
+                "(gRPC: Exchange, CatalogueService, Ledger, health, reflection)\n"
+            )
             w(f"    connector      log {self.root / region / 'connector.log'}\n")
+            api_port = self.root / region / "backend-api.port"
+            if api_port.exists():
+                w(
+                    f"    back-end API   127.0.0.1:{api_port.read_text().strip()}  "
+                    "(CaseBackend, for the case system)\n"
+                )
             if region in self.demo_ports:
                 w(
                     f"    back ends      demo REST services http://127.0.0.1:{self.demo_ports[region]} "
