@@ -10,10 +10,7 @@ cannot be reached the PostgreSQL tests fail under ``CI=true`` (CI promises a dat
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -26,11 +23,9 @@ import pytest
 from ledger import LedgerStore, PostgresLedger, SQLiteLedger, VerifyReport
 from ledger.verify import verify_sqlite_file
 from ledger.verify_store import verify_store
+from tests.postgres import PG_DSN, PG_PROBE_TIMEOUT_S, probe_postgres, require_postgres
 
 from .helpers import REGION, raw_db
-
-PG_DSN = os.environ.get("TONGBAN_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_PROBE_TIMEOUT_S = 3.0
 
 ENTRY_COLUMNS = (
     "time_ns",
@@ -46,6 +41,11 @@ ENTRY_COLUMNS = (
     "entry_hash",
 )
 """Every column of the entries table but the index, the same on both stores (the schema, pinned)."""
+
+
+@pytest.fixture(scope="session")
+def postgres_problem() -> str | None:
+    return probe_postgres()
 
 
 class Backend:
@@ -219,29 +219,9 @@ def ledger_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
-@pytest.fixture(scope="session")
-def postgres_problem() -> str | None:
-    """Why the PostgreSQL tests cannot run here, or None when the database answers (probed once)."""
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_DSN, timeout=PG_PROBE_TIMEOUT_S)
-        await conn.close()
-
-    try:
-        # Its own thread and event loop: the fixture may first be asked for from inside a running loop.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, probe()).result()
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return f"PostgreSQL at {PG_DSN} is unreachable ({type(exc).__name__}: {exc})"
-    return None
-
-
 @contextlib.asynccontextmanager
 async def _own_schema(problem: str | None) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL for the ledger tests: {problem}")
-        pytest.skip(problem)
+    require_postgres(problem, what="the ledger tests")
     conn = await asyncpg.connect(PG_DSN, timeout=PG_PROBE_TIMEOUT_S)
     schema = f"ledger_test_{uuid.uuid4().hex[:16]}"
     try:

@@ -8,9 +8,6 @@ the ledger tests (tests/ledger/conftest.py): when it cannot be reached the Postg
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import os
 import sqlite3
 import time
 import uuid
@@ -25,11 +22,10 @@ import pytest
 
 from connectors.adapters import AdapterRequest
 from connectors.backends.sql import SqlBackend
+from tests.postgres import PG_DSN, PG_PROBE_TIMEOUT_S, probe_postgres, require_postgres
 from tongban.core.catalogue import CatalogueItem
 from tongban.runtime.config import Config
 
-PG_DSN = os.environ.get("TONGBAN_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_PROBE_TIMEOUT_S = 3.0
 CODE = "TESTSQL0000000001"
 
 INJECTIONS = ["'; DROP TABLE persons; --", "1 OR 1=1", "$1", "' OR '1'='1", 'x"; DELETE FROM persons; --']
@@ -39,6 +35,11 @@ ITEM = CatalogueItem(
     code=CODE, name="SQL adapter test item", response_fields=["id", "name", "note", "born", "records"]
 )
 """The catalogue item the test services answer."""
+
+
+@pytest.fixture(scope="session")
+def postgres_problem() -> str | None:
+    return probe_postgres()
 
 
 def request(
@@ -60,23 +61,6 @@ def request(
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
     return Config(base_dir=tmp_path)
-
-
-@pytest.fixture(scope="session")
-def postgres_problem() -> str | None:
-    """Why the PostgreSQL tests cannot run here, or None when the database answers (probed once)."""
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(PG_DSN, timeout=PG_PROBE_TIMEOUT_S)
-        await conn.close()
-
-    try:
-        # Its own thread and event loop: the fixture may first be asked for from inside a running loop.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, probe()).result()
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return f"PostgreSQL at {PG_DSN} is unreachable ({type(exc).__name__}: {exc})"
-    return None
 
 
 @dataclass
@@ -102,10 +86,7 @@ class Pg:
 @pytest.fixture
 async def pg(postgres_problem: str | None) -> AsyncIterator[Pg]:
     """The test database with a schema of this test's own, dropped (with its tables) afterwards."""
-    if postgres_problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true requires PostgreSQL for the SQL adapter tests: {postgres_problem}")
-        pytest.skip(postgres_problem)
+    require_postgres(postgres_problem, what="the SQL adapter tests")
     conn = await asyncpg.connect(PG_DSN, timeout=PG_PROBE_TIMEOUT_S)
     schema = f"sql_test_{uuid.uuid4().hex[:16]}"
     await conn.execute(f'CREATE SCHEMA "{schema}"')
