@@ -72,8 +72,8 @@ lint: $(STAMP) ## buf lint, buf breaking (tongban.v1 only grows), the layers con
 	done
 	# The layers (docs/architecture.md): core and ledger <- runtime <- gateway | connectors <- ops.
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/mypy
 
 clean: ## remove the venv, caches and the dev state directory

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connectors.backends.http import HttpBackend
 
 from connectors.adapters import AdapterRequest, CallableAdapter
 from connectors.app import load_adapters
+from connectors.backends.http import HttpBackend
 from connectors.declared import AdapterSet, declare
 from tests.adapters import FailingAdapter
 from tongban.core.catalogue import Catalogue
