@@ -235,7 +235,8 @@ class DevStack:
     """Restart delays of crashed children."""
     declared_demo: bool = True
     """Each region's demo back ends as declared HTTP and SQL services, the REST services in a
-    process of their own (``tongban demo-backend``); False: the in-process demo adapters."""
+    process of their own (``tongban demo-backend``), unless ``extra_config`` names ``[connector]
+    adapters``; False: the in-process demo adapters."""
     demo_ports: dict[str, int] = field(default_factory=dict)
     """Port of each region's demo REST services."""
     topology: Topology | None = None
@@ -258,7 +259,8 @@ class DevStack:
             *(NatsChild("nats-leaf", region, leaf) for region, leaf in self.topology.leaves.items()),
         ]
         extra = {k: dict(v) for k, v in self.extra_config.items()}
-        if self.declared_demo:
+        # A caller naming its own back ends ([connector] adapters, e.g. a bench) gets no demo.
+        if self.declared_demo and "adapters" not in extra.get("connector", {}):
             self.demo_ports = {region: free_port() for region in self.regions}
         if self.otlp_endpoint:
             extra.setdefault("telemetry", {})["otlp_endpoint"] = self.otlp_endpoint
