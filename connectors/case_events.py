@@ -140,10 +140,13 @@ class CaseEvents:
         await self._ensure_ledger(verified, outcome, events, problem)
         await self._send(events)
 
-    async def report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+    async def report_status(
+        self, case_no: str, updates: Sequence[StatusUpdate], *, report_id: str = ""
+    ) -> list[OutEvent]:
         """Later statuses of a case this region took (补正 requested with what is missing,
         received, 办结 …), signed and sent to the submitting region like the first ones, numbered
-        after them.
+        after them. A ``report_id`` seen before for the case repeats that report (its events are
+        recorded and sent again where they were not, idempotently) instead of making a new one.
 
         Raises:
             InvalidRequest: no update, a status that is not a BLZT code (1-15), or missing items
@@ -165,9 +168,11 @@ class CaseEvents:
         traceparent = telemetry.current_traceparent()
         header: list[envelope_pb2.Header] = []
 
+        def on_case(ref: CaseRef) -> None:
+            header.append(envelope_pb2.Header.FromString(ref.request_header))
+
         def build(ref: CaseRef) -> list[OutEvent]:
-            h = envelope_pb2.Header.FromString(ref.request_header)
-            header.append(h)
+            h = header[0]
             return [
                 self._build(
                     h,
@@ -181,14 +186,30 @@ class CaseEvents:
             ]
 
         try:
-            events = await self.state.record_report(case_no, build, updates[-1].status)
+            events = await self.state.record_report(
+                case_no, build, updates[-1].status, report_id=report_id, on_case=on_case
+            )
         except KeyError as exc:
             raise NotFound("this region has no such case", reason=Reason.CASE_NOT_FOUND) from exc
         except CaseClosed as exc:
             raise TongbanError(
                 "the case is closed: its last status is terminal", reason=Reason.CASE_CLOSED
             ) from exc
-        await self.ledger.append(*(_status_entry(header[0], e, seq) for e in events for seq in e.sequences))
+        h = header[0]
+        have: set[tuple[int, str]] = set()
+        if report_id:
+            # A repeated report may have been recorded here already (or not: the first one may have
+            # ended between the state and the ledger): each STATUS entry once.
+            have = {
+                _status_key(e)
+                for e in await self.ledger.by_message_id(h.message_id)
+                if e.event == Event.STATUS
+            }
+        drafts = [
+            _status_entry(h, e, seq) for e in events for seq in e.sequences if (seq, e.event_id) not in have
+        ]
+        if drafts:
+            await self.ledger.append(*drafts)
         await self._send(events)
         log.info("cases.status_reported", case_no=case_no, events=len(events))
         return events

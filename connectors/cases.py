@@ -139,10 +139,12 @@ class CaseWorker:
             self._inflight.add(t)
             t.add_done_callback(self._inflight.discard)
 
-    async def report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+    async def report_status(
+        self, case_no: str, updates: Sequence[StatusUpdate], *, report_id: str = ""
+    ) -> list[OutEvent]:
         """Later statuses of a case this region took: :meth:`CaseEvents.report_status`."""
         assert self.events is not None, "the case worker is not started"
-        return await self.events.report_status(case_no, updates)
+        return await self.events.report_status(case_no, updates, report_id=report_id)
 
     # -- one request ------------------------------------------------------------------------------
 

@@ -228,11 +228,13 @@ class Connector:
             "registry": self.secrets.signing_key_usable(),
         }
 
-    async def _report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+    async def _report_status(
+        self, case_no: str, updates: Sequence[StatusUpdate], *, report_id: str = ""
+    ) -> list[OutEvent]:
         """Later statuses from the back-end API, through the case worker while it runs."""
         if self.cases is None:
             raise Unavailable("the connector's case worker is not running")
-        return await self.cases.report_status(case_no, updates)
+        return await self.cases.report_status(case_no, updates, report_id=report_id)
 
     async def __aenter__(self) -> Connector:
         await self.start()

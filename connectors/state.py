@@ -36,6 +36,12 @@ _SCHEMA = (
         request_digest BLOB NOT NULL,
         last_status INTEGER NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS reports (
+        case_no TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (case_no, report_id)
+    )""",
     """CREATE TABLE IF NOT EXISTS out_events (
         event_id TEXT PRIMARY KEY,
         message_id TEXT NOT NULL,
@@ -229,9 +235,19 @@ class ConnectorState:
         return await self.db.run(tx)
 
     async def record_report(
-        self, case_no: str, build: Callable[[CaseRef], list[OutEvent]], last_status: int
+        self,
+        case_no: str,
+        build: Callable[[CaseRef], list[OutEvent]],
+        last_status: int,
+        *,
+        report_id: str = "",
+        on_case: Callable[[CaseRef], None] = lambda ref: None,
     ) -> list[OutEvent]:
         """Store later events of a case (a back end reporting progress), numbered after the last.
+
+        A ``report_id`` the case has seen gives back the events that report stored (nothing new is
+        built): one transaction checks and records it, so a retried report counts once, whichever
+        replica takes it. ``on_case`` sees the case first, either way.
 
         Raises:
             KeyError: this region never handled the case.
@@ -245,9 +261,24 @@ class ConnectorState:
             if row is None:
                 raise KeyError(case_no)
             ref = CaseRef(*row)
+            on_case(ref)
+            if report_id:
+                earlier = conn.execute(
+                    "SELECT e.event_id, e.seq, e.last_seq, e.subject, e.data FROM reports r"
+                    " JOIN out_events e ON e.event_id = r.event_id"
+                    " WHERE r.case_no = ? AND r.report_id = ?",
+                    (case_no, report_id),
+                ).fetchall()
+                if earlier:
+                    return [OutEvent(*r) for r in earlier]
             if ref.last_status in TERMINAL_STATUSES:
                 raise CaseClosed(case_no)
             events = build(ref)
+            if report_id:
+                conn.executemany(
+                    "INSERT INTO reports (case_no, report_id, event_id) VALUES (?, ?, ?)",
+                    [(case_no, report_id, e.event_id) for e in events],
+                )
             conn.executemany(
                 "INSERT INTO out_events (event_id, message_id, case_no, seq, last_seq, subject, data)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -9,6 +9,7 @@ with it, never the value (:func:`tongban.core.text.unsafe_character`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -26,6 +27,8 @@ MAX_LEASE_S: Final = 3600
 MAX_LOCAL_CODE: Final = 64
 """Characters of the case system's own status code, case number or system name."""
 MAX_NOTE: Final = 1000
+_REPORT_ID: Final = re.compile(r"[0-9A-Za-z_.:-]{1,64}")
+"""A ReportStatus report_id: the case system's own record id."""
 """Characters of a status note."""
 MAX_MISSING: Final = 50
 """Missing items in one 补正."""
@@ -112,6 +115,8 @@ def status_update(request: backend_pb2.ReportStatusRequest) -> StatusUpdate:
     missing = _missing(out, request.missing)
     if missing and request.status != exchange_pb2.CASE_STATUS_SUPPLEMENT_REQUESTED:
         out.append(Violation("missing", "Only with status 6 (补正（开始）)."))
+    if request.report_id and not _REPORT_ID.fullmatch(request.report_id):
+        out.append(Violation("report_id", "At most 64 letters, digits and -_.:"))
     _refuse("ReportStatus", out)
     return StatusUpdate(
         int(request.status), request.local_code, request.local_system, request.note, missing=missing

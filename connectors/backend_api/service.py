@@ -21,8 +21,8 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from typing import Any, Final, Protocol
 
 import grpc
 import structlog
@@ -39,8 +39,14 @@ from tongban.v1 import backend_pb2, backend_pb2_grpc
 
 log = structlog.get_logger("tongban.connector.backend_api")
 
-Reporter = Callable[[str, Sequence[StatusUpdate]], Coroutine[Any, Any, Sequence[OutEvent]]]
-"""Sends later statuses of a case this region took: the case worker's ``report_status``."""
+
+class Reporter(Protocol):
+    """Sends later statuses of a case this region took: the case worker's ``report_status``."""
+
+    def __call__(
+        self, case_no: str, updates: Sequence[StatusUpdate], *, report_id: str = ""
+    ) -> Coroutine[Any, Any, Sequence[OutEvent]]: ...
+
 
 _MIN_REMAINING_S: Final = 0.05
 """A ReportStatus with less of its deadline left than this is refused before anything is sent."""
@@ -145,7 +151,7 @@ class CaseBackendService(backend_pb2_grpc.CaseBackendServicer):
             raise DeadlineExceeded("too little of the call's deadline is left to send a status")
         # Once begun, a report is signed, recorded and sent to its end: a caller that goes away
         # meanwhile (its deadline, a cancel) does not leave it half done.
-        task = asyncio.create_task(self.report(request.case_no, [update]))
+        task = asyncio.create_task(self.report(request.case_no, [update], report_id=request.report_id))
         self._reports.add(task)
         task.add_done_callback(self._settled)
         events = await asyncio.shield(task)

@@ -126,17 +126,19 @@ async def test_pull_stream_then_supplement_and_approval_reach_the_partner(stack:
         assert (await backend.AckDelivery(ack, timeout=5)).first
 
         await eventually(lambda: len(partner.events) == 1, what="1 已接件 at the partner")
-        first = await backend.ReportStatus(
-            backend_pb2.ReportStatusRequest(
-                case_no=delivery.case_no,
-                status=exchange_pb2.CASE_STATUS_SUPPLEMENT_REQUESTED,
-                local_code="BZ",
-                local_system="wx-ywtb",
-                note="请补充劳动合同",
-                missing=SUPPLEMENT,
-            ),
-            timeout=10,
+        supplement = backend_pb2.ReportStatusRequest(
+            case_no=delivery.case_no,
+            status=exchange_pb2.CASE_STATUS_SUPPLEMENT_REQUESTED,
+            local_code="BZ",
+            local_system="wx-ywtb",
+            note="请补充劳动合同",
+            missing=SUPPLEMENT,
+            report_id="WX-BZ-000017",
         )
+        first = await backend.ReportStatus(supplement, timeout=10)
+        # The case system did not hear back (say) and sends the same report again: it counts once.
+        again = await backend.ReportStatus(supplement, timeout=10)
+        assert (again.sequence, again.event_id) == (first.sequence, first.event_id)
         done = await backend.ReportStatus(
             backend_pb2.ReportStatusRequest(
                 case_no=delivery.case_no, status=exchange_pb2.CASE_STATUS_APPROVED, local_code="BJ"

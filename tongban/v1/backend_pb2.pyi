@@ -208,12 +208,19 @@ class ReportStatusRequest(_message.Message):
     LOCAL_SYSTEM_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
     case_no: _builtins.str
     status: _exchange_pb2.CaseStatus.ValueType
     local_code: _builtins.str
     local_system: _builtins.str
     note: _builtins.str
     """Short note for the applicant (sealed on its way back)."""
+    report_id: _builtins.str
+    """The case system's own id for this report (e.g. its status-change record), at most 64 letters,
+    digits and "-_.:". A report whose id the case has seen already is answered with the first
+    report's sequence and event id and sends nothing new, so a report may be retried after a
+    timeout. Empty: every call is a new report.
+    """
     @_builtins.property
     def missing(self) -> _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MissingItem]:
         """With status 6 补正: what is missing."""
@@ -227,10 +234,11 @@ class ReportStatusRequest(_message.Message):
         local_system: _builtins.str = ...,
         note: _builtins.str = ...,
         missing: _abc.Iterable[_exchange_pb2.MissingItem] | None = ...,
+        report_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "local_code", b"local_code", "local_system", b"local_system", "missing", b"missing", "note", b"note", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_no", b"case_no", "local_code", b"local_code", "local_system", b"local_system", "missing", b"missing", "note", b"note", "report_id", b"report_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -64,10 +64,14 @@ class RecordingCaseWorker:
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, list[StatusUpdate]]] = []
+        self.report_ids: list[str] = []
         self.delay_s = 0.0
         self.seq = 2
 
-    async def report_status(self, case_no: str, updates: Sequence[StatusUpdate]) -> list[OutEvent]:
+    async def report_status(
+        self, case_no: str, updates: Sequence[StatusUpdate], *, report_id: str = ""
+    ) -> list[OutEvent]:
+        self.report_ids.append(report_id)
         if case_no != KNOWN_CASE:
             raise NotFound("this region has no such case", reason=Reason.CASE_NOT_FOUND)
         await asyncio.sleep(self.delay_s)  # the slowness under test (0 unless a test sets it)

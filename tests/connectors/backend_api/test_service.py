@@ -162,8 +162,10 @@ async def test_report_status_hands_a_checked_update_to_the_case_worker(running: 
             exchange_pb2.MissingItem(kind=exchange_pb2.MISSING_ITEM_KIND_FIELD, name="new_employer_name"),
         ],
     )
+    request.report_id = "WX-BZ-2026-000017"
     answer = await running.stub.ReportStatus(request, timeout=5)
     assert answer.sequence == 3 and answer.event_id
+    assert running.worker.report_ids == ["WX-BZ-2026-000017"]
     assert running.worker.reports == [
         (
             KNOWN_CASE,
@@ -239,6 +241,16 @@ async def test_a_report_whose_caller_gives_up_still_completes(running: Running) 
                 case_no=KNOWN_CASE, status=6, missing=[exchange_pb2.MissingItem(kind=1, name="x")] * 51
             ),
             "missing",
+            "INVALID_REQUEST",
+        ),
+        (
+            backend_pb2.ReportStatusRequest(case_no=KNOWN_CASE, status=8, report_id="forged\nline"),
+            "report_id",
+            "INVALID_REQUEST",
+        ),
+        (
+            backend_pb2.ReportStatusRequest(case_no=KNOWN_CASE, status=8, report_id="x" * 65),
+            "report_id",
             "INVALID_REQUEST",
         ),
     ],

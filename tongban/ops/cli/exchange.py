@@ -114,6 +114,11 @@ def add_parsers(sub: Subparsers) -> None:
             default="",
             help="host:port of the connector's back-end API (default: [backend_api] of the node config)",
         )
+        rp.add_argument(
+            "--report-id",
+            default="",
+            help="the local system's id of this report: sending it again reports once (safe to retry)",
+        )
         rp.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
         node_flags(rp)
         tls_flags(rp)
@@ -371,6 +376,7 @@ def _send_status(args: argparse.Namespace) -> int:
         local_system=args.local_system,
         note=args.note,
         missing=missing,
+        report_id=args.report_id,
     )
     with channel(_api_address(args), ca=args.ca, cert=args.cert, key=args.key) as ch:
         try:
