@@ -16,7 +16,7 @@ from tongban.runtime.component import ComponentParts, run_component
 from tongban.runtime.config import Config
 
 DEMO = "demo"
-"""``[connector] adapters`` naming the shipped demo back ends (the default: dev mode only)."""
+"""``[connector] adapters`` naming the shipped demo back ends (dev mode only)."""
 
 
 def load_adapters(cfg: Config, catalogue: Catalogue, *, case_desk: Adapter | None = None) -> AdapterSet:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -178,7 +179,7 @@ def _function(spec: Any, where: str) -> Handler:
         func = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{where} python: cannot load {spec}") from exc
-    if not asyncio.iscoroutinefunction(func):
+    if not inspect.iscoroutinefunction(func):
         raise ConfigError(f"{where} python: {spec} is not an async function")
     handler: Handler = func
     return handler
