@@ -27,6 +27,7 @@ COMMANDS = [
     "registry",
     "keys",
     "catalogue",
+    "config",
     "nats-config",
     "trace",
     "ledger",
@@ -58,7 +59,7 @@ def test_the_commands_in_their_order() -> None:
 def test_every_command_has_a_handler() -> None:
     parser = build_parser()
     paths = list(leaves(parser))
-    assert len(paths) == 35  # 34 commands and the hidden alias `case report`
+    assert len(paths) == 36  # 35 commands and the hidden alias `case report`
     for path in paths:
         p = parser
         for name in path:

@@ -15,6 +15,7 @@ from tongban.core.errors import TongbanError
 from tongban.ops.cli import (
     catalogue,
     certs,
+    config,
     dev,
     dlq,
     exchange,
@@ -45,6 +46,7 @@ GROUPS: tuple[CommandGroup, ...] = (
     maintenance,
     trust,
     catalogue,
+    config,
     nats_config,
     trace,
     ledger,
