@@ -70,6 +70,7 @@ class Reason(StrEnum):
     REGISTRY_SIGNATURE = "REGISTRY_SIGNATURE"
     REGISTRY_ROLLBACK = "REGISTRY_ROLLBACK"
     REGION_UNKNOWN = "REGION_UNKNOWN"
+    REGION_EXISTS = "REGION_EXISTS"
     KEY_EXISTS = "KEY_EXISTS"
     KEY_NOT_IN_REGISTRY = "KEY_NOT_IN_REGISTRY"
     """An operator named a key id the registry does not list (``tongban keys``)."""

@@ -10,6 +10,10 @@ A key rotation, end to end (docs/architecture.md, "Security"):
    region, all within ``[keys] activation_delay_s`` (default 120 s) — running nodes adopt it, and
    the region's nodes sign with the new key once the registry has listed it that long;
 4. later, ``tongban registry revoke --key-id OLD`` and publish again.
+
+A new region (``add-region``), the services it provides (``add-service``) and who may call them
+(``allow`` / ``deny``) are edits of the same signed document (:mod:`tongban.core.registry_edits`),
+published the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.files import write_atomically
+from tongban.core import registry_edits
+from tongban.core.catalogue import Catalogue
 from tongban.core.errors import Reason, RegistryError
 from tongban.core.keys import SealingKey, SigningKey
 from tongban.core.registry import Registry
@@ -38,7 +44,9 @@ USES = {"signing": registry_pb2.KEY_USE_SIGNING, "sealing": registry_pb2.KEY_USE
 
 
 def add_parsers(sub: Subparsers) -> None:
-    rg = sub.add_parser("registry", help="the trust registry: show, add or revoke keys, publish to a region")
+    rg = sub.add_parser(
+        "registry", help="the trust registry: regions, services, access rules, keys; publish to a region"
+    )
     rsub = rg.add_subparsers(dest="registry_command", required=True)
 
     show = rsub.add_parser("show", help="print a signed registry (version, regions, keys, rules)")
@@ -65,6 +73,33 @@ def add_parsers(sub: Subparsers) -> None:
         else:
             c.add_argument("--key-id", required=True)
         c.set_defaults(func=_edit)
+
+    admin = (
+        ("add-region", "a new participating region (no keys, services or rules yet)"),
+        ("remove-region", "take a region out, with every access rule naming it"),
+        ("add-service", "a region provides a catalogue item"),
+        ("allow", "an access rule: a caller region (and system) may call a provider region's service"),
+        ("deny", "remove the access rule with exactly these terms"),
+    )
+    for verb, text in admin:
+        c = rsub.add_parser(verb, help=text)
+        c.add_argument("--file", required=True, help="SignedRegistry file (rewritten unless --out)")
+        c.add_argument("--root-key", required=True, help="the registry authority's Ed25519 private key (PEM)")
+        c.add_argument("--out", default="", help="write the new registry here instead")
+        if verb in ("add-region", "remove-region", "add-service"):
+            c.add_argument("--region", required=True, help="GB/T 2260 code")
+        if verb == "add-region":
+            c.add_argument("--name", required=True, help="e.g. 青岛市")
+            c.add_argument("--gateway-address", default="", help="host:port of its gateway")
+        if verb == "add-service":
+            c.add_argument("--service", required=True, help="catalogue item code")
+            c.add_argument("--catalogue", default="", help="catalogue file (default: the shipped one)")
+        if verb in ("allow", "deny"):
+            c.add_argument("--caller-region", required=True)
+            c.add_argument("--caller-system", default=registry_edits.ANY, help="a system id, or * (default)")
+            c.add_argument("--service", default=registry_edits.ANY, help="an item code, or * (default)")
+            c.add_argument("--provider-region", required=True)
+        c.set_defaults(func=_admin)
 
     pub = rsub.add_parser(
         "publish", help="put a signed registry into a region's bucket (nodes adopt it live)"
@@ -99,15 +134,61 @@ def _show(args: argparse.Namespace) -> int:
         for k in region.keys:
             state = "REVOKED" if k.revoked else "ok"
             print(f"    {k.key_id:<28} {k.algorithm:<12} {_fmt(k.not_before)} → {_fmt(k.not_after)}  {state}")
-        print(f"    provides {len(region.provided_services)} services")
+        print(f"    provides {len(region.provided_services)} services: {' '.join(region.provided_services)}")
     print(f"{len(doc.access_rules)} access rules")
+    for rule in doc.access_rules:
+        print(f"  {rule.caller_region}/{rule.caller_system} → {rule.service_code} of {rule.provider_region}")
+    return 0
+
+
+def _root(path: str) -> Ed25519PrivateKey | None:
+    root = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(root, Ed25519PrivateKey):
+        print("tongban registry: --root-key is not an Ed25519 private key", file=sys.stderr)
+        return None
+    return root
+
+
+def _admin(args: argparse.Namespace) -> int:
+    root = _root(args.root_key)
+    if root is None:
+        return 2
+    said: list[str] = []
+
+    def edit(doc: registry_pb2.TrustRegistry) -> None:
+        match args.registry_command:
+            case "add-region":
+                registry_edits.add_region(doc, args.region, args.name, gateway_address=args.gateway_address)
+                said.append(f"added region {args.region} {args.name}")
+            case "remove-region":
+                rules = registry_edits.remove_region(doc, args.region)
+                said.append(f"removed region {args.region} and {rules} access rule(s)")
+            case "add-service":
+                catalogue = Catalogue.load(args.catalogue or None)
+                new = registry_edits.add_service(doc, args.region, args.service, catalogue=catalogue)
+                said.append(f"{args.region} provides {args.service}" + ("" if new else " (already did)"))
+            case verb:
+                terms = {"caller_system": args.caller_system, "service": args.service}
+                if verb == "allow":
+                    new = registry_edits.allow(doc, args.caller_region, args.provider_region, **terms)
+                    said.append("allowed" + ("" if new else " (the rule existed)"))
+                else:
+                    registry_edits.deny(doc, args.caller_region, args.provider_region, **terms)
+                    said.append("denied")
+                said[-1] += (
+                    f" {args.caller_region}/{args.caller_system} → {args.service} of {args.provider_region}"
+                )
+
+    data = live_registry.edit_signed(Path(args.file).read_bytes(), root, edit)
+    out = Path(args.out or args.file)
+    write_atomically(out, data)
+    print(f"registry version {live_registry.read_signed(data).version}: {said[0]}; written to {out}")
     return 0
 
 
 def _edit(args: argparse.Namespace) -> int:
-    root = serialization.load_pem_private_key(Path(args.root_key).read_bytes(), password=None)
-    if not isinstance(root, Ed25519PrivateKey):
-        print("tongban registry: --root-key is not an Ed25519 private key", file=sys.stderr)
+    root = _root(args.root_key)
+    if root is None:
         return 2
     added: list[str] = []
 
