@@ -118,13 +118,17 @@ def _issue(
 
 def issue_server(ca: Issued, hosts: list[str], **kw: object) -> Issued:
     """A gateway's server certificate for ``hosts`` (DNS names or IP addresses)."""
-    san: list[x509.GeneralName] = []
+    return _issue(ca, hosts[0], _alt_names(hosts), ExtendedKeyUsageOID.SERVER_AUTH, **kw)  # type: ignore[arg-type]
+
+
+def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
     for h in hosts:
         try:
-            san.append(x509.IPAddress(ipaddress.ip_address(h)))
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
-            san.append(x509.DNSName(h))
-    return _issue(ca, hosts[0], san, ExtendedKeyUsageOID.SERVER_AUTH, **kw)  # type: ignore[arg-type]
+            names.append(x509.DNSName(h))
+    return names
 
 
 def issue_named_client(ca: Issued, name: str, **kw: object) -> Issued:
@@ -174,3 +178,16 @@ def load(directory: Path, stem: str) -> Issued:
         return Issued((directory / f"{stem}.key").read_bytes(), (directory / f"{stem}.crt").read_bytes())
     except FileNotFoundError as exc:
         raise ConfigError(f"{exc.filename} does not exist: run `tongban certs init` first") from exc
+
+
+def server_request(hosts: list[str], common_name: str) -> tuple[bytes, bytes]:
+    """A new server key (PEM, to stay where it is made) and a certificate signing request for it
+    naming ``hosts`` (DNS names or IP addresses) in its subject alternative names, PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(common_name))
+        .add_extension(x509.SubjectAlternativeName(_alt_names(hosts)), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)

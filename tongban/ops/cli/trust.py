@@ -33,6 +33,7 @@ from tongban.core import registry_edits
 from tongban.core.catalogue import Catalogue
 from tongban.core.errors import Reason, RegistryError
 from tongban.core.keys import SealingKey, SigningKey
+from tongban.core.registration import Registration
 from tongban.core.registry import Registry
 from tongban.ops.cli.common import Subparsers, missing_node, node_flags, tool_config, tool_nats
 from tongban.runtime import live_registry
@@ -100,6 +101,16 @@ def add_parsers(sub: Subparsers) -> None:
             c.add_argument("--service", default=registry_edits.ANY, help="an item code, or * (default)")
             c.add_argument("--provider-region", required=True)
         c.set_defaults(func=_admin)
+
+    ap = rsub.add_parser(
+        "apply", help="register a new region from its registration request (tongban region init)"
+    )
+    ap.add_argument("request", help="registration.json")
+    ap.add_argument("--file", required=True, help="SignedRegistry file (rewritten unless --out)")
+    ap.add_argument("--root-key", required=True, help="the registry authority's Ed25519 private key (PEM)")
+    ap.add_argument("--out", default="", help="write the new registry here instead")
+    ap.add_argument("--catalogue", default="", help="catalogue file (default: the shipped one)")
+    ap.set_defaults(func=_apply)
 
     pub = rsub.add_parser(
         "publish", help="put a signed registry into a region's bucket (nodes adopt it live)"
@@ -183,6 +194,35 @@ def _admin(args: argparse.Namespace) -> int:
     out = Path(args.out or args.file)
     write_atomically(out, data)
     print(f"registry version {live_registry.read_signed(data).version}: {said[0]}; written to {out}")
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    root = _root(args.root_key)
+    if root is None:
+        return 2
+    request = Registration.verify(Path(args.request).read_bytes())
+    catalogue = Catalogue.load(args.catalogue or None)
+
+    def edit(doc: registry_pb2.TrustRegistry) -> None:
+        registry_edits.add_region(doc, request.region, request.name, gateway_address=request.gateway_address)
+        live_registry.add_key(
+            doc, request.region, registry_pb2.KEY_USE_SIGNING, request.signing_key, overlap_s=0
+        )
+        live_registry.add_key(
+            doc, request.region, registry_pb2.KEY_USE_SEALING, request.sealing_key, overlap_s=0
+        )
+        for service in request.services:
+            registry_edits.add_service(doc, request.region, service, catalogue=catalogue)
+
+    data = live_registry.edit_signed(Path(args.file).read_bytes(), root, edit)
+    out = Path(args.out or args.file)
+    write_atomically(out, data)
+    print(
+        f"registry version {live_registry.read_signed(data).version}: registered {request.region} "
+        f"{request.name} ({request.signing_key_id}, {request.sealing_key_id}, {len(request.services)} "
+        f"services); written to {out}. Access rules: tongban registry allow"
+    )
     return 0
 
 
