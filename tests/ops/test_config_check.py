@@ -59,10 +59,18 @@ async def test_every_problem_is_named_at_once(state: DevState) -> None:
     assert '[connector] adapters = "demo" serves in dev mode only' in problems
     assert "$1 … $1" in problems  # the SQL service's placeholders do not match its params
     assert f"nats://127.0.0.1:{port} does not accept connections" in problems
-    assert len(report.problems) == 5, report.problems
+    assert len(report.problems) == 5, report.problems  # nothing else: the root key file is there
     assert (
         "s3cret-pw" not in report.effective and "postgresql://tongban:***@db.internal/x" in report.effective
     )
+
+
+def test_a_root_key_given_in_hex_is_not_taken_for_a_file(state: DevState) -> None:
+    config = state.config_path(WX)
+    hex_key = (state.root / "root.pub").read_text().strip()
+    _edit(config, 'root_keys = ["../root.pub"]', f'root_keys = ["{hex_key}", "../missing.pub"]')
+    problems = check(config, network=False).problems
+    assert problems == [f"[registry] root_keys[1]: {config.parent / '../missing.pub'} does not exist"]
 
 
 def test_a_config_that_does_not_load_is_one_problem_and_the_command_exits_1(

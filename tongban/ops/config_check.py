@@ -35,6 +35,7 @@ __all__ = ["Report", "check"]
 
 _PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):([^@/\s]+)@")
 _CONNECT_TIMEOUT_S = 2.0
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
 
 @dataclass
@@ -108,7 +109,8 @@ def _public(cfg: Config) -> Iterator[tuple[str, str]]:
     """(setting, file) of every other file the config names."""
     yield "[registry] file", cfg.registry.file
     for i, root in enumerate(cfg.registry.root_keys):
-        yield f"[registry] root_keys[{i}]", root
+        if not _HEX_KEY.fullmatch(root.strip()):  # an entry is a key in hex, or a file holding one
+            yield f"[registry] root_keys[{i}]", root
     yield "[catalogue] file", cfg.catalogue.file
     yield "[nats] tls_ca", cfg.nats.tls_ca
     yield "[nats] tls_cert", cfg.nats.tls_cert
