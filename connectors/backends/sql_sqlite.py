@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -40,13 +41,22 @@ class _Stopped(Exception):
     """A statement the progress handler stopped: its time ran out."""
 
 
-def _run(conn: sqlite3.Connection, sql: str, values: Sequence[str], limit: int, stop_at: float) -> Rows:
-    """On a worker thread: ``sql`` with ``values`` bound to ``$1 … $n``, at most ``limit`` rows."""
+def _run(
+    conn: sqlite3.Connection,
+    sql: str,
+    values: Sequence[str],
+    limit: int,
+    stop_at: float,
+    given_up: threading.Event,
+) -> Rows:
+    """On a worker thread: ``sql`` with ``values`` bound to ``$1 … $n``, at most ``limit`` rows;
+    stopped by the progress handler once past ``stop_at`` or once the caller has ``given_up`` (which
+    also covers a caller that gave up before the statement began, where ``interrupt`` does nothing)."""
     stopped = False
 
     def over_time() -> bool:
         nonlocal stopped
-        stopped = time.monotonic() > stop_at
+        stopped = given_up.is_set() or time.monotonic() > stop_at
         return stopped
 
     conn.set_progress_handler(over_time, _PROGRESS_STEPS)
@@ -124,7 +134,8 @@ class SqliteEngine:
         executor = self._executor
         conn = self._idle.pop() if self._idle else await self._new_connection(executor)
         stop_at = time.monotonic() + statement_s
-        work = loop.run_in_executor(executor, _run, conn, sql, values, limit, stop_at)
+        given_up = threading.Event()
+        work = loop.run_in_executor(executor, _run, conn, sql, values, limit, stop_at, given_up)
         self._running[work] = conn
         # The connection goes back (or is closed) when its statement has ended, whoever waits for it.
         work.add_done_callback(lambda done: self._finished(done, conn))
@@ -133,6 +144,7 @@ class SqliteEngine:
         except asyncio.CancelledError:
             # The caller gave up: stop the statement rather than let it run on (only while it runs:
             # once done, the connection may already be another call's).
+            given_up.set()
             if not work.done():
                 conn.interrupt()
             raise
@@ -149,6 +161,11 @@ class SqliteEngine:
     def _opened_late(self, opening: asyncio.Future[sqlite3.Connection]) -> None:
         if not opening.cancelled() and opening.exception() is None:
             self._release(opening.result())
+
+    @property
+    def running(self) -> int:
+        """Statements in progress on this back end's worker threads."""
+        return len(self._running)
 
     def _finished(self, work: asyncio.Future[Rows], conn: sqlite3.Connection) -> None:
         self._running.pop(work, None)

@@ -60,12 +60,14 @@ KNOWN_CASE = new_case_no("440300")
 
 class RecordingCaseWorker:
     """Stands in for the case worker's ``report_status``: records each report, numbers it after the
-    last, knows one case; ``delay_s`` makes it slow."""
+    last, knows one case; with ``hold`` set, each report waits until it is released (``started`` says
+    one has begun)."""
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, list[StatusUpdate]]] = []
         self.report_ids: list[str] = []
-        self.delay_s = 0.0
+        self.hold: asyncio.Event | None = None
+        self.started = asyncio.Event()
         self.seq = 2
 
     async def report_status(
@@ -74,7 +76,9 @@ class RecordingCaseWorker:
         self.report_ids.append(report_id)
         if case_no != KNOWN_CASE:
             raise NotFound("this region has no such case", reason=Reason.CASE_NOT_FOUND)
-        await asyncio.sleep(self.delay_s)  # the slowness under test (0 unless a test sets it)
+        self.started.set()
+        if self.hold is not None:
+            await self.hold.wait()
         self.seq += 1
         self.reports.append((case_no, list(updates)))
         return [OutEvent(new_message_id(), self.seq, self.seq, "tb.v1.out", b"")]

@@ -186,11 +186,16 @@ async def test_report_status_hands_a_checked_update_to_the_case_worker(running: 
 
 
 async def test_a_report_whose_caller_gives_up_still_completes(running: Running) -> None:
-    running.worker.delay_s = 0.5
+    running.worker.hold = asyncio.Event()
     request = backend_pb2.ReportStatusRequest(case_no=KNOWN_CASE, status=exchange_pb2.CASE_STATUS_APPROVED)
+    call = running.stub.ReportStatus(request, timeout=2)
+    async with asyncio.timeout(10):
+        await running.worker.started.wait()  # the report has begun; it is held until released
     with pytest.raises(grpc.aio.AioRpcError) as late:
-        await running.stub.ReportStatus(request, timeout=0.2)
+        await call
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert running.worker.reports == []
+    running.worker.hold.set()
     await eventually(lambda: len(running.worker.reports) == 1, what="the report sent to its end")
 
 

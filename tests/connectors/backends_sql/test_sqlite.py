@@ -14,8 +14,10 @@ import pytest
 
 from connectors.adapters import Adapter, AdapterFailure, AdapterRequest
 from connectors.backends.sql import SqlBackend
+from connectors.backends.sql_sqlite import SqliteEngine
 from connectors.demo.backends import DemoBackend
 from connectors.demo.seed import HOUSING_FUND
+from tests.helpers import eventually
 from tongban.core.catalogue import CatalogueItem
 from tongban.core.errors import NotFound, Reason
 from tongban.runtime.config import Config
@@ -155,7 +157,9 @@ async def test_a_caller_that_gives_up_stops_its_statement(
         cfg, closing_backends, SLOW, backend={"statement_timeout_s": 60, "max_concurrency": 1}
     )
     call = asyncio.create_task(slow.call(request(ALICE)))
-    await asyncio.sleep(0.1)  # the behaviour under test: the statement is running when the caller gives up
+    engine = closing_backends[0].engine
+    assert isinstance(engine, SqliteEngine)
+    await eventually(lambda: engine.running == 1, what="the statement handed to its worker thread")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
